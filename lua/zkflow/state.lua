@@ -1,0 +1,501 @@
+-- zkflow.state: the run, task instance, pause and request records in the
+-- store, in one place, so the scheduler, the CLI and the HTTP API read and
+-- write the same layout (docs/internals.md, "The znode layout").
+--
+--   local state = require "zkflow.state"
+--   local S = state.new(st, "/zkflow")      -- st: core.store() or a zk client
+--   S:create_run{dag_id=..., run_id=..., state="queued", ...}
+--
+-- Records are JSON objects.  Reads return nil (and an error name) when a
+-- node is missing; writes raise on store errors other than the expected
+-- ones, because a store that refuses a write is not something the caller
+-- can work around.
+
+local core = require "zkflow.core"
+
+local _M = {}
+
+local json_encode, json_decode = core.json_encode, core.json_decode
+local concat, sort, insert = table.concat, table.sort, table.insert
+local floor, fmt = math.floor, string.format
+
+-- Run states in which the scheduler has nothing left to do.
+_M.RUN_FINISHED = { success = true, failed = true }
+
+-- Task instance states after which a try does not change any more.
+_M.TI_FINISHED = {
+    success = true, failed = true, skipped = true,
+    upstream_failed = true, removed = true,
+}
+
+local S = {}
+S.__index = S
+
+-- Returns a state accessor over `store` (borrowed: it must outlive the
+-- accessor) rooted at `root` (default "/zkflow").
+function _M.new(store, root)
+    if not store then
+        error("state.new: 'store' is required", 2)
+    end
+    root = root or "/zkflow"
+    if root == "/" then root = "" end
+    root = root:gsub("/+$", "")
+    return setmetatable({ store = store, root = root }, S)
+end
+
+-- Marks a list so that core.json_encode writes it as an array even when
+-- it is empty.
+function _M.array(t)
+    t = t or {}
+    t.n = #t
+    return t
+end
+
+-- "2026-11-25T12:00:00+00:00", or with `micro` the six fraction digits of
+-- Airflow's manual run ids ("2026-11-25T12:00:00.123456+00:00").
+function _M.iso(t, micro)
+    local sec = floor(t)
+    local s = os.date("!%Y-%m-%dT%H:%M:%S", sec)
+    if micro then
+        local us = floor((t - sec) * 1e6 + 0.5)
+        if us >= 1000000 then us = 999999 end
+        s = s .. fmt(".%06d", us)
+    end
+    return s .. "+00:00"
+end
+
+-- Parses ISO 8601 ("2026-01-01", "2026-01-01T10:00", "...Z", "...+02:00",
+-- fractions) into UTC epoch seconds; nil and a message when it is not one.
+function _M.parse_time(s)
+    if type(s) ~= "string" then
+        return nil, "not a date: " .. tostring(s)
+    end
+    local y, mo, d, rest = s:match("^(%d%d%d%d)%-(%d%d)%-(%d%d)(.*)$")
+    if not y then
+        return nil, "not an ISO 8601 date: '" .. s .. "'"
+    end
+    local h, mi, sec, frac, tz = 0, 0, 0, 0, rest
+    if rest ~= "" then
+        local hh, mm, tail = rest:match("^[T ](%d%d):(%d%d)(.*)$")
+        if not hh then
+            return nil, "not an ISO 8601 date: '" .. s .. "'"
+        end
+        h, mi, tz = tonumber(hh), tonumber(mm), tail
+        local ss, tail2 = tz:match("^:(%d%d)(.*)$")
+        if ss then
+            sec, tz = tonumber(ss), tail2
+            local f, tail3 = tz:match("^[.,](%d+)(.*)$")
+            if f then
+                frac, tz = tonumber("0." .. f), tail3
+            end
+        end
+    end
+    local off = 0
+    if tz == "" or tz == "Z" or tz == "z" then
+        off = 0
+    else
+        local sign, oh, om = tz:match("^([+-])(%d%d):?(%d%d)$")
+        if not sign then
+            return nil, "not an ISO 8601 date: '" .. s .. "'"
+        end
+        off = (tonumber(oh) * 3600 + tonumber(om) * 60)
+        if sign == "-" then off = -off end
+    end
+    y, mo, d = tonumber(y), tonumber(mo), tonumber(d)
+    if mo < 1 or mo > 12 or d < 1 or d > 31 or h > 23 or mi > 59
+            or sec > 60 then
+        return nil, "not a valid date: '" .. s .. "'"
+    end
+    -- Days from civil (Howard Hinnant): no dependence on the local zone,
+    -- which os.time() would drag in.
+    local yy = y - (mo <= 2 and 1 or 0)
+    local era = floor(yy / 400)
+    local yoe = yy - era * 400
+    local mp = (mo + 9) % 12
+    local doy = floor((153 * mp + 2) / 5) + d - 1
+    local doe = yoe * 365 + floor(yoe / 4) - floor(yoe / 100) + doy
+    local days = era * 146097 + doe - 719468
+    return days * 86400 + h * 3600 + mi * 60 + sec + frac - off
+end
+
+-- The run id Airflow would give: "manual__<iso with microseconds>",
+-- "scheduled__<iso>", "backfill__<iso>".
+function _M.run_id(run_type, logical_date)
+    if run_type == "manual" then
+        return "manual__" .. _M.iso(logical_date, true)
+    end
+    return run_type .. "__" .. _M.iso(logical_date)
+end
+
+-- ---- paths ---------------------------------------------------------------
+
+function S:path(...)
+    local parts = { self.root }
+    for i = 1, select("#", ...) do
+        parts[#parts + 1] = "/" .. select(i, ...)
+    end
+    return concat(parts)
+end
+
+-- ---- low level -----------------------------------------------------------
+
+-- Returns the decoded record at `path`, or nil and "ZNONODE" (or the
+-- decode error).
+function S:read(path)
+    local data, err = self.store:get(path)
+    if not data then
+        return nil, err
+    end
+    if data == "" then
+        return {}
+    end
+    local v, derr = json_decode(data)
+    if v == nil then
+        return nil, "bad record at " .. path .. ": " .. tostring(derr)
+    end
+    return v
+end
+
+-- Writes `record` at `path`, creating it (and its parents) when missing.
+function S:write(path, record)
+    local data = json_encode(record)
+    local ok, err = self.store:set(path, data)
+    if ok then
+        return true
+    end
+    if err ~= "ZNONODE" then
+        error("store: set " .. path .. ": " .. tostring(err), 2)
+    end
+    local created, cerr = self.store:create(path, data, { parents = true })
+    if not created and cerr ~= "ZNODEEXISTS" then
+        error("store: create " .. path .. ": " .. tostring(cerr), 2)
+    elseif not created then
+        -- Lost a race with another writer: last write wins, as set would.
+        self.store:set(path, data)
+    end
+    return true
+end
+
+function S:children(path)
+    local list = self.store:children(path)
+    return list or {}
+end
+
+-- ---- paused flags --------------------------------------------------------
+
+function S:is_paused(dag_id)
+    return self.store:exists(self:path("dags", dag_id, "paused")) ~= nil
+end
+
+-- Pauses (true) or unpauses (false) a DAG.  Returns true when the flag
+-- changed, false when it already had that value.
+function S:set_paused(dag_id, paused)
+    local p = self:path("dags", dag_id, "paused")
+    if paused then
+        local ok, err = self.store:create(p, "", { parents = true })
+        if ok then return true end
+        if err == "ZNODEEXISTS" then return false end
+        error("store: create " .. p .. ": " .. tostring(err), 2)
+    end
+    local ok, err = self.store:delete(p)
+    if ok then return true end
+    if err == "ZNONODE" then return false end
+    error("store: delete " .. p .. ": " .. tostring(err), 2)
+end
+
+-- Ids of the DAGs that have a node under /dags (paused or pushed).
+function S:paused_dags()
+    local out = {}
+    for _, id in ipairs(self:children(self:path("dags"))) do
+        if self:is_paused(id) then out[#out + 1] = id end
+    end
+    return out
+end
+
+-- ---- runs ----------------------------------------------------------------
+
+function S:get_run(dag_id, run_id)
+    return self:read(self:path("runs", dag_id, run_id))
+end
+
+-- Creates the run node; `run` needs dag_id and run_id.  Returns the run,
+-- or nil and "ZNODEEXISTS" when a run with that id exists.
+function S:create_run(run)
+    assert(run.dag_id and run.run_id, "create_run: dag_id and run_id")
+    local p = self:path("runs", run.dag_id, run.run_id)
+    local ok, err = self.store:create(p, json_encode(run), { parents = true })
+    if not ok then
+        if err == "ZNODEEXISTS" then
+            return nil, err
+        end
+        error("store: create " .. p .. ": " .. tostring(err), 2)
+    end
+    return run
+end
+
+-- Replaces the run record (created when missing).
+function S:put_run(run)
+    assert(run.dag_id and run.run_id, "put_run: dag_id and run_id")
+    return self:write(self:path("runs", run.dag_id, run.run_id), run)
+end
+
+-- Merges `fields` into the run record; returns the new record or nil, err.
+function S:update_run(dag_id, run_id, fields)
+    local run, err = self:get_run(dag_id, run_id)
+    if not run then
+        return nil, err
+    end
+    for k, v in pairs(fields) do
+        run[k] = v
+    end
+    self:write(self:path("runs", dag_id, run_id), run)
+    return run
+end
+
+function S:delete_run(dag_id, run_id)
+    return self.store:delete(self:path("runs", dag_id, run_id), -1,
+                             { recursive = true })
+end
+
+-- DAG ids that have runs.
+function S:run_dags()
+    return self:children(self:path("runs"))
+end
+
+-- Ids of the runs of `dag_id`, as stored (sorted by name).
+function S:run_ids(dag_id)
+    return self:children(self:path("runs", dag_id))
+end
+
+local function run_order(a, b)
+    local la, lb = a.logical_date or "", b.logical_date or ""
+    if la ~= lb then return la < lb end
+    return (a.run_id or "") < (b.run_id or "")
+end
+
+-- Runs of `dag_id` (or of every DAG when nil), oldest logical date first.
+-- `filter.state` keeps only runs in that state.
+function S:list_runs(dag_id, filter)
+    local dags = dag_id and { dag_id } or self:run_dags()
+    local out = {}
+    for _, d in ipairs(dags) do
+        for _, rid in ipairs(self:run_ids(d)) do
+            local run = self:get_run(d, rid)
+            if run then
+                run.dag_id = run.dag_id or d
+                run.run_id = run.run_id or rid
+                if not (filter and filter.state)
+                        or run.state == filter.state then
+                    out[#out + 1] = run
+                end
+            end
+        end
+    end
+    sort(out, run_order)
+    return out
+end
+
+-- ---- task instances ------------------------------------------------------
+
+function S:get_ti(dag_id, run_id, task_id)
+    return self:read(self:path("runs", dag_id, run_id, task_id))
+end
+
+function S:put_ti(dag_id, run_id, ti)
+    assert(ti.task_id, "put_ti: task_id")
+    return self:write(self:path("runs", dag_id, run_id, ti.task_id), ti)
+end
+
+-- Merges `fields` into a task instance (created when missing).
+function S:update_ti(dag_id, run_id, task_id, fields)
+    local ti = self:get_ti(dag_id, run_id, task_id) or { task_id = task_id }
+    for k, v in pairs(fields) do
+        ti[k] = v
+    end
+    self:put_ti(dag_id, run_id, ti)
+    return ti
+end
+
+-- Every task instance of a run as {[task_id] = ti}.
+function S:list_tis(dag_id, run_id)
+    local out = {}
+    for _, tid in ipairs(self:children(self:path("runs", dag_id, run_id))) do
+        local ti = self:get_ti(dag_id, run_id, tid)
+        if ti then
+            ti.task_id = ti.task_id or tid
+            out[tid] = ti
+        end
+    end
+    return out
+end
+
+local function nullable(v)
+    if v == nil then return core.null end
+    return v
+end
+
+-- The run object of DESIGN.md (`runs show --json`, the API): the run's
+-- fields plus tasks = {[task_id] = {state, try_number, xcom, worker, log,
+-- start_date, end_date, duration}}.  nil, "ZNONODE" when there is no run.
+function S:run_object(dag_id, run_id)
+    local run, err = self:get_run(dag_id, run_id)
+    if not run then
+        return nil, err
+    end
+    local tasks = {}
+    for tid, ti in pairs(self:list_tis(dag_id, run_id)) do
+        tasks[tid] = {
+            state      = nullable(ti.state),
+            try_number = ti.try_number or 0,
+            max_tries  = nullable(ti.max_tries),
+            xcom       = nullable(ti.xcom),
+            worker     = nullable(ti.worker),
+            log        = nullable(ti.log),
+            start_date = nullable(ti.start_date),
+            end_date   = nullable(ti.end_date),
+            duration   = nullable(ti.duration),
+        }
+    end
+    return {
+        dag_id              = dag_id,
+        run_id              = run_id,
+        state               = nullable(run.state),
+        run_type            = nullable(run.run_type),
+        logical_date        = nullable(run.logical_date),
+        data_interval_start = nullable(run.data_interval_start),
+        data_interval_end   = nullable(run.data_interval_end),
+        start_date          = nullable(run.start_date),
+        end_date            = nullable(run.end_date),
+        conf                = run.conf or {},
+        version             = nullable(run.version),
+        external_trigger    = run.external_trigger and true or false,
+        tasks               = tasks,
+    }
+end
+
+-- ---- triggering ----------------------------------------------------------
+
+-- Creates a queued run of `dag` (a loaded DAG object, or just {id=, ...}).
+-- opts: conf (table), run_id, logical_date (epoch seconds; default now),
+-- run_type ("manual"), data_interval_start/end (epoch; default the
+-- logical date).  Returns the run, or nil and a message.
+function _M.new_run(dag, opts)
+    opts = opts or {}
+    local run_type = opts.run_type or "manual"
+    local now = core.now()
+    local ld = opts.logical_date or now
+    local run = {
+        dag_id              = dag.id or dag.dag_id,
+        run_id              = opts.run_id or _M.run_id(run_type, ld),
+        state               = "queued",
+        run_type            = run_type,
+        logical_date        = _M.iso(ld),
+        data_interval_start = _M.iso(opts.data_interval_start or ld),
+        data_interval_end   = _M.iso(opts.data_interval_end or ld),
+        conf                = opts.conf or {},
+        version             = nullable(dag.source_hash or dag.version),
+        queued_at           = _M.iso(now, true),
+        start_date          = core.null,
+        end_date            = core.null,
+        external_trigger    = run_type == "manual",
+    }
+    return run
+end
+
+function S:trigger(dag, opts)
+    local run = _M.new_run(dag, opts)
+    local ok, err = self:create_run(run)
+    if not ok then
+        if err == "ZNODEEXISTS" then
+            return nil, "run '" .. run.run_id .. "' of DAG '" .. run.dag_id
+                        .. "' already exists"
+        end
+        return nil, err
+    end
+    return run
+end
+
+-- ---- requests (other processes -> the scheduler) -------------------------
+
+-- Queues a request; `req.op` names it.  "clear": {op="clear", dag_id,
+-- run_id, task_ids = {...} (absent or empty: every task of the run),
+-- downstream = bool}.  Returns the created node's path.
+function S:add_request(req)
+    local base = self:path("requests")
+    local p, err = self.store:create(base .. "/req-", json_encode(req),
+                                     { sequential = true, parents = true })
+    if not p then
+        error("store: create " .. base .. "/req-: " .. tostring(err), 2)
+    end
+    return p
+end
+
+-- Pending requests, oldest first: list of {path=, req=}.  Unreadable ones
+-- are returned with req = nil and err set, so the consumer can drop them.
+function S:list_requests()
+    local base = self:path("requests")
+    local out = {}
+    for _, name in ipairs(self:children(base)) do
+        local p = base .. "/" .. name
+        local req, err = self:read(p)
+        out[#out + 1] = { path = p, req = req, err = err }
+    end
+    return out
+end
+
+-- Removes a consumed request node.
+function S:done_request(path)
+    return self.store:delete(path)
+end
+
+-- ---- variables -----------------------------------------------------------
+
+function S:get_variable(key)
+    local data = self.store:get(self:path("variables", key))
+    return data
+end
+
+function S:set_variable(key, value)
+    local p = self:path("variables", key)
+    local ok, err = self.store:set(p, value)
+    if not ok and err == "ZNONODE" then
+        ok, err = self.store:create(p, value, { parents = true })
+    end
+    if not ok then
+        error("store: " .. p .. ": " .. tostring(err), 2)
+    end
+    return true
+end
+
+function S:delete_variable(key)
+    return self.store:delete(self:path("variables", key))
+end
+
+function S:variables()
+    local out = {}
+    for _, k in ipairs(self:children(self:path("variables"))) do
+        out[k] = self:get_variable(k)
+    end
+    return out
+end
+
+-- ---- members -------------------------------------------------------------
+
+-- {schedulers = {...}, workers = {...}}: the member records (JSON) with
+-- their id, as `zkflow members --json` prints them.
+function S:members()
+    local out = { schedulers = _M.array(), workers = _M.array() }
+    for _, kind in ipairs({ "schedulers", "workers" }) do
+        local list = {}
+        for _, id in ipairs(self:children(self:path("members", kind))) do
+            local m = self:read(self:path("members", kind, id)) or {}
+            m.id = m.id or id
+            insert(list, m)
+        end
+        sort(list, function(a, b) return tostring(a.id) < tostring(b.id) end)
+        out[kind] = _M.array(list)
+    end
+    return out
+end
+
+return _M
