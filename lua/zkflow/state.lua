@@ -91,9 +91,7 @@ function _M.parse_time(s)
         end
     end
     local off = 0
-    if tz == "" or tz == "Z" or tz == "z" then
-        off = 0
-    else
+    if tz ~= "" and tz ~= "Z" and tz ~= "z" then
         local sign, oh, om = tz:match("^([+-])(%d%d):?(%d%d)$")
         if not sign then
             return nil, "not an ISO 8601 date: '" .. s .. "'"
