@@ -1,0 +1,154 @@
+# zkflow - `make help` lists the targets.
+#
+# Quiet by default; `make V=1` shows the commands.  CC=clang works too.
+
+PREFIX  ?= /usr/local
+DESTDIR ?=
+CC      ?= cc
+B       ?= build
+LUA     ?= lua5.4
+BUSTED  ?= busted --lua=$(LUA)
+
+PKGS     := lua5.4 libevent sqlite3 jansson
+PKG_CFLAGS := $(shell pkg-config --cflags $(PKGS) 2>/dev/null)
+WARN     := -Wall -Wextra -Werror -Wshadow -Wstrict-prototypes \
+            -Wmissing-prototypes -Wwrite-strings
+CFLAGS   ?= -O2 -g
+ALL_CFLAGS := -std=c11 -D_GNU_SOURCE -fPIC $(WARN) $(CFLAGS) \
+            -Icore -Icore/include $(PKG_CFLAGS)
+LIBS_NOLUA := -levent -lsqlite3 -ljansson -lm -lpthread
+LIBS     := -llua5.4 $(LIBS_NOLUA)
+
+ifeq ($(V),1)
+Q :=
+else
+Q := @
+endif
+
+CORE_SRC := $(wildcard core/*.c)
+CORE_OBJ := $(CORE_SRC:core/%.c=$(B)/obj/%.o) $(B)/obj/lua_bundle.o
+CLI_SRC  := $(wildcard core/cli/*.c)
+CLI_OBJ  := $(CLI_SRC:core/cli/%.c=$(B)/obj/cli/%.o)
+LUAMOD_SRC := $(wildcard plugins/lua/*.c)
+LUAMOD_OBJ := $(LUAMOD_SRC:plugins/lua/%.c=$(B)/obj/luamod/%.o)
+LUA_SRC  := $(shell find lua -name '*.lua' 2>/dev/null | sort)
+CTEST_SRC := $(wildcard spec/c/test_*.c)
+CTESTS   := $(CTEST_SRC:spec/c/%.c=$(B)/test/%)
+HOSTS    := $(patsubst examples/host/%.c,$(B)/examples/%,$(wildcard examples/host/*.c))
+
+.PHONY: all lib test test-c test-lua test-asan test-valgrind bench lint \
+        install clean help deps
+
+all: $(B)/zkflow $(B)/libzkflow.a $(B)/libzkflow.so $(B)/zkflow/core.so \
+     $(CTESTS) $(HOSTS)
+
+help:
+	@echo "make            build everything into $(B)/"
+	@echo "make test       every suite: C unit tests (also ASan/UBSan and"
+	@echo "                valgrind), busted specs, CLI tests; ends 'N passed, N failed'"
+	@echo "make bench      benchmarks against ninja and Dask"
+	@echo "make lint       luacheck"
+	@echo "make deps       apt-get the Debian packages the build and tests need"
+	@echo "make install    PREFIX=$(PREFIX) DESTDIR="
+	@echo "make clean"
+
+deps:
+	apt-get update -q
+	DEBIAN_FRONTEND=noninteractive apt-get install -y -q \
+	    build-essential clang pkg-config lua5.4 liblua5.4-dev libevent-dev \
+	    libsqlite3-dev libjansson-dev lua-busted lua-check valgrind \
+	    python3-croniter python3-dask ninja-build
+
+$(B)/obj/%.o: core/%.c $(wildcard core/*.h core/include/*.h)
+	@mkdir -p $(dir $@)
+	@$(if $(Q),echo "  CC    $<")
+	$(Q)$(CC) $(ALL_CFLAGS) -c -o $@ $<
+
+$(B)/obj/cli/%.o: core/cli/%.c $(wildcard core/*.h core/include/*.h core/cli/*.h)
+	@mkdir -p $(dir $@)
+	@$(if $(Q),echo "  CC    $<")
+	$(Q)$(CC) $(ALL_CFLAGS) -c -o $@ $<
+
+$(B)/obj/luamod/%.o: plugins/lua/%.c $(wildcard core/*.h core/include/*.h)
+	@mkdir -p $(dir $@)
+	@$(if $(Q),echo "  CC    $<")
+	$(Q)$(CC) $(ALL_CFLAGS) -c -o $@ $<
+
+# The Lua standard library, compiled into the library as strings.
+$(B)/gen/lua_bundle.c: $(LUA_SRC) tools/bundle.lua
+	@mkdir -p $(dir $@)
+	@$(if $(Q),echo "  GEN   $@")
+	$(Q)$(LUA) tools/bundle.lua $@ $(LUA_SRC)
+
+$(B)/obj/lua_bundle.o: $(B)/gen/lua_bundle.c
+	@mkdir -p $(dir $@)
+	$(Q)$(CC) $(ALL_CFLAGS) -c -o $@ $<
+
+$(B)/libzkflow.a: $(CORE_OBJ)
+	@$(if $(Q),echo "  AR    $@")
+	$(Q)rm -f $@ && ar rcs $@ $^
+
+$(B)/libzkflow.so: $(CORE_OBJ)
+	@$(if $(Q),echo "  LD    $@")
+	$(Q)$(CC) -shared -o $@ $^ $(LIBS)
+
+$(B)/zkflow: $(CLI_OBJ) $(B)/libzkflow.a
+	@$(if $(Q),echo "  LD    $@")
+	$(Q)$(CC) -o $@ $(CLI_OBJ) $(B)/libzkflow.a $(LIBS)
+
+# The Lua C module: no liblua here, the interpreter provides the symbols.
+$(B)/zkflow/core.so: $(LUAMOD_OBJ) $(B)/libzkflow.a
+	@mkdir -p $(dir $@)
+	@$(if $(Q),echo "  LD    $@")
+	$(Q)$(CC) -shared -o $@ $(LUAMOD_OBJ) -Wl,--whole-archive $(B)/libzkflow.a \
+	    -Wl,--no-whole-archive $(LIBS_NOLUA)
+
+$(B)/test/%: spec/c/%.c spec/c/test.h $(B)/libzkflow.a
+	@mkdir -p $(dir $@)
+	@$(if $(Q),echo "  CC    $<")
+	$(Q)$(CC) $(ALL_CFLAGS) -o $@ $< $(B)/libzkflow.a $(LIBS)
+
+$(B)/examples/%: examples/host/%.c $(B)/libzkflow.a
+	@mkdir -p $(dir $@)
+	@$(if $(Q),echo "  CC    $<")
+	$(Q)$(CC) $(ALL_CFLAGS) -o $@ $< $(B)/libzkflow.a $(LIBS)
+
+# ---- tests --------------------------------------------------------------
+
+test: all
+	$(Q)B=$(B) LUA=$(LUA) sh spec/run-all.sh
+
+test-c: all
+	$(Q)B=$(B) sh spec/run-c.sh
+
+test-lua: all
+	$(Q)B=$(B) LUA=$(LUA) sh spec/run-lua.sh
+
+# The same C tests built with sanitizers into their own tree.
+asan:
+	$(Q)$(MAKE) --no-print-directory B=build/asan CC=clang \
+	    CFLAGS="-O1 -g -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=all" \
+	    LDFLAGS="-fsanitize=address,undefined" \
+	    LIBS="-fsanitize=address,undefined -llua5.4 $(LIBS_NOLUA)" \
+	    build/asan/libzkflow.a $(CTEST_SRC:spec/c/%.c=build/asan/test/%)
+
+bench: all
+	$(Q)B=$(B) LUA=$(LUA) sh bench/run.sh
+
+lint:
+	$(Q)luacheck -q lua spec examples plugins bench
+
+install: all
+	install -d $(DESTDIR)$(PREFIX)/bin $(DESTDIR)$(PREFIX)/lib \
+	    $(DESTDIR)$(PREFIX)/include $(DESTDIR)$(PREFIX)/share/lua/5.4 \
+	    $(DESTDIR)$(PREFIX)/lib/lua/5.4/zkflow
+	install -m 755 $(B)/zkflow $(DESTDIR)$(PREFIX)/bin/zkflow
+	install -m 644 $(B)/libzkflow.a $(DESTDIR)$(PREFIX)/lib/
+	install -m 755 $(B)/libzkflow.so $(DESTDIR)$(PREFIX)/lib/
+	install -m 644 core/include/zkflow.h $(DESTDIR)$(PREFIX)/include/
+	install -m 755 $(B)/zkflow/core.so $(DESTDIR)$(PREFIX)/lib/lua/5.4/zkflow/
+	cd lua && find zkflow -name '*.lua' -exec install -D -m 644 {} \
+	    $(DESTDIR)$(PREFIX)/share/lua/5.4/{} \;
+
+clean:
+	rm -rf build

@@ -1,0 +1,109 @@
+/*
+ * api.c - the HTTP front door on libevent's evhttp.  It only moves bytes:
+ * every request goes to zkf_engine_http(), the one router that the nginx
+ * module calls too, so an answer never depends on the host.
+ */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <event2/buffer.h>
+#include <event2/event.h>
+#include <event2/http.h>
+#include <event2/keyvalq_struct.h>
+
+#include "engine_internal.h"
+
+#define MAX_BODY (8 * 1024 * 1024)
+
+struct zkf_api {
+    zkf_engine *e;
+    struct evhttp *http;
+};
+
+static const char *method_name(enum evhttp_cmd_type t)
+{
+    switch (t) {
+    case EVHTTP_REQ_GET: return "GET";
+    case EVHTTP_REQ_POST: return "POST";
+    case EVHTTP_REQ_HEAD: return "HEAD";
+    case EVHTTP_REQ_PUT: return "PUT";
+    case EVHTTP_REQ_DELETE: return "DELETE";
+    case EVHTTP_REQ_OPTIONS: return "OPTIONS";
+    case EVHTTP_REQ_TRACE: return "TRACE";
+    case EVHTTP_REQ_CONNECT: return "CONNECT";
+    case EVHTTP_REQ_PATCH: return "PATCH";
+    default: return "UNKNOWN";
+    }
+}
+
+/* The router may answer later (a store call yields); evhttp keeps the
+ * request alive until evhttp_send_reply(). */
+static void on_reply(void *ud, int status, const char *ctype,
+                     const char *body, size_t len)
+{
+    struct evhttp_request *req = ud;
+    struct evbuffer *buf = evbuffer_new();
+
+    evhttp_add_header(evhttp_request_get_output_headers(req),
+                      "Content-Type", ctype);
+    evhttp_add_header(evhttp_request_get_output_headers(req),
+                      "Cache-Control", "no-store");
+    if (buf != NULL)
+        evbuffer_add(buf, body, len);
+    evhttp_send_reply(req, status, status < 400 ? "OK" : "Error", buf);
+    if (buf != NULL)
+        evbuffer_free(buf);
+}
+
+static void on_request(struct evhttp_request *req, void *arg)
+{
+    struct zkf_api *api = arg;
+    struct evbuffer *in = evhttp_request_get_input_buffer(req);
+    size_t len = evbuffer_get_length(in);
+    const char *body = NULL;
+
+    if (len > 0)
+        body = (const char *)evbuffer_pullup(in, -1);
+    zkf_engine_http(api->e, method_name(evhttp_request_get_command(req)),
+                    evhttp_request_get_uri(req), body, len, on_reply, req);
+}
+
+struct zkf_api *zkf_api_listen(zkf_engine *e, const char *addr, int port,
+                               char *err, size_t errlen)
+{
+    struct zkf_api *api = calloc(1, sizeof(*api));
+
+    if (api == NULL) {
+        snprintf(err, errlen, "out of memory");
+        return NULL;
+    }
+    api->e = e;
+    api->http = evhttp_new(zkf_engine_base(e));
+    if (api->http == NULL) {
+        snprintf(err, errlen, "evhttp_new failed");
+        free(api);
+        return NULL;
+    }
+    evhttp_set_max_body_size(api->http, MAX_BODY);
+    evhttp_set_allowed_methods(api->http, EVHTTP_REQ_GET | EVHTTP_REQ_POST |
+                               EVHTTP_REQ_HEAD | EVHTTP_REQ_PUT |
+                               EVHTTP_REQ_DELETE | EVHTTP_REQ_PATCH |
+                               EVHTTP_REQ_OPTIONS);
+    evhttp_set_gencb(api->http, on_request, api);
+    if (evhttp_bind_socket(api->http, addr, (ev_uint16_t)port) != 0) {
+        snprintf(err, errlen, "cannot listen on %s:%d", addr, port);
+        evhttp_free(api->http);
+        free(api);
+        return NULL;
+    }
+    return api;
+}
+
+void zkf_api_close(struct zkf_api *api)
+{
+    if (api == NULL)
+        return;
+    evhttp_free(api->http);
+    free(api);
+}

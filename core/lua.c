@@ -1,0 +1,205 @@
+/*
+ * lua.c - `zkflow.core`, the C module the engine's Lua state and plain
+ * lua5.4 share: the module table, the loop it is bound to, and the helpers
+ * the lbind_*.c files use to call back into Lua.
+ *
+ * Inside the engine, engine.c stores the engine's loop in the registry
+ * before the module is opened.  In plain Lua the module makes its own loop
+ * on a poll() host, owned by a sentinel userdata so that lua_close() frees
+ * it; the sentinel is created before any other handle of the module, and
+ * Lua finalizes in reverse order of creation, so every timer, process and
+ * store is finalized while the loop still exists.
+ */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "lbind.h"
+#include "engine_internal.h"
+
+#define LOOP_KEY "zkflow.loop"          /* lightuserdata zkf_loop */
+#define POLLHOST_KEY "zkflow.pollhost"  /* lightuserdata zkf_pollhost */
+#define OWNER_KEY "zkflow.loopowner"    /* the plain-Lua sentinel */
+#define OWNER_MT "zkflow.LoopOwner"
+
+typedef struct loop_owner {
+    zkf_pollhost *host;
+    zkf_loop *loop;
+} loop_owner;
+
+static int owner_gc(lua_State *L)
+{
+    loop_owner *o = luaL_checkudata(L, 1, OWNER_MT);
+
+    if (o->loop) {
+        zkf_loop_free(o->loop);
+        o->loop = NULL;
+    }
+    if (o->host) {
+        zkf_pollhost_free(o->host);
+        o->host = NULL;
+    }
+    lua_pushnil(L);
+    lua_setfield(L, LUA_REGISTRYINDEX, LOOP_KEY);
+    lua_pushnil(L);
+    lua_setfield(L, LUA_REGISTRYINDEX, POLLHOST_KEY);
+    return 0;
+}
+
+static zkf_loop *make_own_loop(lua_State *L)
+{
+    loop_owner *o = lua_newuserdatauv(L, sizeof(*o), 0);
+
+    o->host = NULL;
+    o->loop = NULL;
+    if (luaL_newmetatable(L, OWNER_MT)) {
+        lua_pushcfunction(L, owner_gc);
+        lua_setfield(L, -2, "__gc");
+    }
+    lua_setmetatable(L, -2);
+    lua_setfield(L, LUA_REGISTRYINDEX, OWNER_KEY);
+
+    o->host = zkf_pollhost_new();
+    if (o->host == NULL)
+        luaL_error(L, "zkflow.core: out of memory");
+    o->loop = zkf_loop_new(zkf_pollhost_hooks(o->host));
+    if (o->loop == NULL)
+        luaL_error(L, "zkflow.core: out of memory");
+    zkf_pollhost_attach(o->host, o->loop);
+    lua_pushlightuserdata(L, o->loop);
+    lua_setfield(L, LUA_REGISTRYINDEX, LOOP_KEY);
+    lua_pushlightuserdata(L, o->host);
+    lua_setfield(L, LUA_REGISTRYINDEX, POLLHOST_KEY);
+    return o->loop;
+}
+
+zkf_loop *zkf_lua_loop(lua_State *L)
+{
+    zkf_loop *loop;
+
+    lua_getfield(L, LUA_REGISTRYINDEX, LOOP_KEY);
+    loop = lua_touserdata(L, -1);
+    lua_pop(L, 1);
+    if (loop == NULL)
+        loop = make_own_loop(L);
+    return loop;
+}
+
+zkf_pollhost *zkf_lua_pollhost(lua_State *L)
+{
+    zkf_pollhost *h;
+
+    zkf_lua_loop(L);
+    lua_getfield(L, LUA_REGISTRYINDEX, POLLHOST_KEY);
+    h = lua_touserdata(L, -1);
+    lua_pop(L, 1);
+    return h;
+}
+
+void zkf_lua_log(lua_State *L, const char *level, const char *msg)
+{
+    zkf_engine *e = zkf_engine_from_lua(L);
+
+    if (e != NULL)
+        zkf_engine_log(e, level, msg);
+    else
+        fprintf(stderr, "zkflow: %s: %s\n", level, msg);
+}
+
+static int traceback(lua_State *L)
+{
+    const char *msg = lua_tostring(L, 1);
+
+    if (msg == NULL) {
+        if (luaL_callmeta(L, 1, "__tostring") && lua_type(L, -1) == LUA_TSTRING)
+            return 1;
+        msg = lua_pushfstring(L, "(error object is a %s value)",
+                              luaL_typename(L, 1));
+    }
+    luaL_traceback(L, L, msg, 1);
+    return 1;
+}
+
+int zkf_lua_pcall(lua_State *L, int nargs)
+{
+    int base = lua_gettop(L) - nargs;   /* the function's index */
+    int rc;
+
+    lua_pushcfunction(L, traceback);
+    lua_insert(L, base);
+    rc = lua_pcall(L, nargs, 0, base);
+    if (rc != LUA_OK) {
+        zkf_lua_log(L, "error", lua_tostring(L, -1));
+        lua_pop(L, 1);
+    }
+    lua_remove(L, base);
+    return rc == LUA_OK ? 0 : -1;
+}
+
+/* ---- functions that belong to no other file ------------------------- */
+
+static int l_mem_limit(lua_State *L)
+{
+    zkf_engine *e = zkf_engine_from_lua(L);
+    lua_Integer limit = luaL_optinteger(L, 1, 0);
+
+    if (e == NULL) {
+        /* Plain Lua owns its allocator; the loader falls back to
+         * collectgarbage("count") checks in its count hook. */
+        lua_pushboolean(L, 0);
+        return 1;
+    }
+    zkf_engine_mem_limit(e, limit > 0 ? (size_t)limit : 0);
+    lua_pushboolean(L, 1);
+    return 1;
+}
+
+static int l_mem_used(lua_State *L)
+{
+    zkf_engine *e = zkf_engine_from_lua(L);
+
+    if (e == NULL)
+        lua_pushinteger(L, (lua_Integer)lua_gc(L, LUA_GCCOUNT, 0) * 1024 +
+                           lua_gc(L, LUA_GCCOUNTB, 0));
+    else
+        lua_pushinteger(L, (lua_Integer)zkf_engine_mem_used(e));
+    return 1;
+}
+
+static int l_log(lua_State *L)
+{
+    const char *level = luaL_checkstring(L, 1);
+    const char *msg = luaL_checkstring(L, 2);
+
+    zkf_lua_log(L, level, msg);
+    return 0;
+}
+
+static int l_in_engine(lua_State *L)
+{
+    lua_pushboolean(L, zkf_engine_from_lua(L) != NULL);
+    return 1;
+}
+
+static const luaL_Reg core_funcs[] = {
+    {"mem_limit", l_mem_limit},
+    {"mem_used", l_mem_used},
+    {"log", l_log},
+    {"in_engine", l_in_engine},
+    {NULL, NULL}
+};
+
+int zkf_lua_open_core(lua_State *L)
+{
+    zkf_lua_loop(L);    /* the loop (and in plain Lua its owner) first */
+    luaL_newlib(L, core_funcs);
+    lua_pushliteral(L, "0.1.0");
+    lua_setfield(L, -2, "version");
+    zkf_lua_open_loop(L);
+    zkf_lua_open_store(L);
+    zkf_lua_open_cron(L);
+    zkf_lua_open_json(L);
+    zkf_lua_open_fs(L);
+    zkf_engine_open_lua(L);
+    return 1;
+}

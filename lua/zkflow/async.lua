@@ -1,0 +1,136 @@
+-- zkflow.async: coroutines on the loop.
+--
+-- Every Lua task, every `zkflow lua` script and every `flow.run` body is a
+-- coroutine started here.  A call that waits (sleep, a child process, a
+-- ZooKeeper reply) registers a callback with the C core and yields; the loop
+-- resumes the coroutine when the callback fires.  Nothing here blocks.
+local core = require "zkflow.core"
+
+local coroutine, debug, error, select, setmetatable, table, type =
+      coroutine, debug, error, select, setmetatable, table, type
+local pack, unpack = table.pack, table.unpack
+
+local _M = {}
+
+-- co -> { cancel = fn or nil } for coroutines parked in wait()
+local parked = setmetatable({}, { __mode = "k" })
+-- co -> true for coroutines started by spawn()
+local ours = setmetatable({}, { __mode = "k" })
+
+local function report(err)
+  core.log("error", "coroutine failed: " .. tostring(err))
+end
+
+local function step(co, ...)
+  local ok, err = coroutine.resume(co, ...)
+  if not ok then
+    -- spawn() wraps the body in xpcall, so this is only a resume of a dead
+    -- or closed coroutine: a late callback after cancel().
+    if coroutine.status(co) ~= "dead" then report(err) end
+  end
+end
+
+-- Starts fn(...) as a coroutine now; it runs until its first wait.
+-- on_done(ok, ...) receives fn's results, or false and the error (with
+-- a traceback for ordinary errors; error objects that are tables are passed
+-- through unchanged, so flow.skip()/flow.fail() survive).
+function _M.spawn(fn, on_done, ...)
+  local args = pack(...)
+  local co
+  co = coroutine.create(function()
+    local res = pack(xpcall(fn, function(e)
+      if type(e) == "table" then return e end
+      return debug.traceback(tostring(e), 2)
+    end, unpack(args, 1, args.n)))
+    parked[co] = nil
+    if on_done then
+      on_done(unpack(res, 1, res.n))
+    elseif not res[1] then
+      report(res[2])
+    end
+  end)
+  ours[co] = true
+  step(co)
+  return co
+end
+
+-- Inside a coroutine: register(resume) arranges for resume(...) to be
+-- called once, later or even at once; wait() returns resume's arguments.
+-- register may return a cancel function, used by cancel().
+function _M.wait(register)
+  local co, main = coroutine.running()
+  if main then
+    error("zkflow: this call waits, so it must run inside a coroutine " ..
+          "(a task, `zkflow lua`, flow.run or flow.spawn)", 3)
+  end
+  local done, results, yielded = false, nil, false
+  local function resume(...)
+    if done then return end
+    done = true
+    results = pack(...)
+    parked[co] = nil
+    if yielded then step(co) end
+  end
+  local cancel = register(resume)
+  if done then return unpack(results, 1, results.n) end
+  parked[co] = { cancel = cancel }
+  yielded = true
+  -- A hook-driven timeout may resume us with an error; loop until ours.
+  while not done do coroutine.yield() end
+  return unpack(results, 1, results.n)
+end
+
+function _M.sleep(seconds)
+  if type(seconds) ~= "number" or seconds < 0 then
+    error("sleep: seconds must be a number >= 0", 2)
+  end
+  return _M.wait(function(resume)
+    local t = core.timer(seconds, resume)
+    return function() t:cancel() end
+  end)
+end
+
+-- Runs a child process and waits for it: returns code, signal, output.
+function _M.exec(spec, on_start)
+  return _M.wait(function(resume)
+    local p = core.spawn(spec, resume)
+    if on_start then on_start(p) end
+    return function() p:kill(9) end
+  end)
+end
+
+-- Stops a coroutine parked in wait(): cancels what it waits for and closes
+-- it (its to-be-closed variables run).  Returns true if it was parked.
+function _M.cancel(co)
+  local p = parked[co]
+  parked[co] = nil
+  if p and p.cancel then p.cancel() end
+  if coroutine.status(co) == "suspended" then
+    coroutine.close(co)
+    return true
+  end
+  return false
+end
+
+function _M.is_parked(co)
+  return parked[co] ~= nil
+end
+
+-- Plain Lua (and `zkflow lua`): runs fn as a coroutine and drives the loop
+-- until it returns; returns fn's results or raises its error.
+function _M.run(fn, ...)
+  local res
+  _M.spawn(fn, function(...) res = pack(...) end, ...)
+  if not res then
+    if not core.in_engine() then
+      core.run()
+    else
+      error("flow.run: inside the engine use flow.spawn", 2)
+    end
+  end
+  if not res then error("flow.run: the loop stopped before the function returned", 2) end
+  if not res[1] then error(res[2], 0) end
+  return select(2, unpack(res, 1, res.n))
+end
+
+return _M
