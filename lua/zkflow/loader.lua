@@ -1,0 +1,479 @@
+-- zkflow.loader: loads DAG files, each in its own environment and within
+-- limits on the instructions and memory its loading may spend.
+--
+-- DAG files are trusted code (as in Airflow): io and os stay available.
+-- What the sandbox protects is the engine and the other files: globals a
+-- file sets live in its own _ENV, the standard library tables it sees are
+-- its own copies, `load` defaults to the file's environment, and a file
+-- that loops or allocates forever while loading is stopped instead of
+-- stalling or exhausting the scheduler.
+
+local dag = require "zkflow.dag"
+
+local _M = {}
+
+local type, pairs, ipairs, pcall, error, tostring, setmetatable =
+    type, pairs, ipairs, pcall, error, tostring, setmetatable
+local sfmt, concat, sort = string.format, table.concat, table.sort
+local sethook = debug.sethook
+
+dag.mark_internal()
+
+_M.DEFAULT_INSTRUCTIONS = 10000000
+_M.DEFAULT_MEMORY = 64 * 1024 * 1024
+
+-- Instructions between two count-hook calls.  Small enough that the limit
+-- is met within 0.1 %, large enough that the hook costs nothing.
+local HOOK_STEP = 1000
+
+------------------------------------------------------------------------------
+-- Helpers
+------------------------------------------------------------------------------
+
+--- FNV-1a, 32 bits, as 8 hex digits: the DAG version the scheduler stores.
+function _M.hash(s)
+    local h = 0x811c9dc5
+    local byte = string.byte
+    local n = #s
+    local i = 1
+    while i <= n do
+        local j = i + 63
+        if j > n then j = n end
+        local bytes = { byte(s, i, j) }
+        for k = 1, #bytes do
+            h = ((h ~ bytes[k]) * 0x01000193) & 0xffffffff
+        end
+        i = j + 1
+    end
+    return sfmt("%08x", h)
+end
+
+local function read_file(path)
+    local f, err = io.open(path, "rb")
+    if not f then
+        return nil, err
+    end
+    local data = f:read("a")
+    f:close()
+    if not data then
+        return nil, path .. ": cannot read"
+    end
+    return data
+end
+
+local function dirname(path)
+    local d = path:match("^(.*)/[^/]*$")
+    if d == nil then
+        return "."
+    end
+    if d == "" then
+        return "/"
+    end
+    return d
+end
+
+local function core_module()
+    local ok, core = pcall(require, "zkflow.core")
+    if ok and type(core) == "table" then
+        return core
+    end
+    return nil
+end
+
+local function shallow(t)
+    local c = {}
+    for k, v in pairs(t) do c[k] = v end
+    return c
+end
+
+------------------------------------------------------------------------------
+-- The per-file environment
+------------------------------------------------------------------------------
+
+-- Builds the base of one file's environment: the standard globals, library
+-- tables copied (so that `string.x = ...` stays in this file), and the
+-- functions that would reach the engine's own globals or defeat the limits
+-- replaced or left out (debug, collectgarbage, os.exit, package).
+local function make_base(env_of, hooks)
+    local base = {}
+    for _, k in ipairs({
+        "assert", "error", "getmetatable", "ipairs", "next", "pairs", "pcall",
+        "print", "rawequal", "rawget", "rawlen", "rawset", "select",
+        "setmetatable", "tonumber", "tostring", "type", "xpcall", "_VERSION",
+        "warn",
+    }) do
+        base[k] = _G[k]
+    end
+    for _, k in ipairs({ "string", "table", "math", "utf8", "io", "os" }) do
+        base[k] = shallow(_G[k])
+    end
+    base.os.exit = nil
+    base.package = { path = package.path, cpath = package.cpath, config = package.config }
+
+    -- coroutines get the same instruction budget as the main code
+    local co = shallow(coroutine)
+    co.create = function(f)
+        local c = coroutine.create(f)
+        hooks.attach(c)
+        return c
+    end
+    co.wrap = function(f)
+        local c = co.create(f)
+        return function(...)
+            local r = table.pack(coroutine.resume(c, ...))
+            if not r[1] then
+                error(r[2], 0)
+            end
+            return table.unpack(r, 2, r.n)
+        end
+    end
+    base.coroutine = co
+
+    base.collectgarbage = function(opt, ...)
+        if opt == nil or opt == "collect" or opt == "count" or opt == "step" then
+            return collectgarbage(opt, ...)
+        end
+        error("collectgarbage('" .. tostring(opt) .. "') is not available while loading DAGs", 2)
+    end
+    base.load = function(chunk, name, mode, env)
+        if env == nil then env = env_of() end
+        return load(chunk, name, mode, env)
+    end
+    base.loadfile = function(path, mode, env)
+        if env == nil then env = env_of() end
+        return loadfile(path, mode, env)
+    end
+    base.dofile = function(path)
+        local f = assert(loadfile(path, "t", env_of()))
+        return f()
+    end
+    return base
+end
+
+-- A fresh environment over `base`; the metatable is hidden so that the file
+-- cannot reach `base` through getmetatable(_ENV).
+local function make_env(base)
+    local env = setmetatable({}, { __index = base, __metatable = false })
+    env._G = env
+    return env
+end
+
+------------------------------------------------------------------------------
+-- Limits
+------------------------------------------------------------------------------
+
+-- The instruction budget shared by the loading thread and any coroutine
+-- the file creates.  Past the budget the hook fires on every instruction,
+-- so a file that catches the error with pcall cannot keep going.
+local function new_budget(limit, label)
+    local b = { used = 0, limit = limit, exceeded = false, threads = {} }
+    local function hook()
+        b.used = b.used + HOOK_STEP
+        if b.used > b.limit then
+            if not b.exceeded then
+                b.exceeded = true
+                sethook(hook, "", 1)
+            end
+            error(sfmt("%s: loading exceeded the instruction limit (%d)", label, b.limit), 0)
+        end
+    end
+    b.hook = hook
+    function b.attach(thread)
+        b.threads[#b.threads + 1] = thread
+        sethook(thread, hook, "", b.exceeded and 1 or HOOK_STEP)
+    end
+    return b
+end
+
+------------------------------------------------------------------------------
+-- Loading one file
+------------------------------------------------------------------------------
+
+local function is_dag_list(v)
+    if type(v) ~= "table" or dag.is_dag(v) then
+        return false
+    end
+    for _, x in ipairs(v) do
+        if not dag.is_dag(x) then return false end
+    end
+    return #v > 0
+end
+
+--- Loads DAGs from Lua source text.  `name` is the path used in messages
+--- and as `dag.file`.  opts:
+---   root              DAG folder: user operators are <root>/operators/*.lua
+---                     (default: the directory of `name`)
+---   instruction_limit default 10 000 000
+---   memory_limit      extra bytes the load may allocate (C module only),
+---                     default 64 MiB; false disables
+--- A file may return one dag, a list of dags, or nothing: every dag it
+--- creates with flow.dag is collected either way.
+--- Returns a list of dags, or nil and an error naming the file (and line).
+function _M.load_source(src, name, opts)
+    opts = opts or {}
+    local root = opts.root or dirname(name)
+    local ilimit = opts.instruction_limit or _M.DEFAULT_INSTRUCTIONS
+    local mlimit = opts.memory_limit
+    if mlimit == nil then mlimit = _M.DEFAULT_MEMORY end
+    local hash = _M.hash(src)
+
+    local env
+    local budget = new_budget(ilimit, name)
+    local base = make_base(function() return env end, budget)
+    env = make_env(base)
+
+    local collected = {}
+    local user_ops = {}       -- name -> module | false (not found)
+    local modules = {}        -- modules this file loaded from the DAG folder
+    local flow_proxy
+
+    -- Resolution order of t.<name>: zkflow.operators.<name> (shipped or on
+    -- package.path), then <root>/operators/<name>.lua.
+    local sandbox_require
+
+    local function find_operator(opname)
+        local mod, err = dag.find_builtin(opname)
+        if mod ~= nil or err then
+            return mod, err
+        end
+        if user_ops[opname] ~= nil then
+            return user_ops[opname] or nil
+        end
+        if not opname:find("^[%a_][%w_]*$") then
+            return nil
+        end
+        local path = root .. "/operators/" .. opname .. ".lua"
+        local code = read_file(path)
+        if not code then
+            user_ops[opname] = false
+            return nil
+        end
+        local fn, lerr = load(code, "@" .. path, "t", make_env(base))
+        if not fn then
+            return nil, sfmt("operator '%s': %s", opname, lerr)
+        end
+        local ok, m = pcall(fn, opname)
+        if not ok then
+            return nil, sfmt("operator '%s': %s", opname, tostring(m))
+        end
+        user_ops[opname] = m
+        return m
+    end
+
+    flow_proxy = setmetatable({
+        dag = function(spec)
+            local d = dag.new(spec, { find_operator = find_operator })
+            collected[#collected + 1] = d
+            return d
+        end,
+    }, { __index = require("zkflow") })
+
+    sandbox_require = function(modname)
+        if type(modname) ~= "string" then
+            error("bad argument #1 to 'require' (string expected, got " .. type(modname) .. ")", 2)
+        end
+        if modname == "zkflow" then
+            return flow_proxy
+        end
+        local om = modname:match("^operators%.([%a_][%w_]*)$")
+        if om then
+            local m, err = find_operator(om)
+            if m == nil then
+                error(err or sfmt("module '%s' not found in %s/operators", modname, root), 2)
+            end
+            return m
+        end
+        if modules[modname] ~= nil then
+            return modules[modname]
+        end
+        -- helper modules in the DAG folder load in this file's sandbox
+        local rel = modname:gsub("%.", "/")
+        for _, pat in ipairs({ "%s/%s.lua", "%s/%s/init.lua" }) do
+            local path = sfmt(pat, root, rel)
+            local code = read_file(path)
+            if code then
+                local fn, lerr = load(code, "@" .. path, "t", make_env(base))
+                if not fn then
+                    error(lerr, 0)
+                end
+                local m = fn(modname, path)
+                if m == nil then m = true end
+                modules[modname] = m
+                return m
+            end
+        end
+        return require(modname)
+    end
+    base.require = sandbox_require
+
+    local fn, lerr = load(src, "@" .. name, "t", env)
+    if not fn then
+        return nil, lerr
+    end
+
+    -- The file runs in a coroutine of its own: the instruction hook is set
+    -- on that thread only (the caller's hooks, such as a task's execution
+    -- timeout, are left alone), and a file that yields while loading comes
+    -- back here instead of leaving the limits armed.
+    local co = coroutine.create(fn)
+    budget.attach(co)
+    local core = mlimit and core_module() or nil
+    local use_mem = core ~= nil and type(core.mem_limit) == "function"
+    if use_mem then
+        core.mem_limit(mlimit)
+    end
+    local ok, ret = coroutine.resume(co)
+    if use_mem then
+        core.mem_limit(nil)
+    end
+    if ok and coroutine.status(co) ~= "dead" then
+        ok, ret = false, sfmt("%s: a DAG file cannot yield while loading "
+            .. "(call flow.sleep and zk inside tasks)", name)
+        coroutine.close(co)
+    end
+    for _, th in ipairs(budget.threads) do
+        sethook(th)
+    end
+
+    if not ok then
+        local msg = ret
+        if budget.exceeded then
+            msg = sfmt("%s: loading exceeded the instruction limit (%d)", name, ilimit)
+        elseif use_mem and (msg == "not enough memory" or tostring(msg):find("not enough memory", 1, true)) then
+            msg = sfmt("%s: loading exceeded the memory limit (%d bytes)", name, mlimit)
+        elseif type(msg) ~= "string" then
+            msg = sfmt("%s: %s", name, tostring(msg))
+        end
+        return nil, msg
+    end
+    if ret ~= nil and not dag.is_dag(ret) and not is_dag_list(ret) then
+        local hint = ""
+        if type(ret) == "table" and ret.tasks ~= nil then
+            hint = " (did you forget flow.dag?)"
+        end
+        return nil, sfmt("%s: the file must return a dag, a list of dags or nothing, got %s%s",
+            name, dag.show(ret), hint)
+    end
+
+    local seen, out = {}, {}
+    for _, d in ipairs(collected) do
+        if seen[d.id] then
+            return nil, sfmt("%s:%d: dag '%s' is defined twice in this file (first at line %d)",
+                name, d.line, d.id, seen[d.id].line)
+        end
+        seen[d.id] = d
+        d.file = name
+        d.source_hash = hash
+        out[#out + 1] = d
+    end
+    return out
+end
+
+--- Loads the DAGs of one file; see load_source.
+function _M.load_file(path, opts)
+    local src, err = read_file(path)
+    if not src then
+        return nil, sfmt("%s: %s", path, tostring(err))
+    end
+    return _M.load_source(src, path, opts)
+end
+
+------------------------------------------------------------------------------
+-- Scanning a folder
+------------------------------------------------------------------------------
+
+local function shell_quote(s)
+    return "'" .. s:gsub("'", "'\\''") .. "'"
+end
+
+-- Every *.lua below `dir` with its mtime: { {path=, rel=, mtime=}, ... },
+-- skipping hidden and "_" names and the top-level operators/ folder.
+local function list_lua(dir)
+    local core = core_module()
+    local out = {}
+    if core and type(core.listdir) == "function" and type(core.stat) == "function" then
+        local function walk(d, rel)
+            local names = core.listdir(d)
+            if not names then return end
+            for _, n in ipairs(names) do
+                local first = n:sub(1, 1)
+                if first ~= "." and first ~= "_" and not (rel == "" and n == "operators") then
+                    local p = d .. "/" .. n
+                    local st = core.stat(p)
+                    if st and st.type == "dir" then
+                        walk(p, rel .. n .. "/")
+                    elseif st and st.type == "file" and n:sub(-4) == ".lua" then
+                        out[#out + 1] = { path = p, rel = rel .. n, mtime = st.mtime }
+                    end
+                end
+            end
+        end
+        walk(dir, "")
+    else
+        -- plain lua5.4 without the C module: GNU find does the walk
+        local p = io.popen("find " .. shell_quote(dir) .. " -mindepth 1 -name '[._]*' -prune -o"
+            .. " -type f -name '*.lua' -printf '%T@ %P\\n' 2>/dev/null")
+        if p then
+            for line in p:lines() do
+                local mt, rel = line:match("^(%S+) (.*)$")
+                if rel and not rel:find("^operators/") then
+                    out[#out + 1] = { path = dir .. "/" .. rel, rel = rel, mtime = tonumber(mt) }
+                end
+            end
+            p:close()
+        end
+    end
+    sort(out, function(a, b) return a.path < b.path end)
+    return out
+end
+
+--- Loads every DAG file below `dir` (recursively, sorted by path; names
+--- starting with "." or "_" and the operators/ folder are skipped).
+--- opts are load_file's.  A broken file never affects the others.  When two
+--- files define the same dag id the first (by path) wins and the second
+--- gets an import error naming both.
+--- Returns { dags = {[id]=dag}, errors = {[file]=msg},
+---           files = {[file]={hash=, mtime=, dag_ids={...}}} }.
+function _M.scan(dir, opts)
+    dir = dir:gsub("/+$", "")
+    if dir == "" then dir = "/" end
+    local o = {}
+    for k, v in pairs(opts or {}) do o[k] = v end
+    o.root = o.root or dir
+    local result = { dags = {}, errors = {}, files = {} }
+    local owner = {}
+    for _, f in ipairs(list_lua(dir)) do
+        local src, rerr = read_file(f.path)
+        local entry = { mtime = f.mtime, dag_ids = {} }
+        result.files[f.path] = entry
+        if not src then
+            result.errors[f.path] = sfmt("%s: %s", f.path, tostring(rerr))
+        else
+            entry.hash = _M.hash(src)
+            local dags, err = _M.load_source(src, f.path, o)
+            if not dags then
+                result.errors[f.path] = err
+            else
+                local dups = {}
+                for _, d in ipairs(dags) do
+                    if owner[d.id] then
+                        dups[#dups + 1] = sfmt("%s:%d: dag id '%s' is already defined in %s",
+                            f.path, d.line, d.id, owner[d.id])
+                    end
+                end
+                if #dups > 0 then
+                    result.errors[f.path] = concat(dups, "\n")
+                else
+                    for _, d in ipairs(dags) do
+                        owner[d.id] = f.path
+                        result.dags[d.id] = d
+                        entry.dag_ids[#entry.dag_ids + 1] = d.id
+                    end
+                end
+            end
+        end
+    end
+    return result
+end
+
+return _M

@@ -1,0 +1,7 @@
+-- The `empty` operator: does nothing and succeeds (a join or a marker).
+return {
+    name      = "empty",
+    fields    = {},
+    templated = {},
+    sensor    = false,
+}
