@@ -1,0 +1,674 @@
+/*
+ * proc.c - child processes: posix_spawn into a new process group, one
+ * output pipe read by the loop, exit seen through a pidfd (proc.h).
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <pthread.h>
+#include <signal.h>
+#include <spawn.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <sys/syscall.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "proc.h"
+
+#ifndef P_PIDFD
+#define P_PIDFD 3
+#endif
+
+extern char **environ;
+
+#define READ_CHUNK 65536
+#define READS_PER_TURN 16
+
+struct zkf_proc {
+    zkf_loop *loop;
+    pid_t pid;
+    zkf_proc_exit_cb cb;
+    void *arg;
+
+    int pidfd;              /* -1 once reaped */
+    zkf_io *pid_io;
+    zkf_timer *reap_timer;  /* no pidfd (valgrind, Linux < 5.3): polling */
+    double reap_ms;
+    int exited;
+    int code, sig;
+    int done;               /* the exit callback has fired */
+
+    int out_fd;             /* read end of stdout+stderr; -1 after EOF */
+    zkf_io *out_io;
+    zkf_timer *drain;       /* pending after exit while out_fd is open */
+    int log_fd;             /* -1: keep output in memory */
+    char *buf;              /* memory output, up to 2 * OUTPUT_MAX */
+    size_t len, cap;
+
+    int in_fd;              /* write end of stdin; -1 when fed or none */
+    zkf_io *in_io;
+    char *in_data;          /* a copy of opts->stdin_data */
+    size_t in_len, in_off;
+
+    zkf_proc *next, **pprev;    /* on opts->list */
+};
+
+static void proc_step(zkf_proc *p);
+static void reap(zkf_proc *p, int options);
+static void exited(zkf_proc *p);
+static void reap_cb(zkf_timer *t, void *arg);
+
+/* ---- helpers --------------------------------------------------------- */
+
+/* Creates the parent directories of `path` (not `path` itself). */
+static int mkdirs_for(const char *path)
+{
+    char *dir = strdup(path);
+    if (!dir)
+        return -1;
+    char *slash = strrchr(dir, '/');
+    if (!slash || slash == dir) {
+        free(dir);
+        return 0;
+    }
+    *slash = '\0';
+    for (char *s = dir + 1; ; s++) {
+        if (*s != '/' && *s != '\0')
+            continue;
+        char c = *s;
+        *s = '\0';
+        if (mkdir(dir, 0755) != 0 && errno != EEXIST) {
+            int e = errno;
+            free(dir);
+            errno = e;
+            return -1;
+        }
+        *s = c;
+        if (c == '\0')
+            break;
+    }
+    free(dir);
+    return 0;
+}
+
+/* write() that cannot raise SIGPIPE in this process: a child that closes
+ * its stdin early must not kill the scheduler.  The signal is blocked in
+ * this thread for the call and a SIGPIPE it caused is consumed. */
+static ssize_t write_nosigpipe(int fd, const void *data, size_t len)
+{
+    sigset_t pipe_set, old, pending;
+    sigemptyset(&pipe_set);
+    sigaddset(&pipe_set, SIGPIPE);
+    sigpending(&pending);
+    int was_pending = sigismember(&pending, SIGPIPE);
+    pthread_sigmask(SIG_BLOCK, &pipe_set, &old);
+    ssize_t r = write(fd, data, len);
+    int e = errno;
+    if (r < 0 && e == EPIPE && !was_pending) {
+        struct timespec zero = { 0, 0 };
+        while (sigtimedwait(&pipe_set, NULL, &zero) < 0 && errno == EINTR)
+            ;
+    }
+    pthread_sigmask(SIG_SETMASK, &old, NULL);
+    errno = e;
+    return r;
+}
+
+static void close_fd(int *fd)
+{
+    if (*fd >= 0) {
+        close(*fd);
+        *fd = -1;
+    }
+}
+
+static int keylen(const char *kv)
+{
+    const char *eq = strchr(kv, '=');
+    return eq ? (int)(eq - kv) : (int)strlen(kv);
+}
+
+/* The parent's environment with `extra` added or replacing.  Returns a new
+ * array of borrowed pointers (free the array only), NULL when out of
+ * memory. */
+static const char **build_env(const char *const *extra)
+{
+    size_t n = 0, m = 0;
+    while (environ && environ[n])
+        n++;
+    while (extra && extra[m])
+        m++;
+    const char **env = malloc((n + m + 1) * sizeof *env);
+    if (!env)
+        return NULL;
+    size_t k = 0;
+    for (size_t i = 0; i < n; i++) {
+        int kl = keylen(environ[i]), replaced = 0;
+        for (size_t j = 0; j < m && !replaced; j++)
+            replaced = keylen(extra[j]) == kl &&
+                       strncmp(extra[j], environ[i], (size_t)kl) == 0;
+        if (!replaced)
+            env[k++] = environ[i];
+    }
+    for (size_t j = 0; j < m; j++)
+        env[k++] = extra[j];
+    env[k] = NULL;
+    return env;
+}
+
+/* ---- output ---------------------------------------------------------- */
+
+static void keep_output(zkf_proc *p, const char *data, size_t n)
+{
+    if (p->log_fd >= 0) {
+        while (n > 0) {
+            ssize_t w = write(p->log_fd, data, n);
+            if (w < 0 && errno == EINTR)
+                continue;
+            if (w <= 0)
+                return;         /* disk full: the task's log is lost */
+            data += w;
+            n -= (size_t)w;
+        }
+        return;
+    }
+    if (n > ZKF_PROC_OUTPUT_MAX) {
+        data += n - ZKF_PROC_OUTPUT_MAX;
+        n = ZKF_PROC_OUTPUT_MAX;
+    }
+    /* Keep a window of up to twice the cap and slide it rarely: the tail
+     * is what is kept, at amortised constant cost per byte. */
+    if (p->len + n > 2 * (size_t)ZKF_PROC_OUTPUT_MAX) {
+        size_t keep = ZKF_PROC_OUTPUT_MAX - n;
+        memmove(p->buf, p->buf + p->len - keep, keep);
+        p->len = keep;
+    }
+    if (p->len + n > p->cap) {
+        size_t cap = p->cap ? p->cap : 4096;
+        while (cap < p->len + n)
+            cap *= 2;
+        if (cap > 2 * (size_t)ZKF_PROC_OUTPUT_MAX)
+            cap = 2 * (size_t)ZKF_PROC_OUTPUT_MAX;
+        char *b = realloc(p->buf, cap);
+        if (!b)
+            return;
+        p->buf = b;
+        p->cap = cap;
+    }
+    memcpy(p->buf + p->len, data, n);
+    p->len += n;
+}
+
+/* Reads what the pipe has; returns 1 at end of file (or error), else 0. */
+static int read_output(zkf_proc *p)
+{
+    char chunk[READ_CHUNK];
+    for (int i = 0; i < READS_PER_TURN; i++) {
+        ssize_t r = read(p->out_fd, chunk, sizeof chunk);
+        if (r > 0) {
+            keep_output(p, chunk, (size_t)r);
+            continue;
+        }
+        if (r < 0 && errno == EINTR)
+            continue;
+        if (r < 0 && errno == EAGAIN)
+            return 0;
+        return 1;
+    }
+    return 0;
+}
+
+static void stop_output(zkf_proc *p)
+{
+    zkf_io_stop(p->out_io);
+    p->out_io = NULL;
+    close_fd(&p->out_fd);
+    zkf_timer_stop(p->drain);
+    p->drain = NULL;
+}
+
+static void out_cb(zkf_io *io, int fd, int events, void *arg)
+{
+    (void)io;
+    (void)fd;
+    (void)events;
+    zkf_proc *p = arg;
+    if (!read_output(p))
+        return;
+    stop_output(p);
+    /* Most children close their output by exiting: without a pidfd,
+     * look now rather than at the next poll of the reap timer. */
+    if (p->reap_timer && !p->exited) {
+        reap(p, WNOHANG);
+        if (p->exited) {
+            exited(p);
+            return;
+        }
+        zkf_timer_stop(p->reap_timer);
+        p->reap_ms = 1;
+        p->reap_timer = zkf_timer_start(p->loop, p->reap_ms, reap_cb, p);
+        if (!p->reap_timer)
+            reap(p, 0);     /* out of memory: wait for it here */
+        if (p->exited)
+            exited(p);
+        return;
+    }
+    proc_step(p);
+}
+
+static void drain_cb(zkf_timer *t, void *arg)
+{
+    (void)t;
+    zkf_proc *p = arg;
+    p->drain = NULL;        /* fired: the loop frees it */
+    /* Whatever is already in the pipe is still the task's output. */
+    int i = 0;
+    while (p->out_fd >= 0 && !read_output(p) && ++i < 64)
+        ;
+    stop_output(p);
+    proc_step(p);
+}
+
+/* ---- stdin ----------------------------------------------------------- */
+
+static void stop_input(zkf_proc *p)
+{
+    zkf_io_stop(p->in_io);
+    p->in_io = NULL;
+    close_fd(&p->in_fd);
+    free(p->in_data);
+    p->in_data = NULL;
+}
+
+/* Writes what the pipe takes; returns 1 when stdin is finished. */
+static int feed_input(zkf_proc *p)
+{
+    while (p->in_off < p->in_len) {
+        ssize_t w = write_nosigpipe(p->in_fd, p->in_data + p->in_off,
+                                    p->in_len - p->in_off);
+        if (w < 0 && errno == EINTR)
+            continue;
+        if (w < 0 && errno == EAGAIN)
+            return 0;
+        if (w <= 0)
+            return 1;       /* EPIPE: the child does not want the rest */
+        p->in_off += (size_t)w;
+    }
+    return 1;
+}
+
+static void in_cb(zkf_io *io, int fd, int events, void *arg)
+{
+    (void)io;
+    (void)fd;
+    (void)events;
+    zkf_proc *p = arg;
+    if (feed_input(p))
+        stop_input(p);
+}
+
+/* ---- exit ------------------------------------------------------------ */
+
+static void reap(zkf_proc *p, int options)
+{
+    siginfo_t si;
+    memset(&si, 0, sizeof si);
+    int r = -1;
+    errno = EINVAL;
+    if (p->pidfd >= 0) {
+        do
+            r = waitid((idtype_t)P_PIDFD, (id_t)p->pidfd, &si,
+                       WEXITED | options);
+        while (r < 0 && errno == EINTR);
+    }
+    if (r < 0 && errno == EINVAL) {
+        /* No pidfd, or a kernel without P_PIDFD (before 5.4): the pid is
+         * ours until reaped, so waitpid on it is just as safe. */
+        int st;
+        pid_t w;
+        do
+            w = waitpid(p->pid, &st, options);
+        while (w < 0 && errno == EINTR);
+        if (w == 0)
+            return;
+        p->exited = 1;
+        if (w > 0 && WIFEXITED(st)) {
+            p->code = WEXITSTATUS(st);
+        } else if (w > 0 && WIFSIGNALED(st)) {
+            p->code = -1;
+            p->sig = WTERMSIG(st);
+        } else {
+            p->code = -1;
+        }
+        return;
+    }
+    if (r == 0 && si.si_pid == 0)
+        return;             /* WNOHANG and still running */
+    p->exited = 1;
+    if (r < 0) {
+        p->code = -1;       /* ECHILD: somebody else's waitpid(-1) won */
+    } else if (si.si_code == CLD_EXITED) {
+        p->code = si.si_status;
+    } else {
+        p->code = -1;
+        p->sig = si.si_status;
+    }
+}
+
+static void exited(zkf_proc *p)
+{
+    zkf_io_stop(p->pid_io);
+    p->pid_io = NULL;
+    close_fd(&p->pidfd);
+    zkf_timer_stop(p->reap_timer);
+    p->reap_timer = NULL;
+    proc_step(p);
+}
+
+static void pid_cb(zkf_io *io, int fd, int events, void *arg)
+{
+    (void)io;
+    (void)fd;
+    (void)events;
+    zkf_proc *p = arg;
+    reap(p, WNOHANG);
+    if (p->exited)
+        exited(p);
+}
+
+/* Without a pidfd the only signal-free way to see an exit is to ask:
+ * every 1 ms at first, backing off to 50 ms for long-running children. */
+static void reap_cb(zkf_timer *t, void *arg)
+{
+    (void)t;
+    zkf_proc *p = arg;
+    p->reap_timer = NULL;   /* fired: the loop frees it */
+    reap(p, WNOHANG);
+    if (p->exited) {
+        exited(p);
+        return;
+    }
+    p->reap_ms = p->reap_ms * 2 > 50 ? 50 : p->reap_ms * 2;
+    p->reap_timer = zkf_timer_start(p->loop, p->reap_ms, reap_cb, p);
+}
+
+/* Fires the callback once the child exited and its output ended; arms
+ * the drain timer when only the output is missing.  Last thing its
+ * callers do: the callback may free `p`. */
+static void proc_step(zkf_proc *p)
+{
+    if (!p->exited || p->done)
+        return;
+    if (p->out_fd >= 0) {
+        if (!p->drain)
+            p->drain = zkf_timer_start(p->loop, ZKF_PROC_DRAIN_MS, drain_cb,
+                                       p);
+        if (p->drain)
+            return;
+        stop_output(p);     /* out of memory: give up the pipe now */
+    }
+    stop_input(p);
+    p->done = 1;
+    if (p->cb)
+        p->cb(p, p->code, p->sig, p->arg);
+}
+
+/* ---- public ---------------------------------------------------------- */
+
+static void list_unlink(zkf_proc *p)
+{
+    if (!p->pprev)
+        return;
+    *p->pprev = p->next;
+    if (p->next)
+        p->next->pprev = p->pprev;
+    p->pprev = NULL;
+    p->next = NULL;
+}
+
+zkf_proc *zkf_proc_spawn(zkf_loop *loop, const zkf_proc_opts *opts,
+                         zkf_proc_exit_cb cb, void *arg, char *err,
+                         size_t errlen)
+{
+    char dummy[1];
+    if (!err || errlen == 0) {
+        err = dummy;
+        errlen = sizeof dummy;
+    }
+    err[0] = '\0';
+    if (!loop || !opts || !opts->argv || !opts->argv[0]) {
+        snprintf(err, errlen, "spawn: no program given");
+        return NULL;
+    }
+    const char *prog = opts->argv[0];
+    zkf_proc *p = calloc(1, sizeof *p);
+    if (!p) {
+        snprintf(err, errlen, "spawn '%s': out of memory", prog);
+        return NULL;
+    }
+    p->loop = loop;
+    p->cb = cb;
+    p->arg = arg;
+    p->pidfd = p->out_fd = p->log_fd = p->in_fd = -1;
+    p->pid = -1;
+
+    int out[2] = { -1, -1 }, in_child = -1, rc = 0;
+    const char **env = NULL;
+    posix_spawn_file_actions_t fa;
+    posix_spawnattr_t at;
+    int fa_ok = 0, at_ok = 0;
+
+    if (opts->log_path) {
+        if (mkdirs_for(opts->log_path) != 0) {
+            snprintf(err, errlen, "log '%s': %s", opts->log_path,
+                     strerror(errno));
+            goto fail;
+        }
+        p->log_fd = open(opts->log_path,
+                         O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0644);
+        if (p->log_fd < 0) {
+            snprintf(err, errlen, "log '%s': %s", opts->log_path,
+                     strerror(errno));
+            goto fail;
+        }
+    }
+    if (pipe2(out, O_CLOEXEC) != 0)
+        goto fail_errno;
+    p->out_fd = out[0];
+    if (fcntl(p->out_fd, F_SETFL, O_NONBLOCK) != 0)
+        goto fail_errno;
+    if (opts->stdin_data) {
+        int in[2];
+        if (pipe2(in, O_CLOEXEC) != 0)
+            goto fail_errno;
+        in_child = in[0];
+        p->in_fd = in[1];
+        if (fcntl(p->in_fd, F_SETFL, O_NONBLOCK) != 0)
+            goto fail_errno;
+        p->in_len = opts->stdin_len;
+        p->in_data = malloc(p->in_len ? p->in_len : 1);
+        if (!p->in_data)
+            goto fail_nomem;
+        memcpy(p->in_data, opts->stdin_data, p->in_len);
+    } else {
+        in_child = open("/dev/null", O_RDONLY | O_CLOEXEC);
+        if (in_child < 0)
+            goto fail_errno;
+    }
+    env = build_env(opts->env);
+    if (!env)
+        goto fail_nomem;
+
+    rc = posix_spawn_file_actions_init(&fa);
+    if (rc != 0)
+        goto fail_rc;
+    fa_ok = 1;
+    /* dup2 clears close-on-exec on the copies, and only on them. */
+    rc = posix_spawn_file_actions_adddup2(&fa, in_child, 0);
+    if (rc == 0)
+        rc = posix_spawn_file_actions_adddup2(&fa, out[1], 1);
+    if (rc == 0)
+        rc = posix_spawn_file_actions_adddup2(&fa, out[1], 2);
+    if (rc == 0 && opts->cwd)
+        rc = posix_spawn_file_actions_addchdir_np(&fa, opts->cwd);
+    if (rc != 0)
+        goto fail_rc;
+    rc = posix_spawnattr_init(&at);
+    if (rc != 0)
+        goto fail_rc;
+    at_ok = 1;
+    /* A group of its own, so kill(-pgid) reaches what the task started;
+     * no blocked or ignored signal of ours leaks into it. */
+    sigset_t none, all;
+    sigemptyset(&none);
+    sigfillset(&all);
+    sigdelset(&all, SIGKILL);
+    sigdelset(&all, SIGSTOP);
+    rc = posix_spawnattr_setflags(&at, POSIX_SPAWN_SETPGROUP |
+                                  POSIX_SPAWN_SETSIGMASK |
+                                  POSIX_SPAWN_SETSIGDEF);
+    if (rc == 0)
+        rc = posix_spawnattr_setpgroup(&at, 0);
+    if (rc == 0)
+        rc = posix_spawnattr_setsigmask(&at, &none);
+    if (rc == 0)
+        rc = posix_spawnattr_setsigdefault(&at, &all);
+    if (rc != 0)
+        goto fail_rc;
+
+    char *const *cargv = (char *const *)opts->argv;
+    char *const *cenv = (char *const *)env;
+    if (strchr(prog, '/'))
+        rc = posix_spawn(&p->pid, prog, &fa, &at, cargv, cenv);
+    else
+        rc = posix_spawnp(&p->pid, prog, &fa, &at, cargv, cenv);
+    if (rc != 0) {
+        p->pid = -1;
+        goto fail_rc;
+    }
+    posix_spawn_file_actions_destroy(&fa);
+    posix_spawnattr_destroy(&at);
+    fa_ok = at_ok = 0;
+    free(env);
+    env = NULL;
+    close_fd(&out[1]);
+    close_fd(&in_child);
+
+    p->pidfd = (int)syscall(SYS_pidfd_open, p->pid, 0);
+    if (p->pidfd >= 0) {
+        p->pid_io = zkf_io_start(loop, p->pidfd, ZKF_IO_IN, pid_cb, p);
+        if (!p->pid_io)
+            goto fail_nomem;
+    } else if (errno == ENOSYS) {
+        p->reap_ms = 1;
+        p->reap_timer = zkf_timer_start(loop, p->reap_ms, reap_cb, p);
+        if (!p->reap_timer)
+            goto fail_nomem;
+    } else {
+        goto fail_errno;
+    }
+    p->out_io = zkf_io_start(loop, p->out_fd, ZKF_IO_IN, out_cb, p);
+    if (!p->out_io)
+        goto fail_nomem;
+    if (p->in_fd >= 0) {
+        if (feed_input(p)) {
+            stop_input(p);
+        } else {
+            p->in_io = zkf_io_start(loop, p->in_fd, ZKF_IO_OUT, in_cb, p);
+            if (!p->in_io)
+                goto fail_nomem;
+        }
+    }
+    if (opts->list) {
+        p->next = opts->list->head;
+        if (p->next)
+            p->next->pprev = &p->next;
+        opts->list->head = p;
+        p->pprev = &opts->list->head;
+    }
+    return p;
+
+fail_nomem:
+    rc = ENOMEM;
+    goto fail_rc;
+fail_errno:
+    rc = errno;
+fail_rc:
+    snprintf(err, errlen, "spawn '%s': %s", prog, strerror(rc));
+fail:
+    if (fa_ok)
+        posix_spawn_file_actions_destroy(&fa);
+    if (at_ok)
+        posix_spawnattr_destroy(&at);
+    free(env);
+    close_fd(&out[1]);
+    close_fd(&in_child);
+    p->cb = NULL;
+    zkf_proc_free(p);       /* kills and reaps a child already started */
+    return NULL;
+}
+
+int zkf_proc_kill(zkf_proc *p, int sig)
+{
+    if (!p || p->pid <= 0 || p->done) {
+        errno = ESRCH;
+        return -1;
+    }
+    return kill(-p->pid, sig);
+}
+
+pid_t zkf_proc_pid(const zkf_proc *p)
+{
+    return p ? p->pid : -1;
+}
+
+int zkf_proc_done(const zkf_proc *p)
+{
+    return p ? p->done : 0;
+}
+
+const char *zkf_proc_output(const zkf_proc *p, size_t *len)
+{
+    if (!p || !p->buf) {
+        *len = 0;
+        return "";
+    }
+    if (p->len > ZKF_PROC_OUTPUT_MAX) {
+        *len = ZKF_PROC_OUTPUT_MAX;
+        return p->buf + p->len - ZKF_PROC_OUTPUT_MAX;
+    }
+    *len = p->len;
+    return p->buf;
+}
+
+void zkf_proc_free(zkf_proc *p)
+{
+    if (!p)
+        return;
+    if (p->pid > 0 && !p->exited) {
+        kill(-p->pid, SIGKILL);
+        int st;
+        while (waitpid(p->pid, &st, 0) < 0 && errno == EINTR)
+            ;
+    }
+    zkf_io_stop(p->pid_io);
+    close_fd(&p->pidfd);
+    zkf_timer_stop(p->reap_timer);
+    stop_output(p);
+    stop_input(p);
+    close_fd(&p->log_fd);
+    list_unlink(p);
+    free(p->buf);
+    free(p);
+}
+
+void zkf_proc_list_kill(zkf_proc_list *list, int sig)
+{
+    if (!list)
+        return;
+    for (zkf_proc *p = list->head; p; p = p->next)
+        zkf_proc_kill(p, sig);
+}
