@@ -139,13 +139,15 @@ end
 _M.valid_id = valid_id
 
 -- The first stack frame (from `level` up) that is not zkflow's DSL code and
--- not C: the DAG file's line that called flow.dag / t.<op>{...}.
+-- not C: the DAG file's line that called flow.dag / t.<op>{...}.  Returns
+-- nil when that frame is gone: `return flow.dag {...}` is a tail call, and
+-- Lua keeps no record of the caller of a tail call.
 local function callsite(level)
     level = (level or 1) + 1
     while true do
-        local info = getinfo(level, "Sl")
+        local info = getinfo(level, "Slt")
         if not info then
-            return "?", 0
+            return nil
         end
         if info.what ~= "C" and not internal[info.source] then
             local src = info.source
@@ -156,9 +158,47 @@ local function callsite(level)
             end
             return src, info.currentline or 0
         end
+        if info.istailcall then
+            return nil
+        end
         level = level + 1
     end
 end
+
+local function source_name(info)
+    local src = info.source
+    if src:sub(1, 1) == "@" or src:sub(1, 1) == "=" then
+        return src:sub(2)
+    end
+    return info.short_src
+end
+
+-- Where a spec was written when its call site is lost to a tail call: the
+-- file of a function inside the spec (`tasks`, `run`, a callback), and the
+-- nearest line at or above that function that looks like the constructor
+-- call (`pattern`), or the function's own first line.
+local function locate_by_functions(spec, keys, pattern, lines_of)
+    for _, k in ipairs(keys) do
+        local fn = type(spec) == "table" and spec[k]
+        if type(fn) == "function" then
+            local info = getinfo(fn, "S")
+            if info.what == "Lua" then
+                local file, line = source_name(info), info.linedefined
+                local lines = lines_of(info.source)
+                if lines and pattern then
+                    for l = line, 1, -1 do
+                        if lines[l] and lines[l]:find(pattern) then
+                            return file, l
+                        end
+                    end
+                end
+                return file, line
+            end
+        end
+    end
+    return nil
+end
+
 _M.callsite = callsite
 
 local function is_list(v)
@@ -1017,7 +1057,34 @@ end
 --- Raises one error listing every problem ("file:line: message" per line).
 function _M.new(spec, opts)
     opts = opts or {}
+    local lines_cache = {}
+    local function lines_of(source)
+        if lines_cache[source] == nil then
+            local text = opts.source_text
+            if not (text and source == "@" .. tostring(opts.file)) and source:sub(1, 1) == "@" then
+                local f = io.open(source:sub(2), "rb")
+                if f then
+                    text = f:read("a")
+                    f:close()
+                end
+            end
+            local lines = false
+            if type(text) == "string" then
+                lines = {}
+                for l in (text .. "\n"):gmatch("([^\n]*)\n") do lines[#lines + 1] = l end
+            end
+            lines_cache[source] = lines
+        end
+        return lines_cache[source] or nil
+    end
     local file, line = callsite(2)
+    if not file then
+        file, line = locate_by_functions(spec, { "tasks", "on_success", "on_failure", "on_retry" },
+            "dag%s*[{(]", lines_of)
+    end
+    if not file then
+        file, line = opts.file or "?", 0
+    end
     if type(spec) ~= "table" then
         error(sfmt("%s:%d: flow.dag: expected a table, got %s", file, line, show(spec)), 0)
     end
@@ -1128,7 +1195,15 @@ function _M.new(spec, opts)
                 if not f then
                     f = function(tspec)
                         local tf, tl = callsite(2)
-                        return b:new_task(name, tspec, tf, tl)
+                        if not tf then
+                            tf, tl = locate_by_functions(tspec, { "run", "on_execute", "on_success",
+                                "on_failure", "on_retry" }, "%." .. name .. "%s*[{(]", lines_of)
+                        end
+                        if not tf then
+                            tf, tl = file, line
+                        end
+                        local task = b:new_task(name, tspec, tf, tl)
+                        return task
                     end
                     factories[name] = f
                 end

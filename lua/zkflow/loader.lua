@@ -262,7 +262,7 @@ function _M.load_source(src, name, opts)
 
     flow_proxy = setmetatable({
         dag = function(spec)
-            local d = dag.new(spec, { find_operator = find_operator })
+            local d = dag.new(spec, { find_operator = find_operator, file = name, source_text = src })
             collected[#collected + 1] = d
             return d
         end,
