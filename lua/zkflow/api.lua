@@ -1,0 +1,875 @@
+-- zkflow.api: the HTTP API router and the page at "/".
+--
+--   local api = require "zkflow.api"
+--   local h = api.new{store = st, root = "/zkflow", dags = fn, scheduler = s}
+--   local status, headers, body = h:handle{method = "GET",
+--                                          path = "/api/v1/dags", query = {}}
+--
+-- The router only reads and writes the store (through zkflow.state) and
+-- asks `dags()` for the current DAGs, so the same answers come from the
+-- evhttp front door, the nginx module and the specs, which call handle()
+-- directly.  handle() never raises: a bug answers 500 with its message.
+-- The view helpers (dag_list, dag_detail, log_path, clear_set, ...) are
+-- shared with the command line.
+
+local core  = require "zkflow.core"
+local state = require "zkflow.state"
+
+local _M = {}
+
+local concat, sort = table.concat, table.sort
+local fmt = string.format
+local json_encode, json_decode = core.json_encode, core.json_decode
+local array = state.array
+
+local function is_null(v)
+    return v == nil or v == core.null
+end
+
+local function nullable(v)
+    if v == nil then return core.null end
+    return v
+end
+
+-- ---- views shared with the CLI --------------------------------------------
+
+-- Task ids out of the ways a task may hold its neighbours: a list of ids,
+-- a list of tasks, or a set {[id] = true}.  Sorted when it was a set.
+function _M.ids(x)
+    local out = {}
+    if type(x) ~= "table" then return out end
+    if #x > 0 then
+        for i, v in ipairs(x) do
+            out[i] = type(v) == "table" and v.id or v
+        end
+        return out
+    end
+    for k, v in pairs(x) do
+        if type(k) == "string" then
+            out[#out + 1] = k
+        elseif type(v) == "table" and v.id then
+            out[#out + 1] = v.id
+        end
+    end
+    sort(out)
+    return out
+end
+
+-- "@hourly", "*/5 * * * *", "@once", "every 300s", or null.
+function _M.schedule_string(s)
+    if is_null(s) then return core.null end
+    if type(s) == "string" then return s end
+    if type(s) == "number" then return "every " .. s .. "s" end
+    if type(s) == "table" then
+        if s.cron then return s.cron end
+        if s.every then return "every " .. tostring(s.every) .. "s" end
+        if s.expr then return s.expr end
+    end
+    return tostring(s)
+end
+
+local function iso_or_null(t)
+    if is_null(t) then return core.null end
+    if type(t) == "number" then return state.iso(t) end
+    return tostring(t)
+end
+
+-- One DAG as the API and `dags list --json` show it.
+function _M.dag_entry(dag, S, errors)
+    local tags = {}
+    for i, t in ipairs(dag.tags or {}) do tags[i] = t end
+    return {
+        dag_id       = dag.id,
+        file         = nullable(dag.file),
+        schedule     = _M.schedule_string(dag.schedule),
+        paused       = S ~= nil and S:is_paused(dag.id) or false,
+        version      = nullable(dag.source_hash or dag.version),
+        tags         = array(tags),
+        description  = nullable(dag.description),
+        import_error = nullable(errors and dag.file and errors[dag.file]),
+    }
+end
+
+-- Every DAG sorted by id, then one entry (dag_id null) per file whose
+-- import failed and that defines no DAG.
+function _M.dag_list(scan, S)
+    local dags, errors = scan.dags or {}, scan.errors or {}
+    local list, files = {}, {}
+    local ids = {}
+    for id in pairs(dags) do ids[#ids + 1] = id end
+    sort(ids)
+    for _, id in ipairs(ids) do
+        local dag = dags[id]
+        list[#list + 1] = _M.dag_entry(dag, S, errors)
+        if dag.file then files[dag.file] = true end
+    end
+    local bad = {}
+    for file in pairs(errors) do
+        if not files[file] then bad[#bad + 1] = file end
+    end
+    sort(bad)
+    for _, file in ipairs(bad) do
+        list[#list + 1] = {
+            dag_id = core.null, file = file, schedule = core.null,
+            paused = false, version = core.null, tags = array(),
+            description = core.null, import_error = tostring(errors[file]),
+        }
+    end
+    return array(list)
+end
+
+local function task_order(dag)
+    local order = dag.topo or dag.order
+    local ids = {}
+    if type(order) == "table" and #order > 0 then
+        for i, v in ipairs(order) do
+            ids[i] = type(v) == "table" and v.id or v
+        end
+        return ids
+    end
+    for id in pairs(dag.tasks or {}) do ids[#ids + 1] = id end
+    sort(ids)
+    return ids
+end
+
+-- A DAG with its settings and tasks (topological order).
+function _M.dag_detail(dag, S, errors)
+    local d = _M.dag_entry(dag, S, errors)
+    d.start_date = iso_or_null(dag.start_date)
+    d.end_date = iso_or_null(dag.end_date)
+    d.catchup = dag.catchup and true or false
+    d.max_active_runs = nullable(dag.max_active_runs)
+    d.max_active_tasks = nullable(dag.max_active_tasks)
+    d.params = dag.params or {}
+    local tasks = {}
+    for _, id in ipairs(task_order(dag)) do
+        local t = (dag.tasks or {})[id] or {}
+        tasks[#tasks + 1] = {
+            task_id         = id,
+            operator        = nullable(t.operator),
+            upstream        = array(_M.ids(t.upstream)),
+            downstream      = array(_M.ids(t.downstream)),
+            retries         = nullable(t.retries),
+            trigger_rule    = nullable(t.trigger_rule),
+            pool            = nullable(t.pool),
+            queue           = nullable(t.queue),
+            priority_weight = nullable(t.priority_weight),
+        }
+    end
+    d.tasks = array(tasks)
+    return d
+end
+
+-- A run record as the run lists show it.
+function _M.run_summary(r)
+    return {
+        dag_id = r.dag_id, run_id = r.run_id,
+        state = nullable(r.state), run_type = nullable(r.run_type),
+        logical_date = nullable(r.logical_date),
+        data_interval_start = nullable(r.data_interval_start),
+        data_interval_end = nullable(r.data_interval_end),
+        start_date = nullable(r.start_date), end_date = nullable(r.end_date),
+        conf = r.conf or {}, version = nullable(r.version),
+        external_trigger = r.external_trigger and true or false,
+    }
+end
+
+-- Where the log of a try is: the task instance's `log` for its last try,
+-- the same folder for another try, else <log_dir>/<dag>/<run>/<task>/<try>.log.
+-- o: dag_id, run_id, task_id, try (nil: the last), log_dir.
+function _M.log_path(ti, o)
+    local last = ti and tonumber(ti.try_number)
+    local try = o.try or last
+    if ti and type(ti.log) == "string" and ti.log ~= "" then
+        if not o.try or o.try == last then
+            return ti.log
+        end
+        local dir = ti.log:match("^(.*)/[^/]*$")
+        if dir then return fmt("%s/%d.log", dir, try) end
+    end
+    if not try or try < 1 or not o.log_dir then
+        return nil
+    end
+    return fmt("%s/%s/%s/%s/%d.log", o.log_dir, o.dag_id, o.run_id,
+               o.task_id, try)
+end
+
+-- The task ids a clear touches: `wanted` (every task of the run when
+-- empty) and, with `downstream`, everything downstream of them in `dag`
+-- (may be nil).  `run` is a run object.  Returns a sorted list or nil, err.
+function _M.clear_set(run, dag, wanted, downstream)
+    local known = {}
+    for id in pairs(run.tasks or {}) do known[id] = true end
+    if dag then
+        for id in pairs(dag.tasks or {}) do known[id] = true end
+    end
+    local set = {}
+    if #wanted == 0 then
+        for id in pairs(known) do set[id] = true end
+    else
+        for _, id in ipairs(wanted) do
+            if not known[id] then
+                return nil, "no task '" .. tostring(id) .. "' in run '"
+                            .. run.run_id .. "' of DAG '" .. run.dag_id .. "'"
+            end
+            set[id] = true
+        end
+    end
+    if downstream and dag then
+        local stack = {}
+        for id in pairs(set) do stack[#stack + 1] = id end
+        while #stack > 0 do
+            local id = table.remove(stack)
+            local t = (dag.tasks or {})[id]
+            for _, d in ipairs(t and _M.ids(t.downstream) or {}) do
+                if not set[d] then
+                    set[d] = true
+                    stack[#stack + 1] = d
+                end
+            end
+        end
+    end
+    local list = {}
+    for id in pairs(set) do list[#list + 1] = id end
+    sort(list)
+    return list
+end
+
+-- ---- responses ----------------------------------------------------------------
+
+local JSON_TYPE = { ["content-type"] = "application/json" }
+local TEXT_TYPE = { ["content-type"] = "text/plain; charset=utf-8" }
+local HTML_TYPE = { ["content-type"] = "text/html; charset=utf-8" }
+local PROM_TYPE = { ["content-type"] = "text/plain; version=0.0.4" }
+
+local function reply_json(status, v)
+    return status, JSON_TYPE, json_encode(v)
+end
+
+local function reply_error(status, msg)
+    return reply_json(status, { error = msg })
+end
+
+-- Raised inside a route to answer with an error status.
+local function http_error(status, msg)
+    error({ http_status = status, msg = msg }, 0)
+end
+
+local function body_json(req, need_object)
+    local b = req.body
+    if b == nil or b:match("^%s*$") then
+        return {}
+    end
+    local v, err = json_decode(b)
+    if v == nil then
+        http_error(400, "bad JSON body: " .. tostring(err))
+    end
+    if need_object ~= false and type(v) ~= "table" then
+        http_error(400, "bad JSON body: expected an object")
+    end
+    return v
+end
+
+-- ---- the router ---------------------------------------------------------------
+
+local Api = {}
+Api.__index = Api
+
+-- Returns a router.  o.store (borrowed), o.root ("/zkflow"), o.dags: a
+-- function returning {dags = {[id] = dag}, errors = {[file] = msg}} (or the
+-- two tables), o.scheduler: the running scheduler or nil, o.log_dir: where
+-- task logs are when a task instance does not say.
+function _M.new(o)
+    o = o or {}
+    if not o.store then
+        error("api.new: 'store' is required", 2)
+    end
+    local self = setmetatable({
+        store = o.store,
+        S = state.new(o.store, o.root),
+        dags_fn = o.dags or function() return { dags = {}, errors = {} } end,
+        scheduler = o.scheduler,
+        log_dir = o.log_dir,
+        started = core.now(),
+    }, Api)
+    return self
+end
+
+function Api:current()
+    local a, b = self.dags_fn()
+    if type(a) ~= "table" then
+        return { dags = {}, errors = {} }
+    end
+    if a.dags or a.errors then
+        return { dags = a.dags or {}, errors = a.errors or {} }
+    end
+    return { dags = a, errors = b or {} }
+end
+
+function Api:dag(id)
+    local cur = self:current()
+    local dag = cur.dags[id]
+    if not dag then
+        http_error(404, "no DAG '" .. id .. "'")
+    end
+    return dag, cur
+end
+
+function Api:run_object(dag_id, run_id)
+    local obj = self.S:run_object(dag_id, run_id)
+    if not obj then
+        http_error(404, "no run '" .. run_id .. "' of DAG '" .. dag_id .. "'")
+    end
+    return obj
+end
+
+local routes = {}
+
+local function route(method, pattern, fn)
+    routes[#routes + 1] = { method = method, pattern = pattern, fn = fn }
+end
+
+route("GET", "/api/v1/health", function(self)
+    local sched
+    local s = self.scheduler
+    if s then
+        if type(s.status) == "function" then
+            local ok, st = pcall(s.status, s)
+            sched = ok and st or { status = "error", error = tostring(st) }
+        else
+            sched = { status = "running" }
+        end
+    else
+        sched = { status = "none" }
+    end
+    local cur = self:current()
+    local n, errs = 0, 0
+    for _ in pairs(cur.dags) do n = n + 1 end
+    for _ in pairs(cur.errors) do errs = errs + 1 end
+    return reply_json(200, {
+        status = "ok", scheduler = sched, store = "sqlite",
+        dags = n, import_errors = errs,
+        version = nullable(core.version),
+        uptime = core.now() - self.started,
+    })
+end)
+
+route("GET", "/api/v1/dags", function(self)
+    return reply_json(200, { dags = _M.dag_list(self:current(), self.S) })
+end)
+
+route("GET", "/api/v1/dags/{dag_id}", function(self, p)
+    local dag, cur = self:dag(p.dag_id)
+    return reply_json(200, _M.dag_detail(dag, self.S, cur.errors))
+end)
+
+route("PATCH", "/api/v1/dags/{dag_id}", function(self, p, req)
+    local dag, cur = self:dag(p.dag_id)
+    local b = body_json(req)
+    local paused = b.is_paused
+    if paused == nil then paused = b.paused end
+    if type(paused) ~= "boolean" then
+        http_error(400, "expected {\"is_paused\": true|false}")
+    end
+    self.S:set_paused(dag.id, paused)
+    return reply_json(200, _M.dag_entry(dag, self.S, cur.errors))
+end)
+
+route("GET", "/api/v1/dags/{dag_id}/runs", function(self, p, req)
+    local runs = self.S:list_runs(p.dag_id,
+                                  { state = req.query and req.query.state })
+    local limit = tonumber(req.query and req.query.limit)
+    local first = 1
+    if limit and limit >= 0 and #runs > limit then
+        first = #runs - limit + 1
+    end
+    local with_tasks = req.query and (req.query.tasks == "1"
+                                      or req.query.tasks == "true")
+    local list = {}
+    for i = first, #runs do
+        local r = _M.run_summary(runs[i])
+        if with_tasks then
+            local tasks = {}
+            for tid, ti in pairs(self.S:list_tis(p.dag_id, runs[i].run_id)) do
+                tasks[tid] = { state = nullable(ti.state),
+                               try_number = ti.try_number or 0 }
+            end
+            r.tasks = tasks
+        end
+        list[#list + 1] = r
+    end
+    return reply_json(200, { dag_runs = array(list), total_entries = #runs })
+end)
+
+route("POST", "/api/v1/dags/{dag_id}/runs", function(self, p, req)
+    local dag = self:dag(p.dag_id)
+    local b = body_json(req)
+    local conf = b.conf
+    if is_null(conf) then conf = {} end
+    if type(conf) ~= "table" then
+        http_error(400, "'conf' must be an object")
+    end
+    local ld
+    if not is_null(b.logical_date) then
+        local err
+        ld, err = state.parse_time(b.logical_date)
+        if not ld then http_error(400, "logical_date: " .. err) end
+    end
+    local run_id = b.dag_run_id or b.run_id
+    if not is_null(run_id) and type(run_id) ~= "string" then
+        http_error(400, "'run_id' must be a string")
+    end
+    local run, err = self.S:trigger(dag, {
+        conf = conf, logical_date = ld,
+        run_id = not is_null(run_id) and run_id or nil,
+    })
+    if not run then
+        http_error(409, err)
+    end
+    return reply_json(201, { dag_id = run.dag_id, run_id = run.run_id,
+                             state = run.state,
+                             logical_date = run.logical_date })
+end)
+
+route("GET", "/api/v1/dags/{dag_id}/runs/{run_id}", function(self, p)
+    return reply_json(200, self:run_object(p.dag_id, p.run_id))
+end)
+
+route("GET", "/api/v1/dags/{dag_id}/runs/{run_id}/tasks", function(self, p)
+    local obj = self:run_object(p.dag_id, p.run_id)
+    local ids = {}
+    for id in pairs(obj.tasks) do ids[#ids + 1] = id end
+    sort(ids)
+    local list = {}
+    for _, id in ipairs(ids) do
+        local t = obj.tasks[id]
+        t.task_id = id
+        list[#list + 1] = t
+    end
+    return reply_json(200, { task_instances = array(list) })
+end)
+
+route("GET", "/api/v1/dags/{dag_id}/runs/{run_id}/tasks/{task_id}",
+      function(self, p)
+    local obj = self:run_object(p.dag_id, p.run_id)
+    local t = obj.tasks[p.task_id]
+    if not t then
+        http_error(404, "no task instance '" .. p.task_id .. "' in run '"
+                        .. p.run_id .. "'")
+    end
+    t.task_id, t.dag_id, t.run_id = p.task_id, p.dag_id, p.run_id
+    return reply_json(200, t)
+end)
+
+route("GET", "/api/v1/dags/{dag_id}/runs/{run_id}/tasks/{task_id}/logs",
+      function(self, p, req)
+    local try = req.query and req.query.try
+    if try ~= nil then
+        try = tonumber(try)
+        if not try or try < 1 or try % 1 ~= 0 then
+            http_error(400, "try: expected a number >= 1")
+        end
+    end
+    local ti = self.S:get_ti(p.dag_id, p.run_id, p.task_id)
+    if not ti and not self.S:get_run(p.dag_id, p.run_id) then
+        http_error(404, "no run '" .. p.run_id .. "' of DAG '"
+                        .. p.dag_id .. "'")
+    end
+    local path = _M.log_path(ti, {
+        dag_id = p.dag_id, run_id = p.run_id, task_id = p.task_id,
+        try = try, log_dir = self.log_dir,
+    })
+    local f = path and io.open(path, "rb")
+    if not f then
+        http_error(404, "no log for task '" .. p.task_id .. "'"
+                        .. (try and (" try " .. try) or ""))
+    end
+    local data = f:read("a")
+    f:close()
+    return 200, TEXT_TYPE, data
+end)
+
+route("POST", "/api/v1/dags/{dag_id}/runs/{run_id}/clear",
+      function(self, p, req)
+    local b = body_json(req)
+    local obj = self:run_object(p.dag_id, p.run_id)
+    local wanted = {}
+    if not is_null(b.task_ids) then
+        if type(b.task_ids) ~= "table" then
+            http_error(400, "'task_ids' must be a list")
+        end
+        for i, id in ipairs(b.task_ids) do wanted[i] = id end
+    end
+    local downstream = b.downstream == true or b.include_downstream == true
+    local dag = self:current().dags[p.dag_id]
+    local ids, err = _M.clear_set(obj, dag, wanted, downstream)
+    if not ids then
+        http_error(404, err)
+    end
+    local r = { op = "clear", dag_id = p.dag_id, run_id = p.run_id,
+                downstream = downstream }
+    if #wanted > 0 then r.task_ids = array(ids) end
+    self.S:add_request(r)
+    return reply_json(200, { dag_id = p.dag_id, run_id = p.run_id,
+                             task_ids = array(ids) })
+end)
+
+route("GET", "/api/v1/members", function(self)
+    return reply_json(200, self.S:members())
+end)
+
+local function prom_label(v)
+    return (tostring(v):gsub("\\", "\\\\"):gsub("\"", "\\\""):gsub("\n", "\\n"))
+end
+
+route("GET", "/metrics", function(self)
+    local cur = self:current()
+    local ndags, nerr, npaused = 0, 0, 0
+    for id in pairs(cur.dags) do
+        ndags = ndags + 1
+        if self.S:is_paused(id) then npaused = npaused + 1 end
+    end
+    for _ in pairs(cur.errors) do nerr = nerr + 1 end
+    local runs, tis = {}, {}
+    for _, r in ipairs(self.S:list_runs()) do
+        local rs = tostring(r.state or "none")
+        runs[rs] = (runs[rs] or 0) + 1
+        for _, ti in pairs(self.S:list_tis(r.dag_id, r.run_id)) do
+            local ts = is_null(ti.state) and "none" or tostring(ti.state)
+            tis[ts] = (tis[ts] or 0) + 1
+        end
+    end
+    local lines = {
+        "# HELP zkflow_dags DAGs loaded from the DAG folder.",
+        "# TYPE zkflow_dags gauge",
+        "zkflow_dags " .. ndags,
+        "# HELP zkflow_dags_paused DAGs that are paused.",
+        "# TYPE zkflow_dags_paused gauge",
+        "zkflow_dags_paused " .. npaused,
+        "# HELP zkflow_import_errors DAG files that failed to load.",
+        "# TYPE zkflow_import_errors gauge",
+        "zkflow_import_errors " .. nerr,
+        "# HELP zkflow_runs DAG runs by state.",
+        "# TYPE zkflow_runs gauge",
+    }
+    -- Every run state is always reported, so a rate() has a series to read.
+    for _, s in ipairs({ "queued", "running", "success", "failed" }) do
+        runs[s] = runs[s] or 0
+    end
+    local keys = {}
+    for s in pairs(runs) do keys[#keys + 1] = s end
+    sort(keys)
+    for _, s in ipairs(keys) do
+        lines[#lines + 1] = fmt('zkflow_runs{state="%s"} %d', prom_label(s),
+                                runs[s])
+    end
+    lines[#lines + 1] = "# HELP zkflow_task_instances Task instances by state."
+    lines[#lines + 1] = "# TYPE zkflow_task_instances gauge"
+    for _, s in ipairs({ "queued", "running", "success", "failed",
+                         "up_for_retry", "skipped", "upstream_failed" }) do
+        tis[s] = tis[s] or 0
+    end
+    keys = {}
+    for s in pairs(tis) do keys[#keys + 1] = s end
+    sort(keys)
+    for _, s in ipairs(keys) do
+        lines[#lines + 1] = fmt('zkflow_task_instances{state="%s"} %d',
+                                prom_label(s), tis[s])
+    end
+    return 200, PROM_TYPE, concat(lines, "\n") .. "\n"
+end)
+
+route("GET", "/", function()
+    return 200, HTML_TYPE, _M.PAGE
+end)
+
+-- ---- matching -------------------------------------------------------------------
+
+local function unescape(s)
+    return (s:gsub("%%(%x%x)", function(h)
+        return string.char(tonumber(h, 16))
+    end))
+end
+
+local function split(path)
+    local parts = {}
+    for seg in path:gmatch("[^/]+") do
+        parts[#parts + 1] = unescape(seg)
+    end
+    return parts
+end
+
+for _, r in ipairs(routes) do
+    r.parts = split(r.pattern)
+end
+
+-- Returns the routes whose pattern matches, with their parameters.
+local function match(path)
+    local segs = split(path)
+    local found = {}
+    for _, r in ipairs(routes) do
+        if #r.parts == #segs then
+            local params, ok = {}, true
+            for i, part in ipairs(r.parts) do
+                local name = part:match("^{(.+)}$")
+                if name then
+                    params[name] = segs[i]
+                elseif part ~= segs[i] then
+                    ok = false
+                    break
+                end
+            end
+            if ok then found[#found + 1] = { route = r, params = params } end
+        end
+    end
+    return found
+end
+
+-- The router that the module-level handle() and http() use: set by the
+-- process that serves (standalone), one per Lua state.
+local current
+
+function _M.serve(h)
+    current = h
+end
+
+-- h:handle(req) or api.handle(req) (the served router).  req = {method=,
+-- path=, query = {}, body = string or nil}.  Returns status, headers, body.
+function _M.handle(a, b)
+    local self, req = a, b
+    if getmetatable(a) ~= Api then
+        self, req = current, a
+    end
+    if not self then
+        return reply_error(503, "the API is not serving")
+    end
+    local ok, status, headers, body = pcall(function()
+        if type(req) ~= "table" or type(req.path) ~= "string" then
+            http_error(400, "bad request")
+        end
+        local path = req.path:gsub("%?.*$", "")
+        if #path > 1 then path = path:gsub("/+$", "") end
+        local method = (req.method or "GET"):upper()
+        local found = match(path)
+        if #found == 0 then
+            http_error(404, "no such path: " .. path)
+        end
+        local allowed = {}
+        for _, f in ipairs(found) do
+            local m = f.route.method
+            if m == method or (method == "HEAD" and m == "GET") then
+                local st, hd, bd = f.route.fn(self, f.params, req)
+                if method == "HEAD" then bd = "" end
+                return st, hd, bd
+            end
+            allowed[#allowed + 1] = m
+        end
+        local st, hd, bd = reply_error(405, "method " .. method
+                                       .. " not allowed on " .. path)
+        hd = { ["content-type"] = hd["content-type"],
+               allow = concat(allowed, ", ") }
+        return st, hd, bd
+    end)
+    if ok then
+        return status, headers, body
+    end
+    local e = status
+    if type(e) == "table" and e.http_status then
+        return reply_error(e.http_status, e.msg)
+    end
+    core.log("error", "api: " .. tostring(e))
+    return reply_error(500, tostring(e))
+end
+
+Api.handle = _M.handle
+
+-- Parses "/path?a=1&b=x%20y" into path and a query table.
+function _M.parse_uri(uri)
+    local path, qs = uri:match("^([^?#]*)%??([^#]*)")
+    local query = {}
+    for pair in (qs or ""):gmatch("[^&]+") do
+        local k, v = pair:match("^([^=]*)=?(.*)$")
+        k = unescape((k:gsub("+", " ")))
+        query[k] = unescape((v:gsub("+", " ")))
+    end
+    return path, query
+end
+
+-- The engine's entry: method, raw uri, body; answers through
+-- reply(status, content_type, body).  Uses the served router.
+function _M.http(method, uri, body, reply)
+    local path, query = _M.parse_uri(uri or "/")
+    local status, headers, out = _M.handle({
+        method = method, path = path, query = query, body = body,
+    })
+    reply(status, headers and headers["content-type"] or "application/json",
+          out or "")
+end
+
+-- ---- the page at "/" -----------------------------------------------------------
+
+-- Self-contained: no external scripts, styles or fonts; relative URLs so
+-- it works under an nginx location prefix.
+_M.PAGE = [[<!DOCTYPE html>
+<html lang="en"><head><meta charset="utf-8">
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<title>zkflow</title>
+<style>
+body{font:14px/1.4 system-ui,sans-serif;margin:0;color:#222;background:#fafafa}
+header{background:#24323f;color:#fff;padding:8px 16px;display:flex;gap:16px;align-items:baseline}
+header h1{font-size:18px;margin:0}header span{opacity:.7;font-size:12px}
+main{display:flex;gap:16px;padding:16px;align-items:flex-start}
+#dags{min-width:260px}table{border-collapse:collapse;background:#fff}
+td,th{padding:3px 8px;border-bottom:1px solid #eee;text-align:left;white-space:nowrap}
+tr.dag{cursor:pointer}tr.dag.sel{background:#e3f0ff}
+.err{color:#b00020;font-size:12px;white-space:pre-wrap}
+.cell{width:16px;height:16px;display:inline-block;border-radius:3px;cursor:pointer;border:1px solid #0002}
+#grid th.run{writing-mode:vertical-rl;transform:rotate(180deg);font-weight:normal;font-size:11px;max-height:160px}
+#log{white-space:pre-wrap;background:#111;color:#ddd;padding:8px;min-height:80px;
+ max-height:400px;overflow:auto;font:12px monospace}
+.legend span{margin-right:8px;font-size:12px}button{font-size:12px}
+.success{background:#2e7d32}.failed{background:#c62828}.running{background:#64dd17}
+.queued{background:#9e9e9e}.scheduled{background:#d2b48c}.up_for_retry{background:#ffc107}
+.up_for_reschedule{background:#4dd0e1}.upstream_failed{background:#ff9800}
+.skipped{background:#f48fb1}.removed{background:#eee}.none{background:#fff}
+</style></head><body>
+<header><h1>zkflow</h1><span id="health">...</span></header>
+<main>
+<section id="dags"><table><thead><tr><th>DAG</th><th>schedule</th><th>paused</th></tr></thead>
+<tbody id="daglist"></tbody></table><div id="importerrors"></div></section>
+<section style="flex:1;min-width:0">
+<div id="title"></div>
+<div class="legend" id="legend"></div>
+<div style="overflow:auto"><table id="grid"></table></div>
+<h3 id="logtitle">log</h3><div id="log">click a cell to read its log</div>
+</section></main>
+<script>
+"use strict";
+var sel = null, selCell = null;
+var STATES = ["success","failed","running","queued","scheduled","up_for_retry",
+  "up_for_reschedule","upstream_failed","skipped","removed","none"];
+function el(tag, attrs, text) {
+  var e = document.createElement(tag);
+  for (var k in attrs || {}) e.setAttribute(k, attrs[k]);
+  if (text !== undefined) e.textContent = text;
+  return e;
+}
+function get(url, asText) {
+  return fetch(url, {cache: "no-store"}).then(function (r) {
+    if (!r.ok) throw new Error(r.status + " " + url);
+    return asText ? r.text() : r.json();
+  });
+}
+function enc(s) { return encodeURIComponent(s); }
+function legend() {
+  var l = document.getElementById("legend");
+  STATES.forEach(function (s) {
+    var sp = el("span"); sp.appendChild(el("i", {"class": "cell " + s}));
+    sp.appendChild(document.createTextNode(" " + s)); l.appendChild(sp);
+  });
+}
+function renderDags(data) {
+  var tb = document.getElementById("daglist"), errs = document.getElementById("importerrors");
+  tb.textContent = ""; errs.textContent = "";
+  data.dags.forEach(function (d) {
+    if (d.dag_id === null) {
+      errs.appendChild(el("div", {"class": "err"}, d.file + ": " + d.import_error));
+      return;
+    }
+    var tr = el("tr", {"class": "dag" + (d.dag_id === sel ? " sel" : "")});
+    tr.appendChild(el("td", {}, d.dag_id));
+    tr.appendChild(el("td", {}, d.schedule === null ? "-" : d.schedule));
+    var td = el("td"), b = el("button", {}, d.paused ? "paused" : "active");
+    b.onclick = function (ev) {
+      ev.stopPropagation();
+      fetch("api/v1/dags/" + enc(d.dag_id), {method: "PATCH",
+        headers: {"content-type": "application/json"},
+        body: JSON.stringify({is_paused: !d.paused})}).then(refresh);
+    };
+    td.appendChild(b); tr.appendChild(td);
+    tr.onclick = function () { sel = d.dag_id; refresh(); };
+    tb.appendChild(tr);
+    if (d.import_error !== null)
+      errs.appendChild(el("div", {"class": "err"}, d.file + ": " + d.import_error));
+  });
+  if (sel === null && data.dags.length && data.dags[0].dag_id !== null) {
+    sel = data.dags[0].dag_id;
+  }
+}
+function showLog(dag, run, task, state) {
+  selCell = [dag, run, task];
+  document.getElementById("logtitle").textContent = task + " - " + run + " (" + state + ")";
+  loadLog();
+}
+function loadLog() {
+  if (!selCell) return;
+  var u = "api/v1/dags/" + enc(selCell[0]) + "/runs/" + enc(selCell[1]) +
+          "/tasks/" + enc(selCell[2]) + "/logs";
+  get(u, true).then(function (t) {
+    var lg = document.getElementById("log"), bottom =
+      lg.scrollTop + lg.clientHeight >= lg.scrollHeight - 4;
+    lg.textContent = t || "(empty log)";
+    if (bottom) lg.scrollTop = lg.scrollHeight;
+  }, function () { document.getElementById("log").textContent = "(no log yet)";
+  });
+}
+function renderGrid(dag, detail, runs) {
+  var g = document.getElementById("grid"); g.textContent = "";
+  var title = document.getElementById("title"); title.textContent = "";
+  title.appendChild(el("h2", {}, dag));
+  var trig = el("button", {}, "trigger run");
+  trig.onclick = function () {
+    fetch("api/v1/dags/" + enc(dag) + "/runs", {method: "POST",
+      headers: {"content-type": "application/json"}, body: "{}"}).then(refresh);
+  };
+  title.appendChild(trig);
+  var head = el("tr"); head.appendChild(el("th", {}, "task"));
+  runs.forEach(function (r) {
+    var th = el("th", {"class": "run", title: r.run_id}, r.run_id.replace(/__/, " "));
+    var s = el("span", {"class": "cell " + (r.state || "none")});
+    th.appendChild(s); head.appendChild(th);
+  });
+  g.appendChild(head);
+  var tasks = detail.tasks.map(function (t) { return t.task_id; });
+  runs.forEach(function (r) {
+    Object.keys(r.tasks || {}).forEach(function (t) {
+      if (tasks.indexOf(t) < 0) tasks.push(t);
+    });
+  });
+  tasks.forEach(function (t) {
+    var tr = el("tr"); tr.appendChild(el("td", {}, t));
+    runs.forEach(function (r) {
+      var ti = (r.tasks || {})[t], st = ti && ti.state ? ti.state : "none";
+      var td = el("td"), c = el("span", {"class": "cell " + st,
+        title: t + " " + st + (ti ? " try " + ti.try_number : "")});
+      c.onclick = function () { showLog(dag, r.run_id, t, st); };
+      td.appendChild(c); tr.appendChild(td);
+    });
+    g.appendChild(tr);
+  });
+}
+function refresh() {
+  get("api/v1/health").then(function (h) {
+    document.getElementById("health").textContent =
+      "status " + h.status + ", " + h.dags + " dags, store " + h.store;
+  }, function (e) {
+    document.getElementById("health").textContent = "unreachable: " + e.message;
+  });
+  get("api/v1/dags").then(function (data) {
+    renderDags(data);
+    if (sel === null) return;
+    var d = sel;
+    Promise.all([get("api/v1/dags/" + enc(d)),
+                 get("api/v1/dags/" + enc(d) + "/runs?limit=25&tasks=1")])
+      .then(function (res) { if (d === sel) renderGrid(d, res[0], res[1].dag_runs); },
+            function () {});
+    loadLog();
+  }, function () {});
+}
+legend();
+refresh();
+setInterval(refresh, 2000);
+</script></body></html>
+]]
+
+return _M
