@@ -1,0 +1,209 @@
+-- core.json_encode / json_decode / null / base64_* through the C module.
+local core = require "zkflow.core"
+
+local encode, decode = core.json_encode, core.json_decode
+
+local function nest(depth)
+  local t = {}
+  local top = t
+  for _ = 2, depth do
+    local inner = {}
+    t[1] = inner
+    t = inner
+  end
+  return top
+end
+
+describe("core.json_encode", function()
+  it("encodes scalars at the top level", function()
+    assert.equal("1", encode(1))
+    assert.equal("1.5", encode(1.5))
+    assert.equal('"x"', encode("x"))
+    assert.equal("true", encode(true))
+    assert.equal("null", encode(nil))
+    assert.equal("null", encode(core.null))
+  end)
+
+  it("keeps integers as integers and floats as floats", function()
+    assert.equal("[3,3.0,-0.25]", encode({ 3, 3.0, -0.25 }))
+    assert.equal(tostring(math.maxinteger), encode(math.maxinteger))
+  end)
+
+  it("encodes a table with keys 1..n as an array", function()
+    assert.equal('[1,"a",true]', encode({ 1, "a", true }))
+  end)
+
+  it("encodes a table with holes or other keys as an object", function()
+    assert.equal('{"1":1,"3":3}', encode({ [1] = 1, [3] = 3 }, { sort_keys = true }))
+    assert.equal('{"1":"a","k":"v"}', encode({ "a", k = "v" }, { sort_keys = true }))
+    assert.equal('{"-1":0}', encode({ [-1] = 0 }))
+  end)
+
+  it("encodes an empty table as an object unless marked as an array", function()
+    assert.equal("{}", encode({}))
+    assert.equal("[]", encode(setmetatable({}, { __jsontype = "array" })))
+    assert.equal('{"1":"a"}', encode(setmetatable({ "a" }, { __jsontype = "object" })))
+  end)
+
+  it("encodes core.null inside tables as null", function()
+    assert.equal('[1,null,2]', encode({ 1, core.null, 2 }))
+    assert.equal('{"a":null}', encode({ a = core.null }))
+  end)
+
+  it("sorts keys when asked", function()
+    assert.equal('{"a":1,"b":2,"c":{"x":1,"y":2}}',
+                 encode({ c = { y = 2, x = 1 }, b = 2, a = 1 }, { sort_keys = true }))
+  end)
+
+  it("pretty-prints when asked", function()
+    assert.equal('{\n  "a": [\n    1,\n    2\n  ]\n}', encode({ a = { 1, 2 } }, { pretty = true }))
+  end)
+
+  it("escapes control characters and embedded NULs", function()
+    assert.equal('"a\\u0000b\\n"', encode("a\0b\n"))
+  end)
+
+  it("refuses invalid UTF-8, naming the key path", function()
+    local ok, err = pcall(encode, { a = { b = { "x", "\xff" } } })
+    assert.is_false(ok)
+    assert.matches("json: $.a.b[2]: string is not valid UTF-8", err, 1, true)
+    ok, err = pcall(encode, { ["\xfe"] = 1 })
+    assert.is_false(ok)
+    assert.matches("not valid UTF-8", err, 1, true)
+  end)
+
+  it("refuses NaN and infinity", function()
+    assert.has_error(function() encode(0 / 0) end)
+    local ok, err = pcall(encode, { x = math.huge })
+    assert.is_false(ok)
+    assert.matches("json: $.x: cannot encode NaN or infinity", err, 1, true)
+  end)
+
+  it("refuses functions, userdata and odd keys", function()
+    assert.has_error(function() encode({ f = print }) end)
+    assert.has_error(function() encode({ [true] = 1 }) end)
+    assert.has_error(function() encode({ [1.5] = 1 }) end)
+  end)
+
+  it("refuses a key that is both an integer and a string", function()
+    assert.has_error(function() encode({ [1] = "a", ["1"] = "b", x = 1 }) end)
+  end)
+
+  it("refuses a table marked as array with other keys", function()
+    assert.has_error(function() encode(setmetatable({ k = 1 }, { __jsontype = "array" })) end)
+  end)
+
+  it("encodes 200 levels and refuses 201 and cycles, without crashing", function()
+    assert.equal(string.rep("[", 199) .. "{}" .. string.rep("]", 199), encode(nest(200)))
+    local ok, err = pcall(encode, nest(201))
+    assert.is_false(ok)
+    assert.matches("nested deeper than 200", err, 1, true)
+    local cyclic = {}
+    cyclic.self = cyclic
+    assert.has_error(function() encode(cyclic) end)
+  end)
+end)
+
+describe("core.json_decode", function()
+  it("decodes integers as integers and reals as floats", function()
+    local v = decode('[1, 2.0, -3, 1e2]')
+    assert.equal("integer", math.type(v[1]))
+    assert.equal("float", math.type(v[2]))
+    assert.equal(-3, v[3])
+    assert.equal(100.0, v[4])
+    assert.equal("float", math.type(v[4]))
+  end)
+
+  it("decodes objects and arrays as tables", function()
+    local v = decode('{"a": {"b": [true, false, "s"]}, "n": 0}')
+    assert.same({ true, false, "s" }, v.a.b)
+    assert.equal(0, v.n)
+  end)
+
+  it("decodes null as core.null, at the top level too", function()
+    local v = decode('{"a": null, "b": [null]}')
+    assert.equal(core.null, v.a)
+    assert.equal(core.null, v.b[1])
+    assert.equal(core.null, decode("null"))
+  end)
+
+  it("decodes scalars at the top level", function()
+    assert.equal("x", decode('"x"'))
+    assert.equal(12, decode("12"))
+    assert.is_true(decode("true"))
+  end)
+
+  it("keeps NULs inside strings", function()
+    assert.equal("a\0b", decode('"a\\u0000b"'))
+  end)
+
+  it("returns nil and a located message on bad input", function()
+    local v, err = decode('{"a": 1,\n "b": }')
+    assert.is_nil(v)
+    assert.matches("^json: line 2 column %d+: ", err)
+    v, err = decode("")
+    assert.is_nil(v)
+    assert.matches("^json: line %d+ column %d+: ", err)
+    assert.is_nil((decode("[1] x")))
+    assert.is_nil((decode("{'a': 1}")))
+  end)
+
+  it("decodes 200 levels and refuses 201 without crashing", function()
+    local v = decode(string.rep("[", 200) .. string.rep("]", 200))
+    assert.equal("table", type(v))
+    local bad, err = decode(string.rep("[", 201) .. string.rep("]", 201))
+    assert.is_nil(bad)
+    assert.matches("nested deeper than 200", err, 1, true)
+    assert.is_nil((decode(string.rep("[", 100000))))
+  end)
+
+  it("round-trips values through encode", function()
+    local docs = {
+      '{"a":[1,2.5,"x",null,true,false],"b":{"c":{}},"d":[]}',
+      '[[],{},[[]],""]',
+      '{"k":-9223372036854775808,"u":"\u{e9}\u{4e2d}"}',
+    }
+    for _, doc in ipairs(docs) do
+      assert.equal(doc, encode(decode(doc), { sort_keys = true }))
+    end
+    assert.equal("\u{e9}\u{4e2d}", decode('"\\u00e9\\u4e2d"'))
+    local t = { name = "zkflow", list = { 1, 2, 3 }, nested = { deep = { 0.1 } } }
+    assert.same(t, decode(encode(t)))
+  end)
+end)
+
+describe("core.base64", function()
+  it("encodes with padding", function()
+    assert.equal("", core.base64_encode(""))
+    assert.equal("Zg==", core.base64_encode("f"))
+    assert.equal("Zm8=", core.base64_encode("fo"))
+    assert.equal("Zm9v", core.base64_encode("foo"))
+    assert.equal("Zm9vYmFy", core.base64_encode("foobar"))
+  end)
+
+  it("round-trips every byte", function()
+    local bytes = {}
+    for i = 0, 255 do bytes[#bytes + 1] = string.char(i) end
+    local all = table.concat(bytes)
+    for n = 0, 7 do
+      local s = all:sub(1, 250 + n)
+      assert.equal(s, core.base64_decode(core.base64_encode(s)))
+    end
+  end)
+
+  it("decodes with or without padding and across line breaks", function()
+    assert.equal("foob", core.base64_decode("Zm9vYg=="))
+    assert.equal("foob", core.base64_decode("Zm9vYg"))
+    assert.equal("foobar", core.base64_decode("Zm9v\nYmFy\n"))
+  end)
+
+  it("returns nil and a message on bad input", function()
+    local v, err = core.base64_decode("Zm9v!")
+    assert.is_nil(v)
+    assert.matches("base64: invalid character '!' at offset 4", err, 1, true)
+    assert.is_nil((core.base64_decode("Zm9vY")))
+    assert.is_nil((core.base64_decode("Zg=a")))
+    assert.is_nil((core.base64_decode("Z===")))
+    assert.is_nil((core.base64_decode("Zg===")))
+  end)
+end)
