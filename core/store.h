@@ -21,7 +21,9 @@
  *
  * Watches are one-shot: `watch(type, path, arg)` is called at most once
  * with a ZKF_WATCH_* event, on the loop, never from inside the call that set
- * it or the call that caused the change.  When the store is freed first,
+ * it or the call that caused the change.  A watch is set when the
+ * completion's rc is ZKF_ZOK (for exists, also ZKF_ZNONODE); otherwise it
+ * is never called and `arg` stays the caller's.  When the store is freed first,
  * each watch still registered is called once with ZKF_WATCH_CLOSED so its
  * owner can free `arg`.
  *

@@ -1,0 +1,577 @@
+/*
+ * lbind_store.c - `core.store(path [, opts])`: the store as Lua sees it.
+ *
+ * Results come back as return values because the SQLite backend completes
+ * before its call returns; the completion pushes them straight onto the
+ * caller's stack (store_sqlite.c calls it last, with its state consistent,
+ * so a memory error raised while pushing unwinds safely).  Failures are
+ * `nil, "ZNONODE"`; misuse raises.  Watch functions live in the registry
+ * until they fire or the store closes, and run on the main thread.
+ */
+#include <stdlib.h>
+#include <string.h>
+
+#include "lbind.h"
+#include "store.h"
+
+#define STORE_MT "zkflow.Store"
+
+typedef struct lstore {
+    zkf_store *st;
+} lstore;
+
+/* The Lua side of one watch: the function's registry ref. */
+typedef struct lwatch {
+    lua_State *L;              /* the main thread */
+    int ref;
+} lwatch;
+
+/* What a completion pushes depends on the call. */
+enum { R_PATH, R_GET, R_STAT, R_TRUE, R_EXISTS, R_CHILDREN, R_MULTI };
+
+typedef struct call {
+    lua_State *L;
+    int kind;
+    int done;
+    int nret;
+    int watch_set;             /* the store took the watch */
+} call;
+
+static lstore *check_store(lua_State *L)
+{
+    lstore *s = luaL_checkudata(L, 1, STORE_MT);
+    if (!s->st)
+        luaL_argerror(L, 1, "store is closed");
+    return s;
+}
+
+/* Reads argument `i` as a path.  An embedded NUL cannot name a znode: that
+ * is ZBADARGUMENTS, as for any other invalid path, not misuse. */
+static const char *check_path(lua_State *L, int i, int *nul)
+{
+    size_t len;
+    const char *p = luaL_checklstring(L, i, &len);
+    *nul = strlen(p) != len;
+    return p;
+}
+
+static void push_stat(lua_State *L, const zkf_stat *st)
+{
+    lua_createtable(L, 0, 11);
+    lua_pushinteger(L, st->czxid);
+    lua_setfield(L, -2, "czxid");
+    lua_pushinteger(L, st->mzxid);
+    lua_setfield(L, -2, "mzxid");
+    lua_pushinteger(L, st->pzxid);
+    lua_setfield(L, -2, "pzxid");
+    lua_pushinteger(L, st->ctime);
+    lua_setfield(L, -2, "ctime");
+    lua_pushinteger(L, st->mtime);
+    lua_setfield(L, -2, "mtime");
+    lua_pushinteger(L, st->version);
+    lua_setfield(L, -2, "version");
+    lua_pushinteger(L, st->cversion);
+    lua_setfield(L, -2, "cversion");
+    lua_pushinteger(L, st->aversion);
+    lua_setfield(L, -2, "aversion");
+    lua_pushinteger(L, st->ephemeral_owner);
+    lua_setfield(L, -2, "ephemeral_owner");
+    lua_pushinteger(L, st->data_length);
+    lua_setfield(L, -2, "data_length");
+    lua_pushinteger(L, st->num_children);
+    lua_setfield(L, -2, "num_children");
+}
+
+static int push_error(lua_State *L, int rc)
+{
+    lua_pushnil(L);
+    lua_pushstring(L, zkf_store_errname(rc));
+    return 2;
+}
+
+static void push_multi(lua_State *L, const zkf_store_result *r)
+{
+    size_t i;
+
+    lua_createtable(L, (int)r->n_results, 0);
+    for (i = 0; i < r->n_results; i++) {
+        const zkf_store_op_result *o = &r->results[i];
+        if (o->path)
+            lua_pushstring(L, o->path);
+        else if (o->stat.mzxid != 0)
+            push_stat(L, &o->stat);
+        else
+            lua_pushboolean(L, 1);
+        lua_rawseti(L, -2, (lua_Integer)i + 1);
+    }
+}
+
+static void on_done(const zkf_store_result *r, void *arg)
+{
+    call *c = arg;
+    lua_State *L = c->L;
+    size_t i;
+
+    c->done = 1;
+    c->watch_set = r->rc == ZKF_ZOK ||
+                   (c->kind == R_EXISTS && r->rc == ZKF_ZNONODE);
+    if (r->rc != ZKF_ZOK) {
+        if (c->kind == R_EXISTS && r->rc == ZKF_ZNONODE) {
+            lua_pushnil(L);
+            c->nret = 1;
+            return;
+        }
+        c->nret = push_error(L, r->rc);
+        if (c->kind == R_MULTI && r->failed_index >= 0) {
+            lua_pushinteger(L, (lua_Integer)r->failed_index + 1);
+            c->nret = 3;
+        }
+        return;
+    }
+    c->nret = 1;
+    switch (c->kind) {
+    case R_PATH:
+        lua_pushstring(L, r->path);
+        break;
+    case R_GET:
+        lua_pushlstring(L, r->data ? r->data : "", r->data_len);
+        push_stat(L, r->stat);
+        c->nret = 2;
+        break;
+    case R_STAT:
+    case R_EXISTS:
+        push_stat(L, r->stat);
+        break;
+    case R_TRUE:
+        lua_pushboolean(L, 1);
+        break;
+    case R_CHILDREN:
+        lua_createtable(L, (int)r->n_children, 0);
+        for (i = 0; i < r->n_children; i++) {
+            lua_pushstring(L, r->children[i]);
+            lua_rawseti(L, -2, (lua_Integer)i + 1);
+        }
+        break;
+    case R_MULTI:
+        push_multi(L, r);
+        break;
+    }
+}
+
+/* Finishes a call: results, or the refusal, or the error that says this
+ * backend needs what the binding cannot do yet. */
+static int finish(lua_State *L, call *c, int rc)
+{
+    if (rc != ZKF_ZOK)
+        return push_error(L, rc);
+    if (!c->done)
+        return luaL_error(L, "store: asynchronous backend needs a coroutine");
+    return c->nret;
+}
+
+/* ---- watches --------------------------------------------------------- */
+
+/* Runs protected (through zkf_lua_pcall): builds the event and calls the
+ * watch function.  Upvalue-free: fn, type, path are its arguments. */
+static int call_watch(lua_State *L)
+{
+    int type = (int)lua_tointeger(L, 2);
+    const char *path = lua_touserdata(L, 3);
+
+    lua_settop(L, 1);
+    lua_createtable(L, 0, 2);
+    lua_pushstring(L, zkf_store_watchname(type));
+    lua_setfield(L, -2, "type");
+    lua_pushstring(L, path);
+    lua_setfield(L, -2, "path");
+    lua_call(L, 1, 0);
+    return 0;
+}
+
+static void on_watch(int type, const char *path, void *arg)
+{
+    lwatch *w = arg;
+    lua_State *L = w->L;
+    int ref = w->ref;
+
+    free(w);
+    if (type == ZKF_WATCH_CLOSED || !lua_checkstack(L, 4)) {
+        luaL_unref(L, LUA_REGISTRYINDEX, ref);
+        return;
+    }
+    /* Nothing here allocates outside the protected call: pushing a light
+     * C function, a registry value, an integer and a light userdata. */
+    lua_pushcfunction(L, call_watch);
+    lua_rawgeti(L, LUA_REGISTRYINDEX, ref);
+    luaL_unref(L, LUA_REGISTRYINDEX, ref);
+    lua_pushinteger(L, type);
+    lua_pushlightuserdata(L, (void *)path);
+    zkf_lua_pcall(L, 3);
+}
+
+/* Makes the Lua watch for argument `i` (a function or nil).  Returns NULL
+ * when there is none. */
+static lwatch *make_watch(lua_State *L, int i)
+{
+    lwatch *w;
+    lua_State *mainth;
+    int ref;
+
+    if (lua_isnoneornil(L, i))
+        return NULL;
+    luaL_checktype(L, i, LUA_TFUNCTION);
+    lua_rawgeti(L, LUA_REGISTRYINDEX, LUA_RIDX_MAINTHREAD);
+    mainth = lua_tothread(L, -1);
+    lua_pop(L, 1);
+    lua_pushvalue(L, i);
+    ref = luaL_ref(L, LUA_REGISTRYINDEX);
+    w = malloc(sizeof *w);
+    if (!w) {
+        luaL_unref(L, LUA_REGISTRYINDEX, ref);
+        luaL_error(L, "store: out of memory");
+        return NULL;
+    }
+    w->L = mainth;
+    w->ref = ref;
+    return w;
+}
+
+/* A watch the store did not take (the call failed) is ours to drop. */
+static void drop_watch(lwatch *w, const call *c)
+{
+    if (w && !c->watch_set) {
+        luaL_unref(w->L, LUA_REGISTRYINDEX, w->ref);
+        free(w);
+    }
+}
+
+/* ---- methods --------------------------------------------------------- */
+
+static int flag(lua_State *L, int t, const char *name)
+{
+    int v;
+
+    lua_getfield(L, t, name);
+    v = lua_toboolean(L, -1);
+    lua_pop(L, 1);
+    return v;
+}
+
+static int create_flags(lua_State *L, int t)
+{
+    int flags = 0;
+
+    if (flag(L, t, "ephemeral"))
+        flags |= ZKF_STORE_EPHEMERAL;
+    if (flag(L, t, "sequential"))
+        flags |= ZKF_STORE_SEQUENTIAL;
+    if (flag(L, t, "parents"))
+        flags |= ZKF_STORE_PARENTS;
+    return flags;
+}
+
+static int l_create(lua_State *L)
+{
+    lstore *s = check_store(L);
+    int nul, flags = 0, rc;
+    const char *path = check_path(L, 2, &nul);
+    size_t len = 0;
+    const char *data = luaL_optlstring(L, 3, "", &len);
+    call c = { L, R_PATH, 0, 0, 0 };
+
+    if (!lua_isnoneornil(L, 4)) {
+        luaL_checktype(L, 4, LUA_TTABLE);
+        flags = create_flags(L, 4);
+    }
+    if (nul)
+        return push_error(L, ZKF_ZBADARGUMENTS);
+    rc = zkf_store_create(s->st, path, data, len, flags, on_done, &c);
+    return finish(L, &c, rc);
+}
+
+static int l_get(lua_State *L)
+{
+    lstore *s = check_store(L);
+    int nul, rc;
+    const char *path = check_path(L, 2, &nul);
+    call c = { L, R_GET, 0, 0, 0 };
+    lwatch *w;
+
+    if (!lua_isnoneornil(L, 3))
+        luaL_checktype(L, 3, LUA_TFUNCTION);
+    if (nul)
+        return push_error(L, ZKF_ZBADARGUMENTS);
+    w = make_watch(L, 3);
+    rc = zkf_store_get(s->st, path, w ? on_watch : NULL, w, on_done, &c);
+    drop_watch(w, &c);
+    return finish(L, &c, rc);
+}
+
+static int l_set(lua_State *L)
+{
+    lstore *s = check_store(L);
+    int nul, rc;
+    const char *path = check_path(L, 2, &nul);
+    size_t len = 0;
+    const char *data = luaL_optlstring(L, 3, "", &len);
+    lua_Integer version = luaL_optinteger(L, 4, -1);
+    call c = { L, R_STAT, 0, 0, 0 };
+
+    luaL_argcheck(L, version >= -1 && version <= INT32_MAX, 4,
+                  "version must be -1 or a version number");
+    if (nul)
+        return push_error(L, ZKF_ZBADARGUMENTS);
+    rc = zkf_store_set(s->st, path, data, len, (int)version, on_done, &c);
+    return finish(L, &c, rc);
+}
+
+/* delete(path [, version [, {recursive=}]]); the options may also take
+ * the version's place. */
+static int l_delete(lua_State *L)
+{
+    lstore *s = check_store(L);
+    int nul, rc, flags = 0, opt = 4;
+    const char *path = check_path(L, 2, &nul);
+    lua_Integer version = -1;
+    call c = { L, R_TRUE, 0, 0, 0 };
+
+    if (lua_istable(L, 3))
+        opt = 3;
+    else
+        version = luaL_optinteger(L, 3, -1);
+    luaL_argcheck(L, version >= -1 && version <= INT32_MAX, 3,
+                  "version must be -1 or a version number");
+    if (!lua_isnoneornil(L, opt)) {
+        luaL_checktype(L, opt, LUA_TTABLE);
+        if (flag(L, opt, "recursive"))
+            flags |= ZKF_STORE_RECURSIVE;
+    }
+    if (nul)
+        return push_error(L, ZKF_ZBADARGUMENTS);
+    rc = zkf_store_delete(s->st, path, (int)version, flags, on_done, &c);
+    return finish(L, &c, rc);
+}
+
+static int l_exists(lua_State *L)
+{
+    lstore *s = check_store(L);
+    int nul, rc;
+    const char *path = check_path(L, 2, &nul);
+    call c = { L, R_EXISTS, 0, 0, 0 };
+    lwatch *w;
+
+    if (!lua_isnoneornil(L, 3))
+        luaL_checktype(L, 3, LUA_TFUNCTION);
+    if (nul)
+        return push_error(L, ZKF_ZBADARGUMENTS);
+    w = make_watch(L, 3);
+    rc = zkf_store_exists(s->st, path, w ? on_watch : NULL, w, on_done, &c);
+    drop_watch(w, &c);
+    return finish(L, &c, rc);
+}
+
+static int l_children(lua_State *L)
+{
+    lstore *s = check_store(L);
+    int nul, rc;
+    const char *path = check_path(L, 2, &nul);
+    call c = { L, R_CHILDREN, 0, 0, 0 };
+    lwatch *w;
+
+    if (!lua_isnoneornil(L, 3))
+        luaL_checktype(L, 3, LUA_TFUNCTION);
+    if (nul)
+        return push_error(L, ZKF_ZBADARGUMENTS);
+    w = make_watch(L, 3);
+    rc = zkf_store_children(s->st, path, w ? on_watch : NULL, w, on_done,
+                            &c);
+    drop_watch(w, &c);
+    return finish(L, &c, rc);
+}
+
+/* Reads ops[i] into `op`.  The strings stay valid while the ops table is
+ * on the stack.  Returns 0, or -1 for a path with an embedded NUL. */
+static int read_op(lua_State *L, int i, zkf_store_op *op)
+{
+    static const char *const names[] = {"create", "set", "delete", "check",
+                                         NULL};
+    static const int types[] = {ZKF_STORE_OP_CREATE, ZKF_STORE_OP_SET,
+                                ZKF_STORE_OP_DELETE, ZKF_STORE_OP_CHECK};
+    const char *kind;
+    size_t len = 0;
+    int t, k, bad = 0;
+
+    lua_rawgeti(L, 2, i);
+    if (!lua_istable(L, -1))
+        return luaL_error(L, "bad argument #1 to 'multi' (op %d is not a"
+                          " table)", i);
+    t = lua_gettop(L);
+    lua_getfield(L, t, "op");
+    kind = lua_tostring(L, -1);
+    for (k = 0; names[k]; k++)
+        if (kind && strcmp(kind, names[k]) == 0)
+            break;
+    if (!names[k])
+        return luaL_error(L, "bad argument #1 to 'multi' (op %d: 'op' must"
+                          " be create, set, delete or check)", i);
+    lua_pop(L, 1);
+    memset(op, 0, sizeof *op);
+    op->type = types[k];
+    lua_getfield(L, t, "path");
+    op->path = lua_tolstring(L, -1, &len);
+    if (lua_type(L, -1) != LUA_TSTRING)
+        return luaL_error(L, "bad argument #1 to 'multi' (op %d: 'path'"
+                          " must be a string)", i);
+    bad = strlen(op->path) != len;
+    lua_pop(L, 1);
+    lua_getfield(L, t, "data");
+    if (!lua_isnil(L, -1)) {
+        if (lua_type(L, -1) != LUA_TSTRING)
+            return luaL_error(L, "bad argument #1 to 'multi' (op %d: 'data'"
+                              " must be a string)", i);
+        op->data = lua_tolstring(L, -1, &op->data_len);
+    }
+    lua_pop(L, 1);
+    lua_getfield(L, t, "version");
+    op->version = lua_isnil(L, -1) ? -1 : (int)luaL_checkinteger(L, -1);
+    lua_pop(L, 1);
+    if (op->type == ZKF_STORE_OP_CREATE)
+        op->flags = create_flags(L, t);
+    else if (op->type == ZKF_STORE_OP_DELETE && flag(L, t, "recursive"))
+        op->flags = ZKF_STORE_RECURSIVE;
+    lua_pop(L, 1);
+    return bad ? -1 : 0;
+}
+
+static int l_multi(lua_State *L)
+{
+    lstore *s = check_store(L);
+    zkf_store_op *ops;
+    lua_Integer n, i;
+    int rc, bad = 0;
+    call c = { L, R_MULTI, 0, 0, 0 };
+
+    luaL_checktype(L, 2, LUA_TTABLE);
+    lua_settop(L, 2);
+    n = luaL_len(L, 2);
+    /* A userdata, so that a raised error frees it with the stack. */
+    ops = lua_newuserdatauv(L, (size_t)(n > 0 ? n : 1) * sizeof *ops, 0);
+    for (i = 1; i <= n; i++)
+        if (read_op(L, (int)i, &ops[i - 1]) < 0 && !bad)
+            bad = (int)i;
+    if (bad) {
+        push_error(L, ZKF_ZBADARGUMENTS);
+        lua_pushinteger(L, bad);
+        return 3;
+    }
+    rc = zkf_store_multi(s->st, ops, (size_t)n, on_done, &c);
+    return finish(L, &c, rc);
+}
+
+static int l_flush(lua_State *L)
+{
+    lstore *s = check_store(L);
+    int rc = zkf_store_flush(s->st);
+
+    if (rc != ZKF_ZOK) {
+        push_error(L, rc);
+        lua_pushstring(L, zkf_store_errmsg(s->st));
+        return 3;
+    }
+    lua_pushboolean(L, 1);
+    return 1;
+}
+
+/* close, __gc and __close: idempotent. */
+static int l_close(lua_State *L)
+{
+    lstore *s = luaL_checkudata(L, 1, STORE_MT);
+
+    if (s->st) {
+        zkf_store *st = s->st;
+        s->st = NULL;
+        zkf_store_free(st);
+    }
+    return 0;
+}
+
+static int l_tostring(lua_State *L)
+{
+    lstore *s = luaL_checkudata(L, 1, STORE_MT);
+
+    lua_getiuservalue(L, 1, 1);
+    lua_pushfstring(L, "zkflow.Store (%s%s)", lua_tostring(L, -1),
+                    s->st ? "" : ", closed");
+    return 1;
+}
+
+static const luaL_Reg store_methods[] = {
+    {"create", l_create},
+    {"get", l_get},
+    {"set", l_set},
+    {"delete", l_delete},
+    {"exists", l_exists},
+    {"children", l_children},
+    {"multi", l_multi},
+    {"flush", l_flush},
+    {"close", l_close},
+    {NULL, NULL}
+};
+
+/* core.store(path [, {sync=, busy_timeout=, poll_interval=}]) */
+static int l_store(lua_State *L)
+{
+    static const char *const syncs[] = {"off", "normal", "full", "extra",
+                                        NULL};
+    const char *path = luaL_checkstring(L, 1);
+    zkf_sqlite_opts o = { "normal", 0, 0 };
+    zkf_loop *loop;
+    lstore *s;
+    char err[512];
+
+    if (!lua_isnoneornil(L, 2)) {
+        luaL_checktype(L, 2, LUA_TTABLE);
+        lua_getfield(L, 2, "sync");
+        if (!lua_isnil(L, -1))
+            o.synchronous = syncs[luaL_checkoption(L, -1, NULL, syncs)];
+        lua_pop(L, 1);
+        lua_getfield(L, 2, "busy_timeout");
+        o.busy_timeout_ms = (int)luaL_optinteger(L, -1, 0);
+        lua_pop(L, 1);
+        lua_getfield(L, 2, "poll_interval");
+        o.poll_ms = (int)luaL_optinteger(L, -1, 0);
+        lua_pop(L, 1);
+    }
+    loop = zkf_lua_loop(L);
+    /* The handle exists, closed, before the store: an error while making
+     * it cannot leak the store. */
+    s = lua_newuserdatauv(L, sizeof *s, 1);
+    s->st = NULL;
+    luaL_setmetatable(L, STORE_MT);
+    lua_pushvalue(L, 1);
+    lua_setiuservalue(L, -2, 1);
+    s->st = zkf_store_sqlite_new(loop, path, &o, err, sizeof err);
+    if (!s->st) {
+        lua_pushnil(L);
+        lua_pushstring(L, err);
+        return 2;
+    }
+    return 1;
+}
+
+void zkf_lua_open_store(lua_State *L)
+{
+    if (luaL_newmetatable(L, STORE_MT)) {
+        luaL_newlib(L, store_methods);
+        lua_setfield(L, -2, "__index");
+        lua_pushcfunction(L, l_close);
+        lua_setfield(L, -2, "__gc");
+        lua_pushcfunction(L, l_close);
+        lua_setfield(L, -2, "__close");
+        lua_pushcfunction(L, l_tostring);
+        lua_setfield(L, -2, "__tostring");
+    }
+    lua_pop(L, 1);
+    lua_pushcfunction(L, l_store);
+    lua_setfield(L, -2, "store");
+}
