@@ -977,11 +977,14 @@ local function dump_node(st, p)
         node.data = core.base64_encode(data)
         node.encoding = "base64"
     end
-    local kids = {}
-    for _, name in ipairs(st:children(p) or {}) do
-        kids[name] = dump_node(st, (p == "/" and "" or p) .. "/" .. name)
+    local names = st:children(p) or {}
+    if #names > 0 then
+        local kids = {}
+        for _, name in ipairs(names) do
+            kids[name] = dump_node(st, (p == "/" and "" or p) .. "/" .. name)
+        end
+        node.children = kids
     end
-    node.children = kids
     return node
 end
 
@@ -1394,6 +1397,11 @@ function _M.main(argv, defaults)
         if not cmd then
             stderr:write(help_text(path, nil))
             return 2
+        end
+        ctx.path = path
+        if ctx.zk and ctx.zk ~= "" and cmd.name ~= "lua"
+                and cmd.name ~= "version" then
+            usage_error("ZooKeeper support is not built yet")
         end
         if cmd.sub then
             stderr:write("zkflow: '" .. cmd.name .. "' needs a command\n")

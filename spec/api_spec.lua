@@ -1,0 +1,286 @@
+-- The HTTP API router, called directly (no HTTP): a real SQLite store in a
+-- temporary file and a real DAG folder read by the loader.
+local core   = require "zkflow.core"
+local api    = require "zkflow.api"
+local state  = require "zkflow.state"
+local loader = require "zkflow.loader"
+
+local DAG = [[
+local flow = require "zkflow"
+return flow.dag {
+  id = "etl",
+  schedule = "@daily",
+  start_date = "2026-01-01T00:00:00Z",
+  tags = { "demo" },
+  tasks = function(t)
+    local extract = t.lua   { id = "extract", run = function() return 1 end }
+    local load    = t.lua   { id = "load",    run = function() return 2 end }
+    local report  = t.empty { id = "report" }
+    flow.chain(extract, load, report)
+  end,
+}
+]]
+
+local function write(path, data)
+    local f = assert(io.open(path, "wb"))
+    f:write(data)
+    f:close()
+end
+
+local function tmpdir()
+    local p = os.tmpname()
+    os.remove(p)
+    assert(os.execute("mkdir -p '" .. p .. "'"))
+    return p
+end
+
+describe("zkflow.api", function()
+    local dir, st, S, h, db
+
+    local function call(method, path, body, query)
+        local status, headers, out = h:handle {
+            method = method, path = path, body = body, query = query or {},
+        }
+        local v
+        if headers["content-type"] == "application/json" then
+            v = core.json_decode(out)
+        end
+        return status, v, out, headers
+    end
+
+    before_each(function()
+        dir = tmpdir()
+        assert(os.execute("mkdir -p '" .. dir .. "/dags'"))
+        write(dir .. "/dags/etl.lua", DAG)
+        write(dir .. "/dags/broken.lua", "return 1 +")
+        db = dir .. "/zkflow.db"
+        st = assert(core.store(db))
+        S = state.new(st, "/zkflow")
+        h = api.new {
+            store = st, root = "/zkflow", log_dir = dir .. "/logs",
+            dags = function() return loader.scan(dir .. "/dags") end,
+        }
+    end)
+
+    after_each(function()
+        st:close()
+        os.execute("rm -rf '" .. dir .. "'")
+    end)
+
+    it("answers health with status ok and the store kind", function()
+        local status, v = call("GET", "/api/v1/health")
+        assert.equal(200, status)
+        assert.equal("ok", v.status)
+        assert.equal("sqlite", v.store)
+        assert.is_table(v.scheduler)
+    end)
+
+    it("lists DAGs and import errors of files that define none", function()
+        local status, v = call("GET", "/api/v1/dags")
+        assert.equal(200, status)
+        assert.equal(2, #v.dags)
+        assert.equal("etl", v.dags[1].dag_id)
+        assert.equal(false, v.dags[1].paused)
+        assert.equal(core.null, v.dags[1].import_error)
+        assert.is_string(v.dags[1].version)
+        assert.equal(core.null, v.dags[2].dag_id)
+        assert.matches("broken.lua", v.dags[2].file)
+        assert.is_string(v.dags[2].import_error)
+    end)
+
+    it("shows one DAG with its tasks in order", function()
+        local status, v = call("GET", "/api/v1/dags/etl")
+        assert.equal(200, status)
+        assert.equal("etl", v.dag_id)
+        assert.equal(3, #v.tasks)
+        assert.equal("extract", v.tasks[1].task_id)
+        assert.same({ "load" }, { table.unpack(v.tasks[1].downstream) })
+    end)
+
+    it("answers 404 for an unknown DAG and an unknown path", function()
+        assert.equal(404, (call("GET", "/api/v1/dags/nope")))
+        assert.equal(404, (call("GET", "/api/v1/nothing/here")))
+        assert.equal(404, (call("POST", "/api/v1/dags/nope/runs", "{}")))
+    end)
+
+    it("answers 405 for a wrong method", function()
+        local status, _, _, headers = call("DELETE", "/api/v1/dags")
+        assert.equal(405, status)
+        assert.equal("GET", headers.allow)
+    end)
+
+    it("pauses and unpauses through PATCH", function()
+        local status, v = call("PATCH", "/api/v1/dags/etl",
+                               '{"is_paused": true}')
+        assert.equal(200, status)
+        assert.equal(true, v.paused)
+        assert.is_true(S:is_paused("etl"))
+        call("PATCH", "/api/v1/dags/etl", '{"is_paused": false}')
+        assert.is_false(S:is_paused("etl"))
+    end)
+
+    it("answers 400 for a bad JSON body", function()
+        local status, v = call("PATCH", "/api/v1/dags/etl", "{nope")
+        assert.equal(400, status)
+        assert.is_string(v.error)
+        assert.equal(400, (call("POST", "/api/v1/dags/etl/runs", "[1,")))
+        assert.equal(400, (call("PATCH", "/api/v1/dags/etl", '{"x":1}')))
+    end)
+
+    it("triggers a queued manual run with conf and answers 201", function()
+        local status, v = call("POST", "/api/v1/dags/etl/runs",
+                               '{"conf": {"who": "spec"}}')
+        assert.equal(201, status)
+        assert.equal("etl", v.dag_id)
+        assert.matches("^manual__%d%d%d%d%-", v.run_id)
+        local run = S:get_run("etl", v.run_id)
+        assert.equal("queued", run.state)
+        assert.equal("manual", run.run_type)
+        assert.equal("spec", run.conf.who)
+    end)
+
+    it("triggers without a body", function()
+        local status, v = call("POST", "/api/v1/dags/etl/runs")
+        assert.equal(201, status)
+        assert.is_string(v.run_id)
+    end)
+
+    it("refuses a second run with the same id", function()
+        assert.equal(201, (call("POST", "/api/v1/dags/etl/runs",
+                                '{"run_id": "r1"}')))
+        assert.equal(409, (call("POST", "/api/v1/dags/etl/runs",
+                                '{"run_id": "r1"}')))
+    end)
+
+    describe("with a finished run", function()
+        local log
+        before_each(function()
+            assert(S:trigger({ id = "etl" }, { run_id = "r1" }))
+            S:update_run("etl", "r1", { state = "success" })
+            log = dir .. "/logs/etl/r1/extract/1.log"
+            assert(os.execute("mkdir -p '" .. dir .. "/logs/etl/r1/extract'"))
+            write(log, "hello from extract\n")
+            S:put_ti("etl", "r1", { task_id = "extract", state = "success",
+                                    try_number = 1, xcom = 1, log = log })
+            S:put_ti("etl", "r1", { task_id = "load", state = "failed",
+                                    try_number = 2 })
+        end)
+
+        it("lists runs of a DAG", function()
+            local status, v = call("GET", "/api/v1/dags/etl/runs")
+            assert.equal(200, status)
+            assert.equal(1, #v.dag_runs)
+            assert.equal("r1", v.dag_runs[1].run_id)
+            assert.equal("success", v.dag_runs[1].state)
+        end)
+
+        it("embeds task states in the run list when asked", function()
+            local _, v = call("GET", "/api/v1/dags/etl/runs", nil,
+                              { tasks = "1" })
+            assert.equal("failed", v.dag_runs[1].tasks.load.state)
+        end)
+
+        it("shows the run object with its task instances", function()
+            local status, v = call("GET", "/api/v1/dags/etl/runs/r1")
+            assert.equal(200, status)
+            assert.equal("etl", v.dag_id)
+            assert.equal("r1", v.run_id)
+            assert.equal("success", v.state)
+            assert.equal("success", v.tasks.extract.state)
+            assert.equal(1, v.tasks.extract.try_number)
+            assert.equal(1, v.tasks.extract.xcom)
+            assert.equal(core.null, v.tasks.extract.worker)
+            assert.equal(log, v.tasks.extract.log)
+            assert.equal(core.null, v.tasks.load.xcom)
+        end)
+
+        it("decodes escaped run ids in the path", function()
+            assert(S:trigger({ id = "etl" },
+                             { run_id = "manual__2026-01-01T00:00:00+00:00" }))
+            local status, v = call("GET",
+                "/api/v1/dags/etl/runs/manual__2026-01-01T00%3A00%3A00%2B00%3A00")
+            assert.equal(200, status)
+            assert.equal("manual__2026-01-01T00:00:00+00:00", v.run_id)
+        end)
+
+        it("answers 404 for an unknown run", function()
+            assert.equal(404, (call("GET", "/api/v1/dags/etl/runs/nope")))
+        end)
+
+        it("serves a task log as text", function()
+            local status, _, body, headers = call("GET",
+                "/api/v1/dags/etl/runs/r1/tasks/extract/logs")
+            assert.equal(200, status)
+            assert.matches("^text/plain", headers["content-type"])
+            assert.equal("hello from extract\n", body)
+        end)
+
+        it("answers 404 for a missing try's log", function()
+            assert.equal(404, (call("GET",
+                "/api/v1/dags/etl/runs/r1/tasks/extract/logs", nil,
+                { try = "3" })))
+        end)
+
+        it("queues a clear request with the downstream tasks", function()
+            local status, v = call("POST", "/api/v1/dags/etl/runs/r1/clear",
+                '{"task_ids": ["load"], "downstream": true}')
+            assert.equal(200, status)
+            assert.same({ "load", "report" }, { table.unpack(v.task_ids) })
+            local reqs = S:list_requests()
+            assert.equal(1, #reqs)
+            assert.equal("clear", reqs[1].req.op)
+            assert.equal("r1", reqs[1].req.run_id)
+            assert.is_true(reqs[1].req.downstream)
+        end)
+
+        it("refuses to clear an unknown task", function()
+            assert.equal(404, (call("POST", "/api/v1/dags/etl/runs/r1/clear",
+                                    '{"task_ids": ["nope"]}')))
+        end)
+
+        it("counts runs and task instances in /metrics", function()
+            local status, _, body, headers = call("GET", "/metrics")
+            assert.equal(200, status)
+            assert.matches("^text/plain", headers["content-type"])
+            assert.matches("\nzkflow_dags 1\n", body)
+            assert.matches('zkflow_runs{state="success"} 1', body, 1, true)
+            assert.matches('zkflow_runs{state="failed"} 0', body, 1, true)
+            assert.matches('zkflow_task_instances{state="failed"} 1', body,
+                           1, true)
+        end)
+    end)
+
+    it("serves a self-contained page at /", function()
+        local status, _, body, headers = call("GET", "/")
+        assert.equal(200, status)
+        assert.matches("^text/html", headers["content-type"])
+        assert.matches("<script>", body, 1, true)
+        assert.is_nil(body:find("https?://"))
+        assert.is_nil(body:find("<script src", 1, true))
+    end)
+
+    it("answers 500 instead of raising when a part fails", function()
+        local bad = api.new {
+            store = st, dags = function() error("boom") end,
+        }
+        local status, headers, body = bad:handle { method = "GET",
+                                                   path = "/api/v1/dags" }
+        assert.equal(500, status)
+        assert.equal("application/json", headers["content-type"])
+        assert.matches("boom", body)
+    end)
+
+    it("serves through the module-level handle and http entries", function()
+        api.serve(h)
+        local status = api.handle { method = "GET", path = "/api/v1/health" }
+        assert.equal(200, status)
+        local got
+        api.http("GET", "/api/v1/dags/etl/runs?limit=5&state=queued", nil,
+                 function(s, ctype, body)
+                     got = { s, ctype, body }
+                 end)
+        assert.equal(200, got[1])
+        assert.equal("application/json", got[2])
+        assert.same({}, { table.unpack(core.json_decode(got[3]).dag_runs) })
+    end)
+end)
