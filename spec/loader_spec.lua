@@ -1,0 +1,175 @@
+-- The DAG loader: per-file environments, limits, scanning a folder.
+
+local loader = require "zkflow.loader"
+
+local FIX = "spec/fixtures/dags/"
+local FOLDER = FIX .. "folder"
+
+local has_core = pcall(require, "zkflow.core")
+
+describe("loader.load_file", function()
+    it("returns the dags a file defines, returned or not", function()
+        local dags, err = loader.load_file(FIX .. "multi.lua")
+        assert.is_nil(err)
+        local ids = {}
+        for _, d in ipairs(dags) do ids[#ids + 1] = d.id end
+        assert.same({ "multi_hidden", "multi_a", "multi_b" }, ids)
+        for _, d in ipairs(dags) do
+            assert.equal(FIX .. "multi.lua", d.file)
+            assert.matches("^%x%x%x%x%x%x%x%x$", d.source_hash)
+        end
+    end)
+
+    it("sets source_hash to the FNV-1a hash of the file", function()
+        local f = assert(io.open(FIX .. "multi.lua", "rb"))
+        local src = f:read("a")
+        f:close()
+        local dags = loader.load_file(FIX .. "multi.lua")
+        assert.equal(loader.hash(src), dags[1].source_hash)
+        assert.equal("811c9dc5", loader.hash(""))
+        assert.equal("e40c292c", loader.hash("a"))
+        assert.equal("bf9cf968", loader.hash("foobar"))
+    end)
+
+    it("reports syntax errors with file and line", function()
+        local dags, err = loader.load_file(FIX .. "syntax.lua")
+        assert.is_nil(dags)
+        assert.matches("^" .. FIX:gsub("%p", "%%%0") .. "syntax%.lua:4:", err)
+    end)
+
+    it("reports runtime errors with file and line", function()
+        local _, err = loader.load_file(FIX .. "runtime_error.lua")
+        assert.matches(FIX .. "runtime_error.lua:3: attempt to index a nil value", err, 1, true)
+    end)
+
+    it("rejects a file that returns something else than dags", function()
+        local _, err = loader.load_file(FIX .. "not_a_dag.lua")
+        assert.matches("did you forget flow.dag?", err, 1, true)
+    end)
+
+    it("rejects a dag id defined twice in one file", function()
+        local _, err = loader.load_file(FIX .. "twice.lua")
+        assert.equal(FIX .. "twice.lua:4: dag 'twice' is defined twice in this file (first at line 3)", err)
+    end)
+
+    it("names a missing file", function()
+        local _, err = loader.load_file(FIX .. "nope.lua")
+        assert.matches(FIX .. "nope.lua", err, 1, true)
+    end)
+
+    it("stops a file that loops forever at the instruction limit", function()
+        local dags, err = loader.load_file(FIX .. "loop.lua")
+        assert.is_nil(dags)
+        assert.equal(FIX .. "loop.lua: loading exceeded the instruction limit (10000000)", err)
+    end)
+
+    it("takes the instruction limit from opts", function()
+        local _, err = loader.load_file(FIX .. "loop.lua", { instruction_limit = 100000 })
+        assert.equal(FIX .. "loop.lua: loading exceeded the instruction limit (100000)", err)
+    end)
+
+    it("keeps the limit when the file catches the error", function()
+        local _, err = loader.load_file(FIX .. "pcall_loop.lua", { instruction_limit = 100000 })
+        assert.matches("exceeded the instruction limit", err, 1, true)
+    end)
+
+    it("counts instructions inside coroutines the file creates", function()
+        local _, err = loader.load_file(FIX .. "coroutine_loop.lua", { instruction_limit = 100000 })
+        assert.matches("exceeded the instruction limit", err, 1, true)
+    end)
+
+    it("leaves the caller's hook in place", function()
+        local function h() end
+        debug.sethook(h, "", 1000000)
+        loader.load_file(FIX .. "loop.lua", { instruction_limit = 10000 })
+        local now = debug.gethook()
+        debug.sethook()
+        assert.equal(h, now)
+    end)
+
+    it("refuses a file that yields while loading", function()
+        local _, err = loader.load_file(FIX .. "yield.lua")
+        assert.matches("cannot yield while loading", err, 1, true)
+    end)
+
+    it("stops a file that allocates without end at the memory limit", function()
+        if not has_core then
+            pending("needs the C module (build/zkflow/core.so)")
+            return
+        end
+        local core = require "zkflow.core"
+        local before = core.mem_used()
+        local _, err = loader.load_file(FIX .. "memory.lua", { memory_limit = 8 * 1024 * 1024 })
+        assert.equal(FIX .. "memory.lua: loading exceeded the memory limit (8388608 bytes)", err)
+        collectgarbage()
+        -- the limit is gone again: allocating more than 8 MiB works
+        local big = string.rep("y", 16 * 1024 * 1024)
+        assert.equal(16 * 1024 * 1024, #big)
+        assert.is_true(core.mem_used() >= before)
+    end)
+end)
+
+describe("loader.scan", function()
+    local r
+
+    setup(function()
+        r = loader.scan(FOLDER)
+    end)
+
+    it("loads every good file", function()
+        local ids = {}
+        for id in pairs(r.dags) do ids[#ids + 1] = id end
+        table.sort(ids)
+        assert.same({ "alpha", "gamma", "nested", "user_op" }, ids)
+        assert.equal(FOLDER .. "/sub/nested.lua", r.dags.nested.file)
+        assert.same({ every = 600 }, r.dags.nested.schedule)
+    end)
+
+    it("keeps a broken file's error to itself", function()
+        assert.equal(FOLDER .. "/b_broken.lua:6: task 'x': unknown option 'retires' (did you mean 'retries'?)",
+            r.errors[FOLDER .. "/b_broken.lua"])
+        assert.same({}, r.files[FOLDER .. "/b_broken.lua"].dag_ids)
+    end)
+
+    it("lets the first file win a duplicate dag id and names both", function()
+        assert.equal(FOLDER .. "/a_alpha.lua", r.dags.alpha.file)
+        assert.equal(FOLDER .. "/d_duplicate.lua:4: dag id 'alpha' is already defined in "
+            .. FOLDER .. "/a_alpha.lua", r.errors[FOLDER .. "/d_duplicate.lua"])
+    end)
+
+    it("skips hidden and _ files and the operators folder", function()
+        local files = {}
+        for f in pairs(r.files) do files[#files + 1] = f:sub(#FOLDER + 2) end
+        table.sort(files)
+        assert.same({ "a_alpha.lua", "b_broken.lua", "c_globals.lua", "d_duplicate.lua",
+                      "e_user_op.lua", "sub/nested.lua" }, files)
+    end)
+
+    it("records hash, mtime and dag ids per file", function()
+        local f = r.files[FOLDER .. "/a_alpha.lua"]
+        assert.same({ "alpha" }, f.dag_ids)
+        assert.equal(r.dags.alpha.source_hash, f.hash)
+        assert.is_number(f.mtime)
+    end)
+
+    it("isolates globals between files and from the engine", function()
+        assert.equal("nil", r.dags.gamma.params.saw)
+        assert.is_nil(rawget(_G, "leaked_from_alpha"))
+        assert.is_nil(string.from_c_globals)
+    end)
+
+    it("finds user operators in the folder's operators/", function()
+        local g = r.dags.user_op.tasks.greet
+        assert.equal("greet", g.operator)
+        assert.equal("world", g.who)
+        assert.is_false(g.loud)
+        assert.same({ "who" }, g.op.templated)
+        assert.same({ "done" }, g.downstream)
+    end)
+
+    it("returns empty results for a missing folder", function()
+        local e = loader.scan(FIX .. "does-not-exist")
+        assert.same({}, e.dags)
+        assert.same({}, e.errors)
+    end)
+end)
