@@ -209,6 +209,18 @@ static void on_watch(int type, const char *path, void *arg)
     zkf_lua_pcall(L, 3);
 }
 
+/* Watches may be functions or callable objects (busted's spies). */
+static void check_callable(lua_State *L, int i)
+{
+    if (lua_isnoneornil(L, i) || lua_isfunction(L, i))
+        return;
+    if (luaL_getmetafield(L, i, "__call") != LUA_TNIL) {
+        lua_pop(L, 1);
+        return;
+    }
+    luaL_typeerror(L, i, "function");
+}
+
 /* Makes the Lua watch for argument `i` (a function or nil).  Returns NULL
  * when there is none. */
 static lwatch *make_watch(lua_State *L, int i)
@@ -219,7 +231,7 @@ static lwatch *make_watch(lua_State *L, int i)
 
     if (lua_isnoneornil(L, i))
         return NULL;
-    luaL_checktype(L, i, LUA_TFUNCTION);
+    check_callable(L, i);
     lua_rawgeti(L, LUA_REGISTRYINDEX, LUA_RIDX_MAINTHREAD);
     mainth = lua_tothread(L, -1);
     lua_pop(L, 1);
@@ -297,8 +309,7 @@ static int l_get(lua_State *L)
     call c = { L, R_GET, 0, 0, 0 };
     lwatch *w;
 
-    if (!lua_isnoneornil(L, 3))
-        luaL_checktype(L, 3, LUA_TFUNCTION);
+    check_callable(L, 3);
     if (nul)
         return push_error(L, ZKF_ZBADARGUMENTS);
     w = make_watch(L, 3);
@@ -360,8 +371,7 @@ static int l_exists(lua_State *L)
     call c = { L, R_EXISTS, 0, 0, 0 };
     lwatch *w;
 
-    if (!lua_isnoneornil(L, 3))
-        luaL_checktype(L, 3, LUA_TFUNCTION);
+    check_callable(L, 3);
     if (nul)
         return push_error(L, ZKF_ZBADARGUMENTS);
     w = make_watch(L, 3);
@@ -378,8 +388,7 @@ static int l_children(lua_State *L)
     call c = { L, R_CHILDREN, 0, 0, 0 };
     lwatch *w;
 
-    if (!lua_isnoneornil(L, 3))
-        luaL_checktype(L, 3, LUA_TFUNCTION);
+    check_callable(L, 3);
     if (nul)
         return push_error(L, ZKF_ZBADARGUMENTS);
     w = make_watch(L, 3);
