@@ -165,22 +165,49 @@ end
 -- The instruction budget shared by the loading thread and any coroutine
 -- the file creates.  Past the budget the hook fires on every instruction,
 -- so a file that catches the error with pcall cannot keep going.
+--
+-- When the allocator cannot be capped (plain lua5.4: core.mem_limit says
+-- false, or no C module at all), the same hook also watches the heap with
+-- collectgarbage("count"); a full collection runs before it gives up, so
+-- garbage alone never trips the limit.  This is approximate (a single
+-- huge allocation is seen after the fact) where the engine's is exact.
 local function new_budget(limit, label)
     local b = { used = 0, limit = limit, exceeded = false, threads = {} }
-    local function hook()
+    local function stop(why)
+        if not b.exceeded then
+            b.exceeded = why
+            sethook(b.hook, "", 1)
+        end
+        if b.exceeded == "memory" then
+            error(sfmt("%s: loading exceeded the memory limit (%d bytes)", label, b.mem_limit), 0)
+        end
+        error(sfmt("%s: loading exceeded the instruction limit (%d)", label, b.limit), 0)
+    end
+    function b.hook()
+        if b.exceeded then
+            stop(b.exceeded)
+        end
         b.used = b.used + HOOK_STEP
         if b.used > b.limit then
-            if not b.exceeded then
-                b.exceeded = true
-                sethook(hook, "", 1)
+            stop("instructions")
+        end
+        if b.mem_limit then
+            local heap = collectgarbage("count") * 1024 - b.mem_base
+            if heap > b.mem_limit then
+                collectgarbage()
+                if collectgarbage("count") * 1024 - b.mem_base > b.mem_limit then
+                    stop("memory")
+                end
             end
-            error(sfmt("%s: loading exceeded the instruction limit (%d)", label, b.limit), 0)
         end
     end
-    b.hook = hook
+    function b.watch_memory(bytes)
+        b.mem_limit = bytes
+        b.mem_base = collectgarbage("count") * 1024
+    end
     function b.attach(thread)
         b.threads[#b.threads + 1] = thread
-        sethook(thread, hook, "", b.exceeded and 1 or HOOK_STEP)
+        sethook(thread, b.hook, "", b.exceeded and 1 or HOOK_STEP)
     end
     return b
 end
@@ -204,8 +231,9 @@ end
 ---   root              DAG folder: user operators are <root>/operators/*.lua
 ---                     (default: the directory of `name`)
 ---   instruction_limit default 10 000 000
----   memory_limit      extra bytes the load may allocate (C module only),
----                     default 64 MiB; false disables
+---   memory_limit      extra bytes the load may allocate, default 64 MiB;
+---                     false disables.  Exact inside the engine (its
+---                     allocator is capped), approximate in plain lua5.4
 --- A file may return one dag, a list of dags, or nothing: every dag it
 --- creates with flow.dag is collected either way.
 --- Returns a list of dags, or nil and an error naming the file (and line).
@@ -318,12 +346,15 @@ function _M.load_source(src, name, opts)
     local co = coroutine.create(fn)
     budget.attach(co)
     local core = mlimit and core_module() or nil
-    local use_mem = core ~= nil and type(core.mem_limit) == "function"
-    if use_mem then
-        core.mem_limit(mlimit)
+    local capped = false
+    if core and type(core.mem_limit) == "function" then
+        capped = core.mem_limit(mlimit) ~= false
+    end
+    if mlimit and not capped then
+        budget.watch_memory(mlimit)
     end
     local ok, ret = coroutine.resume(co)
-    if use_mem then
+    if capped then
         core.mem_limit(nil)
     end
     if ok and coroutine.status(co) ~= "dead" then
@@ -337,9 +368,10 @@ function _M.load_source(src, name, opts)
 
     if not ok then
         local msg = ret
-        if budget.exceeded then
+        if budget.exceeded == "instructions" then
             msg = sfmt("%s: loading exceeded the instruction limit (%d)", name, ilimit)
-        elseif use_mem and (msg == "not enough memory" or tostring(msg):find("not enough memory", 1, true)) then
+        elseif budget.exceeded == "memory"
+            or (capped and tostring(msg):find("not enough memory", 1, true)) then
             msg = sfmt("%s: loading exceeded the memory limit (%d bytes)", name, mlimit)
         elseif type(msg) ~= "string" then
             msg = sfmt("%s: %s", name, tostring(msg))
