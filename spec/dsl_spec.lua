@@ -220,6 +220,11 @@ describe("flow.dag", function()
         assert.matches("task 'x': unknown option 'mode'", err, 1, true)
     end)
 
+    it("stores integral floats of integer options as integers", function()
+        local d = simple(function(t) t.empty { id = "a", retries = 3.0 } end)
+        assert.equal("integer", math.type(d.tasks.a.retries))
+    end)
+
     it("computes the effective priority weight per weight_rule", function()
         local d = simple(function(t)
             local a = t.empty { id = "a", priority_weight = 2 }
@@ -311,6 +316,18 @@ describe("dependencies", function()
             return x
         end)
         assert.same({ "y", "w", "z", "x" }, d.topo)
+    end)
+
+    it("must be declared inside tasks()", function()
+        local saved_t, a, b
+        simple(function(t)
+            saved_t = t
+            a, b = t.empty { id = "a" }, t.empty { id = "b" }
+        end)
+        assert.has_error(function() saved_t.empty { id = "late" } end,
+            "dag 'd': tasks must be declared inside tasks()")
+        assert.has_error(function() local _ = a >> b end,
+            "dag 'd': dependencies must be declared inside tasks()")
     end)
 
     it("may not cross dags", function()

@@ -124,6 +124,33 @@ describe("loader.load_file", function()
     end)
 end)
 
+describe("the per-file environment", function()
+    it("keeps load() and globals inside the file", function()
+        local dags, err = loader.load_source([[
+            load("from_load = 1")()
+            local flow = require "zkflow"
+            return flow.dag { id = "env", params = { v = from_load, g = _G == _ENV }, tasks = function() end }
+        ]], "env.lua")
+        assert.is_nil(err)
+        assert.same({ v = 1, g = true }, dags[1].params)
+        assert.is_nil(rawget(_G, "from_load"))
+    end)
+
+    it("leaves out what would reach the engine", function()
+        local dags = assert(loader.load_source([[
+            return require("zkflow").dag { id = "safe", tasks = function() end, params = {
+                exit = os.exit == nil, debug = debug == nil, io = io ~= nil, date = os.date ~= nil,
+            } }
+        ]], "safe.lua"))
+        assert.same({ exit = true, debug = true, io = true, date = true }, dags[1].params)
+    end)
+
+    it("gives each file its own copy of the standard tables", function()
+        assert(loader.load_source("table.mine = 1", "a.lua"))
+        assert.is_nil(rawget(table, "mine"))
+    end)
+end)
+
 describe("loader.scan", function()
     local r
 

@@ -3,11 +3,37 @@
 -- A spec is checked completely before anything is returned: every problem
 -- found (unknown options, wrong types, unknown upstreams, cycles, ...) is
 -- collected with the file and line of the call that caused it, and all of
--- them are raised together as one newline-separated error.  A user fixing a
--- DAG file sees the whole list at once instead of one error per reload.
+-- them are raised together as one newline-separated error, in file order.
+-- A user fixing a DAG file sees the whole list at once instead of one error
+-- per reload.
 --
--- The objects built here are plain tables; their shape is documented in
--- docs/dsl.md ("The DAG object") and is what the scheduler consumes.
+-- The DAG object (what the scheduler consumes):
+--   { id, file, line, schedule = nil | "@once" | {cron=expr} | {every=s},
+--     start_date, end_date (integer UTC epoch seconds or nil), catchup,
+--     max_active_runs, max_active_tasks, params, tags, default_args,
+--     description, doc, on_success, on_failure, on_retry, dagrun_timeout,
+--     tasks = {[id]=task}, order (declaration order), roots, leaves,
+--     topo (a topological order, ties in declaration order),
+--     source_hash (set by the loader) }
+-- The task object:
+--   { id, dag_id, operator (name), op (operator module), line,
+--     upstream, downstream (sorted ids), the common options below with
+--     their defaults filled in, priority_weight (effective, after
+--     weight_rule), weight_rule, params (dag < default_args < task),
+--     sensor options for sensors, and the operator's own fields by name }
+--
+-- Decisions where Airflow offers a choice:
+--   catchup defaults to true (Airflow's catchup_by_default = True);
+--   retry_delay defaults to 300 s; priority_weight to 1 with weight_rule
+--   "downstream" (own weight + every distinct descendant's weight);
+--   flow.chain links two adjacent lists pairwise, as Airflow's chain();
+--   a time without a UTC offset is UTC.
+--
+-- Operators are modules returning { name, fields = {f = decl}, templated =
+-- {f...}, sensor, branch, short_circuit, execute?, poke? }; a field decl is
+-- "type", "type?" (optional) or { type=, default=, one_of=, required= }
+-- with type one of string number integer boolean function table list
+-- (of strings) any, alternatives joined by "|".
 
 local _M = {}
 
@@ -786,6 +812,10 @@ function Build:finish_task(task)
             v = validator.default
             if type(v) == "table" then v = copy(v) end
         end
+        -- 3.0 passes as an integer; store it as one
+        if math_type(v) == "float" and validator.want:find("integer", 1, true) and validator.ok(v) then
+            v = math.tointeger(v)
+        end
         return v
     end
     for name, validator in pairs(COMMON) do
@@ -1194,6 +1224,10 @@ function _M.new(spec, opts)
                 local f = factories[name]
                 if not f then
                     f = function(tspec)
+                        if b.done then
+                            error(sfmt("dag '%s': tasks must be declared inside tasks()",
+                                tostring(dag.id)), 2)
+                        end
                         local tf, tl = callsite(2)
                         if not tf then
                             tf, tl = locate_by_functions(tspec, { "run", "on_execute", "on_success",
