@@ -820,6 +820,62 @@ static void test_store_many_writes_in_one_turn(void)
     env_close(&e);
 }
 
+/* A watch that frees the store it belongs to, as `st:close()` inside a Lua
+ * watch does. */
+typedef struct closer {
+    env *e;
+    int calls;
+} closer;
+
+static void on_watch_close_store(int type, const char *path, void *arg)
+{
+    closer *c = arg;
+    (void)path;
+    c->calls++;
+    if (type != ZKF_WATCH_CLOSED && c->e->st) {
+        zkf_store *st = c->e->st;
+        c->e->st = NULL;
+        zkf_store_free(st);
+    }
+}
+
+static void test_store_freed_inside_a_watch(void)
+{
+    env e;
+    closer a = { &e, 0 }, b = { &e, 0 };
+    wrec later = {0};
+    res r;
+    ASSERT_EQ(0, env_open(&e));
+    zkf_store_exists(e.st, "/a", on_watch_close_store, &a, collect, &r);
+    zkf_store_exists(e.st, "/a", on_watch_close_store, &b, collect, &r);
+    zkf_store_exists(e.st, "/later", on_watch, &later, collect, &r);
+    ASSERT_EQ(ZKF_ZOK, do_create(e.st, "/a", "", 0, NULL));
+    run_for(&e, 30);
+    /* the first closed the store; the second, queued in the same batch,
+     * and the one never triggered hear ZKF_WATCH_CLOSED, once each */
+    ASSERT_EQ(1, a.calls);
+    ASSERT_EQ(1, b.calls);
+    ASSERT_EQ(1, later.fired);
+    ASSERT_EQ(ZKF_WATCH_CLOSED, later.type);
+    ASSERT(e.st == NULL);
+    env_close(&e);
+}
+
+static void test_store_free_before_fire_closes_queued(void)
+{
+    env e;
+    wrec w = {0};
+    res r;
+    ASSERT_EQ(0, env_open(&e));
+    zkf_store_exists(e.st, "/q", on_watch, &w, collect, &r);
+    ASSERT_EQ(ZKF_ZOK, do_create(e.st, "/q", "", 0, NULL));
+    zkf_store_free(e.st);
+    e.st = NULL;
+    ASSERT_EQ(1, w.fired);
+    ASSERT_EQ(ZKF_WATCH_CLOSED, w.type);
+    env_close(&e);
+}
+
 int main(int argc, char **argv)
 {
     ssize_t n = readlink("/proc/self/exe", self_exe, sizeof self_exe - 1);
@@ -850,6 +906,8 @@ int main(int argc, char **argv)
     RUN(test_store_watch_on_delete);
     RUN(test_store_watch_not_fired_by_rolled_back_multi);
     RUN(test_store_watch_sees_other_process);
+    RUN(test_store_freed_inside_a_watch);
+    RUN(test_store_free_before_fire_closes_queued);
     RUN(test_store_group_commit_at_turn_end);
     RUN(test_store_survives_reopen);
     RUN(test_store_many_writes_in_one_turn);
