@@ -156,7 +156,8 @@ enum {
     ST_BEGIN, ST_COMMIT, ST_ROLLBACK, ST_SAVEPOINT, ST_RELEASE,
     ST_ROLLBACK_TO, ST_GET, ST_STAT, ST_INSERT, ST_PARENT, ST_SET,
     ST_DELETE, ST_CHILDREN, ST_DESC, ST_DELRANGE, ST_EPHEMERALS,
-    ST_ZXID_GET, ST_ZXID_PUT, ST_DATA_VERSION, ST_COUNT
+    ST_ZXID_GET, ST_ZXID_PUT, ST_DATA_VERSION, ST_SESSION_NEW,
+    ST_SESSION_DEL, ST_COUNT
 };
 
 static const char *const sql_text[ST_COUNT] = {
@@ -189,6 +190,8 @@ static const char *const sql_text[ST_COUNT] = {
     [ST_ZXID_GET] = "SELECT value FROM meta WHERE key = 'zxid'",
     [ST_ZXID_PUT] = "UPDATE meta SET value = ?1 WHERE key = 'zxid'",
     [ST_DATA_VERSION] = "PRAGMA data_version",
+    [ST_SESSION_NEW] = "INSERT INTO sessions (pid, started) VALUES (?1, ?2)",
+    [ST_SESSION_DEL] = "DELETE FROM sessions WHERE id = ?1",
 };
 
 static const char schema_sql[] =
@@ -418,6 +421,21 @@ static int read_node(sq *s, const char *path, size_t n, zkf_stat *out,
     return sqlerr(s, "read");
 }
 
+static int insert_session(sq *s)
+{
+    sqlite3_stmt *st = s->st[ST_SESSION_NEW];
+    int rc;
+
+    sqlite3_bind_int64(st, 1, (int64_t)getpid());
+    sqlite3_bind_int64(st, 2, now_ms());
+    rc = sqlite3_step(st);
+    sqlite3_reset(st);
+    if (rc != SQLITE_DONE)
+        return sqlerr(s, "sessions");
+    s->session = sqlite3_last_insert_rowid(s->db);
+    return ZKF_ZOK;
+}
+
 static int begin_write(sq *s)
 {
     sqlite3_stmt *st;
@@ -442,6 +460,16 @@ static int begin_write(sq *s)
     }
     s->zxid = sqlite3_column_int64(st, 0);
     sqlite3_reset(st);
+    /* The session row is written with the first write, not at open, so
+     * that opening a handle (or one that only reads) never waits for the
+     * write lock another handle holds for its turn. */
+    if (s->session == 0) {
+        rc = insert_session(s);
+        if (rc != ZKF_ZOK) {
+            run(s, ST_ROLLBACK);
+            return rc;
+        }
+    }
     s->in_txn = 1;
     s->zxid_dirty = 0;
     return ZKF_ZOK;
@@ -1278,16 +1306,10 @@ static void sq_free(zkf_store *base)
         commit(s);
         /* The session ends with the handle: its ephemerals go, as when a
          * ZooKeeper session closes. */
-        if (begin_write(s) == ZKF_ZOK) {
-            sqlite3_stmt *st;
+        if (s->session != 0 && begin_write(s) == ZKF_ZOK) {
             delete_ephemerals(s, s->session);
-            if (sqlite3_prepare_v2(s->db,
-                                   "DELETE FROM sessions WHERE id = ?1", -1,
-                                   &st, NULL) == SQLITE_OK) {
-                sqlite3_bind_int64(st, 1, s->session);
-                sqlite3_step(st);
-                sqlite3_finalize(st);
-            }
+            sqlite3_bind_int64(s->st[ST_SESSION_DEL], 1, s->session);
+            run(s, ST_SESSION_DEL);
             commit(s);
         }
     }
@@ -1345,8 +1367,26 @@ static int exec_sql(sq *s, const char *sql)
     return 0;
 }
 
+/* Whether the tables exist: then opening needs no write lock. */
+static int schema_ready(sq *s)
+{
+    sqlite3_stmt *st;
+    int n = 0;
+
+    if (sqlite3_prepare_v2(s->db,
+                           "SELECT count(*) FROM sqlite_master WHERE type ="
+                           " 'table' AND name IN ('meta', 'znodes',"
+                           " 'sessions')", -1, &st, NULL) != SQLITE_OK)
+        return 0;
+    if (sqlite3_step(st) == SQLITE_ROW)
+        n = sqlite3_column_int(st, 0);
+    sqlite3_finalize(st);
+    return n == 3;
+}
+
 /* Removes the sessions of processes that no longer exist, and their
- * ephemerals, as ZooKeeper expires a session whose client is gone. */
+ * ephemerals, as ZooKeeper expires a session whose client is gone.  The
+ * scan only reads: the write lock is taken when someone did die. */
 static int reap_dead_sessions(sq *s)
 {
     sqlite3_stmt *st;
@@ -1364,45 +1404,19 @@ static int reap_dead_sessions(sq *s)
             dead[nd++] = sqlite3_column_int64(st, 0);
     }
     sqlite3_finalize(st);
-    if (sqlite3_prepare_v2(s->db, "DELETE FROM sessions WHERE id = ?1", -1,
-                           &st, NULL) != SQLITE_OK)
-        return sqlerr(s, "sessions");
-    rc = ZKF_ZOK;
+    if (nd == 0)
+        return ZKF_ZOK;
+    rc = begin_write(s);
     for (i = 0; i < nd && rc == ZKF_ZOK; i++) {
         rc = delete_ephemerals(s, dead[i]);
         if (rc != ZKF_ZOK)
             break;
-        sqlite3_bind_int64(st, 1, dead[i]);
-        if (sqlite3_step(st) != SQLITE_DONE)
-            rc = sqlerr(s, "sessions");
-        sqlite3_reset(st);
-    }
-    sqlite3_finalize(st);
-    return rc;
-}
-
-static int open_session(sq *s)
-{
-    sqlite3_stmt *st;
-    int rc = begin_write(s);
-
-    if (rc != ZKF_ZOK)
-        return rc;
-    rc = reap_dead_sessions(s);
-    if (rc == ZKF_ZOK) {
-        if (sqlite3_prepare_v2(s->db,
-                               "INSERT INTO sessions (pid, started)"
-                               " VALUES (?1, ?2)", -1, &st, NULL) != SQLITE_OK)
-            return sqlerr(s, "sessions");
-        sqlite3_bind_int64(st, 1, (int64_t)getpid());
-        sqlite3_bind_int64(st, 2, now_ms());
-        if (sqlite3_step(st) != SQLITE_DONE)
-            rc = sqlerr(s, "sessions");
-        sqlite3_finalize(st);
-        s->session = sqlite3_last_insert_rowid(s->db);
+        sqlite3_bind_int64(s->st[ST_SESSION_DEL], 1, dead[i]);
+        rc = run(s, ST_SESSION_DEL);
     }
     if (rc != ZKF_ZOK) {
-        run(s, ST_ROLLBACK);
+        if (s->in_txn)
+            run(s, ST_ROLLBACK);
         s->in_txn = 0;
         return rc;
     }
@@ -1460,15 +1474,18 @@ zkf_store *zkf_store_sqlite_new(zkf_loop *loop, const char *path,
     }
     sqlite3_busy_timeout(s->db, busy);
     snprintf(sql, sizeof sql, "PRAGMA synchronous=%s", sync);
-    if (exec_sql(s, "PRAGMA journal_mode=WAL") < 0 || exec_sql(s, sql) < 0 ||
-        exec_sql(s, "BEGIN IMMEDIATE") < 0)
+    if (exec_sql(s, "PRAGMA journal_mode=WAL") < 0 || exec_sql(s, sql) < 0)
         goto fail_msg;
-    if (exec_sql(s, schema_sql) < 0) {
-        exec_sql(s, "ROLLBACK");
-        goto fail_msg;
+    if (!schema_ready(s)) {
+        if (exec_sql(s, "BEGIN IMMEDIATE") < 0)
+            goto fail_msg;
+        if (exec_sql(s, schema_sql) < 0) {
+            exec_sql(s, "ROLLBACK");
+            goto fail_msg;
+        }
+        if (exec_sql(s, "COMMIT") < 0)
+            goto fail_msg;
     }
-    if (exec_sql(s, "COMMIT") < 0)
-        goto fail_msg;
     for (i = 0; i < ST_COUNT; i++) {
         if (sqlite3_prepare_v3(s->db, sql_text[i], -1,
                                SQLITE_PREPARE_PERSISTENT, &s->st[i],
@@ -1477,7 +1494,7 @@ zkf_store *zkf_store_sqlite_new(zkf_loop *loop, const char *path,
             goto fail_msg;
         }
     }
-    if (open_session(s) != ZKF_ZOK)
+    if (reap_dead_sessions(s) != ZKF_ZOK)
         goto fail_msg;
     if (read_data_version(s, &s->data_version) < 0) {
         sqlerr(s, "data_version");

@@ -876,6 +876,31 @@ static void test_store_free_before_fire_closes_queued(void)
     env_close(&e);
 }
 
+static void test_store_opens_while_another_handle_writes(void)
+{
+    env e;
+    zkf_store *second;
+    zkf_sqlite_opts o = { "normal", 100, 0 };
+    char err[256];
+    double t0;
+    ASSERT_EQ(0, env_open(&e));
+    ASSERT_EQ(ZKF_ZOK, do_create(e.st, "/busy", "", 0, NULL));
+    /* e.st holds the write lock for its turn: opening and reading through
+     * another handle must not wait for it */
+    t0 = zkf_mono_ms();
+    second = zkf_store_sqlite_new(e.loop, db_path, &o, err, sizeof err);
+    ASSERT(second != NULL);
+    ASSERT_EQ(ZKF_ZNONODE, do_exists(second, "/busy"));
+    ASSERT(zkf_mono_ms() - t0 < 90);
+    /* its first write does wait, and gives up after busy_timeout */
+    ASSERT_EQ(ZKF_ZOPERATIONTIMEOUT, do_create(second, "/other", "", 0,
+                                               NULL));
+    zkf_loop_end_turn(e.loop);
+    ASSERT_EQ(ZKF_ZOK, do_create(second, "/other", "", 0, NULL));
+    zkf_store_free(second);
+    env_close(&e);
+}
+
 int main(int argc, char **argv)
 {
     ssize_t n = readlink("/proc/self/exe", self_exe, sizeof self_exe - 1);
@@ -909,6 +934,7 @@ int main(int argc, char **argv)
     RUN(test_store_freed_inside_a_watch);
     RUN(test_store_free_before_fire_closes_queued);
     RUN(test_store_group_commit_at_turn_end);
+    RUN(test_store_opens_while_another_handle_writes);
     RUN(test_store_survives_reopen);
     RUN(test_store_many_writes_in_one_turn);
     return test_report();
