@@ -185,7 +185,13 @@ typedef struct zkf_sqlite_opts {
 /* Opens (creating if needed) the SQLite store at `path` on `loop`.
  * Returns a new store; free it with zkf_store_free().  `loop` is borrowed
  * and must outlive the store; `path` and `opts` (may be NULL) are copied.
- * On error returns NULL with a message in `err` (`errlen` bytes). */
+ * On error returns NULL with a message in `err` (`errlen` bytes).
+ *
+ * Each handle is one session (its ephemeral nodes die with it); opening
+ * also removes the sessions, and ephemerals, of processes that are gone.
+ * Writes join the loop turn's transaction, committed by the loop's
+ * end-of-turn hook (see docs/durability.md); another handle's write waits
+ * up to busy_timeout_ms for that commit, then fails ZKF_ZOPERATIONTIMEOUT. */
 zkf_store *zkf_store_sqlite_new(zkf_loop *loop, const char *path,
                                 const zkf_sqlite_opts *opts,
                                 char *err, size_t errlen);
