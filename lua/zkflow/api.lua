@@ -242,8 +242,10 @@ local TEXT_TYPE = { ["content-type"] = "text/plain; charset=utf-8" }
 local HTML_TYPE = { ["content-type"] = "text/html; charset=utf-8" }
 local PROM_TYPE = { ["content-type"] = "text/plain; version=0.0.4" }
 
+local JSON_OPTS = { sort_keys = true }
+
 local function reply_json(status, v)
-    return status, JSON_TYPE, json_encode(v)
+    return status, JSON_TYPE, json_encode(v, JSON_OPTS)
 end
 
 local function reply_error(status, msg)

@@ -43,8 +43,10 @@ local function fail(msg)
     error({ zkflow_exit = 1, msg = msg }, 0)
 end
 
+local JSON_OPTS = { sort_keys = true }
+
 local function json_out(v)
-    stdout:write(core.json_encode(v), "\n")
+    stdout:write(core.json_encode(v, JSON_OPTS), "\n")
 end
 
 local function out(...)
@@ -247,19 +249,25 @@ local function parse_listen(s)
     return addr, port
 end
 
--- Formats a scheduler event for the daemon's stderr; the shape is the
--- scheduler's, so this only picks the usual fields.
-local function event_line(ev)
-    if type(ev) ~= "table" then return tostring(ev) end
-    local parts = {}
-    for _, k in ipairs({ "type", "event", "dag_id", "run_id", "task_id",
-                         "state", "try_number", "message", "error" }) do
-        if ev[k] ~= nil and ev[k] ~= core.null then
-            parts[#parts + 1] = k == "type" or k == "event"
-                and tostring(ev[k]) or (k .. "=" .. tostring(ev[k]))
-        end
+-- Formats a scheduler event (kind, run or task instance) for the
+-- daemon's log: "ti_finished etl/manual__.../load success try 1".
+local function event_line(kind, obj)
+    if type(obj) ~= "table" then
+        return tostring(kind) .. " " .. tostring(obj)
     end
-    return concat(parts, " ")
+    local run = type(obj.run) == "table" and obj.run or obj
+    local where = tostring(run.dag_id) .. "/" .. tostring(run.run_id)
+    if obj.task_id then
+        where = where .. "/" .. tostring(obj.task_id)
+    end
+    local line = tostring(kind) .. " " .. where .. " " .. tostring(obj.state)
+    if obj.task_id and obj.try_number then
+        line = line .. " try " .. tostring(obj.try_number)
+    end
+    if type(obj.error) == "string" and obj.state ~= "success" then
+        line = line .. ": " .. obj.error
+    end
+    return line
 end
 
 -- The current DAGs for the API: the scheduler's when it says, otherwise a
@@ -326,8 +334,8 @@ local function serve(ctx, dir, with_sched, with_api)
             root     = ctx.root,
             dags_dir = dir,
             log_dir  = ctx:logs_dir(),
-            on_event = function(ev)
-                core.log("info", event_line(ev))
+            on_event = function(kind, obj)
+                core.log("info", event_line(kind, obj))
             end,
         }
         s:start()
@@ -683,8 +691,7 @@ local function cmd_dags_backfill(ctx, args)
             root     = ctx.root,
             dags_dir = ctx.dags,
             log_dir  = ctx:logs_dir(),
-            dag_ids  = { id },
-            only_runs = runs,
+            schedule = false,
             on_event = function() end,
         }
         s:start()
@@ -994,7 +1001,7 @@ local function cmd_zk_dump(ctx, args)
     local node = st and dump_node(st, p)
     if not node then fail(p .. ": ZNONODE") end
     node.path = p
-    local text = core.json_encode(node, { pretty = true })
+    local text = core.json_encode(node, { pretty = true, sort_keys = true })
     if args[2] and args[2] ~= "-" then
         local ok, err = pcall(core.write_file, args[2], text .. "\n")
         if not ok then fail(tostring(err)) end

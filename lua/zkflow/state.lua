@@ -44,11 +44,10 @@ function _M.new(store, root)
 end
 
 -- Marks a list so that core.json_encode writes it as an array even when
--- it is empty.
+-- it is empty (docs/internals.md: `__jsontype`).
+local ARRAY = { __jsontype = "array" }
 function _M.array(t)
-    t = t or {}
-    t.n = #t
-    return t
+    return setmetatable(t or {}, ARRAY)
 end
 
 -- "2026-11-25T12:00:00+00:00", or with `micro` the six fraction digits of
@@ -352,6 +351,8 @@ function S:run_object(dag_id, run_id)
             start_date = nullable(ti.start_date),
             end_date   = nullable(ti.end_date),
             duration   = nullable(ti.duration),
+            operator   = nullable(ti.operator),
+            error      = nullable(ti.error),
         }
     end
     return {
