@@ -266,7 +266,9 @@ local function body_json(req, need_object)
     if v == nil then
         http_error(400, "bad JSON body: " .. tostring(err))
     end
-    if need_object ~= false and type(v) ~= "table" then
+    local mt = type(v) == "table" and getmetatable(v)
+    if need_object ~= false
+            and (type(v) ~= "table" or (mt and mt.__jsontype == "array")) then
         http_error(400, "bad JSON body: expected an object")
     end
     return v
@@ -408,7 +410,8 @@ route("POST", "/api/v1/dags/{dag_id}/runs", function(self, p, req)
     local b = body_json(req)
     local conf = b.conf
     if is_null(conf) then conf = {} end
-    if type(conf) ~= "table" then
+    local mt = type(conf) == "table" and getmetatable(conf)
+    if type(conf) ~= "table" or (mt and mt.__jsontype == "array") then
         http_error(400, "'conf' must be an object")
     end
     local ld

@@ -565,7 +565,8 @@ local function cmd_dags_trigger(ctx, args)
     local conf = {}
     if ctx.opts.conf then
         local v, err = core.json_decode(ctx.opts.conf)
-        if type(v) ~= "table" then
+        local mt = type(v) == "table" and getmetatable(v)
+        if type(v) ~= "table" or (mt and mt.__jsontype == "array") then
             usage_error("--conf: expected a JSON object, "
                         .. (err and ("got invalid JSON: " .. tostring(err))
                             or "got " .. ctx.opts.conf))
