@@ -247,16 +247,16 @@ PORT=$((20000 + RANDOM % 20000))
 SA_PID=$!
 up=0
 for _ in $(seq 1 50); do
-    if grep -q "zkflow standalone:" "$T/sa.err" 2>/dev/null; then up=1; break; fi
+    if grep -q "zkflow standalone:" "$T/sa.out" 2>/dev/null; then up=1; break; fi
     sleep 0.1
 done
-if [ $up = 1 ]; then ok "standalone starts and says so"; else bad "standalone starts" "$(cat "$T/sa.err")"; fi
+if [ $up = 1 ]; then ok "standalone starts and says so"; else bad "standalone starts" "$(cat "$T/sa.out" "$T/sa.err")"; fi
 HAVE_API=1
 if grep -q "no HTTP front door" "$T/sa.err"; then
     HAVE_API=0
     echo "skip API checks: this zkflow has no HTTP front door"
 else
-    has "standalone names the API" "$T/sa.err" "api http://127.0.0.1:$PORT/"
+    has "standalone names the API" "$T/sa.out" "api http://127.0.0.1:$PORT/"
 fi
 expect "trigger against the running standalone" 0 dags trigger hello --run-id live
 started=0

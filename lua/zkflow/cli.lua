@@ -357,21 +357,24 @@ end
 local function cmd_standalone(ctx, args)
     local dir = args[1] or ctx.dags
     local provider, url = serve(ctx, dir, true, not ctx.opts["no-api"])
-    stderr:write(fmt("zkflow standalone: %d dags loaded from %s, store %s, "
+    stdout:write(fmt("zkflow standalone: %d dags loaded from %s, store %s, "
                      .. "api %s\n", count_dags(provider), dir, ctx.db, url))
+    stdout:flush()
     return _M.KEEP_RUNNING
 end
 
 local function cmd_scheduler(ctx)
     local provider = serve(ctx, ctx.dags, true, false)
-    stderr:write(fmt("zkflow scheduler: %d dags loaded from %s, store %s\n",
+    stdout:write(fmt("zkflow scheduler: %d dags loaded from %s, store %s\n",
                      count_dags(provider), ctx.dags, ctx.db))
+    stdout:flush()
     return _M.KEEP_RUNNING
 end
 
 local function cmd_api(ctx)
     local _, url = serve(ctx, ctx.dags, false, true)
-    stderr:write(fmt("zkflow api: store %s, api %s\n", ctx.db, url))
+    stdout:write(fmt("zkflow api: store %s, api %s\n", ctx.db, url))
+    stdout:flush()
     return _M.KEEP_RUNNING
 end
 
