@@ -82,6 +82,23 @@ local function print_table(header, rows)
     end
 end
 
+-- Aligned columns without a header line.
+local function print_rows(rows)
+    local widths = {}
+    for _, r in ipairs(rows) do
+        for i, cell in ipairs(r) do
+            if not widths[i] or #cell > widths[i] then widths[i] = #cell end
+        end
+    end
+    for _, r in ipairs(rows) do
+        local cells = {}
+        for i, cell in ipairs(r) do
+            cells[i] = i < #r and (cell .. rep(" ", widths[i] - #cell)) or cell
+        end
+        out(concat(cells, "  "))
+    end
+end
+
 local function is_null(v)
     return v == nil or v == core.null
 end
@@ -545,20 +562,30 @@ local function cmd_dags_test(ctx, args)
     if ctx.json then
         json_out(res)
     else
-        local rows = {}
-        local ids = {}
-        for id in pairs(res.tasks or {}) do ids[#ids + 1] = id end
-        if res.order then
-            ids = res.order
-        else
-            sort(ids)
+        -- Tasks in the DAG's order when the DAG resolves again, else by id.
+        local ids, seen = {}, {}
+        local rok, dag = pcall(sched.resolve_dag or error, target, opts)
+        if rok and type(dag) == "table" then
+            for _, id in ipairs(task_order(dag)) do
+                if res.tasks and res.tasks[id] then
+                    ids[#ids + 1] = id
+                    seen[id] = true
+                end
+            end
         end
+        local rest = {}
+        for id in pairs(res.tasks or {}) do
+            if not seen[id] then rest[#rest + 1] = id end
+        end
+        sort(rest)
+        for _, id in ipairs(rest) do ids[#ids + 1] = id end
+        local rows = {}
         for _, id in ipairs(ids) do
             local ti = res.tasks[id] or {}
             rows[#rows + 1] = { id, show(ti.state),
                                 "try " .. tostring(ti.try_number or 0) }
         end
-        print_table({ "TASK", "STATE", "TRY" }, rows)
+        print_rows(rows)
         out("run ", tostring(res.run_id), ": ", tostring(res.state))
     end
     return res.state == "success" and 0 or 1
