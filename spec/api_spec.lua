@@ -284,3 +284,75 @@ describe("zkflow.api", function()
         assert.same({}, { table.unpack(core.json_decode(got[3]).dag_runs) })
     end)
 end)
+
+-- The records behind the API, shared with the scheduler and the CLI.
+describe("zkflow.state", function()
+    local dir, st, S
+
+    before_each(function()
+        dir = tmpdir()
+        st = assert(core.store(dir .. "/zkflow.db"))
+        S = state.new(st, "/zkflow")
+    end)
+
+    after_each(function()
+        st:close()
+        os.execute("rm -rf '" .. dir .. "'")
+    end)
+
+    it("parses ISO 8601 dates in UTC and with offsets", function()
+        assert.equal(1795608000, state.parse_time("2026-11-25T12:00:00+00:00"))
+        assert.equal(1795608000, state.parse_time("2026-11-25T12:00:00Z"))
+        assert.equal(1795608000, state.parse_time("2026-11-25T14:00:00+02:00"))
+        assert.equal(1795564800, state.parse_time("2026-11-25"))
+        assert.equal(1795608000.5, state.parse_time("2026-11-25T12:00:00.5Z"))
+        assert.is_nil(state.parse_time("yesterday"))
+        assert.is_nil(state.parse_time("2026-13-01"))
+    end)
+
+    it("makes Airflow's run ids", function()
+        assert.equal("scheduled__2026-11-25T12:00:00+00:00",
+                     state.run_id("scheduled", 1795608000))
+        assert.equal("manual__2026-11-25T12:00:00.123456+00:00",
+                     state.run_id("manual", 1795608000.123456))
+        assert.equal("backfill__2026-11-25T00:00:00+00:00",
+                     state.run_id("backfill", 1795564800))
+    end)
+
+    it("sets and clears the paused flag", function()
+        assert.is_false(S:is_paused("d"))
+        assert.is_true(S:set_paused("d", true))
+        assert.is_false(S:set_paused("d", true))
+        assert.is_true(S:is_paused("d"))
+        assert.is_true(S:set_paused("d", false))
+        assert.is_false(S:is_paused("d"))
+    end)
+
+    it("creates a queued run once per run id", function()
+        local run = assert(S:trigger({ id = "d", source_hash = "v1" },
+                                     { run_id = "r1", conf = { a = 1 } }))
+        assert.equal("queued", run.state)
+        assert.is_nil(S:trigger({ id = "d" }, { run_id = "r1" }))
+        local back = S:get_run("d", "r1")
+        assert.equal("v1", back.version)
+        assert.equal(1, back.conf.a)
+        assert.equal(1, #S:list_runs("d"))
+        assert.equal(0, #S:list_runs(nil, { state = "success" }))
+    end)
+
+    it("queues requests in order and removes consumed ones", function()
+        S:add_request { op = "clear", dag_id = "d", run_id = "r1" }
+        S:add_request { op = "clear", dag_id = "d", run_id = "r2" }
+        local reqs = S:list_requests()
+        assert.equal(2, #reqs)
+        assert.equal("r1", reqs[1].req.run_id)
+        S:done_request(reqs[1].path)
+        assert.equal(1, #S:list_requests())
+    end)
+
+    it("encodes empty lists as JSON arrays", function()
+        assert.equal("[]", core.json_encode(state.array()))
+        assert.equal('{"schedulers":[],"workers":[]}',
+                     core.json_encode(S:members(), { sort_keys = true }))
+    end)
+end)
