@@ -15,7 +15,6 @@ T=$(mktemp -d /tmp/zkflow-cli.XXXXXX)
 PASSED=0
 FAILED=0
 SA_PID=
-export ZKFLOW_DB= ZKFLOW_DAGS= ZKFLOW_ZK=
 unset ZKFLOW_DB ZKFLOW_DAGS ZKFLOW_ZK
 
 cleanup() {
