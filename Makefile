@@ -39,7 +39,7 @@ HOSTS    := $(patsubst examples/host/%.c,$(B)/examples/%,$(wildcard examples/hos
 .PHONY: all lib test test-c test-lua test-asan test-valgrind bench lint \
         install clean help deps
 
-all: $(B)/zkflow $(B)/libzkflow.a $(B)/libzkflow.so $(B)/zkflow/core.so \
+all: $(B)/zkflow $(B)/libzkflow.a $(B)/libzkflow.so $(B)/zkflow.so \
      $(CTESTS) $(HOSTS)
 
 help:
@@ -97,7 +97,7 @@ $(B)/zkflow: $(CLI_OBJ) $(B)/libzkflow.a
 	$(Q)$(CC) -o $@ $(CLI_OBJ) $(B)/libzkflow.a $(LIBS)
 
 # The Lua C module: no liblua here, the interpreter provides the symbols.
-$(B)/zkflow/core.so: $(LUAMOD_OBJ) $(B)/libzkflow.a
+$(B)/zkflow.so: $(LUAMOD_OBJ) $(B)/libzkflow.a
 	@mkdir -p $(dir $@)
 	@$(if $(Q),echo "  LD    $@")
 	$(Q)$(CC) -shared -o $@ $(LUAMOD_OBJ) -Wl,--whole-archive $(B)/libzkflow.a \
@@ -146,7 +146,7 @@ install: all
 	install -m 644 $(B)/libzkflow.a $(DESTDIR)$(PREFIX)/lib/
 	install -m 755 $(B)/libzkflow.so $(DESTDIR)$(PREFIX)/lib/
 	install -m 644 core/include/zkflow.h $(DESTDIR)$(PREFIX)/include/
-	install -m 755 $(B)/zkflow/core.so $(DESTDIR)$(PREFIX)/lib/lua/5.4/zkflow/
+	install -m 755 $(B)/zkflow.so $(DESTDIR)$(PREFIX)/lib/lua/5.4/zkflow/core.so
 	cd lua && find zkflow -name '*.lua' -exec install -D -m 644 {} \
 	    $(DESTDIR)$(PREFIX)/share/lua/5.4/{} \;
 

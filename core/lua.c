@@ -13,6 +13,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <signal.h>
+#include <unistd.h>
 
 #include "lbind.h"
 #include "engine_internal.h"
@@ -175,6 +177,25 @@ static int l_log(lua_State *L)
     return 0;
 }
 
+/* Signals a process group left by a scheduler that died (its task
+ * instance recorded the pgid).  Returns true when the group existed. */
+static int l_killpg(lua_State *L)
+{
+    lua_Integer pgid = luaL_checkinteger(L, 1);
+    int sig = (int)luaL_optinteger(L, 2, SIGTERM);
+
+    if (pgid <= 1)
+        return luaL_argerror(L, 1, "not a process group id");
+    lua_pushboolean(L, kill(-(pid_t)pgid, sig) == 0);
+    return 1;
+}
+
+static int l_getpid(lua_State *L)
+{
+    lua_pushinteger(L, (lua_Integer)getpid());
+    return 1;
+}
+
 static int l_in_engine(lua_State *L)
 {
     lua_pushboolean(L, zkf_engine_from_lua(L) != NULL);
@@ -186,6 +207,8 @@ static const luaL_Reg core_funcs[] = {
     {"mem_used", l_mem_used},
     {"log", l_log},
     {"in_engine", l_in_engine},
+    {"killpg", l_killpg},
+    {"getpid", l_getpid},
     {NULL, NULL}
 };
 

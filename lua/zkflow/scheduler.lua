@@ -1,0 +1,1478 @@
+-- zkflow.scheduler: runs, task instances and their states, Airflow's way.
+--
+-- Event-driven: when a task instance ends, its downstream tasks are
+-- evaluated at once (zkflow.rules) and the ready ones start in the same
+-- loop turn, highest priority first, within their pool, the DAG's
+-- max_active_tasks and the scheduler's parallelism.  Timers carry retry
+-- delays, execution timeouts, sensor pokes and schedule ticks.  Nothing
+-- polls.
+--
+-- State lives in memory for the runs in progress and is written behind to
+-- the store (docs/internals.md has the layout): every task instance whose
+-- state changed during a turn is written once at the end of that turn, and
+-- the store commits the turn as one transaction.  A restarted scheduler
+-- reads the unfinished runs back and re-runs only the tries that had not
+-- ended.
+local core = require "zkflow.core"
+local async = require "zkflow.async"
+local rules = require "zkflow.rules"
+local state = require "zkflow.state"
+local executors = require "zkflow.executors"
+
+local json_encode, json_decode, null = core.json_encode, core.json_decode, core.null
+local now, mono = core.now, core.mono
+local floor, min, max = math.floor, math.min, math.max
+local pairs, ipairs, type, tostring, pcall = pairs, ipairs, type, tostring, pcall
+local sort, concat = table.sort, table.concat
+local iso = state.iso
+
+local _M = {}
+
+local FINISHED = rules.FINISHED
+local DEFAULT_POOL_SLOTS = 128
+local KILL_GRACE = 5          -- seconds between SIGTERM and SIGKILL
+local TURN_BUDGET = 20000     -- task starts per turn before yielding the loop
+
+local Sched = {}
+Sched.__index = Sched
+
+local function log(level, msg)
+  core.log(level, msg)
+end
+
+-- ---- small heap of ready task instances (priority desc, then FIFO) --------
+
+local function heap_less(a, b)
+  if a.prio ~= b.prio then return a.prio > b.prio end
+  return a.seq < b.seq
+end
+
+local function heap_push(h, x)
+  local n = #h + 1
+  h[n] = x
+  while n > 1 do
+    local p = n // 2
+    if heap_less(h[n], h[p]) then
+      h[n], h[p] = h[p], h[n]
+      n = p
+    else
+      break
+    end
+  end
+end
+
+local function heap_pop(h)
+  local n = #h
+  if n == 0 then return nil end
+  local top = h[1]
+  h[1] = h[n]
+  h[n] = nil
+  n = n - 1
+  local i = 1
+  while true do
+    local l, r, s = 2 * i, 2 * i + 1, i
+    if l <= n and heap_less(h[l], h[s]) then s = l end
+    if r <= n and heap_less(h[r], h[s]) then s = r end
+    if s == i then break end
+    h[i], h[s] = h[s], h[i]
+    i = s
+  end
+  return top
+end
+
+-- ---- construction -----------------------------------------------------------
+
+-- opts: store (required), root ("/zkflow"), dags_dir, dags ({[id]=dag},
+-- instead of a folder), log_dir, parallelism (32), schedule (true: create
+-- scheduled runs; false in `dags test`), on_event(kind, obj).
+function _M.new(opts)
+  assert(opts and opts.store, "scheduler.new: 'store' is required")
+  local self = setmetatable({
+    store = opts.store,
+    root = opts.root or "/zkflow",
+    dags_dir = opts.dags_dir,
+    log_dir = opts.log_dir or "logs",
+    parallelism = opts.parallelism or 32,
+    schedule_runs = opts.schedule ~= false,
+    on_event = opts.on_event,
+    dags = opts.dags or {},
+    import_errors = {},
+    files = {},
+    runs = {},              -- "dag\0run" -> run
+    runs_by_dag = {},       -- dag_id -> {run, ...} (active, by logical date)
+    queued_runs = {},       -- dag_id -> {run, ...} waiting for max_active_runs
+    known_runs = {},        -- dag_id -> {run_id = true}
+    ready = {},             -- heap of task instances
+    work = {},              -- task instances to evaluate
+    dirty = {},             -- list of task instances / runs to write
+    running = 0,
+    running_by_dag = {},
+    pools = { default_pool = { slots = DEFAULT_POOL_SLOTS, used = 0 } },
+    paused = {},
+    timers = {},            -- dag_id -> schedule timer
+    run_waiters = {},       -- run key -> {fn, ...}
+    seq = 0,
+    processing = false,
+    stopped = false,
+  }, Sched)
+  self.st = state.new(self.store, self.root)
+  return self
+end
+
+function Sched:emit(kind, obj)
+  if self.on_event then
+    local ok, err = pcall(self.on_event, kind, obj)
+    if not ok then log("warn", "on_event: " .. tostring(err)) end
+  end
+end
+
+local function run_key(dag_id, run_id)
+  return dag_id .. "\0" .. run_id
+end
+
+function Sched:run_path(run)
+  return self.st:path("runs", run.dag_id, run.run_id)
+end
+
+-- ---- persistence (write-behind, one write per object per turn) ----------------
+
+function Sched:mark(obj)
+  if not obj.dirty then
+    obj.dirty = true
+    local d = self.dirty
+    d[#d + 1] = obj
+  end
+end
+
+local function ti_record(ti)
+  return {
+    task_id = ti.task_id,
+    state = ti.state,
+    try_number = ti.try_number,
+    max_tries = ti.max_tries,
+    operator = ti.task.operator,
+    start_date = ti.start_date and iso(ti.start_date, true) or null,
+    end_date = ti.end_date and iso(ti.end_date, true) or null,
+    duration = (ti.start_date and ti.end_date) and (ti.end_date - ti.start_date) or null,
+    first_start = ti.first_start,
+    next_try_at = ti.next_try_at,
+    xcom = ti.xcom == nil and null or ti.xcom,
+    xcoms = ti.xcoms,
+    log = ti.log or null,
+    worker = ti.worker or null,
+    pid = ti.pid,
+    error = ti.error,
+    lost = ti.lost,
+  }
+end
+
+local function run_record(run)
+  return {
+    dag_id = run.dag_id,
+    run_id = run.run_id,
+    state = run.state,
+    run_type = run.run_type,
+    logical_date = iso(run.logical_date),
+    data_interval_start = iso(run.data_interval_start),
+    data_interval_end = iso(run.data_interval_end),
+    conf = run.conf or {},
+    version = run.version or null,
+    queued_at = run.queued_at and iso(run.queued_at, true) or null,
+    start_date = run.start_date and iso(run.start_date, true) or null,
+    end_date = run.end_date and iso(run.end_date, true) or null,
+    external_trigger = run.external_trigger and true or false,
+  }
+end
+
+local function encode(rec, what)
+  local ok, data = pcall(json_encode, rec)
+  if ok then return data end
+  -- An XCom that JSON cannot carry must not lose the state change.
+  log("error", what .. ": " .. tostring(data))
+  rec.xcom, rec.xcoms = null, nil
+  return json_encode(rec)
+end
+
+function Sched:flush()
+  local d = self.dirty
+  if #d == 0 then return end
+  self.dirty = {}
+  local store = self.store
+  for i = 1, #d do
+    local obj = d[i]
+    obj.dirty = false
+    local path, data
+    if obj.task then
+      path = obj.path
+      data = encode(ti_record(obj), path)
+    else
+      path = self:run_path(obj)
+      data = encode(run_record(obj), path)
+    end
+    if obj.persisted then
+      local ok, err = store:set(path, data)
+      if not ok and err == "ZNONODE" then obj.persisted = false end
+      if not ok and err ~= "ZNONODE" then log("error", "store: set " .. path .. ": " .. tostring(err)) end
+    end
+    if not obj.persisted then
+      local ok, err = store:create(path, data, { parents = true })
+      if not ok and err == "ZNODEEXISTS" then
+        ok, err = store:set(path, data)
+      end
+      if ok then
+        obj.persisted = true
+      else
+        log("error", "store: create " .. path .. ": " .. tostring(err))
+      end
+    end
+  end
+end
+
+-- ---- DAGs -------------------------------------------------------------------
+
+function Sched:load_dags()
+  if not self.dags_dir then return end
+  local loader = require "zkflow.loader"
+  local res = loader.scan(self.dags_dir)
+  self.dags = res.dags or {}
+  self.import_errors = res.errors or {}
+  self.files = res.files or {}
+  for file, err in pairs(self.import_errors) do
+    log("error", "import error in " .. file .. ": " .. tostring(err))
+  end
+end
+
+function Sched:dag_count()
+  local n = 0
+  for _ in pairs(self.dags) do n = n + 1 end
+  return n
+end
+
+-- ---- runs -------------------------------------------------------------------
+
+local function new_ti(self, run, task)
+  local ti = {
+    run = run,
+    task = task,
+    task_id = task.id,
+    state = "none",
+    try_number = 0,
+    max_tries = task.retries or 0,
+    path = self:run_path(run) .. "/" .. task.id,
+    persisted = false,
+  }
+  return ti
+end
+
+-- Makes the in-memory run for `rec` (a run record or the fields of a new
+-- run) against `dag`; task instances from `tis` (records) when recovering.
+function Sched:adopt_run(dag, rec, tis)
+  local run = {
+    dag_id = dag.id,
+    run_id = rec.run_id,
+    dag = dag,
+    state = rec.state or "queued",
+    run_type = rec.run_type or "manual",
+    logical_date = rec.logical_date_epoch or state.parse_time(rec.logical_date) or now(),
+    conf = rec.conf or {},
+    version = rec.version or dag.source_hash,
+    external_trigger = rec.external_trigger,
+    tis = {},
+    unfinished = 0,
+    persisted = rec.persisted ~= false,
+  }
+  run.data_interval_start = rec.data_interval_start_epoch
+    or (rec.data_interval_start and state.parse_time(rec.data_interval_start)) or run.logical_date
+  run.data_interval_end = rec.data_interval_end_epoch
+    or (rec.data_interval_end and state.parse_time(rec.data_interval_end)) or run.logical_date
+  run.queued_at = rec.queued_at and state.parse_time(rec.queued_at) or now()
+  run.start_date = rec.start_date and rec.start_date ~= null and state.parse_time(rec.start_date) or nil
+  for _, tid in ipairs(dag.order) do
+    local task = dag.tasks[tid]
+    local ti = new_ti(self, run, task)
+    local r = tis and tis[tid]
+    if r then
+      ti.persisted = true
+      ti.state = r.state or "none"
+      ti.try_number = r.try_number or 0
+      ti.max_tries = r.max_tries or ti.max_tries
+      ti.xcom = r.xcom ~= null and r.xcom or nil
+      ti.xcoms = r.xcoms
+      ti.log = r.log ~= null and r.log or nil
+      ti.first_start = r.first_start
+      ti.lost = r.lost
+      ti.start_date = r.start_date and r.start_date ~= null and state.parse_time(r.start_date) or nil
+      ti.end_date = r.end_date and r.end_date ~= null and state.parse_time(r.end_date) or nil
+      if not FINISHED[ti.state] then
+        -- A try that was in flight when the last scheduler died did not
+        -- finish: it runs again, without costing a retry.
+        if ti.state == "running" or ti.state == "queued" then
+          if r.pid and r.pid ~= null then core.killpg(r.pid, 9) end
+          ti.lost = (ti.lost or 0) + 1
+          ti.max_tries = ti.max_tries + 1
+        end
+        ti.state = "none"
+        self:mark(ti)
+      end
+    end
+    run.tis[tid] = ti
+    if not FINISHED[ti.state] then run.unfinished = run.unfinished + 1 end
+  end
+  if tis then
+    for tid, r in pairs(tis) do
+      if not dag.tasks[tid] and r.state ~= "removed" then
+        -- The task left the DAG: Airflow marks its instance removed.
+        local ti = { task = { id = tid, operator = r.operator }, task_id = tid,
+                     run = run, state = "removed", try_number = r.try_number or 0,
+                     max_tries = r.max_tries or 0, persisted = true,
+                     path = self:run_path(run) .. "/" .. tid }
+        self:mark(ti)
+      end
+    end
+  end
+  local key = run_key(run.dag_id, run.run_id)
+  self.runs[key] = run
+  self.known_runs[run.dag_id] = self.known_runs[run.dag_id] or {}
+  self.known_runs[run.dag_id][run.run_id] = true
+  return run
+end
+
+-- Creates a new run (queued) and starts it when max_active_runs allows.
+-- opts: run_type, logical_date, data_interval_start/end, conf, run_id.
+function Sched:create_run(dag, opts)
+  local ld = opts.logical_date or now()
+  local run_type = opts.run_type or "manual"
+  local rec = {
+    run_id = opts.run_id or state.run_id(run_type, ld),
+    state = "queued",
+    run_type = run_type,
+    logical_date_epoch = ld,
+    data_interval_start_epoch = opts.data_interval_start or ld,
+    data_interval_end_epoch = opts.data_interval_end or ld,
+    conf = opts.conf or {},
+    version = dag.source_hash,
+    external_trigger = run_type == "manual",
+    persisted = false,
+  }
+  local known = self.known_runs[dag.id]
+  if known and known[rec.run_id] then
+    return nil, "ZNODEEXISTS"
+  end
+  local run = self:adopt_run(dag, rec, nil)
+  self:mark(run)
+  self:queue_run(run)
+  return run
+end
+
+function Sched:queue_run(run)
+  local q = self.queued_runs[run.dag_id]
+  if not q then
+    q = {}
+    self.queued_runs[run.dag_id] = q
+  end
+  q[#q + 1] = run
+  self:activate_runs(run.dag_id)
+end
+
+function Sched:active_runs(dag_id)
+  local list = self.runs_by_dag[dag_id]
+  return list and #list or 0
+end
+
+-- Moves queued runs to running while the DAG has room (max_active_runs),
+-- oldest logical date first.
+function Sched:activate_runs(dag_id)
+  local q = self.queued_runs[dag_id]
+  if not q or #q == 0 then return end
+  if self.paused[dag_id] then return end
+  sort(q, function(a, b)
+    if a.logical_date ~= b.logical_date then return a.logical_date < b.logical_date end
+    return a.run_id < b.run_id
+  end)
+  local active = self.runs_by_dag[dag_id]
+  if not active then
+    active = {}
+    self.runs_by_dag[dag_id] = active
+  end
+  while #q > 0 do
+    local run = q[1]
+    local limit = run.dag.max_active_runs or 16
+    if #active >= limit then break end
+    table.remove(q, 1)
+    active[#active + 1] = run
+    self:begin_run(run)
+  end
+end
+
+function Sched:begin_run(run)
+  run.state = "running"
+  run.start_date = run.start_date or now()
+  self:mark(run)
+  self:emit("run_started", run)
+  if run.unfinished == 0 then
+    self:finish_run(run)
+    return
+  end
+  local dag = run.dag
+  for _, tid in ipairs(dag.topo or dag.order) do
+    local ti = run.tis[tid]
+    if ti.state == "none" then self:push_work(ti) end
+  end
+end
+
+function Sched:finish_run(run)
+  if run.state == "success" or run.state == "failed" then return end
+  local failed = false
+  for _, tid in ipairs(run.dag.leaves or {}) do
+    local ti = run.tis[tid]
+    if ti and (ti.state == "failed" or ti.state == "upstream_failed") then
+      failed = true
+    end
+  end
+  run.state = failed and "failed" or "success"
+  run.end_date = now()
+  self:mark(run)
+  local key = run_key(run.dag_id, run.run_id)
+  self.runs[key] = nil
+  local active = self.runs_by_dag[run.dag_id]
+  if active then
+    for i = #active, 1, -1 do
+      if active[i] == run then table.remove(active, i) end
+    end
+  end
+  log("info", ("run %s %s: %s"):format(run.dag_id, run.run_id, run.state))
+  self:emit("run_finished", run)
+  local cb = failed and run.dag.on_failure or run.dag.on_success
+  if cb then
+    local ctx = self:run_context(run)
+    ctx.reason = failed and "task_failure" or "success"
+    async.spawn(cb, function(ok, err)
+      if not ok then log("error", "dag " .. run.dag_id .. " callback: " .. tostring(err)) end
+    end, ctx)
+  end
+  local waiters = self.run_waiters[key]
+  if waiters then
+    self.run_waiters[key] = nil
+    for _, fn in ipairs(waiters) do fn(run) end
+  end
+  -- depends_on_past: the next run may now evaluate.
+  self:wake_past_waiters(run)
+  self:activate_runs(run.dag_id)
+end
+
+-- ---- evaluation ---------------------------------------------------------------
+
+function Sched:push_work(ti)
+  local w = self.work
+  w[#w + 1] = ti
+end
+
+local DONE_FOR_PAST = { success = true, skipped = true }
+
+-- depends_on_past: the same task in the previous run (by logical date) must
+-- have succeeded or been skipped.  Returns true when it allows running now.
+function Sched:past_allows(ti)
+  local run = ti.run
+  local prev_state
+  local best
+  for _, r in pairs(self.runs) do
+    if r.dag_id == run.dag_id and r.logical_date < run.logical_date
+        and (not best or r.logical_date > best.logical_date) then
+      best = r
+    end
+  end
+  -- Finished runs are no longer in memory: ask the store.
+  local stored_best_ld, stored_best_id
+  for _, rid in ipairs(self.st:run_ids(run.dag_id)) do
+    if rid ~= run.run_id then
+      local rec = self.st:get_run(run.dag_id, rid)
+      local ld = rec and state.parse_time(rec.logical_date)
+      if ld and ld < run.logical_date and (not stored_best_ld or ld > stored_best_ld) then
+        stored_best_ld, stored_best_id = ld, rid
+      end
+    end
+  end
+  if best and (not stored_best_ld or best.logical_date >= stored_best_ld) then
+    local pti = best.tis[ti.task_id]
+    prev_state = pti and pti.state
+    if not DONE_FOR_PAST[prev_state] and pti then
+      pti.past_waiters = pti.past_waiters or {}
+      pti.past_waiters[#pti.past_waiters + 1] = ti
+      return false
+    end
+    return true
+  end
+  if stored_best_id then
+    local rec = self.st:get_ti(run.dag_id, stored_best_id, ti.task_id)
+    prev_state = rec and rec.state
+    if rec and not DONE_FOR_PAST[prev_state] then
+      ti.past_blocked = true
+      return false
+    end
+  end
+  return true
+end
+
+function Sched:wake_past_waiters(run)
+  for _, r in pairs(self.runs) do
+    if r.dag_id == run.dag_id then
+      for _, ti in pairs(r.tis) do
+        if ti.past_blocked and ti.state == "none" then
+          ti.past_blocked = nil
+          self:push_work(ti)
+        end
+      end
+    end
+  end
+end
+
+function Sched:evaluate(ti)
+  if ti.state ~= "none" then return end
+  local run = ti.run
+  if run.state ~= "running" then return end
+  local task = ti.task
+  local ups = task.upstream
+  local c = rules.new_counts(#ups)
+  for i = 1, #ups do
+    local s = run.tis[ups[i]].state
+    if FINISHED[s] then
+      c.done = c.done + 1
+      c[s] = c[s] + 1
+    end
+  end
+  local verdict = rules.decide(task.trigger_rule or "all_success", c)
+  if verdict == "run" then
+    if task.depends_on_past and not self:past_allows(ti) then return end
+    self:set_state(ti, "scheduled")
+    self:enqueue(ti)
+  elseif verdict ~= "wait" then
+    self:finish(ti, verdict)
+  end
+end
+
+function Sched:enqueue(ti)
+  self.seq = self.seq + 1
+  ti.seq = self.seq
+  ti.prio = ti.task.priority_weight or 1
+  heap_push(self.ready, ti)
+end
+
+function Sched:set_state(ti, s)
+  ti.state = s
+  self:mark(ti)
+end
+
+-- Ends a task instance in a final state and wakes what depends on it.
+function Sched:finish(ti, s, err)
+  local run = ti.run
+  local was_finished = FINISHED[ti.state]
+  ti.state = s
+  ti.end_date = ti.end_date or now()
+  if err then ti.error = tostring(err) end
+  self:mark(ti)
+  if not was_finished then
+    run.unfinished = run.unfinished - 1
+  end
+  self:emit("ti_finished", ti)
+  local task = ti.task
+  if s == "success" and task.on_success then
+    self:callback(ti, task.on_success)
+  elseif s == "failed" and task.on_failure then
+    self:callback(ti, task.on_failure, err)
+  end
+  local downs = task.downstream
+  for i = 1, #downs do
+    local d = run.tis[downs[i]]
+    if d and d.state == "none" then self:push_work(d) end
+  end
+  if ti.past_waiters then
+    for _, w in ipairs(ti.past_waiters) do
+      if w.state == "none" then self:push_work(w) end
+    end
+    ti.past_waiters = nil
+  end
+  if run.unfinished <= 0 and run.state == "running" then
+    self:finish_run(run)
+  end
+end
+
+function Sched:callback(ti, fn, err)
+  local ctx = self:context(ti)
+  ctx.exception = err and tostring(err) or nil
+  async.spawn(fn, function(ok, cerr)
+    if not ok then
+      self:task_log(ti, "callback failed: " .. tostring(cerr))
+      log("error", ("%s.%s callback: %s"):format(ti.run.dag_id, ti.task_id, tostring(cerr)))
+    end
+  end, ctx)
+end
+
+-- ---- the main step ------------------------------------------------------------
+
+-- Evaluates pending work and starts ready tasks until nothing changes, then
+-- writes what changed.  Re-entrant calls return at once: the outer call
+-- picks their work up.
+function Sched:process()
+  if self.processing or self.stopped then return end
+  self.processing = true
+  local budget = TURN_BUDGET
+  local ok, err = pcall(function()
+    while true do
+      local w = self.work
+      if #w > 0 then
+        self.work = {}
+        for i = 1, #w do self:evaluate(w[i]) end
+      elseif #self.ready > 0 and budget > 0 then
+        local started = self:start_ready(budget)
+        budget = budget - started
+        if started == 0 and #self.work == 0 then break end
+      else
+        break
+      end
+    end
+  end)
+  self.processing = false
+  if not ok then log("error", "scheduler: " .. tostring(err)) end
+  self:flush()
+  if budget <= 0 and (#self.ready > 0 or #self.work > 0) and not self.yield_timer then
+    -- Let the loop breathe (HTTP, signals) before the next batch.
+    self.yield_timer = core.timer(0, function()
+      self.yield_timer = nil
+      self:process()
+    end)
+  end
+end
+
+function Sched:pool(name)
+  local p = self.pools[name]
+  if not p then
+    p = { slots = DEFAULT_POOL_SLOTS, used = 0 }
+    local rec = self.st:read(self.st:path("pools", name))
+    if rec and type(rec.slots) == "number" then p.slots = rec.slots end
+    self.pools[name] = p
+  end
+  return p
+end
+
+-- Starts ready task instances within the limits; returns how many started.
+function Sched:start_ready(budget)
+  local ready = self.ready
+  local blocked = {}
+  local started = 0
+  while started < budget and self.running < self.parallelism do
+    local ti = heap_pop(ready)
+    if not ti then break end
+    if ti.state == "scheduled" and ti.run.state == "running" then
+      local task = ti.task
+      local dag_id = ti.run.dag_id
+      local rb = self.running_by_dag[dag_id] or 0
+      local pool = self:pool(task.pool or "default_pool")
+      local slots = task.pool_slots or 1
+      if rb >= (ti.run.dag.max_active_tasks or 16) or pool.used + slots > pool.slots then
+        blocked[#blocked + 1] = ti
+      else
+        started = started + 1
+        self:start_ti(ti, pool, slots)
+      end
+    end
+  end
+  for i = 1, #blocked do heap_push(ready, blocked[i]) end
+  return started
+end
+
+-- ---- running one try ------------------------------------------------------------
+
+function Sched:log_path(ti)
+  local run = ti.run
+  return ("%s/%s/%s/%s/%d.log"):format(self.log_dir, run.dag_id, run.run_id,
+                                      ti.task_id, ti.try_number)
+end
+
+function Sched:task_log(ti, msg)
+  local path = ti.log
+  if not path then return end
+  if not ti.log_ready then
+    local dir = path:match("^(.*)/[^/]*$")
+    if dir then core.mkdirs(dir) end
+    ti.log_ready = true
+  end
+  local f = io.open(path, "a")
+  if f then
+    f:write(("[%s] %s\n"):format(iso(now(), true), msg))
+    f:close()
+  end
+end
+
+function Sched:start_ti(ti, pool, slots)
+  local run, task = ti.run, ti.task
+  ti.try_number = ti.try_number + 1
+  ti.state = "running"
+  ti.start_date = now()
+  ti.end_date = nil
+  ti.first_start = ti.first_start or ti.start_date
+  ti.log = self:log_path(ti)
+  ti.log_ready = false
+  ti.worker = self.worker_id
+  ti.error = nil
+  self:mark(ti)
+  self.running = self.running + 1
+  self.running_by_dag[run.dag_id] = (self.running_by_dag[run.dag_id] or 0) + 1
+  pool.used = pool.used + slots
+  ti.slot = { pool = pool, slots = slots }
+  local attempt = {}
+  ti.attempt = attempt
+  self:emit("ti_started", ti)
+
+  local exe = executors.find(task)
+  local ctx = self:context(ti)
+  local rt = self:runtime(ti, attempt)
+  local deadline = task.execution_timeout and (mono() + task.execution_timeout)
+  attempt.deadline = deadline
+
+  if task.on_execute then self:callback(ti, task.on_execute) end
+  local co = async.spawn(function()
+    if deadline then
+      debug.sethook(function()
+        if mono() > deadline then
+          debug.sethook()
+          error({ zkflow_timeout = true, msg = "execution timeout after " ..
+                  task.execution_timeout .. "s" })
+        end
+      end, "", 1000)
+    end
+    return exe(task, ctx, rt)
+  end, function(ok, res, extra)
+    if ti.attempt ~= attempt then return end    -- this try already ended
+    self:end_try(ti, ok, res, extra)
+    self:process()
+  end)
+  attempt.co = co
+  if ti.attempt == attempt and ti.state == "running" and deadline then
+    attempt.timer = core.timer(task.execution_timeout, function()
+      attempt.timer = nil
+      if ti.attempt ~= attempt then return end
+      self:timeout(ti, attempt)
+    end)
+  end
+end
+
+function Sched:timeout(ti, attempt)
+  local msg = "execution timeout after " .. ti.task.execution_timeout .. "s"
+  self:task_log(ti, msg)
+  if attempt.proc then
+    attempt.timed_out = true
+    attempt.proc:kill(15)
+    local p = attempt.proc
+    attempt.kill_timer = core.timer(KILL_GRACE, function() p:kill(9) end)
+    return
+  end
+  if attempt.co then async.cancel(attempt.co) end
+  self:end_try(ti, false, { zkflow_timeout = true, msg = msg })
+  self:process()
+end
+
+function Sched:release(ti)
+  local attempt = ti.attempt
+  if attempt then
+    if attempt.timer then attempt.timer:cancel(); attempt.timer = nil end
+    if attempt.kill_timer then attempt.kill_timer:cancel(); attempt.kill_timer = nil end
+  end
+  ti.attempt = nil
+  ti.pid = nil
+  self.running = self.running - 1
+  local dag_id = ti.run.dag_id
+  self.running_by_dag[dag_id] = self.running_by_dag[dag_id] - 1
+  local slot = ti.slot
+  if slot then
+    slot.pool.used = slot.pool.used - slot.slots
+    ti.slot = nil
+  end
+end
+
+local function errtext(e)
+  if type(e) == "table" then return tostring(e.msg or e.message or "error") end
+  return tostring(e)
+end
+
+function Sched:end_try(ti, ok, res, extra)
+  local task = ti.task
+  self:release(ti)
+  ti.end_date = now()
+  if ok then
+    if type(res) == "table" and res.zkflow_reschedule then
+      -- A sensor in reschedule mode gives its slot back until the next poke.
+      ti.state = "up_for_reschedule"
+      ti.try_number = ti.try_number - 1
+      ti.next_try_at = now() + res.zkflow_reschedule
+      self:mark(ti)
+      self:later(ti, res.zkflow_reschedule)
+      return
+    end
+    ti.xcom = res
+    if extra and extra.skip then
+      self:task_log(ti, "marked skipped: " .. tostring(extra.skip))
+      self:finish(ti, "skipped")
+      return
+    end
+    self:finish(ti, "success")
+    if task.op and task.op.branch then
+      self:follow_branch(ti, res)
+    elseif task.op and task.op.short_circuit and not res then
+      self:short_circuit(ti)
+    end
+    return
+  end
+  local err = res
+  if type(err) == "table" and err.zkflow_skip then
+    self:task_log(ti, "skipped: " .. errtext(err))
+    ti.xcom = nil
+    self:finish(ti, "skipped")
+    return
+  end
+  local msg = errtext(err)
+  self:task_log(ti, "failed: " .. msg)
+  log("warn", ("task %s.%s try %d failed: %s"):format(ti.run.dag_id, ti.task_id, ti.try_number, msg))
+  if type(err) == "table" and err.zkflow_soft_fail then
+    self:finish(ti, "skipped", msg)
+    return
+  end
+  local no_retry = type(err) == "table" and err.zkflow_fail
+  if not no_retry and ti.try_number <= ti.max_tries then
+    ti.state = "up_for_retry"
+    ti.error = msg
+    local delay = self:retry_delay(ti)
+    ti.next_try_at = now() + delay
+    self:mark(ti)
+    self:task_log(ti, ("up for retry in %gs (try %d of %d)"):format(delay, ti.try_number, ti.max_tries + 1))
+    if task.on_retry then self:callback(ti, task.on_retry, msg) end
+    self:later(ti, delay)
+    return
+  end
+  self:finish(ti, "failed", msg)
+end
+
+-- Airflow's retry delay: retry_delay, doubled for each try with
+-- retry_exponential_backoff, capped by max_retry_delay.
+function Sched:retry_delay(ti)
+  local task = ti.task
+  local delay = task.retry_delay or 300
+  if task.retry_exponential_backoff then
+    local tries = ti.try_number - (ti.lost or 0)
+    delay = delay * 2 ^ max(0, tries - 1)
+  end
+  if task.max_retry_delay then delay = min(delay, task.max_retry_delay) end
+  return delay
+end
+
+-- After `delay` seconds the instance is scheduled again.
+function Sched:later(ti, delay)
+  local run = ti.run
+  ti.wait_timer = core.timer(delay, function()
+    ti.wait_timer = nil
+    if ti.run ~= run or run.state ~= "running" then return end
+    if ti.state ~= "up_for_retry" and ti.state ~= "up_for_reschedule" then return end
+    ti.next_try_at = nil
+    self:set_state(ti, "scheduled")
+    self:enqueue(ti)
+    self:process()
+  end)
+end
+
+function Sched:follow_branch(ti, res)
+  local follow = {}
+  if type(res) == "string" then
+    follow[res] = true
+  elseif type(res) == "table" then
+    for _, id in ipairs(res) do follow[type(id) == "table" and id.id or id] = true end
+  end
+  for _, did in ipairs(ti.task.downstream) do
+    local d = ti.run.tis[did]
+    if not follow[did] and d.state == "none" then
+      self:finish(d, "skipped")
+    end
+  end
+end
+
+function Sched:short_circuit(ti)
+  local run = ti.run
+  if ti.task.ignore_downstream_trigger_rules == false then
+    for _, did in ipairs(ti.task.downstream) do
+      local d = run.tis[did]
+      if d.state == "none" then self:finish(d, "skipped") end
+    end
+    return
+  end
+  local seen = {}
+  local stack = { ti.task_id }
+  while #stack > 0 do
+    local id = table.remove(stack)
+    for _, did in ipairs(run.tis[id].task.downstream) do
+      if not seen[did] then
+        seen[did] = true
+        stack[#stack + 1] = did
+        local d = run.tis[did]
+        if d.state == "none" or d.state == "scheduled" then
+          self:finish(d, "skipped")
+        end
+      end
+    end
+  end
+end
+
+-- ---- the task context -------------------------------------------------------------
+
+local function ds(t) return os.date("!%Y-%m-%d", floor(t)) end
+
+function Sched:variables()
+  local st, root = self.store, self.st:path("variables")
+  return setmetatable({}, {
+    __index = function(_, k)
+      local data = st:get(root .. "/" .. tostring(k))
+      if data == nil then return nil end
+      local v = json_decode(data)
+      if v == nil then return data end
+      return v
+    end,
+  })
+end
+
+function Sched:run_context(run)
+  local dag = run.dag
+  local params = {}
+  for k, v in pairs(dag.params or {}) do params[k] = v end
+  for k, v in pairs(run.conf or {}) do params[k] = v end
+  local ld = run.logical_date
+  return {
+    ds = ds(ld),
+    ds_nodash = ds(ld):gsub("-", ""),
+    ts = iso(ld),
+    ts_nodash = os.date("!%Y%m%dT%H%M%S", floor(ld)),
+    logical_date = iso(ld),
+    data_interval_start = iso(run.data_interval_start),
+    data_interval_end = iso(run.data_interval_end),
+    run_id = run.run_id,
+    conf = run.conf or {},
+    params = params,
+    var = self:variables(),
+    dag = { dag_id = run.dag_id, tags = dag.tags },
+    dag_run = { run_id = run.run_id, conf = run.conf or {}, run_type = run.run_type,
+                logical_date = iso(ld) },
+  }
+end
+
+function Sched:context(ti)
+  local run = ti.run
+  local ctx = self:run_context(run)
+  local task = ti.task
+  if task.params then
+    for k, v in pairs(task.params) do
+      if (run.conf or {})[k] == nil then ctx.params[k] = v end
+    end
+  end
+  ctx.ti = { task_id = ti.task_id, dag_id = run.dag_id, run_id = run.run_id,
+             try_number = ti.try_number, max_tries = ti.max_tries, map_index = -1,
+             log = ti.log }
+  ctx.task = { task_id = ti.task_id, operator = task.operator }
+  local function pull(task_id, key)
+    local other = run.tis[task_id or ti.task_id]
+    if not other then return nil end
+    if key == nil or key == "return_value" then return other.xcom end
+    return other.xcoms and other.xcoms[key]
+  end
+  ctx.xcom = setmetatable({
+    pull = function(task_id, key) return pull(task_id, key) end,
+    push = function(key, value)
+      ti.xcoms = ti.xcoms or {}
+      ti.xcoms[key] = value
+      self:mark(ti)
+    end,
+  }, { __call = function(_, task_id, key) return pull(task_id, key) end })
+  ctx.log = function(...)
+    local parts = table.pack(...)
+    for i = 1, parts.n do parts[i] = tostring(parts[i]) end
+    self:task_log(ti, concat(parts, " ", 1, parts.n))
+  end
+  return ctx
+end
+
+-- What an executor may ask of the scheduler for one try.
+function Sched:runtime(ti, attempt)
+  local sched = self
+  local rt = { store = self.store, scheduler = self }
+  function rt.log(...)
+    local parts = table.pack(...)
+    for i = 1, parts.n do parts[i] = tostring(parts[i]) end
+    sched:task_log(ti, concat(parts, " ", 1, parts.n))
+  end
+  function rt.sleep(s) return async.sleep(s) end
+  -- Runs a child with the try's log as its output; returns code, signal.
+  function rt.spawn(spec)
+    spec.log = ti.log
+    local dir = ti.log:match("^(.*)/[^/]*$")
+    if dir then core.mkdirs(dir) end
+    ti.log_ready = true
+    local code, sig, out = async.exec(spec, function(p)
+      attempt.proc = p
+      ti.pid = p.pid
+      sched:mark(ti)
+      sched:flush()
+    end)
+    attempt.proc = nil
+    if attempt.timed_out then
+      error({ zkflow_timeout = true,
+              msg = "execution timeout after " .. ti.task.execution_timeout .. "s" })
+    end
+    return code, sig, out
+  end
+  function rt.env()
+    local run = ti.run
+    return {
+      ZKFLOW_DAG_ID = run.dag_id,
+      ZKFLOW_RUN_ID = run.run_id,
+      ZKFLOW_TASK_ID = ti.task_id,
+      ZKFLOW_TRY_NUMBER = tostring(ti.try_number),
+      ZKFLOW_DS = ds(run.logical_date),
+      ZKFLOW_TS = iso(run.logical_date),
+      ZKFLOW_LOGICAL_DATE = iso(run.logical_date),
+      ZKFLOW_DATA_INTERVAL_START = iso(run.data_interval_start),
+      ZKFLOW_DATA_INTERVAL_END = iso(run.data_interval_end),
+      ZKFLOW_LOG = ti.log,
+    }
+  end
+  function rt.first_start() return ti.first_start end
+  function rt.try_number() return ti.try_number end
+  -- State of a task (or of the run when task_id is nil) of another DAG's
+  -- run at `logical_date` (epoch seconds); nil when there is none.
+  function rt.external_state(dag_id, task_id, logical_date)
+    for _, r in pairs(sched.runs) do
+      if r.dag_id == dag_id and r.logical_date == logical_date then
+        if not task_id then return r.state end
+        local t = r.tis[task_id]
+        return t and t.state
+      end
+    end
+    for _, rid in ipairs(sched.st:run_ids(dag_id)) do
+      local rec = sched.st:get_run(dag_id, rid)
+      if rec and state.parse_time(rec.logical_date) == logical_date then
+        if not task_id then return rec.state end
+        local t = sched.st:get_ti(dag_id, rid, task_id)
+        return t and t.state
+      end
+    end
+    return nil
+  end
+  rt.run = { logical_date = ti.run.logical_date,
+             data_interval_start = ti.run.data_interval_start,
+             data_interval_end = ti.run.data_interval_end }
+  return rt
+end
+
+-- ---- schedules ----------------------------------------------------------------------
+
+-- The interval after `t` for a schedule: returns start, end of the first
+-- interval whose start is >= t.
+local function next_interval(dag, t)
+  local sch = dag.schedule
+  if type(sch) ~= "table" then return nil end
+  if sch.every then
+    local base = dag.start_date or 0
+    local k = math.ceil((t - base) / sch.every)
+    if k < 0 then k = 0 end
+    local s = base + k * sch.every
+    return s, s + sch.every
+  end
+  if sch.cron then
+    local c = dag.cron_obj
+    if not c then
+      c = core.cron(sch.cron)
+      dag.cron_obj = c
+    end
+    local s = c:next(t - 1)
+    if not s or s < 0 then return nil end
+    return s, c:next(s)
+  end
+  return nil
+end
+_M.next_interval = next_interval
+
+function Sched:dag_meta(dag_id)
+  return self.st:read(self.st:path("dags", dag_id, "meta")) or {}
+end
+
+-- Creates the scheduled runs that are due for `dag` and sets the timer for
+-- the next one.  Airflow's rule: the run for an interval starts when the
+-- interval has ended; catchup creates every missed one, otherwise only the
+-- latest.
+function Sched:tick_dag(dag)
+  if self.timers[dag.id] then self.timers[dag.id]:cancel(); self.timers[dag.id] = nil end
+  if not self.schedule_runs or self.stopped then return end
+  local sch = dag.schedule
+  if sch == nil then return end
+  local t = now()
+  local meta = self:dag_meta(dag.id)
+  if sch == "@once" then
+    if meta.last_logical then return end
+    local start = dag.start_date or t
+    if start > t then
+      self.timers[dag.id] = core.timer(start - t, function() self:tick_dag(dag); self:process() end)
+      return
+    end
+    self:create_run(dag, { run_type = "scheduled", logical_date = start,
+                           data_interval_start = start, data_interval_end = start })
+    self.st:write(self.st:path("dags", dag.id, "meta"), { last_logical = start })
+    return
+  end
+  local from
+  if meta.last_logical then
+    local _, e = next_interval(dag, meta.last_logical)
+    from = e and meta.last_logical + 1
+  end
+  from = from or dag.start_date or t
+  local created, last = 0, meta.last_logical
+  local s, e = next_interval(dag, from)
+  if not dag.catchup and s and e and e <= t then
+    -- Jump to the latest complete interval.
+    local ls, le = s, e
+    while true do
+      local ns, ne = next_interval(dag, le)
+      if not ns or not ne or ne > t then break end
+      ls, le = ns, ne
+      created = created + 1
+      if created > 100000 then break end
+    end
+    s, e = ls, le
+    created = 0
+  end
+  while s and e and e <= t and (not dag.end_date or s <= dag.end_date) and created < 1000 do
+    self:create_run(dag, { run_type = "scheduled", logical_date = s,
+                           data_interval_start = s, data_interval_end = e })
+    last = s
+    created = created + 1
+    s, e = next_interval(dag, e)
+  end
+  if last ~= meta.last_logical then
+    self.st:write(self.st:path("dags", dag.id, "meta"), { last_logical = last })
+  end
+  if s and e and (not dag.end_date or s <= dag.end_date) then
+    local delay = max(0, e - now())
+    if created >= 1000 then delay = 0 end
+    self.timers[dag.id] = core.timer(delay, function()
+      self.timers[dag.id] = nil
+      self:tick_dag(dag)
+      self:process()
+    end)
+  end
+end
+
+-- ---- watching the store: triggers, pauses, requests ------------------------------------
+
+function Sched:watch_runs(dag_id)
+  local path = self.st:path("runs", dag_id)
+  self.store:create(path, "", { parents = true })
+  local list = self.store:children(path, function()
+    if self.stopped then return end
+    self:watch_runs(dag_id)
+    self:process()
+  end)
+  local known = self.known_runs[dag_id] or {}
+  self.known_runs[dag_id] = known
+  for _, rid in ipairs(list or {}) do
+    if not known[rid] then
+      known[rid] = true
+      local rec = self.st:get_run(dag_id, rid)
+      local dag = self.dags[dag_id]
+      if rec and dag and (rec.state == "queued" or rec.state == "running") then
+        rec.run_id = rid
+        local run = self:adopt_run(dag, rec, self.st:list_tis(dag_id, rid))
+        self:queue_run(run)
+      end
+    end
+  end
+end
+
+function Sched:watch_paused(dag_id)
+  local path = self.st:path("dags", dag_id, "paused")
+  local stat = self.store:exists(path, function()
+    if self.stopped then return end
+    self:watch_paused(dag_id)
+    self:process()
+  end)
+  local was = self.paused[dag_id]
+  self.paused[dag_id] = stat ~= nil
+  if was and not self.paused[dag_id] then
+    log("info", "dag " .. dag_id .. " unpaused")
+    self:activate_runs(dag_id)
+    local dag = self.dags[dag_id]
+    if dag then self:tick_dag(dag) end
+  elseif self.paused[dag_id] and not was then
+    log("info", "dag " .. dag_id .. " paused")
+    if self.timers[dag_id] then self.timers[dag_id]:cancel(); self.timers[dag_id] = nil end
+  end
+end
+
+function Sched:watch_requests()
+  local path = self.st:path("requests")
+  self.store:create(path, "", { parents = true })
+  local list = self.store:children(path, function()
+    if self.stopped then return end
+    self:watch_requests()
+    self:process()
+  end)
+  for _, name in ipairs(list or {}) do
+    local p = path .. "/" .. name
+    local rec = self.st:read(p)
+    self.store:delete(p)
+    if rec and rec.op == "clear" then
+      self:clear(rec.dag_id, rec.run_id, rec.task_ids, rec.downstream)
+    elseif rec then
+      log("warn", "unknown request " .. p .. ": " .. tostring(rec.op))
+    end
+  end
+end
+
+-- Airflow's clear: the chosen task instances (and with `downstream` every
+-- task after them) go back to none and may run again; the run runs again.
+function Sched:clear(dag_id, run_id, task_ids, downstream)
+  local dag = self.dags[dag_id]
+  if not dag then
+    log("warn", "clear: no DAG " .. tostring(dag_id))
+    return
+  end
+  local key = run_key(dag_id, run_id)
+  local run = self.runs[key]
+  if not run then
+    local rec = self.st:get_run(dag_id, run_id)
+    if not rec then return end
+    rec.run_id = run_id
+    run = self:adopt_run(dag, rec, self.st:list_tis(dag_id, run_id))
+    run.state = "queued"
+  end
+  local chosen = {}
+  local ids = task_ids
+  if not ids or #ids == 0 then ids = dag.order end
+  local stack = {}
+  for _, id in ipairs(ids) do
+    if dag.tasks[id] then chosen[id] = true; stack[#stack + 1] = id end
+  end
+  if downstream then
+    while #stack > 0 do
+      local id = table.remove(stack)
+      for _, d in ipairs(dag.tasks[id].downstream) do
+        if not chosen[d] then chosen[d] = true; stack[#stack + 1] = d end
+      end
+    end
+  end
+  for id in pairs(chosen) do
+    local ti = run.tis[id]
+    if ti.state ~= "running" then
+      if FINISHED[ti.state] then run.unfinished = run.unfinished + 1 end
+      if ti.wait_timer then ti.wait_timer:cancel(); ti.wait_timer = nil end
+      ti.state = "none"
+      ti.max_tries = ti.try_number + (ti.task.retries or 0)
+      ti.end_date = nil
+      self:mark(ti)
+    end
+  end
+  log("info", ("cleared %s %s"):format(dag_id, run_id))
+  if run.state == "running" then
+    for id in pairs(chosen) do self:push_work(run.tis[id]) end
+  else
+    run.state = "queued"
+    run.end_date = nil
+    self:mark(run)
+    local active = self.runs_by_dag[dag_id]
+    local found = false
+    for _, r in ipairs(active or {}) do if r == run then found = true end end
+    if not found then self:queue_run(run) end
+  end
+end
+
+-- ---- life cycle ------------------------------------------------------------------------
+
+-- Reads back the runs a previous scheduler left unfinished.
+function Sched:recover()
+  for _, dag_id in ipairs(self.st:run_dags()) do
+    local dag = self.dags[dag_id]
+    local known = self.known_runs[dag_id] or {}
+    self.known_runs[dag_id] = known
+    for _, rid in ipairs(self.st:run_ids(dag_id)) do
+      known[rid] = true
+      if dag then
+        local rec = self.st:get_run(dag_id, rid)
+        if rec and (rec.state == "running" or rec.state == "queued") then
+          rec.run_id = rid
+          local run = self:adopt_run(dag, rec, self.st:list_tis(dag_id, rid))
+          log("info", ("resuming run %s %s"):format(dag_id, rid))
+          self:queue_run(run)
+        end
+      end
+    end
+  end
+end
+
+function Sched:start()
+  self:load_dags()
+  self.worker_id = self.worker_id or ("standalone-" .. tostring(core.getpid and core.getpid() or 0))
+  self:recover()
+  self:watch_requests()
+  local ids = {}
+  for id in pairs(self.dags) do ids[#ids + 1] = id end
+  sort(ids)
+  for _, id in ipairs(ids) do
+    self:watch_paused(id)
+    self:watch_runs(id)
+    if not self.paused[id] then self:tick_dag(self.dags[id]) end
+  end
+  self:process()
+  return self
+end
+
+-- Stops scheduling; running tasks are terminated (their process groups get
+-- SIGTERM, Lua tasks are closed) and their runs stay "running" in the
+-- store, so the next scheduler resumes them.
+function Sched:stop()
+  if self.stopped then return end
+  self.stopped = true
+  for _, t in pairs(self.timers) do t:cancel() end
+  self.timers = {}
+  if self.yield_timer then self.yield_timer:cancel(); self.yield_timer = nil end
+  for _, run in pairs(self.runs) do
+    for _, ti in pairs(run.tis) do
+      if ti.wait_timer then ti.wait_timer:cancel(); ti.wait_timer = nil end
+      local a = ti.attempt
+      if a then
+        if a.timer then a.timer:cancel() end
+        if a.kill_timer then a.kill_timer:cancel() end
+        if a.proc then a.proc:kill(15); a.proc:kill(9) end
+        if a.co then async.cancel(a.co) end
+        ti.attempt = nil
+      end
+    end
+  end
+  self:flush()
+  self.store:flush()
+end
+
+-- Waits (inside a coroutine) until every run in `list` ({dag_id, run_id}
+-- pairs or run objects) has ended; returns the runs' final states.
+function Sched:wait_runs(list)
+  local states = {}
+  for i, item in ipairs(list) do
+    local dag_id = item.dag_id or item[1]
+    local run_id = item.run_id or item[2]
+    local key = run_key(dag_id, run_id)
+    if self.runs[key] then
+      states[i] = async.wait(function(resume)
+        local w = self.run_waiters[key] or {}
+        self.run_waiters[key] = w
+        w[#w + 1] = function(run) resume(run.state) end
+      end)
+    else
+      local rec = self.st:get_run(dag_id, run_id)
+      states[i] = rec and rec.state
+    end
+  end
+  return states
+end
+
+-- ---- dags test ---------------------------------------------------------------------------
+
+local function result_of(self, run)
+  local tasks = {}
+  for tid, ti in pairs(run.tis) do
+    tasks[tid] = { state = ti.state, try_number = ti.try_number,
+                   xcom = ti.xcom == nil and null or ti.xcom,
+                   log = ti.log or null }
+  end
+  return { dag_id = run.dag_id, run_id = run.run_id, state = run.state, tasks = tasks,
+           logical_date = iso(run.logical_date), db = self.db_path }
+end
+
+local function tmpdir()
+  local base = os.getenv("TMPDIR") or "/tmp"
+  for _ = 1, 100 do
+    local p = ("%s/zkflow-test-%d-%d"):format(base, floor(now() * 1000) % 1000000000,
+                                             math.random(1, 1e9))
+    if not core.stat(p) and core.mkdirs(p) then return p end
+  end
+  error("dags test: cannot make a temporary directory")
+end
+
+-- Resolves `what` (a DAG object, a file path, or a DAG id in opts.dags_dir)
+-- to a DAG; nil and an error message otherwise.
+local function resolve_dag(what, opts)
+  if type(what) == "table" and what.tasks then return what end
+  local loader = require "zkflow.loader"
+  if type(what) == "string" and (what:match("%.lua$") or what:find("/", 1, true)) then
+    local dags, err = loader.load_file(what, opts)
+    if not dags then return nil, err end
+    if opts.dag_id then
+      for _, d in ipairs(dags) do if d.id == opts.dag_id then return d end end
+      return nil, what .. ": no DAG '" .. opts.dag_id .. "'"
+    end
+    if #dags == 0 then return nil, what .. ": the file defines no DAG" end
+    return dags[1]
+  end
+  local dir = opts.dags_dir or "dags"
+  local res = loader.scan(dir)
+  local dag = res.dags and res.dags[what]
+  if not dag then
+    local errs = {}
+    for f, e in pairs(res.errors or {}) do errs[#errs + 1] = f .. ": " .. tostring(e) end
+    local msg = "no DAG '" .. tostring(what) .. "' in " .. dir
+    if #errs > 0 then msg = msg .. " (import errors: " .. concat(errs, "; ") .. ")" end
+    return nil, msg
+  end
+  return dag
+end
+_M.resolve_dag = resolve_dag
+
+-- `zkflow dags test` / flow.test: runs one DAG run to its end in this
+-- process and returns {dag_id, run_id, state, tasks={[id]={state,
+-- try_number, xcom}}}.  opts: date (ISO or epoch), db (store file; a
+-- temporary one otherwise), dags_dir, conf, log_dir.
+function _M.test(what, opts)
+  opts = opts or {}
+  local dag, err = resolve_dag(what, opts)
+  if not dag then error(err, 2) end
+  local co, main = coroutine.running()
+  if main or not co then
+    return async.run(_M.test, dag, opts)
+  end
+  local dir
+  local db = opts.db
+  if not db then
+    dir = tmpdir()
+    db = dir .. "/zkflow.db"
+  end
+  local store = core.store(db, { sync = "off" })
+  local ld = opts.date
+  if type(ld) == "string" then
+    local t, perr = state.parse_time(ld)
+    if not t then error("dags test: --date: " .. perr, 2) end
+    ld = t
+  end
+  ld = ld or now()
+  local s = _M.new { store = store, dags = { [dag.id] = dag }, schedule = false,
+                     log_dir = opts.log_dir or ((dir or db:match("^(.*)/[^/]*$") or ".") .. "/logs"),
+                     root = opts.root }
+  s.db_path = db
+  s.worker_id = "test"
+  local s_, e_ = next_interval(dag, ld)
+  local run = s:create_run(dag, { run_type = "manual", logical_date = ld,
+                                  run_id = "manual__" .. iso(ld, true),
+                                  data_interval_start = s_ and ld or ld,
+                                  data_interval_end = (s_ and e_ and (e_ - s_) + ld) or ld,
+                                  conf = opts.conf })
+  s:process()
+  if run.state ~= "success" and run.state ~= "failed" then
+    s:wait_runs({ run })
+  end
+  local res = result_of(s, run)
+  s:stop()
+  store:close()
+  return res
+end
+
+_M.Sched = Sched
+return _M
