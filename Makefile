@@ -119,10 +119,10 @@ test: all
 	$(Q)B=$(B) LUA=$(LUA) sh spec/run-all.sh
 
 test-c: all
-	$(Q)B=$(B) sh spec/run-c.sh
+	$(Q)B=$(B) SUITES="c asan valgrind" sh spec/run-all.sh
 
 test-lua: all
-	$(Q)B=$(B) LUA=$(LUA) sh spec/run-lua.sh
+	$(Q)B=$(B) LUA=$(LUA) SUITES="busted lint" sh spec/run-all.sh
 
 # The same C tests built with sanitizers into their own tree.
 asan:
