@@ -57,7 +57,7 @@ deps:
 	DEBIAN_FRONTEND=noninteractive apt-get install -y -q \
 	    build-essential clang pkg-config lua5.4 liblua5.4-dev libevent-dev \
 	    libsqlite3-dev libjansson-dev lua-busted lua-check valgrind \
-	    python3-croniter python3-dask ninja-build
+	    python3-croniter python3-dask ninja-build curl procps
 
 $(B)/obj/%.o: core/%.c $(wildcard core/*.h core/include/*.h)
 	@mkdir -p $(dir $@)
