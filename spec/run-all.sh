@@ -94,7 +94,7 @@ for s in $SUITES; do
         ;;
     lint)
         if command -v luacheck > /dev/null; then
-            if luacheck -q lua spec examples bench > "$LOGS/lint.log" 2>&1; then
+            if luacheck -q --no-color lua spec examples bench > "$LOGS/lint.log" 2>&1; then
                 add lint 1 0
             else
                 add lint 0 1
