@@ -1,0 +1,163 @@
+#!/bin/sh
+# bench/run.sh: zkflow's benchmarks against peers measured in the same run
+# (bench/README.md says what each one measures).  `make bench` runs it as
+# `B=build LUA=lua5.4 sh bench/run.sh`.
+#
+# A benchmark prints its figures and ratios; a slow result is reported,
+# never a failure.  The exit status is 1 only when something failed to run.
+# A missing peer (python3-dask, ninja-build) is "skipped (missing X)".
+#
+# Environment: B (build dir), LUA (interpreter), PYTHON (default
+# /usr/bin/python3, Debian's, where python3-dask lives), REPS (best of,
+# default 5).
+set -u
+
+cd "$(dirname "$0")/.." || exit 1
+B=${B:-build}
+LUA=${LUA:-lua5.4}
+PYTHON=${PYTHON:-/usr/bin/python3}
+REPS=${REPS:-5}
+export B LUA
+export LUA_PATH="lua/?.lua;lua/?/init.lua;bench/?.lua;;"
+export LUA_CPATH="$B/?.so;;"
+
+tmp=$(mktemp -d "${TMPDIR:-/tmp}/zkflow-bench.XXXXXX") || exit 1
+trap 'rm -rf "$tmp"' EXIT
+trap 'exit 130' INT TERM
+summary=$tmp/summary
+: >"$summary"
+failed=0
+
+# field KEY < RESULT-line: the value of KEY=...
+field() { sed -n "s/.*[ ]$1=\([^ ]*\).*/\1/p"; }
+# calc EXPR: awk arithmetic, printed with FMT (default %.3f).
+calc() { awk "BEGIN { printf \"${2:-%.3f}\", $1 }"; }
+# row NAME ZKFLOW PEER RESULT: one line of the summary table.
+row() { printf '%s\t%s\t%s\t%s\n' "$1" "$2" "$3" "$4" >>"$summary"; }
+# run_result NAME CMD...: runs CMD, prints its RESULT line; on failure says
+# so with the end of its stderr and returns 1.
+run_result() {
+    name=$1
+    shift
+    if ! "$@" >"$tmp/$name.out" 2>"$tmp/$name.err"; then
+        echo "$name: FAILED to run: $*" >&2
+        tail -5 "$tmp/$name.err" >&2
+        return 1
+    fi
+    grep '^RESULT' "$tmp/$name.out" | tail -1
+}
+ms() { calc "$1 * 1000" "%.3f"; }
+
+[ -x "$B/zkflow" ] && [ -f "$B/zkflow.so" ] || {
+    echo "bench: $B/zkflow or $B/zkflow.so missing: run make first" >&2
+    exit 1
+}
+
+echo "zkflow benchmarks (best of $REPS; $(nproc) CPUs; $(date -u +%Y-%m-%dT%H:%M:%SZ))"
+echo
+
+# ---- 1. 4,000 no-op Lua tasks vs Dask's threaded scheduler --------------
+
+mkdir -p "$tmp/noop"
+noop=$(run_result noop "$LUA" bench/dag_bench.lua noop "$tmp/noop" "$REPS") || failed=1
+zk_noop=$(echo "$noop" | field best)
+if ! "$PYTHON" -c 'import dask.threaded' 2>/dev/null; then
+    dask_line="skipped (missing python3-dask for $PYTHON)"
+    dk=""
+else
+    dk=$(run_result dask "$PYTHON" bench/dask_noop.py "$REPS" | field best) || failed=1
+fi
+if [ -n "$zk_noop" ] && [ -n "$dk" ]; then
+    if awk "BEGIN { exit !($zk_noop <= $dk) }"; then
+        verdict="zkflow is $(calc "$dk / $zk_noop" %.1f)x faster"
+    else
+        verdict="zkflow is $(calc "$zk_noop / $dk" %.1f)x slower"
+    fi
+    speed=$(calc "$dk / $zk_noop" %.2f)
+    goal=$(awk "BEGIN { print ($speed >= 10) ? \"aim met\" : ($speed >= 2) ? \"goal met\" : \"below goal\" }")
+    echo "noop-4000: zkflow $(calc "$zk_noop") s, dask $(calc "$dk") s, $verdict (goal >= 2x, aim 10x): $goal"
+    row "noop-4000 vs dask" "$(calc "$zk_noop") s" "$(calc "$dk") s" "${speed}x speed-up, $goal"
+elif [ -n "$zk_noop" ]; then
+    echo "noop-4000: zkflow $(calc "$zk_noop") s, dask $dask_line"
+    row "noop-4000 vs dask" "$(calc "$zk_noop") s" "-" "$dask_line"
+else
+    row "noop-4000 vs dask" "FAILED" "-" "see above"
+fi
+
+# ---- 2. 400 shell tasks, two at a time, vs ninja -j2 ----------------------
+
+mkdir -p "$tmp/shell" "$tmp/ninja"
+shell=$(run_result shell "$LUA" bench/dag_bench.lua shell "$tmp/shell" "$REPS") || failed=1
+zk_shell=$(echo "$shell" | field best)
+nj=""
+if ! command -v ninja >/dev/null 2>&1; then
+    ninja_line="skipped (missing ninja-build)"
+elif ! sh bench/ninja_gen.sh "$tmp/ninja" 20 20; then
+    ninja_line="FAILED (generating build.ninja)"
+    failed=1
+else
+    nj=$(run_result ninja "$LUA" bench/ninja_bench.lua "$tmp/ninja" "$REPS" | field best) || failed=1
+    [ -n "$nj" ] || ninja_line="FAILED (ninja run)"
+fi
+if [ -n "$zk_shell" ] && [ -n "$nj" ]; then
+    ratio=$(calc "$zk_shell / $nj" %.2f)
+    goal=$(awk "BEGIN { print ($ratio <= 1.2) ? \"aim met\" : ($ratio <= 1.5) ? \"goal met\" : \"below goal\" }")
+    echo "shell-400 (-j2): zkflow $(calc "$zk_shell") s, ninja $(calc "$nj") s, zkflow takes ${ratio}x ninja's time (goal <= 1.5x, aim 1.2x): $goal"
+    row "shell-400 -j2 vs ninja" "$(calc "$zk_shell") s" "$(calc "$nj") s" "${ratio}x ninja's time, $goal"
+elif [ -n "$zk_shell" ]; then
+    echo "shell-400 (-j2): zkflow $(calc "$zk_shell") s, ninja $ninja_line"
+    row "shell-400 -j2 vs ninja" "$(calc "$zk_shell") s" "-" "$ninja_line"
+else
+    row "shell-400 -j2 vs ninja" "FAILED" "-" "see above"
+fi
+
+# ---- 3. task-to-task latency ---------------------------------------------
+
+mkdir -p "$tmp/chain"
+chain=$(run_result chain "$LUA" bench/dag_bench.lua chain "$tmp/chain" "$REPS") || failed=1
+for pair in "noop-4000:$noop" "chain-200 shell:$chain"; do
+    name=${pair%%:*}
+    line=${pair#*:}
+    p50=$(echo "$line" | field p50)
+    p99=$(echo "$line" | field p99)
+    n=$(echo "$line" | field edges)
+    if [ -z "$p50" ]; then
+        row "latency $name" "FAILED" "-" "see above"
+        continue
+    fi
+    goal=$(awk "BEGIN { print ($p50 < 0.001) ? \"p50 aim met\" : \"p50 above aim\" }")
+    echo "latency $name: upstream end -> downstream start over $n edges: p50 $(ms "$p50") ms, p99 $(ms "$p99") ms (aim < 1 ms): $goal"
+    row "latency $name" "p50 $(ms "$p50") ms, p99 $(ms "$p99") ms" "-" "$goal"
+done
+
+# ---- 4. resident memory with 1,000 DAG files -------------------------------
+
+mkdir -p "$tmp/rss"
+rss=$(run_result rss sh bench/rss.sh "$tmp/rss") || failed=1
+kb=$(echo "$rss" | field rss_dags)
+if [ -n "$kb" ]; then
+    empty=$(echo "$rss" | field rss_empty)
+    lua=$(echo "$rss" | field rss_lua)
+    n=$(echo "$rss" | field dags)
+    mb=$(calc "$kb / 1024" %.1f)
+    goal=$(awk "BEGIN { print ($kb / 1024 < 30) ? \"aim met\" : \"above aim\" }")
+    per=$(calc "($kb - $empty) / $n" %.1f)
+    echo "rss standalone, $n DAG files: $mb MB (aim < 30 MB): $goal; no DAGs $(calc "$empty / 1024" %.1f) MB, idle $LUA $(calc "$lua / 1024" %.1f) MB; ${per} KB per DAG"
+    row "rss $n DAGs" "$mb MB" "$LUA idle $(calc "$lua / 1024" %.1f) MB" "$goal (no DAGs: $(calc "$empty / 1024" %.1f) MB)"
+else
+    row "rss 1000 DAGs" "FAILED" "-" "see above"
+fi
+
+# ---- summary -----------------------------------------------------------------
+
+echo
+awk -F '\t' '
+    { name[NR] = $1; zk[NR] = $2; peer[NR] = $3; res[NR] = $4 }
+    END {
+        fmt = "%-24s %-28s %-20s %s\n"
+        printf fmt, "benchmark", "zkflow", "peer", "result"
+        printf fmt, "---------", "------", "----", "------"
+        for (i = 1; i <= NR; i++) printf fmt, name[i], zk[i], peer[i], res[i]
+    }' "$summary"
+[ "$failed" -eq 0 ] || echo "bench: something failed to run (see above)" >&2
+exit "$failed"
