@@ -32,6 +32,11 @@ end
 
 local deciders = {}
 
+-- Each decider mirrors the branch of Airflow's TriggerRuleDep
+-- (_evaluate_direct_relatives, Airflow 3.1) for its rule: first the state
+-- the task ends in when the rule can no longer be met (checked even while
+-- other upstreams still run, as Airflow does), then whether it is met.
+
 deciders.all_success = function(c)
   if c.failed + c.upstream_failed > 0 then return "upstream_failed" end
   if c.skipped > 0 then return "skipped" end
@@ -41,7 +46,7 @@ end
 
 deciders.all_failed = function(c)
   if c.success + c.skipped > 0 then return "skipped" end
-  if c.done >= c.total then return "run" end
+  if c.failed + c.upstream_failed + c.removed >= c.total then return "run" end
   return "wait"
 end
 
@@ -50,36 +55,41 @@ deciders.all_done = function(c)
   return "wait"
 end
 
+-- Airflow 3.1: a skipped upstream is not "done" for this rule, so any skip
+-- skips the task at once; all the others done without a success is an
+-- upstream failure.
 deciders.all_done_min_one_success = function(c)
+  if c.skipped > 0 then return "skipped" end
   if c.done < c.total then return "wait" end
   if c.success > 0 then return "run" end
-  if c.skipped >= c.total and c.total > 0 then return "skipped" end
   return "upstream_failed"
 end
 
 deciders.all_skipped = function(c)
   if c.success + c.failed + c.upstream_failed > 0 then return "skipped" end
-  if c.done >= c.total then return "run" end
+  if c.skipped + c.removed >= c.total then return "run" end
   return "wait"
 end
 
+-- The one_* rules do not wait for the other upstreams: the first success
+-- (failure, end) is enough, even while the rest still run.
 deciders.one_success = function(c)
-  if c.success > 0 or c.total == 0 then return "run" end
+  if c.success > 0 then return "run" end
   if c.done >= c.total then
-    if c.skipped >= c.total then return "skipped" end
+    if c.skipped >= c.done then return "skipped" end
     return "upstream_failed"
   end
   return "wait"
 end
 
 deciders.one_failed = function(c)
-  if c.failed + c.upstream_failed > 0 or c.total == 0 then return "run" end
+  if c.failed + c.upstream_failed > 0 then return "run" end
   if c.done >= c.total then return "skipped" end
   return "wait"
 end
 
 deciders.one_done = function(c)
-  if c.success + c.failed > 0 or c.total == 0 then return "run" end
+  if c.success + c.failed > 0 then return "run" end
   if c.done >= c.total then return "skipped" end
   return "wait"
 end
@@ -92,9 +102,9 @@ end
 
 deciders.none_failed_min_one_success = function(c)
   if c.failed + c.upstream_failed > 0 then return "upstream_failed" end
-  if c.done < c.total then return "wait" end
-  if c.total > 0 and c.skipped >= c.total then return "skipped" end
-  return "run"
+  if c.skipped >= c.total then return "skipped" end
+  if c.done >= c.total then return "run" end
+  return "wait"
 end
 
 deciders.none_skipped = function(c)
@@ -110,9 +120,12 @@ end
 _M.NAMES = {}
 for name in pairs(deciders) do _M.NAMES[name] = true end
 
+-- A task without upstreams runs whatever its rule (Airflow's
+-- TriggerRuleDep passes "did not have any upstream tasks").
 function _M.decide(rule, c)
   local f = deciders[rule]
   if not f then error("unknown trigger rule '" .. tostring(rule) .. "'", 2) end
+  if c.total == 0 then return "run" end
   return f(c)
 end
 
