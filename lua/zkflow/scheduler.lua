@@ -84,7 +84,8 @@ end
 
 -- opts: store (required), root ("/zkflow"), dags_dir, dags ({[id]=dag},
 -- instead of a folder), log_dir, parallelism (32), schedule (true: create
--- scheduled runs; false in `dags test`), on_event(kind, obj).
+-- scheduled runs; false in `dags test`), on_event(kind, obj), kill_grace
+-- (seconds between SIGTERM and SIGKILL when a shell task times out, 5).
 function _M.new(opts)
   assert(opts and opts.store, "scheduler.new: 'store' is required")
   local self = setmetatable({
@@ -93,6 +94,7 @@ function _M.new(opts)
     dags_dir = opts.dags_dir,
     log_dir = opts.log_dir or "logs",
     parallelism = opts.parallelism or 32,
+    kill_grace = opts.kill_grace or KILL_GRACE,
     schedule_runs = opts.schedule ~= false,
     on_event = opts.on_event,
     dags = opts.dags or {},
@@ -763,7 +765,7 @@ function Sched:timeout(ti, attempt)
     attempt.timed_out = true
     attempt.proc:kill(15)
     local p = attempt.proc
-    attempt.kill_timer = core.timer(KILL_GRACE, function() p:kill(9) end)
+    attempt.kill_timer = core.timer(self.kill_grace, function() p:kill(9) end)
     return
   end
   if attempt.co then async.cancel(attempt.co) end
@@ -798,9 +800,12 @@ function Sched:end_try(ti, ok, res, extra)
   local task = ti.task
   self:release(ti)
   ti.end_date = now()
+  local op = task.op
+  local follow
   if ok then
     if type(res) == "table" and res.zkflow_reschedule then
-      -- A sensor in reschedule mode gives its slot back until the next poke.
+      -- A sensor in reschedule mode gives its slot back until the next poke;
+      -- as in Airflow the poke is not a try.
       ti.state = "up_for_reschedule"
       ti.try_number = ti.try_number - 1
       ti.next_try_at = now() + res.zkflow_reschedule
@@ -808,6 +813,14 @@ function Sched:end_try(ti, ok, res, extra)
       self:later(ti, res.zkflow_reschedule)
       return
     end
+    if op and op.branch then
+      -- Airflow fails a branch that names tasks that are not directly
+      -- downstream of it; such a failure retries like any other.
+      follow, res = self:branch_targets(ti, res)
+      if not follow then ok = false end
+    end
+  end
+  if ok then
     ti.xcom = res
     if extra and extra.skip then
       self:task_log(ti, "marked skipped: " .. tostring(extra.skip))
@@ -815,9 +828,9 @@ function Sched:end_try(ti, ok, res, extra)
       return
     end
     self:finish(ti, "success")
-    if task.op and task.op.branch then
-      self:follow_branch(ti, res)
-    elseif task.op and task.op.short_circuit and not res then
+    if follow then
+      self:follow_branch(ti, follow)
+    elseif op and op.short_circuit and not res then
       self:short_circuit(ti)
     end
     return
@@ -831,7 +844,9 @@ function Sched:end_try(ti, ok, res, extra)
   end
   local msg = errtext(err)
   self:task_log(ti, "failed: " .. msg)
-  log("warn", ("task %s.%s try %d failed: %s"):format(ti.run.dag_id, ti.task_id, ti.try_number, msg))
+  -- The traceback goes to the task's log only.
+  log("warn", ("task %s.%s try %d failed: %s"):format(ti.run.dag_id, ti.task_id, ti.try_number,
+                                                    msg:match("^[^\n]*")))
   if type(err) == "table" and err.zkflow_soft_fail then
     self:finish(ti, "skipped", msg)
     return
@@ -844,6 +859,7 @@ function Sched:end_try(ti, ok, res, extra)
     ti.next_try_at = now() + delay
     self:mark(ti)
     self:task_log(ti, ("up for retry in %gs (try %d of %d)"):format(delay, ti.try_number, ti.max_tries + 1))
+    self:emit("ti_retry", ti)
     if task.on_retry then self:callback(ti, task.on_retry, msg) end
     self:later(ti, delay)
     return
@@ -878,13 +894,32 @@ function Sched:later(ti, delay)
   end)
 end
 
-function Sched:follow_branch(ti, res)
+-- The set of task ids a branch task chose (its return value: an id, a
+-- task, or a list of them; nil follows nothing), or nil and an error when
+-- one of them is not directly downstream of the branch.
+function Sched:branch_targets(ti, res)
   local follow = {}
-  if type(res) == "string" then
-    follow[res] = true
-  elseif type(res) == "table" then
-    for _, id in ipairs(res) do follow[type(id) == "table" and id.id or id] = true end
+  local list = res
+  if type(res) ~= "table" or res.id then list = { res } end
+  local downs = {}
+  for _, did in ipairs(ti.task.downstream) do downs[did] = true end
+  for _, id in ipairs(list) do
+    if type(id) == "table" then id = id.id end
+    if id ~= nil then
+      if not downs[id] then
+        return nil, ("branch task '%s' returned '%s', which is not directly downstream of it")
+                    :format(ti.task_id, tostring(id))
+      end
+      follow[id] = true
+    end
   end
+  return follow
+end
+
+-- Skips the direct downstream tasks a branch did not choose (Airflow's
+-- SkipMixin.skip_all_except); what lies after them follows its own
+-- trigger rule.
+function Sched:follow_branch(ti, follow)
   for _, did in ipairs(ti.task.downstream) do
     local d = ti.run.tis[did]
     if not follow[did] and d.state == "none" then
