@@ -1,0 +1,254 @@
+#!/usr/bin/env bash
+# The examples work as their comments say: every DAG in examples/dags passes
+# `zkflow dags test` quickly and ends in the states it promises, and
+# build/examples/host_libevent schedules a DAG on its own libevent loop,
+# answers the health endpoint, stops on a timeout or SIGTERM, and runs
+# clean under valgrind.
+#
+#   bash spec/examples_test.sh       (B=build dir, ZKFLOW=path/to/zkflow)
+#
+# Prints "ok NAME" / "FAIL NAME: why" and ends with "N passed, N failed".
+
+set -u
+cd "$(dirname "$0")/.." || exit 1
+ROOT=$PWD
+B=${B:-build}
+ZKFLOW=${ZKFLOW:-$ROOT/$B/zkflow}
+HOST=${HOST:-$ROOT/$B/examples/host_libevent}
+PY=/usr/bin/python3
+T=$(mktemp -d /tmp/zkflow-examples.XXXXXX)
+PASSED=0
+FAILED=0
+HOST_PID=
+unset ZKFLOW_DB ZKFLOW_DAGS ZKFLOW_ZK
+
+cleanup() {
+    if [ -n "$HOST_PID" ]; then
+        kill -KILL "$HOST_PID" 2>/dev/null
+        wait "$HOST_PID" 2>/dev/null
+    fi
+    rm -rf "$T"
+}
+trap cleanup EXIT
+
+ok() { PASSED=$((PASSED + 1)); echo "ok $1"; }
+bad() {
+    FAILED=$((FAILED + 1))
+    echo "FAIL $1: $2"
+    if [ -s "$T/err" ]; then sed 's/^/    stderr: /' "$T/err" | head -8; fi
+}
+
+# jcheck NAME FILE PYEXPR: PYEXPR (with `d` the decoded JSON of FILE) is true
+jcheck() {
+    local got
+    got=$("$PY" -c '
+import json, sys
+try:
+    d = json.load(open(sys.argv[1]))
+except Exception as e:
+    print("not JSON: %s" % e); sys.exit(0)
+try:
+    print("yes" if eval("(" + sys.argv[2] + ")") else "no: " + json.dumps(d)[:300])
+except Exception as e:
+    print("error: %r in %s" % (e, json.dumps(d)[:300]))
+' "$2" "$3" 2>&1)
+    if [ "$got" = "yes" ]; then ok "$1"; else bad "$1" "$3: $got"; fi
+}
+
+now_ms() { date +%s%3N; }
+
+# ---- every example DAG passes `dags test` ---------------------------------
+
+# Runs from an empty directory: an example that wrote into the working
+# directory (a store, a log, a relative path) would leave something there.
+mkdir -p "$T/cwd"
+# A marker left by an interrupted earlier run would make flaky pass at once.
+rm -f /tmp/zkflow-tutorial-manual__2026-01-01*.flaky
+for f in examples/dags/*.lua; do
+    name=$(basename "$f" .lua)
+    t0=$(now_ms)
+    (cd "$T/cwd" && timeout -s KILL 20 "$ZKFLOW" dags test "$ROOT/$f" --json \
+        --date 2026-01-01T00:00:00Z) >"$T/$name.json" 2>"$T/err"
+    rc=$?
+    ms=$(($(now_ms) - t0))
+    if [ "$rc" -eq 0 ]; then ok "dags test $name"; else bad "dags test $name" "exit $rc"; fi
+    jcheck "dags test $name: run succeeded" "$T/$name.json" 'd["state"] == "success"'
+    if [ "$ms" -lt 2000 ]; then
+        ok "dags test $name: under 2 s (${ms} ms)"
+    else
+        bad "dags test $name: under 2 s" "took ${ms} ms"
+    fi
+done
+if [ -z "$(ls -A "$T/cwd")" ]; then
+    ok "examples write nothing into the working directory"
+else
+    bad "examples write nothing into the working directory" "$(ls -A "$T/cwd")"
+fi
+: >"$T/err"
+
+# Every file loads: no import errors in the folder as a whole.
+"$ZKFLOW" dags list --dags examples/dags --json >"$T/list.json" 2>"$T/err"
+jcheck "dags list: every example loads" "$T/list.json" \
+    'len(d["dags"]) >= 6 and all(x["import_error"] is None for x in d["dags"])'
+jcheck "dags list: the tutorial has tags and a description" "$T/list.json" \
+    '[x for x in d["dags"] if x["dag_id"] == "tutorial" and "tutorial" in x["tags"] and x["description"]]'
+
+# ---- what each example promises ----------------------------------------------
+
+J=$T/tutorial.json
+jcheck "tutorial: shell XCom is the last line, templated" "$J" \
+    'd["tasks"]["hello"]["xcom"] == "hello from tutorial on 2026-01-01"'
+jcheck "tutorial: a Lua task's return value is its XCom" "$J" \
+    'd["tasks"]["extract"]["xcom"] == [{"id": i, "value": 10 * i} for i in (1, 2, 3)]'
+jcheck "tutorial: pulls an upstream XCom" "$J" 'd["tasks"]["total"]["xcom"] == 60'
+jcheck "tutorial: flaky fails once, succeeds on try 2" "$J" \
+    'd["tasks"]["flaky"]["state"] == "success" and d["tasks"]["flaky"]["try_number"] == 2'
+jcheck "tutorial: ti.try_number is rendered" "$J" 'd["tasks"]["flaky"]["xcom"] == "try 2 ok"'
+jcheck "tutorial: the branch follows one side" "$J" \
+    'd["tasks"]["choose"]["xcom"] == "big" and d["tasks"]["big"]["state"] == "success"
+     and d["tasks"]["small"]["state"] == "skipped"'
+jcheck "tutorial: the join after the branch runs" "$J" \
+    'd["tasks"]["report"]["xcom"] == {"greeting": "hello from tutorial on 2026-01-01",
+     "total": 60, "branch": "big total", "flaky": "try 2 ok", "ds": "2026-01-01"}'
+jcheck "tutorial: every task ran once, except flaky" "$J" \
+    'all(t["try_number"] == 1 for k, t in d["tasks"].items() if k not in ("flaky", "small"))'
+if ls /tmp/zkflow-tutorial-*2026-01-01*.flaky >/dev/null 2>&1; then
+    bad "tutorial: the retry marker is removed" "$(ls /tmp/zkflow-tutorial-*2026-01-01*.flaky)"
+else
+    ok "tutorial: the retry marker is removed"
+fi
+
+jcheck "file_sensor: the sensor sees the file appear" "$T/file_sensor.json" \
+    'd["tasks"]["wait_ready"]["state"] == "success" and d["tasks"]["wait_ready"]["try_number"] == 1'
+jcheck "file_sensor: soft_fail skips on timeout" "$T/file_sensor.json" \
+    'd["tasks"]["wait_never"]["state"] == "skipped"'
+jcheck "file_sensor: none_failed goes on after a skip" "$T/file_sensor.json" \
+    'd["tasks"]["consume"]["state"] == "success" and d["tasks"]["consume"]["xcom"] == "ready"'
+
+J=$T/trigger_rules.json
+jcheck "trigger_rules: risky fails without retry" "$J" \
+    'd["tasks"]["risky"]["state"] == "failed" and d["tasks"]["risky"]["try_number"] == 1'
+jcheck "trigger_rules: all_done cleanup and one_failed alert run" "$J" \
+    'd["tasks"]["cleanup"]["state"] == "success" and d["tasks"]["alert"]["xcom"] == "alerted"'
+jcheck "trigger_rules: one_success publishes" "$J" \
+    'd["tasks"]["publish"]["xcom"] == "safe went fine"'
+jcheck "trigger_rules: the branch join runs" "$J" \
+    'd["tasks"]["path_b"]["state"] == "skipped" and d["tasks"]["join"]["state"] == "success"'
+
+jcheck "pools_priority: highest priority_weight starts first" "$T/pools_priority.json" \
+    'd["tasks"]["order"]["xcom"] == ["load_urgent", "load_normal", "load_bulk", "load_small"]'
+jcheck "every_heartbeat: the beat is read back" "$T/every_heartbeat.json" \
+    'isinstance(d["tasks"]["check"]["xcom"], int)'
+jcheck "cron_snapshot: the line is the XCom" "$T/cron_snapshot.json" \
+    '"interval" in d["tasks"]["snapshot"]["xcom"]'
+
+# ---- host_libevent ---------------------------------------------------------------
+
+# A folder with one DAG every second.  start_date is a few seconds back:
+# catchup = false must start with the latest interval only.
+host_dir() {
+    local dir=$1
+    mkdir -p "$dir/dags"
+    cat >"$dir/dags/beat.lua" <<EOF
+local flow = require "zkflow"
+return flow.dag {
+  id = "beat", schedule = flow.every(1), catchup = false,
+  start_date = "$(date -u -d '-10 sec' +%FT%TZ)",
+  tasks = function(t)
+    local a = t.shell { id = "a", cmd = "echo {{ run_id }}" }
+    local b = t.lua   { id = "b", run = function(ctx) return ctx.run_id end }
+    local _ = a >> b
+  end,
+}
+EOF
+}
+
+# host_runs NAME DIR: at least one run of beat succeeded, and not a backlog
+host_runs() {
+    "$ZKFLOW" runs list beat --db "$2/zkflow.db" --json >"$T/runs.json" 2>"$T/err"
+    jcheck "$1: a run succeeded" "$T/runs.json" \
+        'any(r["state"] == "success" for r in d["dag_runs"])'
+    jcheck "$1: catchup = false made no backlog" "$T/runs.json" \
+        '0 < len(d["dag_runs"]) <= 8'
+}
+
+if [ ! -x "$HOST" ]; then
+    bad "host_libevent is built" "no $HOST (make)"
+else
+    "$HOST" >/dev/null 2>"$T/err"
+    rc=$?
+    if [ "$rc" -eq 2 ]; then ok "host_libevent: usage error exits 2"; else bad "host_libevent: usage error exits 2" "exit $rc"; fi
+
+    D=$T/host
+    host_dir "$D"
+    t0=$(now_ms)
+    timeout -s KILL 20 "$HOST" "$D/dags" "$D/zkflow.db" 3 >"$T/out" 2>"$T/err"
+    rc=$?
+    ms=$(($(now_ms) - t0))
+    if [ "$rc" -eq 0 ]; then ok "host_libevent: exits 0 after its time"; else bad "host_libevent: exits 0 after its time" "exit $rc"; fi
+    if [ "$ms" -ge 2900 ] && [ "$ms" -lt 6000 ]; then
+        ok "host_libevent: stops on time (${ms} ms)"
+    else
+        bad "host_libevent: stops on time" "took ${ms} ms for 3 s"
+    fi
+    if grep -q '^GET /api/v1/health -> 200 .*"status":"ok"' "$T/out"; then
+        ok "host_libevent: zkf_engine_http answers the health endpoint"
+    else
+        bad "host_libevent: zkf_engine_http answers the health endpoint" "$(head -c 300 "$T/out")"
+    fi
+    host_runs "host_libevent" "$D"
+    if [ -d "$D/logs/beat" ]; then ok "host_libevent: task logs under log_dir"; else bad "host_libevent: task logs under log_dir" "no $D/logs/beat"; fi
+
+    # SIGTERM: a libevent signal event shuts the engine down and breaks the loop.
+    D=$T/host-term
+    host_dir "$D"
+    "$HOST" "$D/dags" "$D/zkflow.db" 60 >"$T/out" 2>"$T/err" &
+    HOST_PID=$!
+    sleep 1.5
+    kill -TERM "$HOST_PID"
+    t0=$(now_ms)
+    for _ in $(seq 50); do
+        kill -0 "$HOST_PID" 2>/dev/null || break
+        sleep 0.1
+    done
+    if kill -0 "$HOST_PID" 2>/dev/null; then
+        bad "host_libevent: SIGTERM stops it" "still running 5 s after SIGTERM"
+    else
+        wait "$HOST_PID"
+        rc=$?
+        if [ "$rc" -eq 0 ] && grep -q 'stopping (SIGTERM)' "$T/err"; then
+            ok "host_libevent: SIGTERM stops it ($(($(now_ms) - t0)) ms)"
+        else
+            bad "host_libevent: SIGTERM stops it" "exit $rc"
+        fi
+    fi
+    HOST_PID=
+    host_runs "host_libevent after SIGTERM" "$D"
+
+    # valgrind: everything the program allocated is freed, no invalid
+    # access.  No suppressions: the engine frees Lua, libevent and SQLite
+    # state before exit, so not even "still reachable" blocks remain;
+    # "possibly lost" counts as an error too.  valgrind does not know
+    # pidfd_open (syscall 434) and warns; the engine falls back to waitpid.
+    if command -v valgrind >/dev/null; then
+        D=$T/host-vg
+        host_dir "$D"
+        timeout -s KILL 60 valgrind -q --error-exitcode=99 --leak-check=full \
+            --show-leak-kinds=definite,indirect,possible \
+            --errors-for-leak-kinds=definite,indirect,possible \
+            "$HOST" "$D/dags" "$D/zkflow.db" 4 >"$T/out" 2>"$T/err"
+        rc=$?
+        if [ "$rc" -eq 0 ] && ! grep -qE '^==[0-9]+== ' "$T/err"; then
+            ok "host_libevent under valgrind: no errors, no leaks"
+        else
+            bad "host_libevent under valgrind: no errors, no leaks" \
+                "exit $rc; $(grep -E '^==[0-9]+== ' "$T/err" | head -20)"
+        fi
+        host_runs "host_libevent under valgrind" "$D"
+    else
+        bad "host_libevent under valgrind" "valgrind is not installed"
+    fi
+fi
+
+echo "$PASSED passed, $FAILED failed"
+[ "$FAILED" -eq 0 ]
