@@ -7,12 +7,14 @@
 local flow = require "zkflow"
 
 return flow.dag {
-  id          = "cron_snapshot",
-  description = "append a timestamped line to /tmp every five minutes",
-  schedule    = "*/5 * * * *",
-  start_date  = "2026-01-01T00:00:00Z",
-  catchup     = false,
-  tags        = { "example", "schedule" },
+  id              = "cron_snapshot",
+  description     = "append a timestamped line to /tmp every five minutes",
+  schedule        = "*/5 * * * *",
+  start_date      = "2026-01-01T00:00:00Z",
+  catchup         = false,
+  -- trim rewrites the shared file: never two runs at once.
+  max_active_runs = 1,
+  tags            = { "example", "schedule" },
 
   tasks = function(t)
     local snapshot = t.shell {
