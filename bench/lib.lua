@@ -8,7 +8,7 @@ local core = require "zkflow.core"
 local flow = require "zkflow"
 local sched = require "zkflow.scheduler"
 
-local mono, floor, sort = core.mono, math.floor, table.sort
+local mono, sort = core.mono, table.sort
 local fmt = string.format
 
 local _M = {}
@@ -115,5 +115,4 @@ function _M.measure(dag, dir, reps)
     return best, _M.quantile(lat, 0.5), _M.quantile(lat, 0.99), #lat
 end
 
-_M.floor = floor
 return _M

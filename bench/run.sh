@@ -8,14 +8,15 @@
 # A missing peer (python3-dask, ninja-build) is "skipped (missing X)".
 #
 # Environment: B (build dir), LUA (interpreter), PYTHON (default
-# /usr/bin/python3, Debian's, where python3-dask lives), REPS (best of,
-# default 5).
+# /usr/bin/python3, Debian's, where python3-dask lives), NINJA (default
+# ninja), REPS (best of, default 5).
 set -u
 
 cd "$(dirname "$0")/.." || exit 1
 B=${B:-build}
 LUA=${LUA:-lua5.4}
 PYTHON=${PYTHON:-/usr/bin/python3}
+NINJA=${NINJA:-ninja}
 REPS=${REPS:-5}
 export B LUA
 export LUA_PATH="lua/?.lua;lua/?/init.lua;bench/?.lua;;"
@@ -48,10 +49,10 @@ run_result() {
 }
 ms() { calc "$1 * 1000" "%.3f"; }
 
-[ -x "$B/zkflow" ] && [ -f "$B/zkflow.so" ] || {
+if [ ! -x "$B/zkflow" ] || [ ! -f "$B/zkflow.so" ]; then
     echo "bench: $B/zkflow or $B/zkflow.so missing: run make first" >&2
     exit 1
-}
+fi
 
 echo "zkflow benchmarks (best of $REPS; $(nproc) CPUs; $(date -u +%Y-%m-%dT%H:%M:%SZ))"
 echo
@@ -65,7 +66,9 @@ if ! "$PYTHON" -c 'import dask.threaded' 2>/dev/null; then
     dask_line="skipped (missing python3-dask for $PYTHON)"
     dk=""
 else
-    dk=$(run_result dask "$PYTHON" bench/dask_noop.py "$REPS" | field best) || failed=1
+    dk=$(run_result dask "$PYTHON" bench/dask_noop.py "$REPS") || failed=1
+    dk=$(echo "$dk" | field best)
+    [ -n "$dk" ] || dask_line="FAILED (see above)"
 fi
 if [ -n "$zk_noop" ] && [ -n "$dk" ]; then
     if awk "BEGIN { exit !($zk_noop <= $dk) }"; then
@@ -90,14 +93,15 @@ mkdir -p "$tmp/shell" "$tmp/ninja"
 shell=$(run_result shell "$LUA" bench/dag_bench.lua shell "$tmp/shell" "$REPS") || failed=1
 zk_shell=$(echo "$shell" | field best)
 nj=""
-if ! command -v ninja >/dev/null 2>&1; then
+if ! command -v "$NINJA" >/dev/null 2>&1; then
     ninja_line="skipped (missing ninja-build)"
 elif ! sh bench/ninja_gen.sh "$tmp/ninja" 20 20; then
     ninja_line="FAILED (generating build.ninja)"
     failed=1
 else
-    nj=$(run_result ninja "$LUA" bench/ninja_bench.lua "$tmp/ninja" "$REPS" | field best) || failed=1
-    [ -n "$nj" ] || ninja_line="FAILED (ninja run)"
+    nj=$(run_result ninja "$LUA" bench/ninja_bench.lua "$tmp/ninja" "$REPS" "$NINJA") || failed=1
+    nj=$(echo "$nj" | field best)
+    [ -n "$nj" ] || ninja_line="FAILED (see above)"
 fi
 if [ -n "$zk_shell" ] && [ -n "$nj" ]; then
     ratio=$(calc "$zk_shell / $nj" %.2f)
