@@ -55,7 +55,8 @@ function _M.start(options)
   local sched = require "zkflow.scheduler"
   local api = require "zkflow.api"
   local db = options.db or "./zkflow.db"
-  local store = core.store(db, { sync = options.db_sync or "normal" })
+  local store, err = core.store(db, { sync = options.db_sync or "normal" })
+  if not store then error("store " .. db .. ": " .. tostring(err), 0) end
   local dir = db:match("^(.*)/[^/]*$") or "."
   local s = sched.new {
     store = store, root = options.root or "/zkflow",
