@@ -57,7 +57,8 @@ deps:
 	DEBIAN_FRONTEND=noninteractive apt-get install -y -q \
 	    build-essential clang pkg-config lua5.4 liblua5.4-dev libevent-dev \
 	    libsqlite3-dev libjansson-dev lua-busted lua-check valgrind \
-	    python3-croniter python3-dask ninja-build curl procps
+	    python3-croniter python3-dask ninja-build curl procps \
+	    nginx nginx-dev libnginx-mod-http-lua
 
 $(B)/obj/%.o: core/%.c $(wildcard core/*.h core/include/*.h)
 	@mkdir -p $(dir $@)
@@ -152,3 +153,36 @@ install: all
 
 clean:
 	rm -rf build
+
+# ---- nginx module (only where Debian's nginx-dev is installed) -------------
+#
+# nginx builds dynamic modules from its own source tree: configure a copy
+# of the tree that nginx-dev ships with the flags the packaged nginx was
+# built with (conf_flags; --with-compat makes the module binary-compatible)
+# and `make modules` there.  Offline; a no-op without nginx-dev.
+
+NGX_SRC    ?= /usr/share/nginx/src
+NGX_BUILD  := $(B)/nginx
+NGX_MODULE := $(if $(wildcard $(NGX_SRC)/configure),$(B)/ngx_http_zkflow_module.so)
+NGX_LUA_A  ?= /usr/lib/$(shell $(CC) -print-multiarch 2>/dev/null)/liblua5.4.a
+# nginx's make must not see our command-line variables (CFLAGS, CC...).
+NGX_MAKE   := env -u MAKEFLAGS -u MFLAGS -u MAKELEVEL $(MAKE)
+
+all: $(NGX_MODULE)
+
+$(NGX_BUILD)/Makefile: plugins/nginx/config
+	@$(if $(Q),echo "  CONF  $(NGX_BUILD)")
+	$(Q)rm -rf $(NGX_BUILD) && mkdir -p $(NGX_BUILD) && cp -R $(NGX_SRC)/. $(NGX_BUILD)/
+	$(Q)cd $(NGX_BUILD) && ZKFLOW_BUILD=$(abspath $(B)) ZKFLOW_LUA_A=$(NGX_LUA_A) \
+	    bash -c '. ./conf_flags && ./configure "$${NGX_CONF_FLAGS[@]}" \
+	        --with-cc-opt="-g -O2 -fPIC" --with-ld-opt="-fPIC" \
+	        --add-dynamic-module=$(abspath plugins/nginx)' > configure.log 2>&1 \
+	    || { tail -n 20 $(NGX_BUILD)/configure.log; exit 1; }
+
+$(B)/ngx_http_zkflow_module.so: $(NGX_BUILD)/Makefile $(B)/libzkflow.a \
+        $(wildcard plugins/nginx/*.c plugins/nginx/*.map) core/include/zkflow.h
+	@$(if $(Q),echo "  NGX   $@")
+	$(Q)rm -f $(NGX_BUILD)/objs/ngx_http_zkflow_module.so
+	$(Q)$(NGX_MAKE) -s -C $(NGX_BUILD) -f objs/Makefile modules > $(NGX_BUILD)/make.log 2>&1 \
+	    || { cat $(NGX_BUILD)/make.log; exit 1; }
+	$(Q)cp $(NGX_BUILD)/objs/ngx_http_zkflow_module.so $@

@@ -50,26 +50,57 @@ function _M.http(method, uri, body, reply)
   end)
 end
 
+-- The DAGs an engine without a scheduler answers with: a scan of the
+-- folder, at most one a second, so that a request storm does not load every
+-- file once per request.
+local function scanned_dags(dir)
+  local loader = require "zkflow.loader"
+  local cache, at = nil, -math.huge
+  return function()
+    local now = core.mono()
+    if not cache or now - at >= 1 then
+      local ok, res = pcall(loader.scan, dir)
+      cache = ok and res or { dags = {}, errors = {} }
+      at = now
+    end
+    return cache
+  end
+end
+
 -- zkf_engine_start(): an embedded scheduler with the options the host set.
+-- With options.scheduler == "off" the engine only serves the API from the
+-- store (the nginx module runs one of these in every worker but one); the
+-- scheduler that runs elsewhere on the same store notices what it writes.
 function _M.start(options)
-  local sched = require "zkflow.scheduler"
   local api = require "zkflow.api"
+  if options.zk then
+    -- The ZooKeeper store plugs in here; until then say so instead of
+    -- silently using a file.
+    error("zk: the ZooKeeper store is not available in this build "
+          .. "(use the embedded store, option 'db')", 0)
+  end
   local db = options.db or "./zkflow.db"
-  local store, err = core.store(db, { sync = options.db_sync or "normal" })
-  if not store then error("store " .. db .. ": " .. tostring(err), 0) end
+  local store = core.store(db, { sync = options.db_sync or "normal" })
   local dir = db:match("^(.*)/[^/]*$") or "."
-  local s = sched.new {
-    store = store, root = options.root or "/zkflow",
-    dags_dir = options.dags or "./dags",
-    log_dir = options.log_dir or (dir .. "/logs"),
-  }
-  s:start()
-  local h = api.new {
-    store = store, root = options.root or "/zkflow", scheduler = s,
-    log_dir = options.log_dir or (dir .. "/logs"),
+  local log_dir = options.log_dir or (dir .. "/logs")
+  local dags_dir = options.dags or "./dags"
+  local s, dags
+  if options.scheduler ~= "off" then
+    local sched = require "zkflow.scheduler"
+    s = sched.new {
+      store = store, root = options.root or "/zkflow",
+      dags_dir = dags_dir, log_dir = log_dir,
+    }
+    s:start()
     dags = function()
       return { dags = s.dags, errors = s.import_errors, files = s.files }
-    end,
+    end
+  else
+    dags = scanned_dags(dags_dir)
+  end
+  local h = api.new {
+    store = store, root = options.root or "/zkflow", scheduler = s,
+    log_dir = log_dir, dags = dags,
   }
   api.serve(h)
   started = { store = store, scheduler = s }
@@ -79,7 +110,9 @@ local function stop_all()
   local ok, cli = pcall(require, "zkflow.cli")
   if ok and cli.shutdown then pcall(cli.shutdown) end
   if started then
-    pcall(started.scheduler.stop, started.scheduler)
+    if started.scheduler then
+      pcall(started.scheduler.stop, started.scheduler)
+    end
     pcall(started.store.close, started.store)
     started = nil
   end
