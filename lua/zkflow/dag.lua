@@ -953,6 +953,9 @@ function Build:check_cycles()
 end
 
 -- Kahn's algorithm; ties broken by declaration order for stable output.
+-- The ready set is a binary min-heap on declaration position, so the
+-- order is the same as always taking the earliest declared ready task,
+-- in O((n + e) log n) instead of re-sorting the ready list at each step.
 function Build:toposort()
     local byid, order = self.dag.tasks, self.dag.order
     local pos, indeg = {}, {}
@@ -960,18 +963,48 @@ function Build:toposort()
         pos[id] = i
         indeg[id] = #byid[id].upstream
     end
-    local ready = {}
+    local heap, n = {}, 0
+    local function push(id)
+        n = n + 1
+        local i, p = n, pos[id]
+        while i > 1 do
+            local parent = i // 2
+            local hp = heap[parent]
+            if pos[hp] <= p then break end
+            heap[i] = hp
+            i = parent
+        end
+        heap[i] = id
+    end
+    local function pop()
+        local top, last = heap[1], heap[n]
+        heap[n] = nil
+        n = n - 1
+        if n > 0 then
+            local i, p = 1, pos[last]
+            while true do
+                local c = i * 2
+                if c > n then break end
+                if c < n and pos[heap[c + 1]] < pos[heap[c]] then c = c + 1 end
+                if pos[heap[c]] >= p then break end
+                heap[i] = heap[c]
+                i = c
+            end
+            heap[i] = last
+        end
+        return top
+    end
     for _, id in ipairs(order) do
-        if indeg[id] == 0 then ready[#ready + 1] = id end
+        if indeg[id] == 0 then push(id) end
     end
     local topo = {}
-    while #ready > 0 do
-        sort(ready, function(a, c) return pos[a] > pos[c] end)
-        local id = table.remove(ready)
+    while n > 0 do
+        local id = pop()
         topo[#topo + 1] = id
         for _, d in ipairs(byid[id].downstream) do
-            indeg[d] = indeg[d] - 1
-            if indeg[d] == 0 then ready[#ready + 1] = d end
+            local k = indeg[d] - 1
+            indeg[d] = k
+            if k == 0 then push(d) end
         end
     end
     return topo
