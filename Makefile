@@ -16,7 +16,7 @@ WARN     := -Wall -Wextra -Werror -Wshadow -Wstrict-prototypes \
 CFLAGS   ?= -O2 -g
 ALL_CFLAGS := -std=c11 -D_GNU_SOURCE -fPIC $(WARN) $(CFLAGS) \
             -Icore -Icore/include $(PKG_CFLAGS)
-LIBS_NOLUA := -levent -lsqlite3 -ljansson -lm -lpthread
+LIBS_NOLUA := -levent -lsqlite3 -ljansson -lzookeeper_mt -lm -lpthread
 LIBS     := -llua5.4 $(LIBS_NOLUA)
 
 ifeq ($(V),1)
@@ -58,6 +58,7 @@ deps:
 	    build-essential clang pkg-config lua5.4 liblua5.4-dev libevent-dev \
 	    libsqlite3-dev libjansson-dev lua-busted lua-check valgrind \
 	    python3-croniter python3-dask ninja-build curl procps \
+	    libzookeeper-mt-dev zookeeper python3-kazoo default-jre-headless \
 	    nginx nginx-dev libnginx-mod-http-lua
 
 $(B)/obj/%.o: core/%.c $(wildcard core/*.h core/include/*.h)
