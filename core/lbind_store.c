@@ -1,40 +1,63 @@
 /*
- * lbind_store.c - `core.store(path [, opts])`: the store as Lua sees it.
+ * lbind_store.c - `core.store(path [, opts])` and `core.store_zk(hosts
+ * [, opts])`: the store as Lua sees it.
  *
- * Results come back as return values because the SQLite backend completes
+ * Results come back as return values.  The SQLite backend completes
  * before its call returns; the completion pushes them straight onto the
  * caller's stack (store_sqlite.c calls it last, with its state consistent,
- * so a memory error raised while pushing unwinds safely).  Failures are
- * `nil, "ZNONODE"`; misuse raises.  Watch functions live in the registry
- * until they fire or the store closes, and run on the main thread.
+ * so a memory error raised while pushing unwinds safely).  The ZooKeeper
+ * backend completes on a later loop turn: a caller inside a coroutine
+ * yields (lua_yieldk) and the completion pushes the results onto the
+ * coroutine and resumes it from the loop; a caller that cannot yield
+ * (plain Lua's main thread) blocks in zkf_zk_wait(), which runs only that
+ * call's completions.  Failures are `nil, "ZNONODE"`; misuse raises.
+ * Watch functions live in the registry until they fire or the store
+ * closes, and run on the main thread.
  */
 #include <stdlib.h>
 #include <string.h>
 
 #include "lbind.h"
 #include "store.h"
+#include "zk.h"
 
 #define STORE_MT "zkflow.Store"
 
 typedef struct lstore {
     zkf_store *st;
+    lua_State *main;           /* for on_session */
+    int session_ref;           /* on_session function, or LUA_NOREF */
+    int wait_ms;               /* zk: longest blocking wait */
 } lstore;
 
 /* The Lua side of one watch: the function's registry ref. */
-typedef struct lwatch {
+struct lwatch {
     lua_State *L;              /* the main thread */
     int ref;
-} lwatch;
+};
 
 /* What a completion pushes depends on the call. */
-enum { R_PATH, R_GET, R_STAT, R_TRUE, R_EXISTS, R_CHILDREN, R_MULTI };
+enum { R_PATH, R_GET, R_STAT, R_TRUE, R_EXISTS, R_CHILDREN, R_MULTI,
+       R_CONNECT };
 
+typedef struct lwatch lwatch;
+
+/* One call in flight.  On the heap, because an asynchronous completion
+ * outlives the C frame that made the call. */
 typedef struct call {
-    lua_State *L;
+    lua_State *L;              /* the calling thread: results go there */
     int kind;
     int done;
     int nret;
     int watch_set;             /* the store took the watch */
+    lwatch *w;                 /* ours until the store takes it */
+    int yielded;               /* L is a coroutine parked in lua_yieldk */
+    int thread_ref;            /* anchors L while it is parked */
+    int abandoned;             /* a blocking wait gave up: just free */
+    int base;                  /* L's stack top when it yielded */
+    lstore *ls;                /* R_CONNECT: the handle being opened */
+    int ud_ref;                /* R_CONNECT: its userdata */
+    zkf_loop *loop;
 } call;
 
 static lstore *check_store(lua_State *L)
@@ -106,15 +129,31 @@ static void push_multi(lua_State *L, const zkf_store_result *r)
     }
 }
 
-static void on_done(const zkf_store_result *r, void *arg)
+static void drop_watch(call *c);
+static void resume_call(call *c);
+
+static void push_result(call *c, const zkf_store_result *r)
 {
-    call *c = arg;
     lua_State *L = c->L;
     size_t i;
 
-    c->done = 1;
-    c->watch_set = r->rc == ZKF_ZOK ||
-                   (c->kind == R_EXISTS && r->rc == ZKF_ZNONODE);
+    if (c->kind == R_CONNECT) {
+        if (r->rc == ZKF_ZOK || r->rc == ZKF_ZNONODE) {
+            lua_rawgeti(L, LUA_REGISTRYINDEX, c->ud_ref);
+            c->nret = 1;
+        } else {
+            zkf_store *st = c->ls->st;
+            lua_pushnil(L);
+            lua_pushfstring(L, "%s: %s", zkf_store_errname(r->rc),
+                            zkf_store_errmsg(st));
+            c->nret = 2;
+            /* Allowed from inside the store's own completion. */
+            c->ls->st = NULL;
+            zkf_store_free(st);
+        }
+        luaL_unref(L, LUA_REGISTRYINDEX, c->ud_ref);
+        return;
+    }
     if (r->rc != ZKF_ZOK) {
         if (c->kind == R_EXISTS && r->rc == ZKF_ZNONODE) {
             lua_pushnil(L);
@@ -158,15 +197,135 @@ static void on_done(const zkf_store_result *r, void *arg)
     }
 }
 
-/* Finishes a call: results, or the refusal, or the error that says this
- * backend needs what the binding cannot do yet. */
-static int finish(lua_State *L, call *c, int rc)
+static void resume_later(zkf_timer *t, void *arg)
 {
-    if (rc != ZKF_ZOK)
+    (void)t;
+    resume_call(arg);
+}
+
+static void on_done(const zkf_store_result *r, void *arg)
+{
+    call *c = arg;
+
+    c->done = 1;
+    c->watch_set = r->rc == ZKF_ZOK ||
+                   (c->kind == R_EXISTS && r->rc == ZKF_ZNONODE);
+    drop_watch(c);
+    if (c->abandoned) {
+        if (c->kind == R_CONNECT)
+            luaL_unref(c->L, LUA_REGISTRYINDEX, c->ud_ref);
+        free(c);
+        return;
+    }
+    push_result(c, r);
+    if (!c->yielded)
+        return;
+    /* A store being closed completes inside close() or __gc: resume on
+     * a later turn, not re-entrantly there. */
+    if (r->rc == ZKF_ZCLOSING &&
+        zkf_timer_start(c->loop, 0, resume_later, c) != NULL)
+        return;
+    resume_call(c);
+}
+
+/* Resumes the coroutine parked in a call; from the loop. */
+static void resume_call(call *c)
+{
+    lua_State *co = c->L;
+    int nres = 0, status, ref = c->thread_ref;
+    lua_State *L;
+
+    lua_rawgeti(co, LUA_REGISTRYINDEX, LUA_RIDX_MAINTHREAD);
+    L = lua_tothread(co, -1);
+    lua_pop(co, 1);
+    /* The continuation frees `c`. */
+    status = lua_resume(co, L, c->nret, &nres);
+    if (status == LUA_OK || status == LUA_YIELD) {
+        lua_pop(co, nres);
+    } else {
+        const char *msg = lua_tostring(co, -1);
+        zkf_lua_log(L, "error", msg ? msg : "coroutine failed");
+        lua_pop(co, 1);
+    }
+    luaL_unref(L, LUA_REGISTRYINDEX, ref);
+}
+
+static int call_cont(lua_State *L, int status, lua_KContext ctx)
+{
+    call *c = (call *)ctx;
+    int n;
+
+    (void)status;
+    if (!c->done) {
+        /* Somebody else resumed us: keep waiting for our answer. */
+        lua_settop(L, c->base);
+        return lua_yieldk(L, 0, ctx, call_cont);
+    }
+    n = c->nret;
+    free(c);
+    return n;
+}
+
+static call *call_new(lua_State *L, lstore *s, int kind, lwatch *w)
+{
+    call *c = calloc(1, sizeof *c);
+
+    if (!c) {
+        if (w) {
+            c = &(call){ .w = w };
+            drop_watch(c);
+        }
+        luaL_error(L, "store: out of memory");
+        return NULL;
+    }
+    c->L = L;
+    c->kind = kind;
+    c->w = w;
+    c->thread_ref = LUA_NOREF;
+    c->ud_ref = LUA_NOREF;
+    c->ls = s;
+    c->loop = zkf_lua_loop(L);
+    return c;
+}
+
+/* Finishes a call: the results, or the refusal, or a wait for them. */
+static int finish(lua_State *L, lstore *s, call *c, int rc)
+{
+    zkf_zk *zk;
+    int n;
+
+    if (rc != ZKF_ZOK) {
+        drop_watch(c);
+        if (c->kind == R_CONNECT)
+            luaL_unref(L, LUA_REGISTRYINDEX, c->ud_ref);
+        free(c);
         return push_error(L, rc);
-    if (!c->done)
-        return luaL_error(L, "store: asynchronous backend needs a coroutine");
-    return c->nret;
+    }
+    if (c->done) {
+        n = c->nret;
+        free(c);
+        return n;
+    }
+    if (lua_isyieldable(L)) {
+        c->base = lua_gettop(L);
+        lua_pushthread(L);
+        c->thread_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+        c->yielded = 1;
+        return lua_yieldk(L, 0, (lua_KContext)c, call_cont);
+    }
+    zk = zkf_store_zk_client(s->st);
+    if (zk && zkf_zk_wait(zk, c, &c->done, s->wait_ms) == 0 && c->done) {
+        n = c->nret;
+        free(c);
+        return n;
+    }
+    if (c->done) {
+        n = c->nret;
+        free(c);
+        return n;
+    }
+    c->abandoned = 1;
+    return luaL_error(L, "store: no answer within %d ms", s->wait_ms);
 }
 
 /* ---- watches --------------------------------------------------------- */
@@ -249,8 +408,11 @@ static lwatch *make_watch(lua_State *L, int i)
 }
 
 /* A watch the store did not take (the call failed) is ours to drop. */
-static void drop_watch(lwatch *w, const call *c)
+static void drop_watch(call *c)
 {
+    lwatch *w = c->w;
+
+    c->w = NULL;
     if (w && !c->watch_set) {
         luaL_unref(w->L, LUA_REGISTRYINDEX, w->ref);
         free(w);
@@ -289,7 +451,7 @@ static int l_create(lua_State *L)
     const char *path = check_path(L, 2, &nul);
     size_t len = 0;
     const char *data = luaL_optlstring(L, 3, "", &len);
-    call c = { L, R_PATH, 0, 0, 0 };
+    call *c;
 
     if (!lua_isnoneornil(L, 4)) {
         luaL_checktype(L, 4, LUA_TTABLE);
@@ -297,8 +459,9 @@ static int l_create(lua_State *L)
     }
     if (nul)
         return push_error(L, ZKF_ZBADARGUMENTS);
-    rc = zkf_store_create(s->st, path, data, len, flags, on_done, &c);
-    return finish(L, &c, rc);
+    c = call_new(L, s, R_PATH, NULL);
+    rc = zkf_store_create(s->st, path, data, len, flags, on_done, c);
+    return finish(L, s, c, rc);
 }
 
 static int l_get(lua_State *L)
@@ -306,16 +469,16 @@ static int l_get(lua_State *L)
     lstore *s = check_store(L);
     int nul, rc;
     const char *path = check_path(L, 2, &nul);
-    call c = { L, R_GET, 0, 0, 0 };
+    call *c;
     lwatch *w;
 
     check_callable(L, 3);
     if (nul)
         return push_error(L, ZKF_ZBADARGUMENTS);
     w = make_watch(L, 3);
-    rc = zkf_store_get(s->st, path, w ? on_watch : NULL, w, on_done, &c);
-    drop_watch(w, &c);
-    return finish(L, &c, rc);
+    c = call_new(L, s, R_GET, w);
+    rc = zkf_store_get(s->st, path, w ? on_watch : NULL, w, on_done, c);
+    return finish(L, s, c, rc);
 }
 
 static int l_set(lua_State *L)
@@ -326,14 +489,15 @@ static int l_set(lua_State *L)
     size_t len = 0;
     const char *data = luaL_optlstring(L, 3, "", &len);
     lua_Integer version = luaL_optinteger(L, 4, -1);
-    call c = { L, R_STAT, 0, 0, 0 };
+    call *c;
 
     luaL_argcheck(L, version >= -1 && version <= INT32_MAX, 4,
                   "version must be -1 or a version number");
     if (nul)
         return push_error(L, ZKF_ZBADARGUMENTS);
-    rc = zkf_store_set(s->st, path, data, len, (int)version, on_done, &c);
-    return finish(L, &c, rc);
+    c = call_new(L, s, R_STAT, NULL);
+    rc = zkf_store_set(s->st, path, data, len, (int)version, on_done, c);
+    return finish(L, s, c, rc);
 }
 
 /* delete(path [, version [, {recursive=}]]); the options may also take
@@ -344,7 +508,7 @@ static int l_delete(lua_State *L)
     int nul, rc, flags = 0, opt = 4;
     const char *path = check_path(L, 2, &nul);
     lua_Integer version = -1;
-    call c = { L, R_TRUE, 0, 0, 0 };
+    call *c;
 
     if (lua_istable(L, 3))
         opt = 3;
@@ -359,8 +523,9 @@ static int l_delete(lua_State *L)
     }
     if (nul)
         return push_error(L, ZKF_ZBADARGUMENTS);
-    rc = zkf_store_delete(s->st, path, (int)version, flags, on_done, &c);
-    return finish(L, &c, rc);
+    c = call_new(L, s, R_TRUE, NULL);
+    rc = zkf_store_delete(s->st, path, (int)version, flags, on_done, c);
+    return finish(L, s, c, rc);
 }
 
 static int l_exists(lua_State *L)
@@ -368,16 +533,16 @@ static int l_exists(lua_State *L)
     lstore *s = check_store(L);
     int nul, rc;
     const char *path = check_path(L, 2, &nul);
-    call c = { L, R_EXISTS, 0, 0, 0 };
+    call *c;
     lwatch *w;
 
     check_callable(L, 3);
     if (nul)
         return push_error(L, ZKF_ZBADARGUMENTS);
     w = make_watch(L, 3);
-    rc = zkf_store_exists(s->st, path, w ? on_watch : NULL, w, on_done, &c);
-    drop_watch(w, &c);
-    return finish(L, &c, rc);
+    c = call_new(L, s, R_EXISTS, w);
+    rc = zkf_store_exists(s->st, path, w ? on_watch : NULL, w, on_done, c);
+    return finish(L, s, c, rc);
 }
 
 static int l_children(lua_State *L)
@@ -385,17 +550,17 @@ static int l_children(lua_State *L)
     lstore *s = check_store(L);
     int nul, rc;
     const char *path = check_path(L, 2, &nul);
-    call c = { L, R_CHILDREN, 0, 0, 0 };
+    call *c;
     lwatch *w;
 
     check_callable(L, 3);
     if (nul)
         return push_error(L, ZKF_ZBADARGUMENTS);
     w = make_watch(L, 3);
+    c = call_new(L, s, R_CHILDREN, w);
     rc = zkf_store_children(s->st, path, w ? on_watch : NULL, w, on_done,
-                            &c);
-    drop_watch(w, &c);
-    return finish(L, &c, rc);
+                            c);
+    return finish(L, s, c, rc);
 }
 
 /* Reads ops[i] into `op`.  The strings stay valid while the ops table is
@@ -458,7 +623,7 @@ static int l_multi(lua_State *L)
     zkf_store_op *ops;
     lua_Integer n, i;
     int rc, bad = 0;
-    call c = { L, R_MULTI, 0, 0, 0 };
+    call *c;
 
     luaL_checktype(L, 2, LUA_TTABLE);
     lua_settop(L, 2);
@@ -473,8 +638,9 @@ static int l_multi(lua_State *L)
         lua_pushinteger(L, bad);
         return 3;
     }
-    rc = zkf_store_multi(s->st, ops, (size_t)n, on_done, &c);
-    return finish(L, &c, rc);
+    c = call_new(L, s, R_MULTI, NULL);
+    rc = zkf_store_multi(s->st, ops, (size_t)n, on_done, c);
+    return finish(L, s, c, rc);
 }
 
 static int l_flush(lua_State *L)
@@ -500,6 +666,10 @@ static int l_close(lua_State *L)
         zkf_store *st = s->st;
         s->st = NULL;
         zkf_store_free(st);
+    }
+    if (s->session_ref != LUA_NOREF) {
+        luaL_unref(L, LUA_REGISTRYINDEX, s->session_ref);
+        s->session_ref = LUA_NOREF;
     }
     return 0;
 }
@@ -527,7 +697,134 @@ static const luaL_Reg store_methods[] = {
     {NULL, NULL}
 };
 
-/* core.store(path [, {sync=, busy_timeout=, poll_interval=}]) */
+/* Session changes reach opts.on_session(state) on the main thread; an
+ * error in it is logged.  "closed" is not reported: closing is the
+ * owner's own act. */
+static void on_session(zkf_zk *zk, int state, void *arg)
+{
+    lstore *s = arg;
+    lua_State *L = s->main;
+
+    (void)zk;
+    if (state == ZKF_ZK_CLOSED || s->session_ref == LUA_NOREF || !s->st ||
+        !lua_checkstack(L, 3))
+        return;
+    lua_rawgeti(L, LUA_REGISTRYINDEX, s->session_ref);
+    lua_pushstring(L, zkf_zk_statename(state));
+    zkf_lua_pcall(L, 1);
+}
+
+static int opt_ms(lua_State *L, int t, const char *name)
+{
+    lua_Number v;
+    int isnum;
+
+    lua_getfield(L, t, name);
+    if (lua_isnil(L, -1)) {
+        lua_pop(L, 1);
+        return 0;
+    }
+    v = lua_tonumberx(L, -1, &isnum);
+    if (!isnum || v <= 0 || v > 86400)
+        luaL_error(L, "store_zk: '%s' must be a number of seconds > 0", name);
+    lua_pop(L, 1);
+    return (int)(v * 1000 + 0.5);
+}
+
+/* core.store_zk(hosts [, {timeout=s, connect_timeout=s, auth=, acl=,
+ * on_session=fn}]): waits for the first session (yielding in a
+ * coroutine), then returns the store, or nil and "ZCONNECTIONLOSS: ...". */
+static int store_zk(lua_State *L, const char *hosts, int opt)
+{
+    zkf_zk_opts o;
+    zkf_loop *loop;
+    lstore *s;
+    call *c;
+    char err[512];
+    const char *auth = NULL, *acl = NULL;
+    int rc, ud;
+
+    memset(&o, 0, sizeof o);
+    if (!lua_isnoneornil(L, opt)) {
+        luaL_checktype(L, opt, LUA_TTABLE);
+        o.session_timeout_ms = opt_ms(L, opt, "timeout");
+        o.connect_timeout_ms = opt_ms(L, opt, "connect_timeout");
+        lua_getfield(L, opt, "auth");
+        if (lua_istable(L, -1)) {      /* {scheme, credential} */
+            lua_rawgeti(L, -1, 1);
+            if (!lua_isstring(L, -1) ||
+                strcmp(lua_tostring(L, -1), "digest") != 0)
+                return luaL_error(L, "store_zk: 'auth' scheme must be"
+                                  " \"digest\"");
+            lua_pop(L, 1);
+            lua_rawgeti(L, -1, 2);
+            lua_replace(L, -2);
+        }
+        if (!lua_isnil(L, -1)) {
+            if (lua_type(L, -1) != LUA_TSTRING)
+                return luaL_error(L, "store_zk: 'auth' must be"
+                                  " \"user:password\" or {\"digest\", ...}");
+            auth = lua_tostring(L, -1);
+        }
+        lua_getfield(L, opt, "acl");
+        if (!lua_isnil(L, -1)) {
+            if (lua_type(L, -1) != LUA_TSTRING)
+                return luaL_error(L, "store_zk: 'acl' must be a string");
+            acl = lua_tostring(L, -1);
+        }
+        lua_getfield(L, opt, "on_session");
+        if (!lua_isnil(L, -1))
+            check_callable(L, -1);
+        /* auth, acl and on_session stay on the stack while used. */
+    }
+    o.auth = auth;
+    o.acl = acl;
+    loop = zkf_lua_loop(L);
+    s = lua_newuserdatauv(L, sizeof *s, 1);
+    ud = lua_gettop(L);
+    s->st = NULL;
+    s->main = NULL;
+    s->session_ref = LUA_NOREF;
+    luaL_setmetatable(L, STORE_MT);
+    lua_pushfstring(L, "zk://%s", hosts);
+    lua_setiuservalue(L, ud, 1);
+    lua_rawgeti(L, LUA_REGISTRYINDEX, LUA_RIDX_MAINTHREAD);
+    s->main = lua_tothread(L, -1);
+    lua_pop(L, 1);
+    if (!lua_isnoneornil(L, opt)) {
+        lua_getfield(L, opt, "on_session");
+        if (!lua_isnil(L, -1))
+            s->session_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+        else
+            lua_pop(L, 1);
+    }
+    o.on_session = on_session;
+    o.arg = s;
+    s->st = zkf_store_zk_new(loop, hosts, &o, err, sizeof err);
+    if (!s->st) {
+        lua_pushnil(L);
+        lua_pushstring(L, err);
+        return 2;
+    }
+    {
+        int sess = o.session_timeout_ms > 0 ? o.session_timeout_ms : 10000;
+        int conn = o.connect_timeout_ms > 0 ? o.connect_timeout_ms : sess;
+        s->wait_ms = sess + conn + 5000;
+    }
+    c = call_new(L, s, R_CONNECT, NULL);
+    lua_pushvalue(L, ud);
+    c->ud_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+    rc = zkf_store_exists(s->st, "/", NULL, NULL, on_done, c);
+    return finish(L, s, c, rc);
+}
+
+static int l_store_zk(lua_State *L)
+{
+    return store_zk(L, luaL_checkstring(L, 1), 2);
+}
+
+/* core.store(path [, {sync=, busy_timeout=, poll_interval=}]);
+ * core.store("zk://hosts[/chroot]" [, opts]) is core.store_zk. */
 static int l_store(lua_State *L)
 {
     static const char *const syncs[] = {"off", "normal", "full", "extra",
@@ -538,6 +835,8 @@ static int l_store(lua_State *L)
     lstore *s;
     char err[512];
 
+    if (strncmp(path, "zk://", 5) == 0)
+        return store_zk(L, path + 5, 2);
     if (!lua_isnoneornil(L, 2)) {
         luaL_checktype(L, 2, LUA_TTABLE);
         lua_getfield(L, 2, "sync");
@@ -556,6 +855,9 @@ static int l_store(lua_State *L)
      * it cannot leak the store. */
     s = lua_newuserdatauv(L, sizeof *s, 1);
     s->st = NULL;
+    s->main = NULL;
+    s->session_ref = LUA_NOREF;
+    s->wait_ms = 0;
     luaL_setmetatable(L, STORE_MT);
     lua_pushvalue(L, 1);
     lua_setiuservalue(L, -2, 1);
@@ -583,4 +885,6 @@ void zkf_lua_open_store(lua_State *L)
     lua_pop(L, 1);
     lua_pushcfunction(L, l_store);
     lua_setfield(L, -2, "store");
+    lua_pushcfunction(L, l_store_zk);
+    lua_setfield(L, -2, "store_zk");
 }
