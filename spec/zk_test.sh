@@ -1,0 +1,49 @@
+#!/bin/bash
+# spec/zk_test.sh - the tests that need a real ZooKeeper: starts one
+# server (spec/zk/harness.sh), runs the C tests of zk.c and the store
+# conformance spec against both backends, stops the server.  Ends with
+# "N passed, N failed".
+set -u
+cd "$(dirname "$0")/.."
+B=${B:-build}
+LUA=${LUA:-lua5.4}
+export LUA_PATH="lua/?.lua;lua/?/init.lua;;"
+export LUA_CPATH="$B/?.so;;"
+export ZKFLOW_ZK_DIR=${ZKFLOW_ZK_DIR:-$(mktemp -d /tmp/zkflow-zk-test.XXXXXX)}
+PASS=0
+FAIL=0
+
+if ! command -v java > /dev/null || [ ! -f /usr/share/java/zookeeper.jar ]; then
+    echo "zk: no java or zookeeper.jar (make deps installs them)"
+    echo "0 passed, 1 failed"
+    exit 1
+fi
+HOSTS=$(bash spec/zk/harness.sh start1) || {
+    echo "zk: the ZooKeeper server did not start"
+    echo "0 passed, 1 failed"
+    exit 1
+}
+trap 'bash spec/zk/harness.sh stop' EXIT
+export ZKFLOW_TEST_ZK=$HOSTS
+echo "zk: server at $HOSTS"
+
+if [ -x "$B/test/test_zk" ]; then
+    out=$("$B/test/test_zk" 2>&1)
+    # Its own summary is renamed so that run-all.sh counts it once.
+    echo "$out" | sed -E 's/^([0-9]+ passed, [0-9]+ failed)/test_zk: \1/'
+    set -- $(echo "$out" | awk '/^[0-9]+ passed, [0-9]+ failed/ { p = $1; f = $3 } END { print p + 0, f + 0 }')
+    PASS=$((PASS + $1)); FAIL=$((FAIL + $2))
+    echo "$out" | grep -qE '^[0-9]+ passed' || FAIL=$((FAIL + 1))
+else
+    echo "zk: $B/test/test_zk is not built"; FAIL=$((FAIL + 1))
+fi
+
+out=$(busted --lua="$LUA" -o TAP spec/store_spec.lua 2>&1)
+echo "$out" | grep -vE '^\s*(\[C\]|/usr/share/lua|\.\.\.)' | grep -E '^(not )?ok |^#' | head -200
+p=$(echo "$out" | grep -cE '^ok ')
+f=$(echo "$out" | grep -cE '^not ok ')
+[ "$p" -eq 0 ] && f=$((f + 1))
+PASS=$((PASS + p)); FAIL=$((FAIL + f))
+
+echo "$PASS passed, $FAIL failed"
+[ "$FAIL" -eq 0 ]
