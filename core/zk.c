@@ -483,7 +483,7 @@ static int parse_acl(zkf_zk *zk, const char *spec, char *err, size_t errlen)
             goto oom;
         c1 = strchr(item, ':');
         c2 = strrchr(item, ':');
-        if (!c1 || c2 == c1 || c1 == item || c2 == c1 + 1 ||
+        if (!c1 || c2 == c1 || c1 == item ||
             parse_perms(c2 + 1, &perms) < 0) {
             snprintf(err, errlen, "bad ACL entry '%s' (want scheme:id:perms,"
                      " perms from rwcda)", item);

@@ -423,6 +423,75 @@ static void test_zk_multi_is_all_or_nothing(void)
     env_close(&e);
 }
 
+static zkf_store *open_auth(env *e, const char *auth, const char *acl)
+{
+    zkf_zk_opts o;
+    char err[256];
+    zkf_store *s;
+
+    memset(&o, 0, sizeof o);
+    o.session_timeout_ms = 4000;
+    o.auth = auth;
+    o.acl = acl;
+    s = zkf_store_zk_new(e->loop, chroot_hosts, &o, err, sizeof err);
+    if (!s)
+        fprintf(stdout, "  open: %s\n", err);
+    return s;
+}
+
+static void test_zk_acl_refuses_a_client_without_credentials(void)
+{
+    env e;
+    res r = {0};
+    zkf_store *alice, *bob;
+    char err[256];
+    SKIP_WITHOUT_ZK();
+    ASSERT_EQ(0, env_open(&e));
+    alice = open_auth(&e, "alice:secret", NULL);   /* creator-all ACL */
+    ASSERT(alice);
+    zkf_store_create(alice, "/sec", "s", 1, 0, on_res, &r);
+    ASSERT(run_until(&e, &r.done, 5000));
+    ASSERT_EQ(ZKF_ZOK, r.rc);
+    memset(&r, 0, sizeof r);
+    zkf_store_get(e.st, "/sec", NULL, NULL, on_res, &r);
+    ASSERT(run_until(&e, &r.done, 5000));
+    ASSERT_EQ(ZKF_ZNOAUTH, r.rc);
+    memset(&r, 0, sizeof r);
+    zkf_store_get(alice, "/sec", NULL, NULL, on_res, &r);
+    ASSERT(run_until(&e, &r.done, 5000));
+    ASSERT_EQ(ZKF_ZOK, r.rc);
+    ASSERT_STR_EQ("s", r.data);
+    /* A readable-by-all list: world may read, not write. */
+    bob = open_auth(&e, "bob:pw", "auth::rwcda,world:anyone:r");
+    ASSERT(bob);
+    memset(&r, 0, sizeof r);
+    zkf_store_create(bob, "/pub", "p", 1, 0, on_res, &r);
+    ASSERT(run_until(&e, &r.done, 5000));
+    ASSERT_EQ(ZKF_ZOK, r.rc);
+    memset(&r, 0, sizeof r);
+    zkf_store_get(e.st, "/pub", NULL, NULL, on_res, &r);
+    ASSERT(run_until(&e, &r.done, 5000));
+    ASSERT_EQ(ZKF_ZOK, r.rc);
+    memset(&r, 0, sizeof r);
+    zkf_store_set(e.st, "/pub", "x", 1, -1, on_res, &r);
+    ASSERT(run_until(&e, &r.done, 5000));
+    ASSERT_EQ(ZKF_ZNOAUTH, r.rc);
+    zkf_store_free(bob);
+    zkf_store_free(alice);
+    /* The chroot's cleanup must be able to delete what alice made. */
+    alice = open_auth(&e, "alice:secret", NULL);
+    ASSERT(alice);
+    memset(&r, 0, sizeof r);
+    zkf_store_delete(alice, "/sec", -1, 0, on_res, &r);
+    ASSERT(run_until(&e, &r.done, 5000));
+    ASSERT_EQ(ZKF_ZOK, r.rc);
+    zkf_store_free(alice);
+    ASSERT(zkf_store_zk_new(e.loop, hosts, &(zkf_zk_opts){ .acl = "bad" },
+                            err, sizeof err) == NULL);
+    ASSERT(strstr(err, "bad ACL entry") != NULL);
+    env_close(&e);
+}
+
 int main(void)
 {
     hosts = getenv("ZKFLOW_TEST_ZK");
@@ -440,5 +509,6 @@ int main(void)
     RUN(test_zk_unreachable_ensemble_errors_within_the_timeout);
     RUN(test_zk_close_completes_pending_with_zclosing);
     RUN(test_zk_multi_is_all_or_nothing);
+    RUN(test_zk_acl_refuses_a_client_without_credentials);
     return test_report();
 }
