@@ -4,7 +4,7 @@
 # conformance spec against both backends, stops the server.  Ends with
 # "N passed, N failed".
 set -u
-cd "$(dirname "$0")/.."
+cd "$(dirname "$0")/.." || exit 1
 B=${B:-build}
 LUA=${LUA:-lua5.4}
 export LUA_PATH="lua/?.lua;lua/?/init.lua;;"
@@ -31,6 +31,7 @@ if [ -x "$B/test/test_zk" ]; then
     out=$("$B/test/test_zk" 2>&1)
     # Its own summary is renamed so that run-all.sh counts it once.
     echo "$out" | sed -E 's/^([0-9]+ passed, [0-9]+ failed)/test_zk: \1/'
+    # shellcheck disable=SC2046  # two numbers, split on purpose
     set -- $(echo "$out" | awk '/^[0-9]+ passed, [0-9]+ failed/ { p = $1; f = $3 } END { print p + 0, f + 0 }')
     PASS=$((PASS + $1)); FAIL=$((FAIL + $2))
     echo "$out" | grep -qE '^[0-9]+ passed' || FAIL=$((FAIL + 1))

@@ -36,9 +36,9 @@ flw_port() {
 port_of() { cat "$DIR/s$1/port"; }
 
 wait_member() {
-    local n=$1 i port
+    local n=$1 port _
     port=$(port_of "$n")
-    for i in $(seq 1 150); do
+    for _ in $(seq 1 150); do
         if flw_port "$port" srvr | grep -q '^Mode:'; then
             return 0
         fi
