@@ -9,6 +9,7 @@ local core = require "zkflow.core"
 local coroutine, debug, error, select, setmetatable, table, type =
       coroutine, debug, error, select, setmetatable, table, type
 local pack, unpack = table.pack, table.unpack
+local sethook = debug.sethook
 
 local _M = {}
 
@@ -39,9 +40,14 @@ function _M.spawn(fn, on_done, ...)
   local co
   co = coroutine.create(function()
     local res = pack(xpcall(fn, function(e)
+      -- A count hook (a task's execution_timeout) belongs to fn: it must
+      -- not fire in the handler or in on_done, which run on this
+      -- coroutine after fn has ended.
+      sethook()
       if type(e) == "table" then return e end
       return debug.traceback(tostring(e), 2)
     end, unpack(args, 1, args.n)))
+    sethook()
     parked[co] = nil
     if on_done then
       on_done(unpack(res, 1, res.n))

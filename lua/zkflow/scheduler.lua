@@ -816,8 +816,9 @@ function Sched:end_try(ti, ok, res, extra)
     if op and op.branch then
       -- Airflow fails a branch that names tasks that are not directly
       -- downstream of it; such a failure retries like any other.
-      follow, res = self:branch_targets(ti, res)
-      if not follow then ok = false end
+      local berr
+      follow, berr = self:branch_targets(ti, res)
+      if not follow then ok, res = false, berr end
     end
   end
   if ok then
