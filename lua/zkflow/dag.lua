@@ -662,13 +662,29 @@ function _M.chain(...)
     return args[args.n]
 end
 
-local TASK_MT = {
-    __shr = function(a, b) return _M.shift(a, b, 2) end,
-    __tostring = function(t)
-        return sfmt("task '%s' (%s)", tostring(rawget(t, "id")), tostring(rawget(t, "operator")))
-    end,
-}
-_M.TASK_MT = TASK_MT
+-- Defaults of the common (and sensor) options live once, in the tasks'
+-- metatable, instead of in every task: a task holds only the options that
+-- differ from them.  Reading task.retries is the same either way; pairs()
+-- over a task does not list the defaults.
+local TASK_DEFAULTS, SENSOR_DEFAULTS = {}, {}
+for name, v in pairs(COMMON) do
+    if v.default ~= nil and type(v.default) ~= "table" then
+        TASK_DEFAULTS[name], SENSOR_DEFAULTS[name] = v.default, v.default
+    end
+end
+for name, v in pairs(SENSOR) do
+    if v.default ~= nil and type(v.default) ~= "table" then
+        SENSOR_DEFAULTS[name] = v.default
+    end
+end
+
+local function task_shr(a, b) return _M.shift(a, b, 2) end
+local function task_tostring(t)
+    return sfmt("task '%s' (%s)", tostring(rawget(t, "id")), tostring(rawget(t, "operator")))
+end
+local TASK_MT = { __shr = task_shr, __tostring = task_tostring, __index = TASK_DEFAULTS }
+local SENSOR_TASK_MT = { __shr = task_shr, __tostring = task_tostring, __index = SENSOR_DEFAULTS }
+_M.TASK_MT, _M.SENSOR_TASK_MT = TASK_MT, SENSOR_TASK_MT
 
 local DAG_MT = {
     __tostring = function(d) return sfmt("dag '%s'", tostring(rawget(d, "id"))) end,
@@ -759,7 +775,58 @@ function Build:dag_problem(msg)
     problem(self, self.file, self.line, sfmt("dag '%s': %s", tostring(self.dag.id), msg))
 end
 
+-- The option names a task of this operator accepts, built once per
+-- operator and build.
+local function known_options(entry)
+    local known = entry.known
+    if not known then
+        known = {}
+        for k in pairs(COMMON) do known[k] = true end
+        if entry.schema.sensor then
+            for k in pairs(SENSOR) do known[k] = true end
+        end
+        for k in pairs(entry.schema.fields) do known[k] = true end
+        known.id, known.after = true, true
+        entry.known = known
+    end
+    return known
+end
+
+-- The value of option `name` for a task: its spec, else default_args, else
+-- the dag's on_retry for on_retry, else the validator's default.
+function Build:pick(task, spec, name, validator, is_field)
+    local v = spec[name]
+    if v == nil then
+        local da = self.default_args
+        v = da[name]
+        -- common/sensor defaults were checked once at the dag level;
+        -- operator fields are checked against this operator's type.
+        if v ~= nil and is_field and not validator.ok(v) then
+            local msg = sfmt("default_args: '%s' must be %s for operator '%s', got %s",
+                name, validator.want, task.operator, show(v))
+            if not self.reported[msg] then
+                self.reported[msg] = true
+                self:dag_problem(msg)
+            end
+        end
+        if v == nil and name == "on_retry" then
+            v = self.dag.on_retry
+        end
+        if v == nil then
+            v = validator.default
+            if type(v) == "table" then v = copy(v) end
+        end
+    end
+    -- 3.0 passes as an integer; store it as one
+    if math_type(v) == "float" and validator.want:find("integer", 1, true) and validator.ok(v) then
+        v = math.tointeger(v)
+    end
+    return v
+end
+
 -- Fills a task's options from its spec, default_args and defaults.
+-- Common and sensor options equal to their default are left to the
+-- metatable (TASK_DEFAULTS); operator fields are always stored.
 function Build:finish_task(task)
     local spec = task.spec
     task.spec = nil
@@ -770,67 +837,56 @@ function Build:finish_task(task)
     end
     local entry = self.ops[task.operator]
     local schema = entry.schema
+    local fields = schema.fields
     local da = self.default_args
-    -- options of the spec itself
-    local known = {}
-    for k in pairs(COMMON) do known[k] = true end
-    if schema.sensor then
-        for k in pairs(SENSOR) do known[k] = true end
-    end
-    for k in pairs(schema.fields) do known[k] = true end
-    known.id, known.after = true, true
-    for _, k in ipairs(sorted_keys(spec)) do
-        local v = spec[k]
-        if type(k) ~= "string" then
-            task_problem(self, task, sfmt("option names must be strings, got %s", show(k)))
-        elseif not known[k] then
-            task_problem(self, task, sfmt("unknown option '%s'%s", k, suggest(k, known)))
+    -- options of the spec itself: a quick pass, and the sorted pass that
+    -- reports problems in a stable order only when something is wrong
+    local known = known_options(entry)
+    local bad = false
+    for k, v in pairs(spec) do
+        if not known[k] then
+            bad = true
+            break
         elseif k ~= "id" and k ~= "after" then
-            local validator = COMMON[k] or SENSOR[k] or schema.fields[k]
-            check_value(self, task, k, v, validator)
-        end
-    end
-    local function pick(name, validator, is_field)
-        local v = spec[name]
-        if v == nil and da[name] ~= nil then
-            v = da[name]
-            -- common/sensor defaults were checked once at the dag level;
-            -- operator fields are checked against this operator's type.
-            if is_field and not validator.ok(v) then
-                local msg = sfmt("default_args: '%s' must be %s for operator '%s', got %s",
-                    name, validator.want, task.operator, show(v))
-                if not self.reported[msg] then
-                    self.reported[msg] = true
-                    self:dag_problem(msg)
-                end
+            if not (COMMON[k] or SENSOR[k] or fields[k]).ok(v) then
+                bad = true
+                break
             end
         end
-        if v == nil and name == "on_retry" then
-            v = self.dag.on_retry
+    end
+    if bad then
+        for _, k in ipairs(sorted_keys(spec)) do
+            local v = spec[k]
+            if type(k) ~= "string" then
+                task_problem(self, task, sfmt("option names must be strings, got %s", show(k)))
+            elseif not known[k] then
+                task_problem(self, task, sfmt("unknown option '%s'%s", k, suggest(k, known)))
+            elseif k ~= "id" and k ~= "after" then
+                local validator = COMMON[k] or SENSOR[k] or fields[k]
+                check_value(self, task, k, v, validator)
+            end
         end
-        if v == nil then
-            v = validator.default
-            if type(v) == "table" then v = copy(v) end
-        end
-        -- 3.0 passes as an integer; store it as one
-        if math_type(v) == "float" and validator.want:find("integer", 1, true) and validator.ok(v) then
-            v = math.tointeger(v)
-        end
-        return v
+    end
+    local defaults = TASK_DEFAULTS
+    if schema.sensor then
+        setmetatable(task, SENSOR_TASK_MT)
+        defaults = SENSOR_DEFAULTS
     end
     for name, validator in pairs(COMMON) do
         if name ~= "params" then
-            task[name] = pick(name, validator)
+            local v = self:pick(task, spec, name, validator)
+            if v ~= defaults[name] then task[name] = v end
         end
     end
     if schema.sensor then
         for name, validator in pairs(SENSOR) do
-            task[name] = pick(name, validator)
+            local v = self:pick(task, spec, name, validator)
+            if v ~= defaults[name] then task[name] = v end
         end
     end
     for _, name in ipairs(schema.field_order) do
-        local validator = schema.fields[name]
-        local v = pick(name, validator, true)
+        local validator = fields[name]
+        local v = self:pick(task, spec, name, validator, true)
         if v == nil and validator.required then
             task_problem(self, task, sfmt("missing required option '%s'", name))
         end
