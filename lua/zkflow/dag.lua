@@ -867,22 +867,27 @@ function Build:finish_task(task)
             end
         end
     end
-    local defaults = TASK_DEFAULTS
-    if schema.sensor then
+    -- common and sensor options: only those set in the spec or in
+    -- default_args can differ from the defaults (on_retry also falls back
+    -- to the dag's)
+    local defaults, sensor = TASK_DEFAULTS, schema.sensor
+    if sensor then
         setmetatable(task, SENSOR_TASK_MT)
         defaults = SENSOR_DEFAULTS
     end
-    for name, validator in pairs(COMMON) do
-        if name ~= "params" then
+    local function set(name)
+        local validator = COMMON[name] or (sensor and SENSOR[name])
+        if validator and name ~= "params" then
             local v = self:pick(task, spec, name, validator)
             if v ~= defaults[name] then task[name] = v end
         end
     end
-    if schema.sensor then
-        for name, validator in pairs(SENSOR) do
-            local v = self:pick(task, spec, name, validator)
-            if v ~= defaults[name] then task[name] = v end
-        end
+    for name in pairs(spec) do set(name) end
+    for name in pairs(da) do
+        if spec[name] == nil then set(name) end
+    end
+    if spec.on_retry == nil and da.on_retry == nil then
+        task.on_retry = self.dag.on_retry
     end
     for _, name in ipairs(schema.field_order) do
         local validator = fields[name]
