@@ -106,10 +106,12 @@ function _M.new(opts)
     known_runs = {},        -- dag_id -> {run_id = true}
     ready = {},             -- heap of task instances
     work = {},              -- task instances to evaluate
+    deadlock_check = {},    -- runs to check for a depends_on_past deadlock
     dirty = {},             -- list of task instances / runs to write
     running = 0,
     running_by_dag = {},
-    pools = { default_pool = { slots = DEFAULT_POOL_SLOTS, used = 0 } },
+    pools = {},             -- name -> {slots, used, blocked (heap)}
+    blocked_by_dag = {},    -- dag_id -> heap of instances over max_active_tasks
     paused = {},
     timers = {},            -- dag_id -> schedule timer
     run_waiters = {},       -- run key -> {fn, ...}
@@ -309,11 +311,17 @@ function Sched:adopt_run(dag, rec, tis)
         -- A try that was in flight when the last scheduler died did not
         -- finish: it runs again, without costing a retry.
         if ti.state == "running" or ti.state == "queued" then
+          -- The dead scheduler's child lives on in its own process group.
           if r.pid and r.pid ~= null then core.killpg(r.pid, 9) end
           ti.lost = (ti.lost or 0) + 1
           ti.max_tries = ti.max_tries + 1
         end
-        ti.state = "none"
+        if (ti.state == "up_for_retry" or ti.state == "up_for_reschedule")
+            and type(r.next_try_at) == "number" then
+          ti.next_try_at = r.next_try_at
+        else
+          ti.state = "none"
+        end
         self:mark(ti)
       end
     end
@@ -416,21 +424,71 @@ function Sched:begin_run(run)
     return
   end
   local dag = run.dag
+  local t = now()
   for _, tid in ipairs(dag.topo or dag.order) do
     local ti = run.tis[tid]
-    if ti.state == "none" then self:push_work(ti) end
+    local st = ti.state
+    if st == "none" then
+      self:push_work(ti)
+    elseif (st == "up_for_retry" or st == "up_for_reschedule") and not ti.wait_timer then
+      -- Recovered mid-delay: the delay goes on where it was.
+      self:later(ti, max(0, (ti.next_try_at or t) - t))
+    end
+  end
+  if dag.dagrun_timeout and not run.timeout_timer then
+    local left = max(0, run.start_date + dag.dagrun_timeout - t)
+    run.timeout_timer = core.timer(left, function()
+      run.timeout_timer = nil
+      self:run_timed_out(run)
+      self:process()
+    end)
   end
 end
 
-function Sched:finish_run(run)
+-- Stops a try in flight: its process group gets SIGTERM then SIGKILL, a
+-- Lua task's coroutine is closed; the slot is given back.
+function Sched:abort_try(ti)
+  local a = ti.attempt
+  if not a then return end
+  if a.proc then a.proc:kill(15); a.proc:kill(9) end
+  if a.co then async.cancel(a.co) end
+  self:release(ti)
+end
+
+-- dagrun_timeout, as Airflow: the run fails and what had not finished is
+-- skipped (a try in flight is stopped first).
+function Sched:run_timed_out(run)
+  if run.state ~= "running" then return end
+  log("error", ("run %s %s: dagrun_timeout after %gs"):format(run.dag_id, run.run_id,
+                                                            run.dag.dagrun_timeout))
+  for _, tid in ipairs(run.dag.order) do
+    local ti = run.tis[tid]
+    if not FINISHED[ti.state] then
+      if ti.wait_timer then ti.wait_timer:cancel(); ti.wait_timer = nil end
+      self:abort_try(ti)
+      ti.state = "skipped"
+      ti.end_date = now()
+      run.unfinished = run.unfinished - 1
+      self:mark(ti)
+    end
+  end
+  self:finish_run(run, "failed")
+end
+
+-- Ends a run.  Its state comes from its leaves, as Airflow's
+-- DagRun.update_state decides: failed when a leaf failed or is
+-- upstream_failed, else success (every leaf succeeded or was skipped).
+-- `forced` ("failed") ends it regardless: a deadlock or dagrun_timeout.
+function Sched:finish_run(run, forced)
   if run.state == "success" or run.state == "failed" then return end
-  local failed = false
+  local failed = forced == "failed"
   for _, tid in ipairs(run.dag.leaves or {}) do
     local ti = run.tis[tid]
     if ti and (ti.state == "failed" or ti.state == "upstream_failed") then
       failed = true
     end
   end
+  if run.timeout_timer then run.timeout_timer:cancel(); run.timeout_timer = nil end
   run.state = failed and "failed" or "success"
   run.end_date = now()
   self:mark(run)
@@ -470,23 +528,27 @@ function Sched:push_work(ti)
 end
 
 local DONE_FOR_PAST = { success = true, skipped = true }
+local ACTIVE = { scheduled = true, queued = true, running = true, up_for_retry = true,
+                 up_for_reschedule = true }
 
--- depends_on_past: the same task in the previous run (by logical date) must
--- have succeeded or been skipped.  Returns true when it allows running now.
+-- depends_on_past (Airflow's PrevDagrunDep): the same task in the previous
+-- run by logical date must have succeeded or been skipped; no previous run,
+-- or a previous run without this task, allows it.  Returns "run", "wait"
+-- (the previous instance has not ended: it wakes this one when it does) or
+-- "blocked" (it ended otherwise: this instance can never run).  Only
+-- depends_on_past tasks come here, so reading the store is affordable.
 function Sched:past_allows(ti)
   local run = ti.run
-  local prev_state
   local best
-  for _, r in pairs(self.runs) do
-    if r.dag_id == run.dag_id and r.logical_date < run.logical_date
-        and (not best or r.logical_date > best.logical_date) then
+  for _, r in ipairs(self.runs_by_dag[run.dag_id] or {}) do
+    if r.logical_date < run.logical_date and (not best or r.logical_date > best.logical_date) then
       best = r
     end
   end
   -- Finished runs are no longer in memory: ask the store.
   local stored_best_ld, stored_best_id
   for _, rid in ipairs(self.st:run_ids(run.dag_id)) do
-    if rid ~= run.run_id then
+    if rid ~= run.run_id and not (best and rid == best.run_id) then
       local rec = self.st:get_run(run.dag_id, rid)
       local ld = rec and state.parse_time(rec.logical_date)
       if ld and ld < run.logical_date and (not stored_best_ld or ld > stored_best_ld) then
@@ -496,28 +558,29 @@ function Sched:past_allows(ti)
   end
   if best and (not stored_best_ld or best.logical_date >= stored_best_ld) then
     local pti = best.tis[ti.task_id]
-    prev_state = pti and pti.state
-    if not DONE_FOR_PAST[prev_state] and pti then
-      pti.past_waiters = pti.past_waiters or {}
-      pti.past_waiters[#pti.past_waiters + 1] = ti
-      return false
-    end
-    return true
+    if not pti or DONE_FOR_PAST[pti.state] then return "run" end
+    if FINISHED[pti.state] then return "blocked" end
+    pti.past_waiters = pti.past_waiters or {}
+    pti.past_waiters[#pti.past_waiters + 1] = ti
+    return "wait"
   end
   if stored_best_id then
     local rec = self.st:get_ti(run.dag_id, stored_best_id, ti.task_id)
-    prev_state = rec and rec.state
-    if rec and not DONE_FOR_PAST[prev_state] then
+    if rec and not DONE_FOR_PAST[rec.state] then
+      if FINISHED[rec.state] then return "blocked" end
+      -- A previous run that is not ours (queued, or another scheduler's):
+      -- look again whenever a run of this DAG ends.
       ti.past_blocked = true
-      return false
+      return "wait"
     end
   end
-  return true
+  return "run"
 end
 
 function Sched:wake_past_waiters(run)
-  for _, r in pairs(self.runs) do
-    if r.dag_id == run.dag_id then
+  for _, r in ipairs(self.runs_by_dag[run.dag_id] or {}) do
+    if r.has_past_blocked then
+      r.has_past_blocked = nil
       for _, ti in pairs(r.tis) do
         if ti.past_blocked and ti.state == "none" then
           ti.past_blocked = nil
@@ -528,6 +591,17 @@ function Sched:wake_past_waiters(run)
   end
 end
 
+-- Airflow's deadlock rule: a running run in which nothing is left that can
+-- ever run (every unfinished instance waits on a past that failed) fails.
+function Sched:check_deadlock(run)
+  if run.state ~= "running" or run.unfinished <= 0 then return end
+  for _, ti in pairs(run.tis) do
+    if ACTIVE[ti.state] or (ti.state == "none" and ti.past_blocked) then return end
+  end
+  log("error", ("run %s %s: deadlock, no task can run (depends_on_past)"):format(run.dag_id, run.run_id))
+  self:finish_run(run, "failed")
+end
+
 function Sched:evaluate(ti)
   if ti.state ~= "none" then return end
   local run = ti.run
@@ -535,8 +609,9 @@ function Sched:evaluate(ti)
   local task = ti.task
   local ups = task.upstream
   local c = rules.new_counts(#ups)
+  local tis = run.tis
   for i = 1, #ups do
-    local s = run.tis[ups[i]].state
+    local s = tis[ups[i]].state
     if FINISHED[s] then
       c.done = c.done + 1
       c[s] = c[s] + 1
@@ -544,7 +619,17 @@ function Sched:evaluate(ti)
   end
   local verdict = rules.decide(task.trigger_rule or "all_success", c)
   if verdict == "run" then
-    if task.depends_on_past and not self:past_allows(ti) then return end
+    if task.depends_on_past then
+      local past = self:past_allows(ti)
+      if past ~= "run" then
+        if ti.past_blocked then run.has_past_blocked = true end
+        if past == "blocked" then
+          local dl = self.deadlock_check
+          dl[#dl + 1] = run
+        end
+        return
+      end
+    end
     self:set_state(ti, "scheduled")
     self:enqueue(ti)
   elseif verdict ~= "wait" then
@@ -627,7 +712,11 @@ function Sched:process()
       elseif #self.ready > 0 and budget > 0 then
         local started = self:start_ready(budget)
         budget = budget - started
-        if started == 0 and #self.work == 0 then break end
+        if started == 0 and #self.work == 0 and #self.deadlock_check == 0 then break end
+      elseif #self.deadlock_check > 0 then
+        local dl = self.deadlock_check
+        self.deadlock_check = {}
+        for i = 1, #dl do self:check_deadlock(dl[i]) end
       else
         break
       end
@@ -648,7 +737,7 @@ end
 function Sched:pool(name)
   local p = self.pools[name]
   if not p then
-    p = { slots = DEFAULT_POOL_SLOTS, used = 0 }
+    p = { slots = DEFAULT_POOL_SLOTS, used = 0, blocked = {} }
     local rec = self.st:read(self.st:path("pools", name))
     if rec and type(rec.slots) == "number" then p.slots = rec.slots end
     self.pools[name] = p
@@ -657,28 +746,38 @@ function Sched:pool(name)
 end
 
 -- Starts ready task instances within the limits; returns how many started.
+-- A task instance that does not fit waits in a heap of its DAG
+-- (max_active_tasks) or of its pool, not in the ready heap: a slot freed
+-- later moves the best of those back (Sched:release), so a full pool costs
+-- nothing per turn however many instances wait for it.
 function Sched:start_ready(budget)
   local ready = self.ready
-  local blocked = {}
   local started = 0
+  local running_by_dag, blocked_by_dag = self.running_by_dag, self.blocked_by_dag
   while started < budget and self.running < self.parallelism do
     local ti = heap_pop(ready)
     if not ti then break end
-    if ti.state == "scheduled" and ti.run.state == "running" then
+    local run = ti.run
+    if ti.state == "scheduled" and run.state == "running" then
       local task = ti.task
-      local dag_id = ti.run.dag_id
-      local rb = self.running_by_dag[dag_id] or 0
+      local dag_id = run.dag_id
       local pool = self:pool(task.pool or "default_pool")
       local slots = task.pool_slots or 1
-      if rb >= (ti.run.dag.max_active_tasks or 16) or pool.used + slots > pool.slots then
-        blocked[#blocked + 1] = ti
+      if (running_by_dag[dag_id] or 0) >= (run.dag.max_active_tasks or 16) then
+        local h = blocked_by_dag[dag_id]
+        if not h then
+          h = {}
+          blocked_by_dag[dag_id] = h
+        end
+        heap_push(h, ti)
+      elseif pool.used + slots > pool.slots then
+        heap_push(pool.blocked, ti)
       else
         started = started + 1
         self:start_ti(ti, pool, slots)
       end
     end
   end
-  for i = 1, #blocked do heap_push(ready, blocked[i]) end
   return started
 end
 
@@ -784,10 +883,31 @@ function Sched:release(ti)
   self.running = self.running - 1
   local dag_id = ti.run.dag_id
   self.running_by_dag[dag_id] = self.running_by_dag[dag_id] - 1
+  local waiting = self.blocked_by_dag[dag_id]
+  if waiting and #waiting > 0 then heap_push(self.ready, heap_pop(waiting)) end
   local slot = ti.slot
   if slot then
-    slot.pool.used = slot.pool.used - slot.slots
+    local pool = slot.pool
+    pool.used = pool.used - slot.slots
     ti.slot = nil
+    -- The best candidates that fit the free slots, as Airflow passes over
+    -- an instance whose pool_slots exceed the open slots to the next one.
+    local h, free = pool.blocked, pool.slots - pool.used
+    local too_big
+    while free > 0 and #h > 0 do
+      local w = heap_pop(h)
+      local need = w.task.pool_slots or 1
+      if need <= free then
+        free = free - need
+        heap_push(self.ready, w)
+      else
+        too_big = too_big or {}
+        too_big[#too_big + 1] = w
+      end
+    end
+    if too_big then
+      for i = 1, #too_big do heap_push(h, too_big[i]) end
+    end
   end
 end
 
@@ -1373,6 +1493,7 @@ function Sched:stop()
   self.timers = {}
   if self.yield_timer then self.yield_timer:cancel(); self.yield_timer = nil end
   for _, run in pairs(self.runs) do
+    if run.timeout_timer then run.timeout_timer:cancel(); run.timeout_timer = nil end
     for _, ti in pairs(run.tis) do
       if ti.wait_timer then ti.wait_timer:cancel(); ti.wait_timer = nil end
       local a = ti.attempt
