@@ -560,7 +560,7 @@ end
 local Build = {}
 Build.__index = Build
 
-local task_mt_of = setmetatable({}, { __mode = "k" })   -- task -> build
+local task_mt_of = setmetatable({}, { __mode = "k" })   -- task -> build, or a marker once built
 
 local function is_task(v)
     return type(v) == "table" and task_mt_of[v] ~= nil
@@ -1547,6 +1547,12 @@ function _M.new(spec, opts)
         if #task.downstream == 0 then dag.leaves[#dag.leaves + 1] = id end
     end
     b:weights()
+    -- the build (problems, edges, operator schemas) is garbage from here:
+    -- the tasks keep only a small marker for link() and is_task()
+    local finished = { done = true, dag = dag }
+    for _, task in ipairs(b.tasks_in_order) do
+        task_mt_of[task] = finished
+    end
     return dag
 end
 
