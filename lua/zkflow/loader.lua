@@ -12,8 +12,9 @@ local dag = require "zkflow.dag"
 
 local _M = {}
 
-local type, pairs, ipairs, pcall, error, tostring, setmetatable =
-    type, pairs, ipairs, pcall, error, tostring, setmetatable
+local type, pairs, ipairs, pcall, error, tostring, setmetatable, next =
+    type, pairs, ipairs, pcall, error, tostring, setmetatable, next
+local getmetatable_raw = debug.getmetatable
 local sfmt, concat, sort = string.format, table.concat, table.sort
 local sethook = debug.sethook
 
@@ -90,51 +91,60 @@ end
 -- The per-file environment
 ------------------------------------------------------------------------------
 
--- Builds the base of one file's environment: the standard globals, library
--- tables copied (so that `string.x = ...` stays in this file), and the
--- functions that would reach the engine's own globals or defeat the limits
--- replaced or left out (debug, collectgarbage, os.exit, package).
+-- Every file sees the same standard functions (functions cannot be
+-- changed, so sharing them is safe) and a view of the library tables of
+-- its own.  A library view is a small table created the first time the
+-- file names that library: what the file stores in it stays there (reads
+-- fall through to the shared library, which the file cannot reach to
+-- modify), so `string.x = 1` in one file is seen by no other file and not
+-- by the engine.  Creating views lazily keeps a file that never names a
+-- library, or whose DAG keeps no closure over its _ENV, from costing the
+-- copies (about 4 KB per file).
+local SHARED = {}
+for _, k in ipairs({
+    "assert", "error", "getmetatable", "ipairs", "next", "pairs", "pcall",
+    "print", "rawequal", "rawget", "rawlen", "rawset", "select",
+    "setmetatable", "tonumber", "tostring", "type", "xpcall", "_VERSION",
+    "warn",
+}) do
+    SHARED[k] = _G[k]
+end
+SHARED.collectgarbage = function(opt, ...)
+    if opt == nil or opt == "collect" or opt == "count" or opt == "step" then
+        return collectgarbage(opt, ...)
+    end
+    error("collectgarbage('" .. tostring(opt) .. "') is not available while loading DAGs", 2)
+end
+
+-- pairs() over a view lists the library's entries and the file's own.
+local function view_pairs(view)
+    local lib = getmetatable_raw(view).__index
+    local merged = {}
+    for k, v in next, lib do merged[k] = v end
+    for k, v in next, view do merged[k] = v end
+    return next, merged, nil
+end
+
+-- One metatable per library, shared by every file's view of it; hidden
+-- from the file (__metatable) so that the library behind it stays out of
+-- reach.  os has no exit: a DAG file must not stop the engine.
+local VIEW_MT = {}
+for _, k in ipairs({ "string", "table", "math", "utf8", "io", "os", "coroutine" }) do
+    local lib = _G[k]
+    if k == "os" then
+        lib = shallow(os)
+        lib.exit = nil
+    end
+    VIEW_MT[k] = { __index = lib, __pairs = view_pairs, __metatable = false }
+end
+
+-- Builds the base of one file's environment: the per-file functions (the
+-- ones that must know the file: require is set by load_source, load and
+-- friends default to the file's _ENV), with everything else reached
+-- through a metatable that makes library views on first use and falls
+-- back to SHARED.  debug, os.exit and the package loaders are left out.
 local function make_base(env_of, hooks)
     local base = {}
-    for _, k in ipairs({
-        "assert", "error", "getmetatable", "ipairs", "next", "pairs", "pcall",
-        "print", "rawequal", "rawget", "rawlen", "rawset", "select",
-        "setmetatable", "tonumber", "tostring", "type", "xpcall", "_VERSION",
-        "warn",
-    }) do
-        base[k] = _G[k]
-    end
-    for _, k in ipairs({ "string", "table", "math", "utf8", "io", "os" }) do
-        base[k] = shallow(_G[k])
-    end
-    base.os.exit = nil
-    base.package = { path = package.path, cpath = package.cpath, config = package.config }
-
-    -- coroutines get the same instruction budget as the main code
-    local co = shallow(coroutine)
-    co.create = function(f)
-        local c = coroutine.create(f)
-        hooks.attach(c)
-        return c
-    end
-    co.wrap = function(f)
-        local c = co.create(f)
-        return function(...)
-            local r = table.pack(coroutine.resume(c, ...))
-            if not r[1] then
-                error(r[2], 0)
-            end
-            return table.unpack(r, 2, r.n)
-        end
-    end
-    base.coroutine = co
-
-    base.collectgarbage = function(opt, ...)
-        if opt == nil or opt == "collect" or opt == "count" or opt == "step" then
-            return collectgarbage(opt, ...)
-        end
-        error("collectgarbage('" .. tostring(opt) .. "') is not available while loading DAGs", 2)
-    end
     base.load = function(chunk, name, mode, env)
         if env == nil then env = env_of() end
         return load(chunk, name, mode, env)
@@ -147,6 +157,38 @@ local function make_base(env_of, hooks)
         local f = assert(loadfile(path, "t", env_of()))
         return f()
     end
+    setmetatable(base, { __index = function(t, k)
+        local mt = VIEW_MT[k]
+        if mt then
+            local view = setmetatable({}, mt)
+            if k == "coroutine" then
+                -- coroutines get the same instruction budget as the main
+                -- code while the file loads
+                view.create = function(f)
+                    local c = coroutine.create(f)
+                    hooks.attach(c)
+                    return c
+                end
+                view.wrap = function(f)
+                    local c = view.create(f)
+                    return function(...)
+                        local r = table.pack(coroutine.resume(c, ...))
+                        if not r[1] then
+                            error(r[2], 0)
+                        end
+                        return table.unpack(r, 2, r.n)
+                    end
+                end
+            end
+            rawset(t, k, view)
+            return view
+        elseif k == "package" then
+            local p = { path = package.path, cpath = package.cpath, config = package.config }
+            rawset(t, k, p)
+            return p
+        end
+        return SHARED[k]
+    end })
     return base
 end
 
@@ -206,8 +248,20 @@ local function new_budget(limit, label)
         b.mem_base = collectgarbage("count") * 1024
     end
     function b.attach(thread)
+        if b.finished then
+            return
+        end
         b.threads[#b.threads + 1] = thread
         sethook(thread, b.hook, "", b.exceeded and 1 or HOOK_STEP)
+    end
+    -- The load is over: hooks off, and coroutines a task creates later
+    -- (through the file's coroutine view) run without the load's budget.
+    function b.finish()
+        b.finished = true
+        for _, th in ipairs(b.threads) do
+            sethook(th)
+        end
+        b.threads = {}
     end
     return b
 end
@@ -251,6 +305,7 @@ function _M.load_source(src, name, opts)
     env = make_env(base)
 
     local collected = {}
+    local loading_src = src
     local user_ops = {}       -- name -> module | false (not found)
     local modules = {}        -- modules this file loaded from the DAG folder
     local flow_proxy
@@ -290,7 +345,8 @@ function _M.load_source(src, name, opts)
 
     flow_proxy = setmetatable({
         dag = function(spec)
-            local d = dag.new(spec, { find_operator = find_operator, file = name, source_text = src })
+            local d = dag.new(spec, { find_operator = find_operator, file = name,
+                                      source_text = loading_src })
             collected[#collected + 1] = d
             return d
         end,
@@ -362,9 +418,11 @@ function _M.load_source(src, name, opts)
             .. "(call flow.sleep and zk inside tasks)", name)
         coroutine.close(co)
     end
-    for _, th in ipairs(budget.threads) do
-        sethook(th)
-    end
+    budget.finish()
+    -- the source text is only needed while the file runs (call sites of
+    -- specs whose flow.dag is a tail call); closures that outlive the load
+    -- must not keep it
+    loading_src = nil
 
     if not ok then
         local msg = ret
