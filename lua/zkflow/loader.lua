@@ -519,7 +519,8 @@ end
 
 --- Loads every DAG file below `dir` (recursively, sorted by path; names
 --- starting with "." or "_" and the operators/ folder are skipped).
---- opts are load_file's.  A broken file never affects the others.  When two
+--- opts are load_file's, and `collect = false` skips the full garbage
+--- collection that ends a scan.  A broken file never affects the others.  When two
 --- files define the same dag id the first (by path) wins and the second
 --- gets an import error naming both.
 --- Returns { dags = {[id]=dag}, errors = {[file]=msg},
@@ -532,6 +533,7 @@ function _M.scan(dir, opts)
     o.root = o.root or dir
     local result = { dags = {}, errors = {}, files = {} }
     local owner = {}
+    local heap_kb = collectgarbage("count")
     for _, f in ipairs(list_lua(dir)) do
         local src, rerr = read_file(f.path)
         local entry = { mtime = f.mtime, dag_ids = {} }
@@ -541,6 +543,13 @@ function _M.scan(dir, opts)
         else
             entry.hash = _M.hash(src)
             local dags, err = _M.load_source(src, f.path, o)
+            if o.collect ~= false then
+                local kb = collectgarbage("count")
+                if kb > heap_kb * 1.5 + 2048 then
+                    collectgarbage("collect")
+                    heap_kb = collectgarbage("count")
+                end
+            end
             if not dags then
                 result.errors[f.path] = err
             else
@@ -562,6 +571,13 @@ function _M.scan(dir, opts)
                 end
             end
         end
+    end
+    -- Loading leaves garbage of the same order as what it keeps (parsed
+    -- sources, builds, task specs).  Collect it now, while the caller is
+    -- not serving anything yet, so that it neither stays resident until
+    -- the collector's next cycle nor makes that cycle long.
+    if o.collect ~= false then
+        collectgarbage("collect")
     end
     return result
 end
