@@ -695,6 +695,12 @@ function _M.is_dag(v)
 end
 
 -- Resolves operator `name` for this build, caching the schema.
+-- Operator entries ({mod, schema} or {err}) by module, then by name:
+-- checking a module's schema is most of the cost of a small DAG, and the
+-- shipped operators are the same module table in every build.  Weak keys:
+-- a user operator's module goes with the files that loaded it.
+local entry_cache = setmetatable({}, { __mode = "k" })
+
 function Build:operator(name)
     local cached = self.ops[name]
     if cached ~= nil then
@@ -706,11 +712,20 @@ function Build:operator(name)
         entry = { err = err or sfmt("unknown operator '%s'%s", name,
             suggest(name, SHIPPED)) }
     else
-        local schema, serr = _M.operator_schema(name, mod)
-        if schema then
-            entry = { mod = mod, schema = schema }
-        else
-            entry = { err = serr }
+        local by_name = entry_cache[mod]
+        entry = by_name and by_name[name]
+        if not entry then
+            local schema, serr = _M.operator_schema(name, mod)
+            if schema then
+                entry = { mod = mod, schema = schema }
+            else
+                entry = { err = serr }
+            end
+            if type(mod) == "table" then
+                by_name = by_name or {}
+                by_name[name] = entry
+                entry_cache[mod] = by_name
+            end
         end
     end
     self.ops[name] = entry
@@ -1250,6 +1265,23 @@ local DAG_FIELDS = {
 }
 _M.DAG_FIELDS = DAG_FIELDS
 
+-- DAG options checked by validators (table defaults are copied per DAG).
+local DAGV = {
+    catchup          = V("a boolean", of_type("boolean"), true),
+    max_active_runs  = V("an integer >= 1", int_ge(1), 16),
+    max_active_tasks = V("an integer >= 1", int_ge(1), 16),
+    params           = V("a table", of_type("table"), {}),
+    tags             = V("a list of strings", is_str_list, {}),
+    default_args     = V("a table", of_type("table"), {}),
+    description      = V("a string", of_type("string")),
+    doc              = V("a string", of_type("string")),
+    on_success       = V("a function", of_type("function")),
+    on_failure       = V("a function", of_type("function")),
+    on_retry         = V("a function", of_type("function")),
+    dagrun_timeout   = V("a number > 0 (seconds)", num_gt(0)),
+}
+local DAGV_ORDER = sorted_keys(DAGV)
+
 local function cron_checker()
     local ok, core = pcall(require, "zkflow.core")
     if ok and type(core) == "table" and type(core.cron) == "function" then
@@ -1397,21 +1429,7 @@ function _M.new(spec, opts)
             _M.iso(dag.start_date), _M.iso(dag.end_date)))
     end
 
-    local DAGV = {
-        catchup          = V("a boolean", of_type("boolean"), true),
-        max_active_runs  = V("an integer >= 1", int_ge(1), 16),
-        max_active_tasks = V("an integer >= 1", int_ge(1), 16),
-        params           = V("a table", of_type("table"), {}),
-        tags             = V("a list of strings", is_str_list, {}),
-        default_args     = V("a table", of_type("table"), {}),
-        description      = V("a string", of_type("string")),
-        doc              = V("a string", of_type("string")),
-        on_success       = V("a function", of_type("function")),
-        on_failure       = V("a function", of_type("function")),
-        on_retry         = V("a function", of_type("function")),
-        dagrun_timeout   = V("a number > 0 (seconds)", num_gt(0)),
-    }
-    for _, k in ipairs(sorted_keys(DAGV)) do
+    for _, k in ipairs(DAGV_ORDER) do
         local validator, v = DAGV[k], spec[k]
         if v ~= nil and not check_value(b, nil, k, v, validator) then
             v = nil
