@@ -23,6 +23,18 @@
 extern const char zkf_json_null_sentinel;
 #define ZKF_JSON_NULL ((void *)&zkf_json_null_sentinel)
 
+/* Flags for zkf_json_encode(). */
+#define ZKF_JSON_PRETTY    1    /* two-space indent, ": " after keys */
+#define ZKF_JSON_SORT_KEYS 2    /* object keys in byte order (slower) */
+
+/* Pushes the JSON text of the Lua value at `idx` (compact, object keys in
+ * lua_next() order unless `flags` say otherwise): the same text
+ * json_dumps() writes for zkf_json_from_lua()'s tree, without building
+ * it.  Raises "json: $.path: reason" on a value JSON cannot carry.  The
+ * buffer is kept by `L` between calls (freed when above 64 KiB or when
+ * `L` closes), so nothing leaks when it raises. */
+void zkf_json_encode(lua_State *L, int idx, int flags);
+
 /* Converts the Lua value at `idx` to JSON.  Returns a new reference (free
  * it with json_decref()), or NULL with "json: $.path: reason" in `err`.
  * Raises a Lua error only when Lua runs out of memory. */

@@ -1,8 +1,10 @@
 /*
- * lbind_json.c - JSON (through jansson) and base64 for Lua:
- * core.json_encode, core.json_decode, core.null, core.base64_encode,
- * core.base64_decode, and the C conversions json.h declares.
+ * lbind_json.c - JSON and base64 for Lua: core.json_encode (written
+ * straight from the Lua value), core.json_decode (through jansson),
+ * core.null, core.base64_encode, core.base64_decode, and the C conversions
+ * json.h declares.
  */
+#include <errno.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -19,12 +21,14 @@ const char zkf_json_null_sentinel = 0;
 /* ---- Lua -> JSON ------------------------------------------------------- */
 
 /* One step of the path to the value being converted, for error messages:
- * an array index, an integer key, or a string key (borrowed from the Lua
- * stack, where lua_next keeps it while we are below it). */
+ * a string key (borrowed from the Lua stack, where lua_next keeps it while
+ * we are below it), or with key NULL an integer: an object key when
+ * `named`, else an array index. */
 typedef struct path_step {
     const char *key;
     size_t keylen;
     lua_Integer index;
+    int named;
 } path_step;
 
 typedef struct encoder {
@@ -35,40 +39,47 @@ typedef struct encoder {
     size_t errlen;
 } encoder;
 
-static int enc_fail(encoder *e, const char *reason)
+/* Writes "json: $.a.b[2]: reason" into `out`. */
+static void format_error(const path_step *path, int depth, const char *reason,
+                         char *out, size_t outlen)
 {
     char where[160];
     size_t n = 1;
     int i;
 
     where[0] = '$';
-    for (i = 0; i < e->depth && n < sizeof where - 1; i++) {
-        const path_step *p = &e->path[i];
+    for (i = 0; i < depth && n < sizeof where - 1; i++) {
+        const path_step *p = &path[i];
         int w;
 
         if (p->key)
             w = snprintf(where + n, sizeof where - n, ".%.*s",
                          (int)(p->keylen > 40 ? 40 : p->keylen), p->key);
         else
-            w = snprintf(where + n, sizeof where - n, "[%lld]",
+            w = snprintf(where + n, sizeof where - n,
+                         p->named ? ".%lld" : "[%lld]",
                          (long long)p->index);
         if (w < 0)
             break;
         n += (size_t)w;
     }
     where[n < sizeof where ? n : sizeof where - 1] = '\0';
-    if (e->err && e->errlen)
-        snprintf(e->err, e->errlen, "json: %s: %s", where, reason);
+    if (out && outlen)
+        snprintf(out, outlen, "json: %s: %s", where, reason);
+}
+
+static int enc_fail(encoder *e, const char *reason)
+{
+    format_error(e->path, e->depth, reason, e->err, e->errlen);
     return -1;
 }
 
 static json_t *enc_value(encoder *e, int idx);
 
-/* How a table encodes: 1 array, 0 object, -1 error (already reported).
- * *n is the array length. */
-static int table_kind(encoder *e, int idx, lua_Integer *n)
+/* How the table at `idx` encodes: 1 array, 0 object, or -1 with the
+ * reason in *why.  *n is the number of keys. */
+static int table_kind(lua_State *L, int idx, lua_Integer *n, const char **why)
 {
-    lua_State *L = e->L;
     lua_Integer count = 0, max = 0;
     int strings = 0, forced = -1;
 
@@ -80,8 +91,10 @@ static int table_kind(encoder *e, int idx, lua_Integer *n)
         else if (k && strcmp(k, "object") == 0)
             forced = 0;
         lua_pop(L, 1);
-        if (forced < 0)
-            return enc_fail(e, "__jsontype must be \"array\" or \"object\"");
+        if (forced < 0) {
+            *why = "__jsontype must be \"array\" or \"object\"";
+            return -1;
+        }
     }
 
     lua_pushnil(L);
@@ -99,16 +112,18 @@ static int table_kind(encoder *e, int idx, lua_Integer *n)
                 max = k;
         } else {
             lua_pop(L, 1);
-            return enc_fail(e, "table keys must be strings or integers");
+            *why = "table keys must be strings or integers";
+            return -1;
         }
     }
     *n = count;
     if (forced == 0)
         return 0;
     if (forced == 1) {
-        if (count > 0 && (strings || max != count))
-            return enc_fail(e, "table marked as array has keys other "
-                            "than 1..n");
+        if (count > 0 && (strings || max != count)) {
+            *why = "table marked as array has keys other than 1..n";
+            return -1;
+        }
         return 1;
     }
     return count > 0 && !strings && max == count;
@@ -192,6 +207,7 @@ static json_t *enc_object(encoder *e, int idx)
 static json_t *enc_table(encoder *e, int idx)
 {
     lua_Integer n = 0;
+    const char *why = NULL;
     json_t *j;
     int kind;
 
@@ -203,11 +219,14 @@ static json_t *enc_table(encoder *e, int idx)
         enc_fail(e, "out of Lua stack");
         return NULL;
     }
-    kind = table_kind(e, idx, &n);
-    if (kind < 0)
+    kind = table_kind(e->L, idx, &n, &why);
+    if (kind < 0) {
+        enc_fail(e, why);
         return NULL;
+    }
     e->path[e->depth].key = NULL;
     e->path[e->depth].index = 0;
+    e->path[e->depth].named = 0;
     e->depth++;
     j = kind ? enc_array(e, idx, n) : enc_object(e, idx);
     e->depth--;
@@ -291,6 +310,709 @@ json_t *zkf_json_from_lua(lua_State *L, int idx, char *err, size_t errlen)
     j = enc_value(e, idx);
     lua_pop(L, 1);
     return j;
+}
+
+/* ---- Lua -> JSON text -------------------------------------------------- */
+
+/*
+ * core.json_encode writes the text straight from the Lua value into one
+ * growable buffer, without a jansson tree: the scheduler encodes a record
+ * per state change, and building and dumping the tree cost four times the
+ * walk.  The output is byte for byte what json_dumps() printed (jansson's
+ * number formats, escapes and indentation), so stored records and specs do
+ * not change.
+ *
+ * The buffer and the error path live in a userdata held by the registry,
+ * one per lua_State, reused across calls: errors are raised with
+ * luaL_error() from any depth, and the longjmp leaks nothing because no
+ * memory belongs to the C stack.  Nothing in the walk runs Lua code (raw
+ * accesses only), so a call cannot re-enter the writer.
+ */
+
+#define WRITER_MT "zkflow.JsonWriter"
+#define WRITER_KEEP (64 * 1024)     /* a bigger buffer is freed after use */
+
+typedef struct writer {
+    lua_State *L;
+    char *buf;
+    size_t len, cap;
+    int depth;
+    int pretty, sort;
+    void *allocud;
+    lua_Alloc alloc;
+    path_step path[ZKF_JSON_MAX_DEPTH + 1];
+} writer;
+
+static void w_release(writer *w)
+{
+    if (w->buf)
+        w->alloc(w->allocud, w->buf, w->cap, 0);
+    w->buf = NULL;
+    w->len = w->cap = 0;
+}
+
+static int writer_gc(lua_State *L)
+{
+    w_release(luaL_checkudata(L, 1, WRITER_MT));
+    return 0;
+}
+
+/* Raises "json: $.path: reason". */
+static void w_fail(writer *w, const char *reason)
+{
+    char msg[256];
+
+    format_error(w->path, w->depth, reason, msg, sizeof msg);
+    luaL_error(w->L, "%s", msg);
+}
+
+static char *w_grow(writer *w, size_t n)
+{
+    size_t cap = w->cap ? w->cap : 256;
+    char *p;
+
+    if (n > (size_t)-1 / 2 - w->len)
+        w_fail(w, "out of memory");
+    while (cap - w->len < n)
+        cap *= 2;
+    p = w->alloc(w->allocud, w->buf, w->cap, cap);
+    if (!p)
+        w_fail(w, "out of memory");
+    w->buf = p;
+    w->cap = cap;
+    return p + w->len;
+}
+
+/* Room for `n` more bytes at the end; the pointer is valid until the next
+ * reserve. */
+static inline char *w_reserve(writer *w, size_t n)
+{
+    if (w->cap - w->len >= n)
+        return w->buf + w->len;
+    return w_grow(w, n);
+}
+
+static inline void w_putc(writer *w, char c)
+{
+    *w_reserve(w, 1) = c;
+    w->len++;
+}
+
+static inline void w_put(writer *w, const char *s, size_t n)
+{
+    memcpy(w_reserve(w, n), s, n);
+    w->len += n;
+}
+
+/* jansson's JSON_INDENT(2): a newline, then two spaces a level. */
+static void w_newline(writer *w, int depth)
+{
+    size_t n = (size_t)depth * 2;
+    char *p = w_reserve(w, n + 1);
+
+    *p = '\n';
+    memset(p + 1, ' ', n);
+    w->len += n + 1;
+}
+
+/* Writes the decimal digits of `v` into `out` (room for 21) and returns
+ * how many. */
+static size_t fmt_integer(char *out, lua_Integer v)
+{
+    char tmp[24];
+    unsigned long long u = (unsigned long long)v;
+    size_t n = 0, i = 0;
+
+    if (v < 0)
+        u = 0ULL - u;
+    do {
+        tmp[n++] = (char)('0' + u % 10);
+        u /= 10;
+    } while (u);
+    if (v < 0)
+        out[i++] = '-';
+    while (n)
+        out[i++] = tmp[--n];
+    return i;
+}
+
+static void w_integer(writer *w, lua_Integer v)
+{
+    w->len += fmt_integer(w_reserve(w, 24), v);
+}
+
+/* As jansson's jsonp_dtostr() with its default precision: "%.17g", then
+ * ".0" when that reads as an integer (so it decodes as a float again), and
+ * no '+' or leading zeros in the exponent. */
+static void w_real(writer *w, double d)
+{
+    char *p = w_reserve(w, 40);
+    char *e;
+    int n, i, dot = 0;
+
+    if (!isfinite(d))
+        w_fail(w, "cannot encode NaN or infinity");
+    /* integral values, the common case of a float that came from
+     * arithmetic on integers, without the cost of printf */
+    if (d > -1e15 && d < 1e15 && d == (double)(long long)d) {
+        size_t k = 0;
+
+        if (d == 0 && signbit(d))
+            p[k++] = '-';
+        k += fmt_integer(p + k, (lua_Integer)d);
+        memcpy(p + k, ".0", 2);
+        w->len += k + 2;
+        return;
+    }
+    n = snprintf(p, 40, "%.17g", d);
+    if (n <= 0 || n >= 40)
+        w_fail(w, "cannot format a number");
+    e = NULL;
+    for (i = 0; i < n; i++) {
+        char c = p[i];
+
+        if (c == 'e') {
+            e = p + i;
+        } else if (c != '-' && c != '+' && (c < '0' || c > '9')) {
+            p[i] = '.';     /* the locale's decimal point */
+            dot = 1;
+        }
+    }
+    if (!e && !dot) {
+        memcpy(p + n, ".0", 2);
+        n += 2;
+    } else if (e) {
+        char *start = e + 1, *end = e + 2;
+
+        if (*start == '-')
+            start++;
+        while (*end == '0')
+            end++;
+        if (end != start) {
+            memmove(start, end, (size_t)(p + n - end));
+            n -= (int)(end - start);
+        }
+    }
+    w->len += (size_t)n;
+}
+
+/* Byte classes for strings: 0 copied as is, 1 escaped, 2 starts a UTF-8
+ * sequence to check. */
+static const unsigned char str_class[256] = {
+    1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1,
+    1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1,
+    0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,     /* '"' */
+    0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+    0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+    0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0,     /* '\\' */
+    0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+    0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+    2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2,
+    2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2,
+    2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2,
+    2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2,
+    2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2,
+    2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2,
+    2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2,
+    2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2,
+};
+
+/* The length of the UTF-8 sequence at `s` (at most `avail` bytes), or 0
+ * when it is not one jansson accepts: no overlong forms, no surrogates,
+ * nothing above U+10FFFF. */
+static size_t utf8_seq(const unsigned char *s, size_t avail)
+{
+    unsigned long cp;
+    size_t n, i;
+
+    if (s[0] >= 0xc2 && s[0] <= 0xdf) {
+        n = 2;
+        cp = s[0] & 0x1f;
+    } else if (s[0] >= 0xe0 && s[0] <= 0xef) {
+        n = 3;
+        cp = s[0] & 0x0f;
+    } else if (s[0] >= 0xf0 && s[0] <= 0xf4) {
+        n = 4;
+        cp = s[0] & 0x07;
+    } else {
+        return 0;
+    }
+    if (avail < n)
+        return 0;
+    for (i = 1; i < n; i++) {
+        if ((s[i] & 0xc0) != 0x80)
+            return 0;
+        cp = cp << 6 | (s[i] & 0x3f);
+    }
+    if ((n == 3 && cp < 0x800) || (cp >= 0xd800 && cp <= 0xdfff)
+        || (n == 4 && (cp < 0x10000 || cp > 0x10ffff)))
+        return 0;
+    return n;
+}
+
+/* Writes `s` as a JSON string; returns -1 (nothing to undo: the caller
+ * raises) when it is not valid UTF-8. */
+static int w_string(writer *w, const char *s, size_t len)
+{
+    static const char hex[] = "0123456789ABCDEF";
+    const unsigned char *u = (const unsigned char *)s;
+    char *p = w_reserve(w, len + 2);
+    size_t i = 0, o = 0;
+
+    p[o++] = '"';
+    while (i < len) {
+        unsigned char c = u[i];
+
+        if (str_class[c] == 0) {
+            p[o++] = (char)c;
+            i++;
+        } else if (str_class[c] == 2) {
+            size_t n = utf8_seq(u + i, len - i);
+
+            if (n == 0)
+                return -1;
+            memcpy(p + o, u + i, n);
+            o += n;
+            i += n;
+        } else {
+            char esc = 0;
+
+            /* up to six bytes for this one, one each for the rest */
+            w->len += o;
+            p = w_reserve(w, 6 + len - i + 1);
+            w->len -= o;
+            p -= o;
+            switch (c) {
+            case '"': esc = '"'; break;
+            case '\\': esc = '\\'; break;
+            case '\b': esc = 'b'; break;
+            case '\f': esc = 'f'; break;
+            case '\n': esc = 'n'; break;
+            case '\r': esc = 'r'; break;
+            case '\t': esc = 't'; break;
+            default: break;
+            }
+            p[o++] = '\\';
+            if (esc) {
+                p[o++] = esc;
+            } else {
+                memcpy(p + o, "u00", 3);
+                p[o + 3] = hex[c >> 4];
+                p[o + 4] = hex[c & 15];
+                o += 5;
+            }
+            i++;
+        }
+    }
+    p[o++] = '"';
+    w->len += o;
+    return 0;
+}
+
+static void w_value(writer *w, int idx);
+
+/* Whether the string key `s` is what an integer key prints as, so that
+ * both could be in one table. */
+static int integer_like(const char *s, size_t len)
+{
+    char *end;
+    long long v;
+    char digits[24];
+
+    if (len == 0 || len > 20 || !(s[0] == '-' || (s[0] >= '0' && s[0] <= '9')))
+        return 0;
+    errno = 0;
+    v = strtoll(s, &end, 10);
+    if (errno || end != s + len)
+        return 0;
+    return fmt_integer(digits, (lua_Integer)v) == len
+           && memcmp(digits, s, len) == 0;
+}
+
+/* Raises when a string key of the table at `idx` is also there as an
+ * integer: both would print as the same JSON key. */
+static void check_conflicts(writer *w, int idx)
+{
+    lua_State *L = w->L;
+
+    lua_pushnil(L);
+    while (lua_next(L, idx) != 0) {
+        lua_pop(L, 1);
+        if (lua_type(L, -1) == LUA_TSTRING) {
+            size_t len;
+            const char *s = lua_tolstring(L, -1, &len);
+
+            if (integer_like(s, len)) {
+                int t = lua_rawgeti(L, idx, (lua_Integer)strtoll(s, NULL, 10));
+
+                lua_pop(L, 1);
+                if (t != LUA_TNIL) {
+                    w->path[w->depth - 1].key = s;
+                    w->path[w->depth - 1].keylen = len;
+                    w_fail(w, "key appears both as an integer and as a "
+                           "string");
+                }
+            }
+        }
+    }
+}
+
+/* Writes the key of the pair on top of the stack (key at -2) and the
+ * separator after it; `flags` collects which kinds of keys were seen. */
+static void w_key(writer *w, int *flags)
+{
+    lua_State *L = w->L;
+    path_step *step = &w->path[w->depth - 1];
+
+    if (lua_type(L, -2) == LUA_TSTRING) {
+        size_t len;
+        const char *s = lua_tolstring(L, -2, &len);
+
+        step->key = s;
+        step->keylen = len;
+        if (len && (s[0] == '-' || (s[0] >= '0' && s[0] <= '9')))
+            *flags |= 2;
+        if (w_string(w, s, len) != 0)
+            w_fail(w, "key is not valid UTF-8");
+    } else if (lua_isinteger(L, -2)) {
+        lua_Integer k = lua_tointeger(L, -2);
+        char *p = w_reserve(w, 24);
+
+        *flags |= 1;
+        /* never lua_tostring() the key: that would confuse lua_next */
+        step->key = NULL;
+        step->index = k;
+        step->named = 1;
+        p[0] = '"';
+        w->len += 1 + fmt_integer(p + 1, k);
+        w_putc(w, '"');
+    } else {
+        w->depth--;
+        w_fail(w, "table keys must be strings or integers");
+    }
+    if (w->pretty)
+        w_put(w, ": ", 2);
+    else
+        w_putc(w, ':');
+}
+
+/* An object in lua_next() order, as jansson kept insertion order; with
+ * `have_first` the first pair is already on the stack. */
+static void w_object(writer *w, int idx, int have_first)
+{
+    lua_State *L = w->L;
+    int flags = 0, first = 1;
+
+    w->path[w->depth].key = NULL;
+    w->path[w->depth].index = 0;
+    w->path[w->depth].named = 0;
+    w->depth++;
+    w_putc(w, '{');
+    if (!have_first) {
+        lua_pushnil(L);
+        if (lua_next(L, idx) == 0) {
+            w_putc(w, '}');
+            w->depth--;
+            return;
+        }
+    }
+    do {
+        if (!first)
+            w_putc(w, ',');
+        first = 0;
+        if (w->pretty)
+            w_newline(w, w->depth);
+        w_key(w, &flags);
+        w_value(w, lua_gettop(L));
+        lua_pop(L, 1);
+    } while (lua_next(L, idx) != 0);
+    if (flags == 3)
+        check_conflicts(w, idx);
+    if (w->pretty)
+        w_newline(w, w->depth - 1);
+    w_putc(w, '}');
+    w->depth--;
+}
+
+/* One key of a sorted object: a string key borrowed from the table (which
+ * keeps it alive), or an integer key printed into `num`. */
+typedef struct sort_key {
+    const char *s;
+    size_t len;
+    lua_Integer ikey;
+    int is_int;
+    char num[24];
+} sort_key;
+
+static int sort_key_cmp(const void *a, const void *b)
+{
+    const sort_key *x = a, *y = b;
+    const char *xs = x->is_int ? x->num : x->s;
+    const char *ys = y->is_int ? y->num : y->s;
+    size_t n = x->len < y->len ? x->len : y->len;
+    int c = memcmp(xs, ys, n);
+
+    if (c)
+        return c;
+    return x->len < y->len ? -1 : x->len > y->len;
+}
+
+/* sort_keys: jansson's order (bytewise, shorter first), for the CLI's
+ * stable output; slower than w_object(), which the scheduler uses. */
+static void w_object_sorted(writer *w, int idx)
+{
+    lua_State *L = w->L;
+    sort_key *keys;
+    size_t n = 0, i;
+
+    lua_pushnil(L);
+    while (lua_next(L, idx) != 0) {
+        lua_pop(L, 1);
+        n++;
+    }
+    if (n == 0) {
+        w_put(w, "{}", 2);
+        return;
+    }
+    if (n > (size_t)-1 / sizeof *keys)
+        w_fail(w, "out of memory");
+    /* a userdata, so that an error below frees it */
+    keys = lua_newuserdatauv(L, n * sizeof *keys, 0);
+    i = 0;
+    lua_pushnil(L);
+    while (lua_next(L, idx) != 0) {
+        sort_key *k = &keys[i++];
+
+        lua_pop(L, 1);
+        if (lua_type(L, -1) == LUA_TSTRING) {
+            k->s = lua_tolstring(L, -1, &k->len);
+            k->is_int = 0;
+        } else if (lua_isinteger(L, -1)) {
+            k->ikey = lua_tointeger(L, -1);
+            k->len = fmt_integer(k->num, k->ikey);
+            k->s = NULL;
+            k->is_int = 1;
+        } else {
+            w_fail(w, "table keys must be strings or integers");
+        }
+    }
+    qsort(keys, n, sizeof *keys, sort_key_cmp);
+    w->path[w->depth].key = NULL;
+    w->path[w->depth].named = 0;
+    w->depth++;
+    w_putc(w, '{');
+    for (i = 0; i < n; i++) {
+        sort_key *k = &keys[i];
+        path_step *step = &w->path[w->depth - 1];
+
+        if (k->is_int) {
+            step->key = NULL;
+            step->index = k->ikey;
+            step->named = 1;
+        } else {
+            step->key = k->s;
+            step->keylen = k->len;
+        }
+        if (i > 0 && sort_key_cmp(k, k - 1) == 0)
+            w_fail(w, "key appears both as an integer and as a string");
+        if (i > 0)
+            w_putc(w, ',');
+        if (w->pretty)
+            w_newline(w, w->depth);
+        if (k->is_int) {
+            w_putc(w, '"');
+            w_put(w, k->num, k->len);
+            w_putc(w, '"');
+            lua_rawgeti(L, idx, k->ikey);
+        } else {
+            if (w_string(w, k->s, k->len) != 0)
+                w_fail(w, "key is not valid UTF-8");
+            lua_pushlstring(L, k->s, k->len);
+            lua_rawget(L, idx);
+        }
+        if (w->pretty)
+            w_put(w, ": ", 2);
+        else
+            w_putc(w, ':');
+        w_value(w, lua_gettop(L));
+        lua_pop(L, 1);
+    }
+    if (w->pretty)
+        w_newline(w, w->depth - 1);
+    w_putc(w, '}');
+    w->depth--;
+    lua_pop(L, 1);
+}
+
+static void w_array(writer *w, int idx, lua_Integer n)
+{
+    lua_State *L = w->L;
+    lua_Integer i;
+
+    if (n == 0) {
+        w_put(w, "[]", 2);
+        return;
+    }
+    w->path[w->depth].key = NULL;
+    w->path[w->depth].named = 0;
+    w->depth++;
+    w_putc(w, '[');
+    for (i = 1; i <= n; i++) {
+        if (i > 1)
+            w_putc(w, ',');
+        if (w->pretty)
+            w_newline(w, w->depth);
+        w->path[w->depth - 1].index = i;
+        lua_rawgeti(L, idx, i);
+        w_value(w, lua_gettop(L));
+        lua_pop(L, 1);
+    }
+    if (w->pretty)
+        w_newline(w, w->depth - 1);
+    w_putc(w, ']');
+    w->depth--;
+}
+
+static void w_table(writer *w, int idx)
+{
+    lua_State *L = w->L;
+    lua_Integer n = 0;
+    const char *why = NULL;
+    int forced = -1, kind;
+
+    if (w->depth >= ZKF_JSON_MAX_DEPTH)
+        w_fail(w, "nested deeper than 200 (a cycle?)");
+    if (!lua_checkstack(L, 6))
+        w_fail(w, "out of Lua stack");
+    if (lua_getmetatable(L, idx)) {
+        lua_pop(L, 1);
+        if (luaL_getmetafield(L, idx, "__jsontype") != LUA_TNIL) {
+            const char *k = lua_tostring(L, -1);
+
+            if (k && strcmp(k, "array") == 0)
+                forced = 1;
+            else if (k && strcmp(k, "object") == 0)
+                forced = 0;
+            lua_pop(L, 1);
+            if (forced < 0)
+                w_fail(w, "__jsontype must be \"array\" or \"object\"");
+        }
+    }
+    if (!w->sort && forced != 1) {
+        /* the common record: a first key that is a string makes an
+         * object, written in the same pass that checks the keys */
+        lua_pushnil(L);
+        if (lua_next(L, idx) == 0) {
+            w_put(w, "{}", 2);
+            return;
+        }
+        if (lua_type(L, -2) == LUA_TSTRING) {
+            w_object(w, idx, 1);
+            return;
+        }
+        lua_pop(L, 2);
+    }
+    kind = table_kind(L, idx, &n, &why);
+    if (kind < 0)
+        w_fail(w, why);
+    if (kind == 1)
+        w_array(w, idx, n);
+    else if (w->sort)
+        w_object_sorted(w, idx);
+    else
+        w_object(w, idx, 0);
+}
+
+static void w_value(writer *w, int idx)
+{
+    lua_State *L = w->L;
+
+    switch (lua_type(L, idx)) {
+    case LUA_TNIL:
+        w_put(w, "null", 4);
+        break;
+    case LUA_TBOOLEAN:
+        if (lua_toboolean(L, idx))
+            w_put(w, "true", 4);
+        else
+            w_put(w, "false", 5);
+        break;
+    case LUA_TNUMBER:
+        if (lua_isinteger(L, idx))
+            w_integer(w, lua_tointeger(L, idx));
+        else
+            w_real(w, (double)lua_tonumber(L, idx));
+        break;
+    case LUA_TSTRING: {
+        size_t len;
+        const char *s = lua_tolstring(L, idx, &len);
+
+        if (w_string(w, s, len) != 0)
+            w_fail(w, "string is not valid UTF-8");
+        break;
+    }
+    case LUA_TLIGHTUSERDATA:
+        if (lua_touserdata(L, idx) != ZKF_JSON_NULL)
+            w_fail(w, "cannot encode a light userdata");
+        w_put(w, "null", 4);
+        break;
+    case LUA_TTABLE:
+        w_table(w, idx);
+        break;
+    default: {
+        char reason[64];
+
+        snprintf(reason, sizeof reason, "cannot encode a %s",
+                 luaL_typename(L, idx));
+        w_fail(w, reason);
+    }
+    }
+}
+
+/* The registry key of this state's writer. */
+static const char writer_key = 0;
+
+static writer *get_writer(lua_State *L)
+{
+    writer *w;
+
+    if (lua_rawgetp(L, LUA_REGISTRYINDEX, &writer_key) == LUA_TUSERDATA) {
+        w = lua_touserdata(L, -1);
+        lua_pop(L, 1);
+        return w;
+    }
+    lua_pop(L, 1);
+    w = lua_newuserdatauv(L, sizeof *w, 0);
+    w->buf = NULL;
+    w->len = w->cap = 0;
+    w->alloc = lua_getallocf(L, &w->allocud);
+    if (luaL_newmetatable(L, WRITER_MT)) {
+        lua_pushcfunction(L, writer_gc);
+        lua_setfield(L, -2, "__gc");
+    }
+    lua_setmetatable(L, -2);
+    lua_rawsetp(L, LUA_REGISTRYINDEX, &writer_key);
+    return w;
+}
+
+void zkf_json_encode(lua_State *L, int idx, int flags)
+{
+    writer *w;
+
+    idx = lua_absindex(L, idx);
+    w = get_writer(L);
+    /* the last call may have raised half way, or left a big buffer */
+    if (w->cap > WRITER_KEEP)
+        w_release(w);
+    w->L = L;
+    w->len = 0;
+    w->depth = 0;
+    w->pretty = (flags & ZKF_JSON_PRETTY) != 0;
+    w->sort = (flags & ZKF_JSON_SORT_KEYS) != 0;
+    w_value(w, idx);
+    lua_pushlstring(L, w->buf, w->len);
+    if (w->cap > WRITER_KEEP)
+        w_release(w);
 }
 
 /* ---- JSON -> Lua ------------------------------------------------------- */
@@ -408,33 +1130,19 @@ static box *new_box(lua_State *L)
 
 static int l_json_encode(lua_State *L)
 {
-    size_t flags = JSON_ENCODE_ANY | JSON_COMPACT;
-    char err[256];
-    box *b;
+    int flags = 0;
 
     luaL_checkany(L, 1);
     if (!lua_isnoneornil(L, 2)) {
         luaL_checktype(L, 2, LUA_TTABLE);
         if (lua_getfield(L, 2, "pretty") != LUA_TNIL && lua_toboolean(L, -1))
-            flags = JSON_ENCODE_ANY | JSON_INDENT(2);
+            flags |= ZKF_JSON_PRETTY;
         if (lua_getfield(L, 2, "sort_keys") != LUA_TNIL
             && lua_toboolean(L, -1))
-            flags |= JSON_SORT_KEYS;
+            flags |= ZKF_JSON_SORT_KEYS;
         lua_pop(L, 2);
     }
-    lua_settop(L, 1);
-    b = new_box(L);
-    b->j = zkf_json_from_lua(L, 1, err, sizeof err);
-    if (!b->j)
-        return luaL_error(L, "%s", err);
-    b->s = json_dumps(b->j, flags);
-    if (!b->s)
-        return luaL_error(L, "json: out of memory");
-    lua_pushstring(L, b->s);
-    json_decref(b->j);
-    b->j = NULL;
-    free(b->s);
-    b->s = NULL;
+    zkf_json_encode(L, 1, flags);
     return 1;
 }
 

@@ -63,6 +63,94 @@ describe("core.json_encode", function()
     assert.equal('"a\\u0000b\\n"', encode("a\0b\n"))
   end)
 
+  it("writes floats as %.17g that still read as floats", function()
+    assert.equal("[1.0,-0.0,100.0,0.0]", encode({ 1.0, -0.0, 100.0, 0.0 }))
+    assert.equal("0.10000000000000001", encode(0.1))
+    assert.equal("0.33333333333333331", encode(1 / 3))
+    assert.equal("9007199254740992.0", encode(2.0 ^ 53))
+    assert.equal("10000000000000000.0", encode(1e16))
+    assert.equal("1.2345678901234568e17", encode(123456789012345678.0))
+    assert.equal("1e21", encode(1e21))
+    assert.equal("1.0000000000000001e300", encode(1e300))
+    assert.equal("1.4999999999999999e-7", encode(1.5e-7))
+    assert.equal("4.9406564584124654e-324", encode(5e-324))
+    assert.equal("-9.2233720368547758e18", encode(-2.0 ^ 63))
+    for _, x in ipairs({ 0.1, 1 / 3, 1767225600.123456, 1e-300, 2.0 ^ 60, -123.5 }) do
+      local back = decode(encode(x))
+      assert.equal("float", math.type(back))
+      assert.equal(x, back)
+    end
+  end)
+
+  it("writes integers at the edges of their range", function()
+    assert.equal("[-9223372036854775808,9223372036854775807,0,-1]",
+                 encode({ math.mininteger, math.maxinteger, 0, -1 }))
+  end)
+
+  it("encodes nested arrays and objects", function()
+    assert.equal('[[1,[2,[3,[]]]],{"a":[{}]}]',
+                 encode({ { 1, { 2, { 3, setmetatable({}, { __jsontype = "array" }) } } },
+                          { a = { {} } } }))
+    assert.equal('{"a":{"b":{"c":[true,false,null]}}}',
+                 encode({ a = { b = { c = { true, false, core.null } } } }))
+  end)
+
+  it("escapes quotes, backslashes and control characters as jansson does", function()
+    assert.equal('"\\"\\\\\\b\\f\\n\\r\\t"', encode('"\\\b\f\n\r\t'))
+    assert.equal('"\\u0001\\u001F\\u000B"', encode("\1\31\11"))
+    assert.equal('"\127"', encode("\127"))
+  end)
+
+  it("leaves / and non-ASCII characters as they are", function()
+    assert.equal('"a/b"', encode("a/b"))
+    assert.equal('"caf\u{e9} \u{4e2d} \u{1F600} \u{10FFFF}"',
+                 encode("caf\u{e9} \u{4e2d} \u{1F600} \u{10FFFF}"))
+    assert.equal('{"\u{e9}":"\u{4e2d}"}', encode({ ["\u{e9}"] = "\u{4e2d}" }))
+  end)
+
+  it("refuses overlong forms, surrogates and code points above U+10FFFF", function()
+    for _, s in ipairs({ "\xc0\x80", "\xe0\x80\x80", "\xed\xa0\x80", "\xf4\x90\x80\x80",
+                         "\xc3", "x\xe4\xb8", "\x80", "\xf5\x80\x80\x80" }) do
+      local ok, err = pcall(encode, { s })
+      assert.is_false(ok)
+      assert.matches("json: $[1]: string is not valid UTF-8", err, 1, true)
+    end
+  end)
+
+  it("names integer keys of objects in the error path", function()
+    local ok, err = pcall(encode, { [5] = { x = 0 / 0 }, k = 1 })
+    assert.is_false(ok)
+    assert.matches("json: $.5.x: cannot encode NaN or infinity", err, 1, true)
+  end)
+
+  it("refuses a key conflict with sort_keys too", function()
+    assert.has_error(function() encode({ [1] = "a", ["1"] = "b", x = 1 }, { sort_keys = true }) end)
+    assert.has_error(function() encode({ a = 1, ["-3"] = 1, [-3] = 2 }) end)
+    assert.equal('{"01":1,"1":2}', encode({ ["01"] = 1, [1] = 2 }, { sort_keys = true }))
+  end)
+
+  it("sorts keys bytewise, integer keys as their digits", function()
+    assert.equal('{"":0,"10":1,"9":2,"A":3,"a":4,"ab":5}',
+                 encode({ a = 4, ab = 5, A = 3, [9] = 2, [10] = 1, [""] = 0 }, { sort_keys = true }))
+  end)
+
+  it("pretty-prints empty tables, nesting and sorted keys like jansson", function()
+    assert.equal("{}", encode({}, { pretty = true }))
+    assert.equal("[]", encode(setmetatable({}, { __jsontype = "array" }), { pretty = true }))
+    assert.equal('{\n  "a": {},\n  "b": [\n    1,\n    {\n      "c": null\n    }\n  ]\n}',
+                 encode({ b = { 1, { c = core.null } }, a = {} }, { pretty = true, sort_keys = true }))
+  end)
+
+  it("encodes long strings and many keys, and again after an error", function()
+    local long = string.rep("\u{e9}x\n", 50000)
+    assert.equal(long, decode(encode(long)))
+    local t = {}
+    for i = 1, 3000 do t["k" .. i] = i end
+    assert.same(t, decode(encode(t)))
+    assert.has_error(function() encode({ long, print }) end)
+    assert.equal('{"a":[1,2]}', encode({ a = { 1, 2 } }))
+  end)
+
   it("refuses invalid UTF-8, naming the key path", function()
     local ok, err = pcall(encode, { a = { b = { "x", "\xff" } } })
     assert.is_false(ok)
