@@ -1193,17 +1193,19 @@ local function reach_sums(byid, topo, dir, weight_of)
             single[s] = c
             sum[s] = w[c] + sum[c]
         else
-            for i = 1, m do nbs[i] = step[list[i]] end
-            for i = m + 1, #nbs do nbs[i] = nil end
-            sort(nbs, function(a, b) return a > b end)
-            local key = concat(nbs, ",")
+            -- neighbour lists are sorted ids: equal lists, equal keys
+            local key = concat(list, "\0")
             local shared = by_key[key]
             if shared then
                 sets[s], sum[s] = sets[shared], sum[shared]
             else
+                for i = 1, m do nbs[i] = step[list[i]] end
+                for i = m + 1, #nbs do nbs[i] = nil end
+                sort(nbs)
                 local acc = {}
                 for i = 1, (s - 2) // 64 + 1 do acc[i] = 0 end
-                for i = 1, m do
+                -- the latest visited first: it reaches the most of the others
+                for i = m, 1, -1 do
                     local c = nbs[i]
                     while c do
                         local wi, bit = (c - 1) // 64 + 1, 1 << ((c - 1) % 64)
