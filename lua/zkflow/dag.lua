@@ -17,10 +17,14 @@
 --     source_hash (set by the loader) }
 -- The task object:
 --   { id, dag_id, operator (name), op (operator module), line,
---     upstream, downstream (sorted ids), the common options below with
---     their defaults filled in, priority_weight (effective, after
---     weight_rule), weight_rule, params (dag < default_args < task),
---     sensor options for sensors, and the operator's own fields by name }
+--     upstream, downstream (sorted ids), the common options below,
+--     priority_weight (effective, after weight_rule), weight_rule, params
+--     (dag < default_args < task), sensor options for sensors, and the
+--     operator's own fields by name }
+--   Every option reads with its value or default (task.retries is 0 when
+--   unset), but the defaults of the common and sensor options live in the
+--   task's metatable (_M.TASK_MT, _M.SENSOR_TASK_MT), not in each task:
+--   read options by name, pairs() over a task lists only what it sets.
 --
 -- Decisions where Airflow offers a choice:
 --   catchup defaults to true (Airflow's catchup_by_default = True);

@@ -3,8 +3,9 @@
 --
 -- DAG files are trusted code (as in Airflow): io and os stay available.
 -- What the sandbox protects is the engine and the other files: globals a
--- file sets live in its own _ENV, the standard library tables it sees are
--- its own copies, `load` defaults to the file's environment, and a file
+-- file sets live in its own _ENV, what it stores in a standard library
+-- table (`string.x = 1`) stays in its own view of that table, `load`
+-- defaults to the file's environment, and a file
 -- that loops or allocates forever while loading is stopped instead of
 -- stalling or exhausting the scheduler.
 
