@@ -33,21 +33,30 @@ local HOOK_STEP = 1000
 ------------------------------------------------------------------------------
 
 --- FNV-1a, 32 bits, as 8 hex digits: the DAG version the scheduler stores.
+--- The low 32 bits of a product depend only on the low 32 bits of its
+--- factors, so the mask is applied once at the end, not per byte.
 function _M.hash(s)
-    local h = 0x811c9dc5
+    local h, P = 0x811c9dc5, 0x01000193
     local byte = string.byte
     local n = #s
     local i = 1
-    while i <= n do
-        local j = i + 63
-        if j > n then j = n end
-        local bytes = { byte(s, i, j) }
-        for k = 1, #bytes do
-            h = ((h ~ bytes[k]) * 0x01000193) & 0xffffffff
-        end
-        i = j + 1
+    while i + 7 <= n do
+        local a, b, c, d, e, f, g, k = byte(s, i, i + 7)
+        h = (h ~ a) * P
+        h = (h ~ b) * P
+        h = (h ~ c) * P
+        h = (h ~ d) * P
+        h = (h ~ e) * P
+        h = (h ~ f) * P
+        h = (h ~ g) * P
+        h = (h ~ k) * P
+        i = i + 8
     end
-    return sfmt("%08x", h)
+    while i <= n do
+        h = (h ~ byte(s, i)) * P
+        i = i + 1
+    end
+    return sfmt("%08x", h & 0xffffffff)
 end
 
 local function read_file(path)
@@ -271,6 +280,8 @@ end
 -- Loading one file
 ------------------------------------------------------------------------------
 
+local load_source
+
 local function is_dag_list(v)
     if type(v) ~= "table" or dag.is_dag(v) then
         return false
@@ -293,12 +304,16 @@ end
 --- creates with flow.dag is collected either way.
 --- Returns a list of dags, or nil and an error naming the file (and line).
 function _M.load_source(src, name, opts)
+    return load_source(src, name, opts, _M.hash(src))
+end
+
+-- load_source with the source's hash already known (scan has it).
+function load_source(src, name, opts, hash)
     opts = opts or {}
     local root = opts.root or dirname(name)
     local ilimit = opts.instruction_limit or _M.DEFAULT_INSTRUCTIONS
     local mlimit = opts.memory_limit
     if mlimit == nil then mlimit = _M.DEFAULT_MEMORY end
-    local hash = _M.hash(src)
 
     local env
     local budget = new_budget(ilimit, name)
@@ -543,7 +558,7 @@ function _M.scan(dir, opts)
             result.errors[f.path] = sfmt("%s: %s", f.path, tostring(rerr))
         else
             entry.hash = _M.hash(src)
-            local dags, err = _M.load_source(src, f.path, o)
+            local dags, err = load_source(src, f.path, o, entry.hash)
             if o.collect ~= false then
                 local kb = collectgarbage("count")
                 if kb > heap_kb * 1.5 + 2048 then
