@@ -75,7 +75,7 @@ describe("retries", function()
       s:start()
       local run = s:create_run(d, { logical_date = 1767225600 })
       local seen_retry
-      s.on_event = function(kind, ti)
+      s.on_event = function(kind)
         if kind == "ti_retry" then
           s:flush(); store:flush()
           seen_retry = st:get_ti("retry_store", run.run_id, "a")

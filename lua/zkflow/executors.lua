@@ -10,7 +10,7 @@ local core = require "zkflow.core"
 local template = require "zkflow.template"
 
 local now = core.now
-local min, type, tostring, error, pairs = math.min, type, tostring, error, pairs
+local min, tostring, error, pairs = math.min, tostring, error, pairs
 
 local _M = {}
 

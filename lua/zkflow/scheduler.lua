@@ -545,7 +545,9 @@ function Sched:past_allows(ti)
       best = r
     end
   end
-  -- Finished runs are no longer in memory: ask the store.
+  -- Finished runs are no longer in memory: ask the store, after writing
+  -- this turn's changes (a run that ended in this turn is in neither).
+  self:flush()
   local stored_best_ld, stored_best_id
   for _, rid in ipairs(self.st:run_ids(run.dag_id)) do
     if rid ~= run.run_id and not (best and rid == best.run_id) then
@@ -789,7 +791,7 @@ function Sched:log_path(ti)
                                       ti.task_id, ti.try_number)
 end
 
-function Sched:task_log(ti, msg)
+function Sched:task_log(ti, msg) -- luacheck: ignore 212/self
   local path = ti.log
   if not path then return end
   if not ti.log_ready then
@@ -990,7 +992,7 @@ end
 
 -- Airflow's retry delay: retry_delay, doubled for each try with
 -- retry_exponential_backoff, capped by max_retry_delay.
-function Sched:retry_delay(ti)
+function Sched:retry_delay(ti) -- luacheck: ignore 212/self
   local task = ti.task
   local delay = task.retry_delay or 300
   if task.retry_exponential_backoff then
@@ -1018,7 +1020,7 @@ end
 -- The set of task ids a branch task chose (its return value: an id, a
 -- task, or a list of them; nil follows nothing), or nil and an error when
 -- one of them is not directly downstream of the branch.
-function Sched:branch_targets(ti, res)
+function Sched:branch_targets(ti, res) -- luacheck: ignore 212/self
   local follow = {}
   local list = res
   if type(res) ~= "table" or res.id then list = { res } end
