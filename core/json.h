@@ -30,9 +30,8 @@ extern const char zkf_json_null_sentinel;
 /* Pushes the JSON text of the Lua value at `idx` (compact, object keys in
  * lua_next() order unless `flags` say otherwise): the same text
  * json_dumps() writes for zkf_json_from_lua()'s tree, without building
- * it.  Raises "json: $.path: reason" on a value JSON cannot carry.  The
- * buffer is kept by `L` between calls (freed when above 64 KiB or when
- * `L` closes), so nothing leaks when it raises. */
+ * it.  Raises "json: $.path: reason" on a value JSON cannot carry (and
+ * leaks nothing when it does: a long text is built in a userdata). */
 void zkf_json_encode(lua_State *L, int idx, int flags);
 
 /* Converts the Lua value at `idx` to JSON.  Returns a new reference (free

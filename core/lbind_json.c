@@ -322,40 +322,22 @@ json_t *zkf_json_from_lua(lua_State *L, int idx, char *err, size_t errlen)
  * number formats, escapes and indentation), so stored records and specs do
  * not change.
  *
- * The buffer and the error path live in a userdata held by the registry,
- * one per lua_State, reused across calls: errors are raised with
- * luaL_error() from any depth, and the longjmp leaks nothing because no
- * memory belongs to the C stack.  Nothing in the walk runs Lua code (raw
- * accesses only), so a call cannot re-enter the writer.
+ * The writer lives on the C stack of one call and starts with a buffer
+ * there; a longer text moves to a userdata held in one stack slot, so an
+ * error raised from any depth (luaL_error) leaks nothing, and a finalizer
+ * that encodes JSON while we allocate gets a writer of its own.
  */
-
-#define WRITER_MT "zkflow.JsonWriter"
-#define WRITER_KEEP (64 * 1024)     /* a bigger buffer is freed after use */
 
 typedef struct writer {
     lua_State *L;
     char *buf;
     size_t len, cap;
+    int bufidx;                 /* the stack slot that owns a grown buf */
     int depth;
     int pretty, sort;
-    void *allocud;
-    lua_Alloc alloc;
     path_step path[ZKF_JSON_MAX_DEPTH + 1];
+    char init[1024];
 } writer;
-
-static void w_release(writer *w)
-{
-    if (w->buf)
-        w->alloc(w->allocud, w->buf, w->cap, 0);
-    w->buf = NULL;
-    w->len = w->cap = 0;
-}
-
-static int writer_gc(lua_State *L)
-{
-    w_release(luaL_checkudata(L, 1, WRITER_MT));
-    return 0;
-}
 
 /* Raises "json: $.path: reason". */
 static void w_fail(writer *w, const char *reason)
@@ -368,16 +350,18 @@ static void w_fail(writer *w, const char *reason)
 
 static char *w_grow(writer *w, size_t n)
 {
-    size_t cap = w->cap ? w->cap : 256;
+    size_t cap = w->cap;
     char *p;
 
     if (n > (size_t)-1 / 2 - w->len)
         w_fail(w, "out of memory");
     while (cap - w->len < n)
         cap *= 2;
-    p = w->alloc(w->allocud, w->buf, w->cap, cap);
-    if (!p)
-        w_fail(w, "out of memory");
+    /* the old buffer stays referenced until the new slot owner replaces
+     * it */
+    p = lua_newuserdatauv(w->L, cap, 0);
+    memcpy(p, w->buf, w->len);
+    lua_replace(w->L, w->bufidx);
     w->buf = p;
     w->cap = cap;
     return p + w->len;
@@ -969,50 +953,23 @@ static void w_value(writer *w, int idx)
     }
 }
 
-/* The registry key of this state's writer. */
-static const char writer_key = 0;
-
-static writer *get_writer(lua_State *L)
-{
-    writer *w;
-
-    if (lua_rawgetp(L, LUA_REGISTRYINDEX, &writer_key) == LUA_TUSERDATA) {
-        w = lua_touserdata(L, -1);
-        lua_pop(L, 1);
-        return w;
-    }
-    lua_pop(L, 1);
-    w = lua_newuserdatauv(L, sizeof *w, 0);
-    w->buf = NULL;
-    w->len = w->cap = 0;
-    w->alloc = lua_getallocf(L, &w->allocud);
-    if (luaL_newmetatable(L, WRITER_MT)) {
-        lua_pushcfunction(L, writer_gc);
-        lua_setfield(L, -2, "__gc");
-    }
-    lua_setmetatable(L, -2);
-    lua_rawsetp(L, LUA_REGISTRYINDEX, &writer_key);
-    return w;
-}
-
 void zkf_json_encode(lua_State *L, int idx, int flags)
 {
-    writer *w;
+    writer w;
 
     idx = lua_absindex(L, idx);
-    w = get_writer(L);
-    /* the last call may have raised half way, or left a big buffer */
-    if (w->cap > WRITER_KEEP)
-        w_release(w);
-    w->L = L;
-    w->len = 0;
-    w->depth = 0;
-    w->pretty = (flags & ZKF_JSON_PRETTY) != 0;
-    w->sort = (flags & ZKF_JSON_SORT_KEYS) != 0;
-    w_value(w, idx);
-    lua_pushlstring(L, w->buf, w->len);
-    if (w->cap > WRITER_KEEP)
-        w_release(w);
+    lua_pushnil(L);             /* the owner of a grown buffer */
+    w.L = L;
+    w.buf = w.init;
+    w.len = 0;
+    w.cap = sizeof w.init;
+    w.bufidx = lua_gettop(L);
+    w.depth = 0;
+    w.pretty = (flags & ZKF_JSON_PRETTY) != 0;
+    w.sort = (flags & ZKF_JSON_SORT_KEYS) != 0;
+    w_value(&w, idx);
+    lua_pushlstring(L, w.buf, w.len);
+    lua_remove(L, w.bufidx);
 }
 
 /* ---- JSON -> Lua ------------------------------------------------------- */
