@@ -39,6 +39,7 @@ void zkf_lua_open_cron(lua_State *L);   /* lbind_cron.c: cron */
 void zkf_lua_open_json(lua_State *L);   /* lbind_json.c: json_encode json_decode null base64_* */
 void zkf_lua_open_fs(lua_State *L);     /* lbind_fs.c: listdir stat mkdirs read_file write_file */
 void zkf_lua_open_watch(lua_State *L);  /* lbind_watch.c: watch_tree (inotify) */
+void zkf_lua_open_net(lua_State *L);    /* lbind_net.c: tcp_request */
 
 /* The whole module: returns 1 (the table).  luaopen_zkflow_core calls it. */
 int zkf_lua_open_core(lua_State *L);
