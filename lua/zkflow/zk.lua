@@ -155,6 +155,7 @@ end
 -- The store path of a client path.
 function Client:_full(path)
     if not self.root then return path end
+    if path:sub(1, 1) ~= "/" then raise("ZBADARGUMENTS", path) end
     if path == "/" then return self.root end
     return self.root .. path
 end
@@ -213,8 +214,8 @@ function Client:create(path, data, opts)
         return self:_protected_create(path, data, flags)
     end
     local p, err = self.store:create(self:_full(path), data, flags)
-    if not p then raise(err, path) end
     self:_flush()
+    if not p then raise(err, path) end
     return self:_rel(p)
 end
 
@@ -238,10 +239,8 @@ function Client:_create_findable(parent, prefix, name, data, flags)
     local last
     for _ = 1, 10 do
         local p, err = st:create(base .. name, data, flags)
-        if p then
-            self:_flush()
-            return self:_rel(p)
-        end
+        self:_flush()
+        if p then return self:_rel(p) end
         if err == "ZNONODE" and flags.parents == nil then
             raise(err, parent)
         end
@@ -280,8 +279,8 @@ function Client:set(path, data, version)
     check_path(path, "set")
     data = data_arg(data, "set")
     local stat, err = self.store:set(self:_full(path), data, version or -1)
-    if not stat then raise(err, path) end
     self:_flush()
+    if not stat then raise(err, path) end
     return stat
 end
 
@@ -292,8 +291,8 @@ function Client:delete(path, version, opts)
     if type(version) == "table" then version, opts = nil, version end
     local ok, err = self.store:delete(self:_full(path), version or -1,
                                       { recursive = opts and opts.recursive })
-    if not ok then raise(err, path) end
     self:_flush()
+    if not ok then raise(err, path) end
     return true
 end
 
@@ -334,11 +333,11 @@ function Client:multi(ops)
         sops[i] = o
     end
     local res, err, idx = self.store:multi(sops)
+    self:_flush()
     if not res then
         raise(err, idx and ops[idx] and fmt("op %d (%s %s)", idx,
               tostring(ops[idx].op), ops[idx].path) or "multi")
     end
-    self:_flush()
     for i, r in ipairs(res) do
         if type(r) == "string" then res[i] = self:_rel(r) end
     end
@@ -352,8 +351,8 @@ function Client:ensure_path(path)
     local full = self:_full(path)
     if full == "/" then return true end
     local p, err = self.store:create(full, "", { parents = true })
+    self:_flush()
     if not p and err ~= "ZNODEEXISTS" then raise(err, path) end
-    if p then self:_flush() end
     return true
 end
 
@@ -862,9 +861,11 @@ function Client:register(service, instance)
     local fpath = self:_full(path)
     local p, err = self.store:create(fpath, data, { ephemeral = true,
                                                     parents = true })
+    self:_flush()
     if not p and err == "ZNODEEXISTS" then
         -- Our own earlier registration (or a stale one): take it over.
         local ok, serr = self.store:set(fpath, data, -1)
+        self:_flush()
         if not ok then raise(serr, path) end
     elseif not p then
         raise(err, path)
@@ -881,8 +882,8 @@ function Client:unregister(service, id)
     local path = SERVICES .. "/" .. service .. "/" .. tostring(id)
     self.ephemerals[self:_full(path)] = nil
     local ok, err = self.store:delete(self:_full(path), -1)
-    if not ok and err ~= "ZNONODE" then raise(err, path) end
     self:_flush()
+    if not ok and err ~= "ZNONODE" then raise(err, path) end
     return true
 end
 
