@@ -18,6 +18,8 @@ OWN=""
 
 ok() { echo "ok - $1"; PASS=$((PASS + 1)); }
 bad() { echo "not ok - $1${2:+: $2}"; FAIL=$((FAIL + 1)); }
+# same GOT WANT NAME: ok when GOT is WANT, else not ok showing GOT
+same() { if [ "$1" = "$2" ]; then ok "$3"; else bad "$3" "$1"; fi; }
 
 cleanup() {
     [ -n "$OWN" ] && bash spec/zk/harness.sh stop
@@ -105,8 +107,7 @@ for R in "${RUNNERS[@]}"; do
             bad "$name: zkflow's lock while kazoo holds it" "rc=$rc ms=$ms $(head -c 300 "$T/err")"
         fi
         out=$($PY spec/zk/interop_kazoo.py "$H" contenders "$L/lock1")
-        [ "$out" = "kazoo" ] && ok "$name: no zkflow contender is left behind" ||
-            bad "$name: contenders after the timeout" "$out"
+        same "$out" kazoo "$name: no zkflow contender is left behind"
         touch "$T/release"
         wait "$KPID"
         # shellcheck disable=SC2086
@@ -126,11 +127,9 @@ for R in "${RUNNERS[@]}"; do
     ZPID=$!
     if wait_file "$T/ready"; then
         out=$($PY spec/zk/interop_kazoo.py "$H" contenders "$L/lock2")
-        [ "$out" = "zkflow" ] && ok "$name: kazoo sees zkflow's node as the holder" ||
-            bad "$name: kazoo's contenders" "$out"
+        same "$out" zkflow "$name: kazoo sees zkflow's node as the holder"
         $PY spec/zk/interop_kazoo.py "$H" try "$L/lock2" 1; rc=$?
-        [ "$rc" -eq 3 ] && ok "$name: zkflow holds the lock, kazoo's acquire(timeout=1) times out" ||
-            bad "$name: kazoo's lock while zkflow holds it" "rc=$rc"
+        same "$rc" 3 "$name: zkflow holds the lock, kazoo's acquire(timeout=1) times out"
         touch "$T/release"
         wait "$ZPID"
         if $PY spec/zk/interop_kazoo.py "$H" try "$L/lock2" 5; then
@@ -148,13 +147,11 @@ for R in "${RUNNERS[@]}"; do
     $PY spec/zk/interop_kazoo.py "$H" set "$L/data1" "$hex"
     # shellcheck disable=SC2086
     out=$($R "$T/side.lua" "$H" get "$L/data1" 2>&1)
-    [ "$out" = "$hex" ] && ok "$name: zkflow reads what kazoo wrote" ||
-        bad "$name: zkflow reading kazoo's data" "$out"
+    same "$out" "$hex" "$name: zkflow reads what kazoo wrote"
     # shellcheck disable=SC2086
     $R "$T/side.lua" "$H" set "$L/data2" "$hex"
     out=$($PY spec/zk/interop_kazoo.py "$H" get "$L/data2" 2>&1)
-    [ "$out" = "$hex" ] && ok "$name: kazoo reads what zkflow wrote" ||
-        bad "$name: kazoo reading zkflow's data" "$out"
+    same "$out" "$hex" "$name: kazoo reads what zkflow wrote"
 done
 
 echo "$PASS passed, $FAIL failed"
