@@ -1,7 +1,8 @@
 /*
  * json.h - Lua values <-> JSON (jansson) and base64, for C code that
  * serves JSON from Lua tables (the HTTP API, zk dump/restore) and for
- * lbind_json.c, which is their Lua face (core.json_encode ...).
+ * lbind_json.c, which is their Lua face (core.json_encode ...; those
+ * two read and write text directly, with the same mapping).
  *
  * Mapping: nil and core.null (ZKF_JSON_NULL) are null; integers stay
  * integers and floats stay reals; a table whose keys are exactly 1..n

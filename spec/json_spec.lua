@@ -236,6 +236,52 @@ describe("core.json_decode", function()
     assert.is_nil((decode("{'a': 1}")))
   end)
 
+  it("decodes escapes, surrogate pairs and raw UTF-8", function()
+    assert.equal('"\\/\b\f\n\r\t', decode('"\\"\\\\\\/\\b\\f\\n\\r\\t"'))
+    assert.equal("\u{1F600}\u{e9}", decode('"\\ud83d\\uDE00\u{e9}"'))
+    assert.equal(string.rep("\u{e9}", 300), decode('"' .. string.rep("\\u00e9", 300) .. '"'))
+  end)
+
+  it("refuses lone surrogates, bad escapes, control characters and bad UTF-8", function()
+    for _, s in ipairs({ '"\\ud800"', '"\\udc00"', '"\\ud800\\u0041"', '"\\x"', '"\\u12"',
+                         '"a\1"', '"\xff"', '"\xed\xa0\x80"', '"abc', "\xff" }) do
+      local v, err = decode(s)
+      assert.is_nil(v)
+      assert.matches("^json: line 1 column %d+: ", err)
+    end
+  end)
+
+  it("reads numbers as jansson does", function()
+    assert.equal(0, decode("-0"))
+    assert.equal("integer", math.type(decode("-0")))
+    assert.equal("-0.0", tostring(decode("-0.0")))
+    assert.equal(math.mininteger, decode("-9223372036854775808"))
+    assert.equal(math.maxinteger, decode("9223372036854775807"))
+    assert.equal(0.0, decode("1e-400"))
+    assert.equal(0.1, decode("0.1000000000000000055511151231257827021181583404541015625"))
+    for _, s in ipairs({ "9223372036854775808", "-9223372036854775809", "1e400", "01", "1.", ".5",
+                         "+1", "1e", "-", "0x10", "NaN", "Infinity" }) do
+      local v, err = decode(s)
+      assert.is_nil(v, s)
+      assert.matches("^json: line 1 column %d+: ", err)
+    end
+  end)
+
+  it("keeps the last of duplicate keys and refuses NUL in keys", function()
+    assert.equal(2, decode('{"a":1,"a":2}').a)
+    local v, err = decode('{"a\\u0000b":1}')
+    assert.is_nil(v)
+    assert.matches("NUL byte in object key not supported", err, 1, true)
+  end)
+
+  it("refuses trailing commas, missing separators and trailing text", function()
+    -- a raw NUL byte too, which jansson skipped
+    for _, s in ipairs({ "[1,]", "{\"a\":1,}", "[1 2]", "{\"a\" 1}", "{1:2}", "[", "{", "tru", "nulll",
+                         "[1] x", "1\0" }) do
+      assert.is_nil((decode(s)), s)
+    end
+  end)
+
   it("decodes 200 levels and refuses 201 without crashing", function()
     local v = decode(string.rep("[", 200) .. string.rep("]", 200))
     assert.equal("table", type(v))
