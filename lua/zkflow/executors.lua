@@ -130,6 +130,10 @@ end)
 
 _M.builtin = builtin
 
+-- Executors that never use their `rt` argument (the scheduler skips
+-- building one for them).
+_M.pure = { [builtin.lua] = true, [builtin.empty] = true }
+
 -- The executor for `task`: its operator module's execute (or poke, wrapped
 -- as a sensor), else the built-in one.
 function _M.find(task)

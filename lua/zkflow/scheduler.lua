@@ -170,6 +170,99 @@ local function ti_record(ti)
   }
 end
 
+-- The same record as ti_record, encoded by hand: this runs once per task
+-- instance per turn, and a generic encoder (a table, then jansson) costs
+-- several times more.  Values that are not plain go through json_encode.
+local find, sfmt, math_type = string.find, string.format, math.type
+local last_sec, last_iso
+
+local function jstr(v)
+  if find(v, '[%c"\\\128-\255]') then return json_encode(v) end
+  return '"' .. v .. '"'
+end
+
+-- Encoded strings that stay the same for many records (task ids, operator
+-- names, log paths, the worker id), so that each is scanned once.
+local jcache = setmetatable({}, { __mode = "k" })
+local jcached, JCACHE_MAX = 0, 100000
+local function jstr_cached(v)
+  local e = jcache[v]
+  if e then return e end
+  e = jstr(v)
+  if jcached >= JCACHE_MAX then jcache, jcached = setmetatable({}, { __mode = "k" }), 0 end
+  jcache[v] = e
+  jcached = jcached + 1
+  return e
+end
+
+local function jtime(t)
+  if not t then return "null" end
+  local sec = floor(t)
+  if sec ~= last_sec then
+    last_sec, last_iso = sec, os.date("!%Y-%m-%dT%H:%M:%S", sec)
+  end
+  local us = floor((t - sec) * 1e6 + 0.5)
+  if us >= 1000000 then us = 999999 end
+  return sfmt('"%s.%06d+00:00"', last_iso, us)
+end
+
+local function jnum(v)
+  if v == nil then return "null" end
+  if math_type(v) == "integer" then return sfmt("%d", v) end
+  if v ~= v or v == math.huge or v == -math.huge then return "null" end
+  return sfmt("%.17g", v)
+end
+
+local function ti_json(ti)
+  local xcom, xcoms = "null", nil
+  if ti.xcom ~= nil then xcom = json_encode(ti.xcom) end
+  if ti.xcoms ~= nil then xcoms = json_encode(ti.xcoms) end
+  local sd, ed = ti.start_date, ti.end_date
+  local task = ti.task
+  local ij = task.id_json
+  if not ij then
+    ij = jstr(ti.task_id)
+    task.id_json = ij
+  end
+  local log = ti.log
+  local lj = "null"
+  if log then
+    lj = ti.log_json
+    if not lj or ti.log_json_of ~= log then
+      lj = jstr(log)
+      ti.log_json, ti.log_json_of = lj, log
+    end
+  end
+  local parts = {
+    '{"task_id":', ij,
+    ',"state":"', ti.state,
+    '","try_number":', jnum(ti.try_number),
+    ',"max_tries":', jnum(ti.max_tries),
+    ',"operator":', task.operator and jstr_cached(task.operator) or "null",
+    ',"start_date":', jtime(sd),
+    ',"end_date":', jtime(ed),
+    ',"duration":', (sd and ed) and jnum(ed - sd) or "null",
+    ',"xcom":', xcom,
+    ',"log":', lj,
+    ',"worker":', ti.worker and jstr_cached(ti.worker) or "null",
+  }
+  local n = #parts
+  local function opt(name, v)
+    parts[n + 1] = name
+    parts[n + 2] = v
+    n = n + 2
+  end
+  if ti.first_start then opt(',"first_start":', jnum(ti.first_start)) end
+  if ti.next_try_at then opt(',"next_try_at":', jnum(ti.next_try_at)) end
+  if xcoms then opt(',"xcoms":', xcoms) end
+  if ti.pid then opt(',"pid":', jnum(ti.pid)) end
+  if ti.error then opt(',"error":', jstr(ti.error)) end
+  if ti.lost then opt(',"lost":', jnum(ti.lost)) end
+  parts[n + 1] = "}"
+  return concat(parts)
+end
+_M.ti_json = ti_json
+
 local function run_record(run)
   return {
     dag_id = run.dag_id,
@@ -208,7 +301,8 @@ function Sched:flush()
     local path, data
     if obj.task then
       path = obj.path
-      data = encode(ti_record(obj), path)
+      local ok, res = pcall(ti_json, obj)
+      data = ok and res or encode(ti_record(obj), path)
     else
       path = self:run_path(obj)
       data = encode(run_record(obj), path)
@@ -787,8 +881,19 @@ end
 
 function Sched:log_path(ti)
   local run = ti.run
-  return ("%s/%s/%s/%s/%d.log"):format(self.log_dir, run.dag_id, run.run_id,
-                                      ti.task_id, ti.try_number)
+  local prefix = run.log_prefix
+  if not prefix then
+    prefix = ("%s/%s/%s/"):format(self.log_dir, run.dag_id, run.run_id)
+    run.log_prefix = prefix
+    run.log_prefix_plain = not find(prefix, '[%c"\\\128-\255]')
+  end
+  local path = prefix .. ti.task_id .. "/" .. ti.try_number .. ".log"
+  -- Task ids are [%w_.-]: the path needs no JSON escaping when the
+  -- prefix needs none; ti_json then skips scanning it.
+  if run.log_prefix_plain then
+    ti.log_json, ti.log_json_of = '"' .. path .. '"', path
+  end
+  return path
 end
 
 function Sched:task_log(ti, msg) -- luacheck: ignore 212/self
@@ -828,7 +933,8 @@ function Sched:start_ti(ti, pool, slots)
 
   local exe = executors.find(task)
   local ctx = self:context(ti)
-  local rt = self:runtime(ti, attempt)
+  -- The built-in Lua operators never look at the runtime.
+  local rt = not executors.pure[exe] and self:runtime(ti, attempt) or nil
   local deadline = task.execution_timeout and (mono() + task.execution_timeout)
   attempt.deadline = deadline
 
@@ -1094,63 +1200,112 @@ function Sched:variables()
   })
 end
 
-function Sched:run_context(run)
+-- The run-level part of the template context, built once per run and
+-- shared by its task instances.
+function Sched:run_base(run)
+  local b = run.ctx_base
+  if b then return b end
   local dag = run.dag
-  local params = {}
-  for k, v in pairs(dag.params or {}) do params[k] = v end
-  for k, v in pairs(run.conf or {}) do params[k] = v end
   local ld = run.logical_date
-  return {
-    ds = ds(ld),
-    ds_nodash = ds(ld):gsub("-", ""),
+  local conf = run.conf or {}
+  local d = ds(ld)
+  b = {
+    ds = d,
+    ds_nodash = (d:gsub("-", "")),
     ts = iso(ld),
     ts_nodash = os.date("!%Y%m%dT%H%M%S", floor(ld)),
     logical_date = iso(ld),
     data_interval_start = iso(run.data_interval_start),
     data_interval_end = iso(run.data_interval_end),
     run_id = run.run_id,
-    conf = run.conf or {},
-    params = params,
+    conf = conf,
     var = self:variables(),
     dag = { dag_id = run.dag_id, tags = dag.tags },
-    dag_run = { run_id = run.run_id, conf = run.conf or {}, run_type = run.run_type,
+    dag_run = { run_id = run.run_id, conf = conf, run_type = run.run_type,
                 logical_date = iso(ld) },
   }
+  run.ctx_base = b
+  return b
 end
 
-function Sched:context(ti)
+-- params as a task sees them: the DAG's < default_args' < the task's
+-- (merged by zkflow.dag) < the run's conf.
+local function params_of(run, task)
+  local p = {}
+  for k, v in pairs(task and task.params or run.dag.params or {}) do p[k] = v end
+  for k, v in pairs(run.conf or {}) do p[k] = v end
+  return p
+end
+
+-- A context for a DAG-level callback (a fresh table).
+function Sched:run_context(run)
+  local ctx = {}
+  for k, v in pairs(self:run_base(run)) do ctx[k] = v end
+  ctx.params = params_of(run, nil)
+  return ctx
+end
+
+-- The per-instance fields of a task's context, built when first read: most
+-- tasks read few of them, and a scheduler starts thousands of tasks a turn.
+local CTX_LAZY = {}
+
+function CTX_LAZY.params(_, ti)
+  return params_of(ti.run, ti.task)
+end
+
+function CTX_LAZY.ti(_, ti)
   local run = ti.run
-  local ctx = self:run_context(run)
-  local task = ti.task
-  if task.params then
-    for k, v in pairs(task.params) do
-      if (run.conf or {})[k] == nil then ctx.params[k] = v end
-    end
-  end
-  ctx.ti = { task_id = ti.task_id, dag_id = run.dag_id, run_id = run.run_id,
-             try_number = ti.try_number, max_tries = ti.max_tries, map_index = -1,
-             log = ti.log }
-  ctx.task = { task_id = ti.task_id, operator = task.operator }
+  return { task_id = ti.task_id, dag_id = run.dag_id, run_id = run.run_id,
+           try_number = ti.try_number, max_tries = ti.max_tries, map_index = -1,
+           log = ti.log }
+end
+
+function CTX_LAZY.task(_, ti)
+  return { task_id = ti.task_id, operator = ti.task.operator }
+end
+
+function CTX_LAZY.xcom(self, ti)
+  local run = ti.run
   local function pull(task_id, key)
     local other = run.tis[task_id or ti.task_id]
     if not other then return nil end
     if key == nil or key == "return_value" then return other.xcom end
     return other.xcoms and other.xcoms[key]
   end
-  ctx.xcom = setmetatable({
-    pull = function(task_id, key) return pull(task_id, key) end,
+  return setmetatable({
+    pull = pull,
     push = function(key, value)
       ti.xcoms = ti.xcoms or {}
       ti.xcoms[key] = value
       self:mark(ti)
     end,
   }, { __call = function(_, task_id, key) return pull(task_id, key) end })
-  ctx.log = function(...)
+end
+
+function CTX_LAZY.log(self, ti)
+  return function(...)
     local parts = table.pack(...)
     for i = 1, parts.n do parts[i] = tostring(parts[i]) end
     self:task_log(ti, concat(parts, " ", 1, parts.n))
   end
-  return ctx
+end
+
+-- The context of a task instance (`ctx` in Lua tasks, the environment of
+-- its templates): the run's shared fields plus its own, made on first use.
+function Sched:context(ti)
+  local base = self:run_base(ti.run)
+  local sched = self
+  return setmetatable({}, {
+    __index = function(ctx, k)
+      local f = CTX_LAZY[k]
+      if f then
+        local v = f(sched, ti)
+        rawset(ctx, k, v)
+        return v
+      end
+      return base[k]
+    end,
+  })
 end
 
 -- What an executor may ask of the scheduler for one try.
