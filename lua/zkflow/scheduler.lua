@@ -224,13 +224,13 @@ local function ti_json(ti)
     ij = jstr(ti.task_id)
     task.id_json = ij
   end
-  local log = ti.log
+  local logp = ti.log
   local lj = "null"
-  if log then
+  if logp then
     lj = ti.log_json
-    if not lj or ti.log_json_of ~= log then
-      lj = jstr(log)
-      ti.log_json, ti.log_json_of = lj, log
+    if not lj or ti.log_json_of ~= logp then
+      lj = jstr(logp)
+      ti.log_json, ti.log_json_of = lj, logp
     end
   end
   local parts = {
