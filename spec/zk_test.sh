@@ -1,7 +1,9 @@
 #!/bin/bash
 # spec/zk_test.sh - the tests that need a real ZooKeeper: starts one
-# server (spec/zk/harness.sh), runs the C tests of zk.c and the store
-# conformance spec against both backends, stops the server.  Ends with
+# server (spec/zk/harness.sh), runs the C tests of zk.c, the store
+# conformance spec against both backends, the zkflow.zk specs (client and
+# recipes; they start a 3-node ensemble of their own for one test) and the
+# kazoo interop test, stops the server.  Ends with
 # "N passed, N failed".
 set -u
 cd "$(dirname "$0")/.." || exit 1
@@ -39,12 +41,25 @@ else
     echo "zk: $B/test/test_zk is not built"; FAIL=$((FAIL + 1))
 fi
 
-out=$(busted --lua="$LUA" -o TAP spec/store_spec.lua 2>&1)
-echo "$out" | grep -vE '^\s*(\[C\]|/usr/share/lua|\.\.\.)' | grep -E '^(not )?ok |^#' | head -200
-p=$(echo "$out" | grep -cE '^ok ')
-f=$(echo "$out" | grep -cE '^not ok ')
-[ "$p" -eq 0 ] && f=$((f + 1))
-PASS=$((PASS + p)); FAIL=$((FAIL + f))
+for spec in spec/store_spec.lua spec/zk_client_spec.lua spec/zk_recipes_spec.lua; do
+    [ -f "$spec" ] || continue
+    out=$(busted --lua="$LUA" -o TAP "$spec" 2>&1)
+    echo "$out" | grep -vE '^\s*(\[C\]|/usr/share/lua|\.\.\.)' | grep -E '^(not )?ok |^#' | head -200
+    p=$(echo "$out" | grep -cE '^ok ')
+    f=$(echo "$out" | grep -cE '^not ok ')
+    [ "$p" -eq 0 ] && f=$((f + 1))
+    PASS=$((PASS + p)); FAIL=$((FAIL + f))
+done
+
+# zkflow.zk against python3-kazoo on the same server.
+if [ -f spec/zk_interop_test.sh ]; then
+    out=$(B="$B" bash spec/zk_interop_test.sh 2>&1)
+    echo "$out" | grep -vE '^[0-9]+ passed, [0-9]+ failed'
+    # shellcheck disable=SC2046  # two numbers, split on purpose
+    set -- $(echo "$out" | awk '/^[0-9]+ passed, [0-9]+ failed/ { p = $1; f = $3 } END { print p + 0, f + 0 }')
+    PASS=$((PASS + $1)); FAIL=$((FAIL + $2))
+    echo "$out" | grep -qE '^[0-9]+ passed' || FAIL=$((FAIL + 1))
+fi
 
 echo "$PASS passed, $FAIL failed"
 [ "$FAIL" -eq 0 ]
