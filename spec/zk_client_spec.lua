@@ -321,6 +321,33 @@ describe("zkflow.zk against ZooKeeper only #zk", function()
         assert.is_true(core.mono() - t0 < 10)
     end)
 
+    it("leaves one node when a protected sequential create meets a stalled server", function()
+        if not os.getenv("ZKFLOW_ZK_DIR") then
+            pending("needs the harness's ZKFLOW_ZK_DIR")
+            return
+        end
+        run(function()
+            local c = zk.connect(H.HOSTS, { timeout = 2, root = H.root() })
+            c:create("/jobs", "")
+            assert(H.harness("pause", 1))
+            require("zkflow.async").spawn(function()
+                sleep(2)
+                H.harness("resume", 1)
+            end)
+            local ok, p = pcall(c.create, c, "/jobs/job-", "x",
+                                { sequential = true, protected = true })
+            H.harness("resume", 1)
+            assert(ok, p)
+            assert.matches("^/jobs/_c_[%x%-]+%-job%-%d+$", p)
+            local kids = eventually(function()
+                local okk, k = pcall(c.children, c, "/jobs")
+                return okk and k
+            end, 20)
+            assert.same({ p:sub(7) }, kids)
+            c:close()
+        end, 90)
+    end)
+
     it("registers its services again after the session expires", function()
         if not os.getenv("ZKFLOW_ZK_DIR") then
             pending("needs the harness's ZKFLOW_ZK_DIR")
