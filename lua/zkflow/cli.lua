@@ -153,7 +153,17 @@ end
 function Ctx:store(create)
     if self.st then return self.st end
     if self.zk and self.zk ~= "" then
-        usage_error("ZooKeeper support is not built yet")
+        local hosts = self.zk:gsub("^zk://", "")
+        local ok, st, err = pcall(core.store, "zk://" .. hosts, {
+            timeout = self.session_timeout or 10,
+        })
+        if not ok or not st then
+            fail("cannot connect to ZooKeeper at " .. hosts .. ": "
+                 .. tostring(ok and err or st))
+        end
+        self.st = st
+        insert(self.stores, st)
+        return st
     end
     if not create and not is_file(self.db) then
         return nil
@@ -1005,96 +1015,105 @@ local function cmd_zk_rm(ctx, args)
     return 0
 end
 
--- The dump format: {"path":..., "data":..., "encoding":"utf8"|"base64",
--- "children":{name: node}} (binary data as base64, empty data kept).
-local function dump_node(st, p)
-    local data = st:get(p)
-    if data == nil then return nil end
-    local node = { data = data, encoding = "utf8" }
-    if not utf8.len(data) then
-        node.data = core.base64_encode(data)
-        node.encoding = "base64"
-    end
-    local names = st:children(p) or {}
-    if #names > 0 then
-        local kids = {}
-        for _, name in ipairs(names) do
-            kids[name] = dump_node(st, (p == "/" and "" or p) .. "/" .. name)
-        end
-        node.children = kids
-    end
-    return node
-end
-
+-- The dump format and the restore live in zkflow.zkdump, shared with the
+-- zk_dump and zk_restore operators.
 local function cmd_zk_dump(ctx, args)
     local st = ctx:store(false)
     local p = norm_path(ctx, args[1])
-    local node = st and dump_node(st, p)
-    if not node then fail(p .. ": ZNONODE") end
-    node.path = p
-    local text = core.json_encode(node, { pretty = true, sort_keys = true })
+    if not st then fail(p .. ": ZNONODE") end
+    local tree, info = need("zkflow.zkdump").dump(st, p)
+    if not tree then fail(info) end
+    local text = need("zkflow.zkdump").encode(tree)
     if args[2] and args[2] ~= "-" then
-        local ok, err = pcall(core.write_file, args[2], text .. "\n")
-        if not ok then fail(tostring(err)) end
+        local ok, werr = core.write_file(args[2], text)
+        if not ok then fail(tostring(werr)) end
+        if not ctx.json then
+            stderr:write(fmt("dump: %d nodes of %s to %s\n", info.count, p,
+                             args[2]))
+        end
     else
-        stdout:write(text, "\n")
+        stdout:write(text)
+    end
+    if ctx.json and args[2] and args[2] ~= "-" then
+        json_out({ path = p, file = args[2], count = info.count,
+                   bytes = info.bytes })
     end
     return 0
 end
 
 local function cmd_zk_restore(ctx, args)
+    local zkdump = need("zkflow.zkdump")
     local p = norm_path(ctx, args[1])
     local text
+    local src = "stdin"
     if args[2] and args[2] ~= "-" then
-        local f, err = io.open(args[2], "rb")
-        if not f then fail(err) end
-        text = f:read("a")
-        f:close()
+        local err
+        src = args[2]
+        text, err = core.read_file(args[2])
+        if not text then fail(tostring(err)) end
     else
         text = io.stdin:read("a")
     end
-    local tree, derr = core.json_decode(text or "")
-    if type(tree) ~= "table" then
-        fail("restore: not a dump: " .. tostring(derr))
-    end
-    local dry = ctx.opts["dry-run"]
+    local tree, derr = zkdump.decode(text or "")
+    if not tree then fail(src .. ": " .. derr) end
+    local nodes, cerr = zkdump.check(tree, p)
+    if not nodes then fail(src .. ": " .. cerr) end
+    local dry = ctx.opts["dry-run"] and true or false
     local st = ctx:store(not dry)
-    local counts = { created = 0, updated = 0, kept = 0 }
-    local function put(path, node)
-        local data = node.data
-        if is_null(data) then data = "" end
-        if node.encoding == "base64" then data = core.base64_decode(data) end
-        local have = st and st:get(path)
-        if have == nil then
-            counts.created = counts.created + 1
-            if not dry then
-                local ok, err = st:create(path, data, { parents = true })
-                if not ok then fail(path .. ": " .. tostring(err)) end
-            end
-        elseif have ~= data and ctx.opts.overwrite then
-            counts.updated = counts.updated + 1
-            if not dry then st:set(path, data) end
-        else
-            counts.kept = counts.kept + 1
-        end
-        if dry then out((have == nil and "create " or "exists ") .. path) end
-        local names = {}
-        for name in pairs(type(node.children) == "table" and node.children
-                          or {}) do
-            names[#names + 1] = name
-        end
-        sort(names)
-        for _, name in ipairs(names) do
-            put((path == "/" and "" or path) .. "/" .. name, node.children[name])
-        end
-    end
-    put(p, tree)
-    if ctx.json then
-        json_out(counts)
+    local res, rerr
+    if st then
+        res, rerr = zkdump.restore(st, tree, {
+            path = p, overwrite = ctx.opts.overwrite, dry_run = dry })
+        if not res then fail(rerr) end
     else
+        -- A dry run without a store file: everything would be created.
+        res = { path = p, created = #nodes, updated = 0, kept = 0,
+                dry_run = true, actions = {} }
+        for i, n in ipairs(nodes) do res.actions[i] = "create " .. n.path end
+    end
+    if ctx.json then
+        json_out(res)
+    else
+        if dry then
+            for _, a in ipairs(res.actions) do out(a) end
+        end
         stderr:write(fmt("restore: %d created, %d updated, %d kept%s\n",
-                         counts.created, counts.updated, counts.kept,
+                         res.created, res.updated, res.kept,
                          dry and " (dry run)" or ""))
+    end
+    return 0
+end
+
+local function cmd_zk_health(ctx, args)
+    local hosts = args[1] or ctx.zk
+    if not hosts or hosts == "" then
+        usage_error("zk health needs an ensemble: --zk HOSTS, ZKFLOW_ZK or "
+                    .. "HOSTS", ctx.path)
+    end
+    local zkops = need("zkflow.zkops")
+    local report, problems = zkops.health(hosts, {
+        timeout = tonumber(ctx.opts.timeout) or 5 })
+    if not report then usage_error("zk health: " .. tostring(problems)) end
+    if ctx.json then
+        json_out(report)
+    else
+        local rows = {}
+        for _, key in ipairs(zkops.sorted_keys(report)) do
+            local m = report[key]
+            rows[#rows + 1] = {
+                key, m.ok and "ok" or "FAILED", m.mode or "-",
+                m.latency and fmt("%s/%s/%s", m.latency.min, m.latency.avg,
+                                  m.latency.max) or "-",
+                m.node_count and tostring(m.node_count) or "-",
+                m.error or "",
+            }
+        end
+        print_table({ "MEMBER", "STATE", "MODE", "LATENCY", "ZNODES", "" },
+                    rows)
+    end
+    if #problems > 0 then
+        for _, pr in ipairs(problems) do warn(pr) end
+        return 1
     end
     return 0
 end
@@ -1102,6 +1121,8 @@ end
 -- ---- the command table ------------------------------------------------------
 
 local JSON = { "json", nil, "print JSON" }
+
+local NOT_ON_ZK
 
 local commands = {
     { name = "standalone", fn = cmd_standalone,
@@ -1212,13 +1233,21 @@ local commands = {
           opts = { { "recursive", nil, "delete its children too" } } },
         { name = "dump", fn = cmd_zk_dump,
           help = "write a subtree as JSON to FILE or stdout",
-          usage = "zk dump PATH [FILE]", args = { 1, 2 } },
+          usage = "zk dump PATH [FILE] [--json]", args = { 1, 2 },
+          opts = { JSON } },
         { name = "restore", fn = cmd_zk_restore,
           help = "recreate a subtree from a dump (FILE or stdin)",
           usage = "zk restore PATH [FILE] [--overwrite] [--dry-run]",
           args = { 1, 2 },
           opts = { { "overwrite", nil, "replace data of existing nodes" },
                    { "dry-run", nil, "only say what would change" },
+                   JSON } },
+        { name = "health", fn = cmd_zk_health,
+          help = "ruok/srvr/mntr of every ensemble member (exit 1 if one "
+                 .. "does not serve)",
+          usage = "zk health [HOSTS] [--timeout SECONDS] [--json]",
+          args = { 0, 1 },
+          opts = { { "timeout", "SECONDS", "per member (default 5)" },
                    JSON } },
       } },
     { name = "version", fn = cmd_version, help = "print the version",
@@ -1419,6 +1448,11 @@ local function parse(ctx, argv)
     return cmd, args, path
 end
 
+-- Commands that still need the embedded store: the scheduler's loop
+-- calls the store outside coroutines, which a ZooKeeper store must not
+-- block in.
+NOT_ON_ZK = { standalone = true, scheduler = true, api = true }
+
 -- Runs the command line `argv` (the arguments after the program name).
 -- `defaults` may carry db, dags, root, zk, db_sync, log_dir (the engine's
 -- options).  Returns the exit code, or _M.KEEP_RUNNING when the command
@@ -1437,9 +1471,11 @@ function _M.main(argv, defaults)
             return 2
         end
         ctx.path = path
-        if ctx.zk and ctx.zk ~= "" and cmd.name ~= "lua"
-                and cmd.name ~= "version" then
-            usage_error("ZooKeeper support is not built yet")
+        if ctx.zk and ctx.zk ~= "" and NOT_ON_ZK[cmd.name] then
+            usage_error("'" .. cmd.name .. "' does not run on ZooKeeper yet "
+                        .. "(--zk/ZKFLOW_ZK): it needs the embedded store; "
+                        .. "the zk, dags, runs, tasks and members commands "
+                        .. "work with --zk", path)
         end
         if cmd.sub then
             stderr:write("zkflow: '" .. cmd.name .. "' needs a command\n")
