@@ -272,11 +272,31 @@ describe("zkflow.zk on " .. B.name .. " #" .. B.name, function()
         end)
     end)
 
+    it("re-creates its registrations on connected after expired", function()
+        run(function()
+            assert.equal(B.name, c:backend())
+            c:register("again", { id = "r1", port = 9 })
+            -- What an expiry does to the node, then the session events.
+            c.store:delete(c:_full("/services/again/r1"))
+            c.store:flush()
+            assert.same({}, c:discover("again"))
+            c:notify_session("expired")
+            c:notify_session("connected")
+            assert.truthy(eventually(function() return #c:discover("again") == 1 end))
+            assert.equal("r1", c:discover("again")[1].id)
+            -- an ACL means nothing to the embedded store: accepted there
+            if B.name == "sqlite" then
+                assert.equal("/acl", c:create("/acl", "", { acl = "read" }))
+            end
+        end)
+    end)
+
     it("has no default store in plain Lua, and one after set_default", function()
         local ok, err = pcall(zk.default)
         assert.is_false(ok)
         assert.matches("no engine store", err)
-        zk.set_default(c.store, { root = root })
+        local d = zk.set_default(c.store, { root = root })
+        assert.equal(d, zk.default())
         assert.equal("/d", zk.default():create("/d", "x"))
         zk.default():close()           -- borrowed: the store stays open
         assert.truthy(c:exists("/d"))

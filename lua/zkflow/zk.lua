@@ -204,7 +204,7 @@ function Client:create(path, data, opts)
     check_path(path, "create")
     data = data_arg(data, "create")
     opts = opts or {}
-    if opts.acl ~= nil and opts.acl ~= self.acl then
+    if opts.acl ~= nil and opts.acl ~= self.acl and self:backend() == "zk" then
         error("ZUNIMPLEMENTED: zk.create: a node's own 'acl' is not supported"
               .. " by the store yet; give 'acl' to zk.connect", 0)
     end
@@ -378,6 +378,16 @@ function Client:_session(state)
     end
 end
 
+-- The engine's store reports its session changes here (the client cannot
+-- hook a store it did not open): notify_session("expired") then
+-- notify_session("connected") brings the registrations back.
+Client.notify_session = Client._session
+
+-- backend() → "zk" or "sqlite"
+function Client:backend()
+    return tostring(self.store):find("(zk://", 1, true) and "zk" or "sqlite"
+end
+
 function Client:_restore_ephemerals()
     for fpath, data in pairs(self.ephemerals) do
         if self.closed then return end
@@ -484,6 +494,8 @@ end
 local default_store, default_client
 
 -- The engine (or the CLI) hands its own store over; zk.default() wraps it.
+-- Returns that client (its notify_session(state) takes the store's session
+-- changes), or nil when `store` is nil.
 function _M.set_default(store, opts)
     default_store = store
     default_client = nil
@@ -492,6 +504,7 @@ function _M.set_default(store, opts)
         default_client = new_client(store, { root = check_root(opts.root),
                                              borrowed = true })
     end
+    return default_client
 end
 
 -- zk.default(): the engine's own store as a client.
