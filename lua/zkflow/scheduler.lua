@@ -40,44 +40,54 @@ local function log(level, msg)
   core.log(level, msg)
 end
 
--- ---- small heap of ready task instances (priority desc, then FIFO) --------
+-- ---- queues of ready task instances (priority desc, then FIFO) ----------
+--
+-- A bucket per priority_weight, the distinct weights kept sorted: a DAG
+-- has few distinct weights, so push and pop cost O(1) in practice where a
+-- binary heap pays log n comparisons (Lua calls) per operation.
 
-local function heap_less(a, b)
-  if a.prio ~= b.prio then return a.prio > b.prio end
-  return a.seq < b.seq
+local function pq_new()
+  return { n = 0, prios = {}, buckets = {} }
 end
 
-local function heap_push(h, x)
-  local n = #h + 1
-  h[n] = x
-  while n > 1 do
-    local p = n // 2
-    if heap_less(h[n], h[p]) then
-      h[n], h[p] = h[p], h[n]
-      n = p
-    else
-      break
+local function pq_push(q, x)
+  local p = x.prio
+  local b = q.buckets[p]
+  if not b then
+    b = { first = 1, last = 0 }
+    q.buckets[p] = b
+    local ps = q.prios
+    local i = #ps
+    while i > 0 and ps[i] < p do
+      ps[i + 1] = ps[i]
+      i = i - 1
     end
+    ps[i + 1] = p
   end
+  local last = b.last + 1
+  b.last = last
+  b[last] = x
+  q.n = q.n + 1
 end
 
-local function heap_pop(h)
-  local n = #h
-  if n == 0 then return nil end
-  local top = h[1]
-  h[1] = h[n]
-  h[n] = nil
-  n = n - 1
-  local i = 1
-  while true do
-    local l, r, s = 2 * i, 2 * i + 1, i
-    if l <= n and heap_less(h[l], h[s]) then s = l end
-    if r <= n and heap_less(h[r], h[s]) then s = r end
-    if s == i then break end
-    h[i], h[s] = h[s], h[i]
-    i = s
+local function pq_pop(q)
+  if q.n == 0 then return nil end
+  local ps, buckets = q.prios, q.buckets
+  local p = ps[1]
+  local b = buckets[p]
+  local first = b.first
+  local x = b[first]
+  b[first] = nil
+  first = first + 1
+  if first > b.last then
+    -- Empty: drop the bucket so the highest weight stays at ps[1].
+    buckets[p] = nil
+    table.remove(ps, 1)
+  else
+    b.first = first
   end
-  return top
+  q.n = q.n - 1
+  return x
 end
 
 -- ---- construction -----------------------------------------------------------
@@ -104,18 +114,17 @@ function _M.new(opts)
     runs_by_dag = {},       -- dag_id -> {run, ...} (active, by logical date)
     queued_runs = {},       -- dag_id -> {run, ...} waiting for max_active_runs
     known_runs = {},        -- dag_id -> {run_id = true}
-    ready = {},             -- heap of task instances
+    ready = pq_new(),       -- queue of scheduled task instances
     work = {},              -- task instances to evaluate
     deadlock_check = {},    -- runs to check for a depends_on_past deadlock
     dirty = {},             -- list of task instances / runs to write
     running = 0,
     running_by_dag = {},
-    pools = {},             -- name -> {slots, used, blocked (heap)}
-    blocked_by_dag = {},    -- dag_id -> heap of instances over max_active_tasks
+    pools = {},             -- name -> {slots, used, blocked (queue)}
+    blocked_by_dag = {},    -- dag_id -> queue of instances over max_active_tasks
     paused = {},
     timers = {},            -- dag_id -> schedule timer
     run_waiters = {},       -- run key -> {fn, ...}
-    seq = 0,
     processing = false,
     stopped = false,
   }, Sched)
@@ -734,10 +743,8 @@ function Sched:evaluate(ti)
 end
 
 function Sched:enqueue(ti)
-  self.seq = self.seq + 1
-  ti.seq = self.seq
   ti.prio = ti.task.priority_weight or 1
-  heap_push(self.ready, ti)
+  pq_push(self.ready, ti)
 end
 
 function Sched:set_state(ti, s)
@@ -805,7 +812,7 @@ function Sched:process()
       if #w > 0 then
         self.work = {}
         for i = 1, #w do self:evaluate(w[i]) end
-      elseif #self.ready > 0 and budget > 0 then
+      elseif self.ready.n > 0 and budget > 0 then
         local started = self:start_ready(budget)
         budget = budget - started
         if started == 0 and #self.work == 0 and #self.deadlock_check == 0 then break end
@@ -821,7 +828,7 @@ function Sched:process()
   self.processing = false
   if not ok then log("error", "scheduler: " .. tostring(err)) end
   self:flush()
-  if budget <= 0 and (#self.ready > 0 or #self.work > 0) and not self.yield_timer then
+  if budget <= 0 and (self.ready.n > 0 or #self.work > 0) and not self.yield_timer then
     -- Let the loop breathe (HTTP, signals) before the next batch.
     self.yield_timer = core.timer(0, function()
       self.yield_timer = nil
@@ -833,7 +840,7 @@ end
 function Sched:pool(name)
   local p = self.pools[name]
   if not p then
-    p = { slots = DEFAULT_POOL_SLOTS, used = 0, blocked = {} }
+    p = { slots = DEFAULT_POOL_SLOTS, used = 0, blocked = pq_new() }
     local rec = self.st:read(self.st:path("pools", name))
     if rec and type(rec.slots) == "number" then p.slots = rec.slots end
     self.pools[name] = p
@@ -842,8 +849,8 @@ function Sched:pool(name)
 end
 
 -- Starts ready task instances within the limits; returns how many started.
--- A task instance that does not fit waits in a heap of its DAG
--- (max_active_tasks) or of its pool, not in the ready heap: a slot freed
+-- A task instance that does not fit waits in a queue of its DAG
+-- (max_active_tasks) or of its pool, not in the ready queue: a slot freed
 -- later moves the best of those back (Sched:release), so a full pool costs
 -- nothing per turn however many instances wait for it.
 function Sched:start_ready(budget)
@@ -851,7 +858,7 @@ function Sched:start_ready(budget)
   local started = 0
   local running_by_dag, blocked_by_dag = self.running_by_dag, self.blocked_by_dag
   while started < budget and self.running < self.parallelism do
-    local ti = heap_pop(ready)
+    local ti = pq_pop(ready)
     if not ti then break end
     local run = ti.run
     if ti.state == "scheduled" and run.state == "running" then
@@ -862,12 +869,12 @@ function Sched:start_ready(budget)
       if (running_by_dag[dag_id] or 0) >= (run.dag.max_active_tasks or 16) then
         local h = blocked_by_dag[dag_id]
         if not h then
-          h = {}
+          h = pq_new()
           blocked_by_dag[dag_id] = h
         end
-        heap_push(h, ti)
+        pq_push(h, ti)
       elseif pool.used + slots > pool.slots then
-        heap_push(pool.blocked, ti)
+        pq_push(pool.blocked, ti)
       else
         started = started + 1
         self:start_ti(ti, pool, slots)
@@ -992,7 +999,7 @@ function Sched:release(ti)
   local dag_id = ti.run.dag_id
   self.running_by_dag[dag_id] = self.running_by_dag[dag_id] - 1
   local waiting = self.blocked_by_dag[dag_id]
-  if waiting and #waiting > 0 then heap_push(self.ready, heap_pop(waiting)) end
+  if waiting and waiting.n > 0 then pq_push(self.ready, pq_pop(waiting)) end
   local slot = ti.slot
   if slot then
     local pool = slot.pool
@@ -1002,19 +1009,19 @@ function Sched:release(ti)
     -- an instance whose pool_slots exceed the open slots to the next one.
     local h, free = pool.blocked, pool.slots - pool.used
     local too_big
-    while free > 0 and #h > 0 do
-      local w = heap_pop(h)
+    while free > 0 and h.n > 0 do
+      local w = pq_pop(h)
       local need = w.task.pool_slots or 1
       if need <= free then
         free = free - need
-        heap_push(self.ready, w)
+        pq_push(self.ready, w)
       else
         too_big = too_big or {}
         too_big[#too_big + 1] = w
       end
     end
     if too_big then
-      for i = 1, #too_big do heap_push(h, too_big[i]) end
+      for i = 1, #too_big do pq_push(h, too_big[i]) end
     end
   end
 end
