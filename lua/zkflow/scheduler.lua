@@ -117,6 +117,7 @@ function _M.new(opts)
     ready = pq_new(),       -- queue of scheduled task instances
     work = {},              -- task instances to evaluate
     deadlock_check = {},    -- runs to check for a depends_on_past deadlock
+    counts = rules.new_counts(0),
     dirty = {},             -- list of task instances / runs to write
     running = 0,
     running_by_dag = {},
@@ -144,7 +145,12 @@ local function run_key(dag_id, run_id)
 end
 
 function Sched:run_path(run)
-  return self.st:path("runs", run.dag_id, run.run_id)
+  local p = run.path
+  if not p then
+    p = self.st:path("runs", run.dag_id, run.run_id)
+    run.path = p
+  end
+  return p
 end
 
 -- ---- persistence (write-behind, one write per object per turn) ----------------
@@ -185,10 +191,9 @@ end
 local find, sfmt, math_type = string.find, string.format, math.type
 local last_sec, last_iso
 
-local function jstr(v)
-  if find(v, '[%c"\\\128-\255]') then return json_encode(v) end
-  return '"' .. v .. '"'
-end
+-- jansson quotes a string faster than a Lua pattern can check that it
+-- needs no quoting.
+local jstr = json_encode
 
 -- Encoded strings that stay the same for many records (task ids, operator
 -- names, log paths, the worker id), so that each is scanned once.
@@ -222,11 +227,10 @@ local function jnum(v)
   return sfmt("%.17g", v)
 end
 
+local TI_FMT = '{"task_id":%s,"state":"%s","try_number":%d,"max_tries":%d,"operator":%s,'
+  .. '"start_date":%s,"end_date":%s,"duration":%s,"xcom":%s,"log":%s,"worker":%s'
+
 local function ti_json(ti)
-  local xcom, xcoms = "null", nil
-  if ti.xcom ~= nil then xcom = json_encode(ti.xcom) end
-  if ti.xcoms ~= nil then xcoms = json_encode(ti.xcoms) end
-  local sd, ed = ti.start_date, ti.end_date
   local task = ti.task
   local ij = task.id_json
   if not ij then
@@ -242,32 +246,28 @@ local function ti_json(ti)
       ti.log_json, ti.log_json_of = lj, logp
     end
   end
-  local parts = {
-    '{"task_id":', ij,
-    ',"state":"', ti.state,
-    '","try_number":', jnum(ti.try_number),
-    ',"max_tries":', jnum(ti.max_tries),
-    ',"operator":', task.operator and jstr_cached(task.operator) or "null",
-    ',"start_date":', jtime(sd),
-    ',"end_date":', jtime(ed),
-    ',"duration":', (sd and ed) and jnum(ed - sd) or "null",
-    ',"xcom":', xcom,
-    ',"log":', lj,
-    ',"worker":', ti.worker and jstr_cached(ti.worker) or "null",
-  }
-  local n = #parts
-  local function opt(name, v)
-    parts[n + 1] = name
-    parts[n + 2] = v
-    n = n + 2
+  local sd, ed = ti.start_date, ti.end_date
+  local xcom = ti.xcom
+  local head = sfmt(TI_FMT, ij, ti.state, ti.try_number, ti.max_tries,
+                    task.operator and jstr_cached(task.operator) or "null",
+                    jtime(sd), jtime(ed), (sd and ed) and jnum(ed - sd) or "null",
+                    xcom == nil and "null" or json_encode(xcom), lj,
+                    ti.worker and jstr_cached(ti.worker) or "null")
+  -- Optional fields, in the rare case they are set.
+  local first, nta, xcoms, pid, err, lost =
+    ti.first_start, ti.next_try_at, ti.xcoms, ti.pid, ti.error, ti.lost
+  if nta == nil and xcoms == nil and pid == nil and err == nil and lost == nil then
+    if first == nil then return head .. "}" end
+    return head .. ',"first_start":' .. jnum(first) .. "}"
   end
-  if ti.first_start then opt(',"first_start":', jnum(ti.first_start)) end
-  if ti.next_try_at then opt(',"next_try_at":', jnum(ti.next_try_at)) end
-  if xcoms then opt(',"xcoms":', xcoms) end
-  if ti.pid then opt(',"pid":', jnum(ti.pid)) end
-  if ti.error then opt(',"error":', jstr(ti.error)) end
-  if ti.lost then opt(',"lost":', jnum(ti.lost)) end
-  parts[n + 1] = "}"
+  local parts = { head }
+  if first then parts[#parts + 1] = ',"first_start":' .. jnum(first) end
+  if nta then parts[#parts + 1] = ',"next_try_at":' .. jnum(nta) end
+  if xcoms ~= nil then parts[#parts + 1] = ',"xcoms":' .. json_encode(xcoms) end
+  if pid then parts[#parts + 1] = ',"pid":' .. jnum(pid) end
+  if err then parts[#parts + 1] = ',"error":' .. jstr(err) end
+  if lost then parts[#parts + 1] = ',"lost":' .. jnum(lost) end
+  parts[#parts + 1] = "}"
   return concat(parts)
 end
 _M.ti_json = ti_json
@@ -299,6 +299,8 @@ local function encode(rec, what)
   return json_encode(rec)
 end
 
+local PARENTS = { parents = true }
+
 function Sched:flush()
   local d = self.dirty
   if #d == 0 then return end
@@ -322,7 +324,7 @@ function Sched:flush()
       if not ok and err ~= "ZNONODE" then log("error", "store: set " .. path .. ": " .. tostring(err)) end
     end
     if not obj.persisted then
-      local ok, err = store:create(path, data, { parents = true })
+      local ok, err = store:create(path, data, PARENTS)
       if not ok and err == "ZNODEEXISTS" then
         ok, err = store:set(path, data)
       end
@@ -713,7 +715,10 @@ function Sched:evaluate(ti)
   if run.state ~= "running" then return end
   local task = ti.task
   local ups = task.upstream
-  local c = rules.new_counts(#ups)
+  -- One counts table serves every evaluation: decide() keeps no reference.
+  local c = self.counts
+  c.total, c.done, c.success, c.skipped, c.failed, c.upstream_failed, c.removed =
+    #ups, 0, 0, 0, 0, 0, 0
   local tis = run.tis
   for i = 1, #ups do
     local s = tis[ups[i]].state
