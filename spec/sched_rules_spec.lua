@@ -110,6 +110,33 @@ describe("trigger rules in a run", function()
     end
   end)
 
+  describe("all_done and always, which no upstream state can skip or fail", function()
+    it("all_done is skipped by a short-circuit that ignores downstream trigger rules", function()
+      local res = H.test(flow.dag {
+        id = "all_done_sc",
+        tasks = function(t)
+          local sc = t.short_circuit { id = "sc", run = function() return false end }
+          local a = H.ok(t, "a", { after = { sc } })
+          H.ok(t, "t", { after = { a }, trigger_rule = "all_done" })
+        end,
+      })
+      assert.equal("skipped", res.tasks.t.state)
+    end)
+
+    it("always runs at once, without waiting for its upstreams", function()
+      local res = H.test(flow.dag {
+        id = "always_now",
+        tasks = function(t)
+          local s = H.slow(t, "s", 0.3)
+          t.lua { id = "t", after = { s }, trigger_rule = "always",
+                  run = function() return require("zkflow.core").now() end }
+        end,
+      })
+      assert.equal("success", res.tasks.t.state)
+      assert.is_true(res.tasks.t.xcom < res.tasks.s.xcom)
+    end)
+  end)
+
   describe("rules that do not wait for every upstream", function()
     for _, c in ipairs({ { "one_success", "ok" }, { "one_failed", "bad" }, { "one_done", "ok" } }) do
       it(c[1] .. " runs while another upstream still runs", function()

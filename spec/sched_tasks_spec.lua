@@ -196,6 +196,22 @@ describe("execution_timeout", function()
   end)
 end)
 
+describe("shell tasks", function()
+  it("end skipped on skip_on_exit_code (99) and failed on another code", function()
+    local res = H.test(flow.dag {
+      id = "shell_codes",
+      tasks = function(t)
+        t.shell { id = "skip", cmd = "exit 99", retries = 2, retry_delay = 0.01 }
+        t.shell { id = "custom", cmd = "exit 3", skip_on_exit_code = 3 }
+        t.shell { id = "bad", cmd = "echo oops; exit 1" }
+      end,
+    })
+    assert.same({ skip = "skipped", custom = "skipped", bad = "failed" }, H.states(res))
+    assert.equal(1, res.tasks.skip.try_number)
+    assert.matches("oops", assert(io.open(res.tasks.bad.log)):read("a"))
+  end)
+end)
+
 describe("XCom", function()
   it("carries a Lua task's return value and values pushed by key", function()
     local res = H.test(flow.dag {
