@@ -83,6 +83,42 @@ describe("the file sensor", function()
   end)
 end)
 
+describe("soft_fail", function()
+  it("skips a sensor whose execution_timeout expires", function()
+    local res = H.test(flow.dag {
+      id = "soft_exec_timeout",
+      tasks = function(t)
+        t.file { id = "wait", filepath = "/nonexistent/zkflow", poke_interval = 0.05, timeout = 60,
+                 execution_timeout = 0.2, soft_fail = true }
+      end,
+    })
+    assert.equal("skipped", res.tasks.wait.state)
+  end)
+
+  it("skips an external_task sensor that sees a failed state", function()
+    flow.run(function()
+      local up = flow.dag { id = "up3", tasks = function(t) H.bad(t, "load") end }
+      local down = flow.dag {
+        id = "down3",
+        tasks = function(t)
+          t.external_task { id = "wait", external_dag_id = "up3", external_task_id = "load",
+                            failed_states = { "failed" }, poke_interval = 0.05, timeout = 5,
+                            soft_fail = true }
+        end,
+      }
+      local s, store = H.scheduler({ up, down }, { schedule = false })
+      s:start()
+      local r1 = s:create_run(up, { logical_date = 1767225600 })
+      local r2 = s:create_run(down, { logical_date = 1767225600 })
+      s:process()
+      assert.same({ "failed", "success" }, s:wait_runs({ r1, r2 }))
+      assert.equal("skipped", r2.tis.wait.state)
+      s:stop()
+      store:close()
+    end)
+  end)
+end)
+
 describe("the time_delta sensor", function()
   it("waits until data_interval_end + delta", function()
     local t0 = core.now()

@@ -10,7 +10,7 @@ local core = require "zkflow.core"
 local template = require "zkflow.template"
 
 local now = core.now
-local min, tostring, error, pairs = math.min, tostring, error, pairs
+local min, type, tostring, error, pairs, pcall = math.min, type, tostring, error, pairs, pcall
 
 local _M = {}
 
@@ -67,23 +67,33 @@ end
 
 -- Wraps a poke function into Airflow's sensor loop: poke until true, sleep
 -- poke_interval between pokes (poke mode) or give the slot back
--- (reschedule mode); past `timeout` since the first try fail without retry,
--- or skip with soft_fail.
+-- (reschedule mode); past `timeout` fail without retry, or skip with
+-- soft_fail.  As in Airflow's BaseSensorOperator, the timeout counts from
+-- this try's start in poke mode and from the first poke in reschedule mode,
+-- and with soft_fail any error of the poke skips instead of failing.
+local function soft(task, msg)
+  if task.soft_fail then
+    error({ zkflow_skip = true, msg = tostring(msg) .. " (soft_fail)" }, 0)
+  end
+end
+
 local function sensor(poke)
   return function(task, ctx, rt)
-    local first = rt.first_start() or now()
+    local first = task.mode == "reschedule" and rt.first_start() or now()
     local n = 0
     while true do
-      local done, value = poke(task, ctx, rt)
+      local ok, done, value = pcall(poke, task, ctx, rt)
+      if not ok then
+        soft(task, type(done) == "table" and (done.msg or done.message) or done)
+        error(done, 0)
+      end
       if done then return value end
       n = n + 1
       local elapsed = now() - first
       local timeout = task.timeout or 7 * 24 * 3600
       if elapsed >= timeout then
         local msg = ("sensor timed out after %gs"):format(timeout)
-        if task.soft_fail then
-          error({ zkflow_skip = true, msg = msg .. " (soft_fail)" }, 0)
-        end
+        soft(task, msg)
         error({ zkflow_fail = true, msg = msg }, 0)
       end
       local interval = task.poke_interval or 60

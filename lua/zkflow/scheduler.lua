@@ -1088,7 +1088,10 @@ function Sched:end_try(ti, ok, res, extra)
   -- The traceback goes to the task's log only.
   log("warn", ("task %s.%s try %d failed: %s"):format(ti.run.dag_id, ti.task_id, ti.try_number,
                                                     msg:match("^[^\n]*")))
-  if type(err) == "table" and err.zkflow_soft_fail then
+  if type(err) == "table" and (err.zkflow_soft_fail
+      or (err.zkflow_timeout and task.soft_fail and task.op and task.op.sensor)) then
+    -- A sensor's execution_timeout with soft_fail skips, as Airflow's
+    -- AirflowTaskTimeout does.
     self:finish(ti, "skipped", msg)
     return
   end
