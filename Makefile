@@ -169,12 +169,20 @@ NGX_LUA_A  ?= /usr/lib/$(shell $(CC) -print-multiarch 2>/dev/null)/liblua5.4.a
 # nginx's make must not see our command-line variables (CFLAGS, CC...).
 NGX_MAKE   := env -u MAKEFLAGS -u MFLAGS -u MAKELEVEL $(MAKE)
 
+# configure bakes the libraries in: configure again when they change
+NGX_FLAGS  := $(B)/nginx.flags
+ifneq ($(NGX_MODULE),)
+$(shell mkdir -p $(B) && { echo '$(LIBS_NOLUA) $(NGX_LUA_A)' | cmp -s - $(NGX_FLAGS) || \
+    echo '$(LIBS_NOLUA) $(NGX_LUA_A)' > $(NGX_FLAGS); })
+endif
+
 all: $(NGX_MODULE)
 
-$(NGX_BUILD)/Makefile: plugins/nginx/config
+$(NGX_BUILD)/Makefile: plugins/nginx/config $(NGX_FLAGS)
 	@$(if $(Q),echo "  CONF  $(NGX_BUILD)")
 	$(Q)rm -rf $(NGX_BUILD) && mkdir -p $(NGX_BUILD) && cp -R $(NGX_SRC)/. $(NGX_BUILD)/
 	$(Q)cd $(NGX_BUILD) && ZKFLOW_BUILD=$(abspath $(B)) ZKFLOW_LUA_A=$(NGX_LUA_A) \
+	    ZKFLOW_LIBS="$(LIBS_NOLUA)" \
 	    bash -c '. ./conf_flags && ./configure "$${NGX_CONF_FLAGS[@]}" \
 	        --with-cc-opt="-g -O2 -fPIC" --with-ld-opt="-fPIC" \
 	        --add-dynamic-module=$(abspath plugins/nginx)' > configure.log 2>&1 \
@@ -186,4 +194,5 @@ $(B)/ngx_http_zkflow_module.so: $(NGX_BUILD)/Makefile $(B)/libzkflow.a \
 	$(Q)rm -f $(NGX_BUILD)/objs/ngx_http_zkflow_module.so
 	$(Q)$(NGX_MAKE) -s -C $(NGX_BUILD) -f objs/Makefile modules > $(NGX_BUILD)/make.log 2>&1 \
 	    || { cat $(NGX_BUILD)/make.log; exit 1; }
-	$(Q)cp $(NGX_BUILD)/objs/ngx_http_zkflow_module.so $@
+	@# a new inode: a running nginx has the old one mapped
+	$(Q)cp $(NGX_BUILD)/objs/ngx_http_zkflow_module.so $@.tmp && mv -f $@.tmp $@

@@ -1229,6 +1229,9 @@ ngx_http_zkflow_api(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
 #endif
     {
         zlcf->prefix = clcf->name;
+
+        /* "/zkflow" in "location /zkflow/" is redirected by nginx itself */
+        clcf->auto_redirect = 1;
     }
 
     zmcf = ngx_http_conf_get_module_main_conf(cf, ngx_http_zkflow_module);

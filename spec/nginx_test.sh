@@ -1,0 +1,341 @@
+#!/usr/bin/env bash
+# The nginx module in Debian's real nginx: `nginx -t` for good and bad
+# values, two workers answering the same API, a trigger that runs, a DAG
+# scheduled every second that keeps running across `nginx -s reload`, no
+# task process and no run stuck in "running" after `nginx -s quit`, and
+# ngx_lua answering in the same nginx.
+#
+#   bash spec/nginx_test.sh       (MODULE=path/to/ngx_http_zkflow_module.so)
+#
+# Runs as root (nginx's master); prints "ok NAME" / "FAIL NAME: why" and
+# ends with "N passed, N failed".
+
+set -u
+cd "$(dirname "$0")/.." || exit 1
+MODULE=${MODULE:-$PWD/${B:-build}/ngx_http_zkflow_module.so}
+NGINX=${NGINX:-/usr/sbin/nginx}
+LUA_MODS=/usr/lib/nginx/modules
+T=$(mktemp -d /tmp/zkflow-nginx.XXXXXX)
+PASSED=0
+FAILED=0
+
+ok() { PASSED=$((PASSED + 1)); echo "ok $1"; }
+bad() { FAILED=$((FAILED + 1)); echo "FAIL $1: $2"; }
+
+finish() {
+    echo "$PASSED passed, $FAILED failed"
+    [ "$FAILED" -eq 0 ]
+    exit
+}
+
+if [ ! -x "$NGINX" ] || [ ! -f "$MODULE" ]; then
+    bad setup "needs $NGINX and $MODULE (apt-get install nginx nginx-dev; make)"
+    finish
+fi
+
+stop_nginx() {
+    local pid
+    pid=$(cat "$T/logs/nginx.pid" 2>/dev/null) || return 0
+    kill -QUIT "$pid" 2>/dev/null
+    for _ in $(seq 100); do
+        kill -0 "$pid" 2>/dev/null || return 0
+        sleep 0.1
+    done
+    kill -KILL "$pid" 2>/dev/null
+}
+
+cleanup() {
+    stop_nginx
+    pkill -KILL -f "sleep 4.321" 2>/dev/null
+    rm -rf "$T"
+}
+trap cleanup EXIT
+
+# A copy: a rebuild must not rewrite the file under the running nginx.
+cp "$MODULE" "$T/module.so"
+MODULE=$T/module.so
+
+PORT=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+URL=http://127.0.0.1:$PORT/zkflow
+mkdir -p "$T/dags" "$T/data" "$T/logs" "$T/tmp" "$T/html"
+
+cat > "$T/dags/hello.lua" <<'EOF'
+local flow = require "zkflow"
+return flow.dag {
+  id = "hello",
+  tasks = function(t)
+    local a = t.shell { id = "a", cmd = "echo hello" }
+    local b = t.lua   { id = "b", run = function() return 42 end }
+    local _ = a >> b
+  end,
+}
+EOF
+# Starts now: a start date far back would be a long catch-up.
+cat > "$T/dags/ticker.lua" <<EOF
+local flow = require "zkflow"
+return flow.dag {
+  id = "ticker",
+  schedule = flow.every(1),
+  start_date = "$(date -u +%Y-%m-%dT%H:%M:%SZ)",
+  catchup = false,
+  tasks = function(t)
+    t.shell { id = "tick", cmd = "true" }
+  end,
+}
+EOF
+cat > "$T/dags/slow.lua" <<'EOF'
+local flow = require "zkflow"
+return flow.dag {
+  id = "slow",
+  tasks = function(t)
+    t.shell { id = "nap", cmd = "sleep 4.321" }
+  end,
+}
+EOF
+
+# conf FILE ZKFLOW-LINES: an nginx.conf with the zkflow lines in http{}
+conf() {
+    cat > "$1" <<EOF
+load_module $LUA_MODS/ndk_http_module.so;
+load_module $LUA_MODS/ngx_http_lua_module.so;
+load_module $MODULE;
+user root;
+worker_processes 2;
+error_log $T/logs/error.log info;
+pid $T/logs/nginx.pid;
+events { worker_connections 256; }
+http {
+    log_format pids '\$pid \$status \$request';
+    access_log $T/logs/access.log pids;
+    client_body_temp_path $T/tmp;
+    $2
+    server {
+        # reuseport: the kernel spreads connections over both workers
+        listen 127.0.0.1:$PORT reuseport;
+        root $T/html;
+        location / { return 200 "site\n"; }
+        location /zkflow/ { zkflow_api; }
+        location = /lua { content_by_lua_block { ngx.say("lua ok") } }
+    }
+}
+EOF
+}
+
+# conftest NAME ZKFLOW-LINES WANT(ok|fail) [TEXT]: nginx -t on that conf
+conftest() {
+    conf "$T/t.conf" "$2"
+    "$NGINX" -p "$T" -c "$T/t.conf" -t > "$T/t.out" 2>&1
+    local rc=$?
+    if [ "$3" = ok ] && [ "$rc" -eq 0 ]; then
+        ok "$1"
+    elif [ "$3" = fail ] && [ "$rc" -ne 0 ] && grep -qF -- "$4" "$T/t.out"; then
+        ok "$1"
+    else
+        bad "$1" "nginx -t exit $rc: $(tr '\n' ' ' < "$T/t.out" | head -c 400)"
+    fi
+}
+
+GOOD="zkflow_dags $T/dags; zkflow_db $T/data/zkflow.db;"
+
+conftest "nginx -t accepts a good conf" "$GOOD" ok
+conftest "nginx -t rejects a missing DAG folder" \
+    "zkflow_dags $T/nope; zkflow_db $T/data/zkflow.db;" fail \
+    "zkflow_dags: no DAG folder \"$T/nope\""
+conftest "nginx -t rejects a store in a missing folder" \
+    "zkflow_dags $T/dags; zkflow_db $T/nope/zkflow.db;" fail \
+    "zkflow_db: no folder \"$T/nope\""
+mkdir "$T/ro" && touch "$T/ro/zkflow.db" && chmod 000 "$T/ro/zkflow.db"
+if [ "$(id -u)" -ne 0 ]; then
+    conftest "nginx -t rejects an unreadable store" \
+        "zkflow_dags $T/dags; zkflow_db $T/ro/zkflow.db;" fail \
+        "zkflow_db: cannot read and write"
+fi
+conftest "nginx -t rejects a store that is a folder" \
+    "zkflow_dags $T/dags; zkflow_db $T/data;" fail "is not a file"
+conftest "nginx -t rejects a malformed ZooKeeper address" \
+    "zkflow_dags $T/dags; zkflow_zk localhost;" fail \
+    "zkflow_zk: invalid address \"localhost\""
+conftest "nginx -t rejects a bad ZooKeeper port" \
+    "zkflow_dags $T/dags; zkflow_zk a:2181,b:99999/x;" fail "invalid address"
+conftest "nginx -t rejects db and zk together" \
+    "zkflow_dags $T/dags; zkflow_db $T/data/zkflow.db; zkflow_zk a:2181;" \
+    fail "cannot be used with zkflow_db"
+conftest "nginx -t wants zkflow_dags with zkflow_api" "" fail \
+    "\"zkflow_dags\" is not set"
+# A good ZooKeeper address: fine when the backend is built in, otherwise a
+# clear error at -t time rather than at the first request.
+conf "$T/t.conf" "zkflow_dags $T/dags; zkflow_zk 127.0.0.1:2181/zkflow;"
+if "$NGINX" -p "$T" -c "$T/t.conf" -t > "$T/t.out" 2>&1 ||
+        grep -qF 'zkflow_zk "127.0.0.1:2181/zkflow": ' "$T/t.out"; then
+    ok "nginx -t on zkflow_zk: accepted or a clear error"
+else
+    bad "nginx -t on zkflow_zk" "$(tr '\n' ' ' < "$T/t.out" | head -c 400)"
+fi
+
+# ---- a running nginx ----------------------------------------------------
+
+conf "$T/nginx.conf" "$GOOD"
+
+start_nginx() {
+    "$NGINX" -p "$T" -c "$T/nginx.conf" > "$T/start.out" 2>&1 || return 1
+    for _ in $(seq 100); do
+        curl -sf "$URL/api/v1/health" > /dev/null 2>&1 && return 0
+        sleep 0.1
+    done
+    return 1
+}
+
+# runs_in STATE DAG: how many runs of DAG are in STATE
+runs_in() {
+    curl -s "$URL/api/v1/dags/$2/runs" | python3 -c '
+import json, sys
+try:
+    runs = json.load(sys.stdin)["dag_runs"]
+except Exception:
+    runs = []
+print(sum(1 for r in runs if r["state"] == sys.argv[1]))' "$1"
+}
+
+if start_nginx; then
+    ok "nginx starts with the module and 2 workers"
+else
+    bad "nginx starts" "$(cat "$T/start.out"; tail -5 "$T/logs/error.log")"
+    finish
+fi
+
+n=$(grep -c "zkflow: engine started in worker" "$T/logs/error.log")
+s=$(grep -c "zkflow: engine started in worker .* with the scheduler" "$T/logs/error.log")
+if [ "$n" -eq 2 ] && [ "$s" -eq 1 ]; then
+    ok "an engine in each worker, the scheduler in one"
+else
+    bad "one scheduler" "$n engines, $s schedulers"
+fi
+
+if [ "$(curl -s "http://127.0.0.1:$PORT/lua")" = "lua ok" ]; then
+    ok "ngx_lua answers beside zkflow"
+else
+    bad "ngx_lua answers" "$(curl -s "http://127.0.0.1:$PORT/lua")"
+fi
+
+code=$(curl -s -o /dev/null -w '%{http_code} %{redirect_url}' "$URL")
+if [ "$code" = "301 $URL/" ]; then
+    ok "the location without its slash redirects to the page"
+else
+    bad "redirect" "$code"
+fi
+if curl -s "$URL/" | grep -q '<html'; then
+    ok "the page is served under the location"
+else
+    bad "page" "no html at $URL/"
+fi
+
+: > "$T/bodies"
+codes_ok=1
+for _ in $(seq 60); do
+    code=$(curl -s -o "$T/body" -w '%{http_code}' "$URL/api/v1/dags")
+    [ "$code" = 200 ] || codes_ok=0
+    md5sum < "$T/body" >> "$T/bodies"
+done
+if [ "$codes_ok" -eq 1 ] && [ "$(sort -u "$T/bodies" | wc -l)" -eq 1 ] &&
+        grep -q '"dag_id":"hello"' "$T/body"; then
+    ok "60 GET /api/v1/dags: all 200, one body"
+else
+    bad "60 GET /api/v1/dags" "codes ok=$codes_ok, $(sort -u "$T/bodies" | wc -l) bodies"
+fi
+workers=$(awk '$4 ~ /api\/v1\/dags$/ { print $1 }' "$T/logs/access.log" | sort -u | wc -l)
+if [ "$workers" -eq 2 ]; then
+    ok "both workers answered the API"
+else
+    bad "both workers answered" "$workers worker(s) in the access log"
+fi
+
+# A trigger on each worker: reuseport sends some of them to the API-only one.
+all_ok=1
+for i in 1 2 3 4; do
+    code=$(curl -s -o "$T/trig$i" -w '%{http_code}' -X POST \
+           -d '{"conf":{"n":1}}' "$URL/api/v1/dags/hello/runs")
+    [ "$code" = 201 ] || all_ok=0
+done
+if [ "$all_ok" -eq 1 ]; then ok "POST /api/v1/dags/hello/runs: 201"; else bad "trigger" "$code $(cat "$T/trig4")"; fi
+run_id=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["run_id"])' "$T/trig1" 2>/dev/null)
+state=
+for _ in $(seq 100); do
+    state=$(curl -s "$URL/api/v1/dags/hello/runs/$run_id" |
+            python3 -c 'import json,sys; print(json.load(sys.stdin).get("state"))' 2>/dev/null)
+    [ "$state" = success ] && [ "$(runs_in success hello)" -eq 4 ] && break
+    sleep 0.1
+done
+if [ "$state" = success ] && [ "$(runs_in success hello)" -eq 4 ]; then
+    ok "every triggered run reaches success"
+else
+    bad "triggered runs succeed" "state $state, $(runs_in success hello) of 4 succeeded"
+fi
+
+# ---- every(1) across reload --------------------------------------------
+
+sleep 3
+before=$(runs_in success ticker)
+if [ "$before" -ge 2 ]; then
+    ok "the every(1) DAG runs ($before successful runs in ~3s)"
+else
+    bad "every(1) runs" "$before successful runs"
+fi
+old_pids=$(pgrep -P "$(cat "$T/logs/nginx.pid")" | sort)
+"$NGINX" -p "$T" -c "$T/nginx.conf" -s reload
+for _ in $(seq 50); do
+    new_pids=$(pgrep -P "$(cat "$T/logs/nginx.pid")" | sort)
+    [ -n "$new_pids" ] && [ -z "$(comm -12 <(echo "$old_pids") <(echo "$new_pids"))" ] && break
+    sleep 0.1
+done
+mid=$(runs_in success ticker)
+sleep 4
+after=$(runs_in success ticker)
+if [ $((after - mid)) -ge 2 ]; then
+    ok "the every(1) DAG keeps running across nginx -s reload ($mid -> $after)"
+else
+    bad "every(1) across reload" "$mid -> $after successful runs in 4s"
+fi
+stuck=$(runs_in running ticker)
+takeovers=$(grep -c "with the scheduler\|takes over the scheduler" "$T/logs/error.log")
+if [ "$takeovers" -ge 2 ]; then
+    ok "a new worker took the scheduler over after reload"
+else
+    bad "takeover" "$takeovers scheduler starts in the log"
+fi
+
+# ---- quit with a task running -------------------------------------------
+
+curl -s -o /dev/null -X POST "$URL/api/v1/dags/slow/runs"
+for _ in $(seq 50); do
+    pgrep -f "sleep 4.321" > /dev/null && break
+    sleep 0.1
+done
+if pgrep -f "sleep 4.321" > /dev/null; then ok "the slow task is running"; else bad "slow task" "not started"; fi
+stop_nginx
+sleep 0.2
+if pgrep -f "sleep 4.321" > /dev/null; then
+    bad "no task process survives nginx -s quit" "$(pgrep -af 'sleep 4.321')"
+else
+    ok "no task process survives nginx -s quit"
+fi
+
+if start_nginx; then ok "nginx starts again on the same store"; else bad "restart" "$(tail -5 "$T/logs/error.log")"; fi
+left=1
+for _ in $(seq 150); do
+    left=$(( $(runs_in running slow) + $(runs_in queued slow) + $(runs_in running ticker) ))
+    [ "$left" -eq 0 ] && break
+    sleep 0.1
+done
+if [ "$(runs_in success slow)" -eq 1 ] && [ "$(runs_in running slow)" -eq 0 ]; then
+    ok "the interrupted run is resumed to success, none left running"
+else
+    bad "resume after quit" "slow: $(runs_in running slow) running, $(runs_in success slow) success; ticker stuck $stuck"
+fi
+
+if grep -qE '\[(alert|emerg|crit)\]' "$T/logs/error.log"; then
+    bad "no alerts in the error log" "$(grep -E '\[(alert|emerg|crit)\]' "$T/logs/error.log" | head -3)"
+else
+    ok "no alerts in the error log"
+fi
+
+finish
