@@ -264,6 +264,18 @@ describe("the task context", function()
     assert.equal("2026-03-04 " .. rid .. " env 1 ctx", res.tasks.env.xcom)
   end)
 
+  it("gives a manual run of a scheduled DAG the last complete interval", function()
+    local res = flow.test(flow.dag {
+      id = "manual_interval", schedule = "@daily",
+      tasks = function(t)
+        t.lua { id = "a", run = function(ctx)
+          return ctx.ds .. " " .. ctx.data_interval_start .. " " .. ctx.data_interval_end
+        end }
+      end,
+    }, { date = "2026-03-04T05:06:07Z" })
+    assert.equal("2026-03-04 2026-03-03T00:00:00+00:00 2026-03-04T00:00:00+00:00", res.tasks.a.xcom)
+  end)
+
   it("lets the run's conf override params", function()
     local res = flow.test(flow.dag {
       id = "conf",

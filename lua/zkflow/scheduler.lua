@@ -1423,6 +1423,44 @@ local function next_interval(dag, t)
 end
 _M.next_interval = next_interval
 
+-- The last complete interval at `t`: start, end with end <= t (Airflow's
+-- infer_manual_data_interval), or nil without a periodic schedule.
+local function last_interval(dag, t)
+  local sch = dag.schedule
+  if type(sch) ~= "table" then return nil end
+  if sch.every then
+    local base = dag.start_date or 0
+    local e = base + floor((t - base) / sch.every) * sch.every
+    return e - sch.every, e
+  end
+  if not sch.cron then return nil end
+  local c = dag.cron_obj
+  if not c then
+    c = core.cron(sch.cron)
+    dag.cron_obj = c
+  end
+  -- cron has no "previous": walk forward from ever farther back until a
+  -- fire time <= t shows up; the first window with one holds few.
+  local function last_fire(before)
+    for _, span in ipairs({ 60, 3600, 86400, 7 * 86400, 32 * 86400, 367 * 86400, 3660 * 86400 }) do
+      local f = c:next(before - span - 1)
+      if f and f <= before then
+        while true do
+          local nf = c:next(f)
+          if not nf or nf > before then return f end
+          f = nf
+        end
+      end
+    end
+    return nil
+  end
+  local e = last_fire(t)
+  local st = e and last_fire(e - 1)
+  if not st then return nil end
+  return st, e
+end
+_M.last_interval = last_interval
+
 function Sched:dag_meta(dag_id)
   return self.st:read(self.st:path("dags", dag_id, "meta")) or {}
 end
@@ -1787,11 +1825,13 @@ function _M.test(what, opts)
                      root = opts.root }
   s.db_path = db
   s.worker_id = "test"
-  local s_, e_ = next_interval(dag, ld)
+  -- A manual run's data interval, as Airflow infers it: the last complete
+  -- interval of the schedule at the logical date.
+  local s_, e_ = last_interval(dag, ld)
   local run = s:create_run(dag, { run_type = "manual", logical_date = ld,
                                   run_id = "manual__" .. iso(ld, true),
-                                  data_interval_start = s_ and ld or ld,
-                                  data_interval_end = (s_ and e_ and (e_ - s_) + ld) or ld,
+                                  data_interval_start = s_ or ld,
+                                  data_interval_end = e_ or ld,
                                   conf = opts.conf })
   s:process()
   if run.state ~= "success" and run.state ~= "failed" then
