@@ -247,11 +247,12 @@ end
 -- ---- restore ------------------------------------------------------------------
 
 -- Splits ops into batches that one multi request carries.
-local function batches(ops)
+local function batches(ops, max_ops)
     local out, cur, bytes = {}, {}, 0
+    max_ops = max_ops or BATCH_OPS
     for _, op in ipairs(ops) do
         local size = #op.path + #(op.data or "") + 64
-        if #cur > 0 and (bytes + size > BATCH_BYTES or #cur >= BATCH_OPS) then
+        if #cur > 0 and (bytes + size > BATCH_BYTES or #cur >= max_ops) then
             out[#out + 1] = cur
             cur, bytes = {}, 0
         end
@@ -298,7 +299,8 @@ local function rollback(st, done)
     return nil
 end
 
--- restore(st, tree, {path=, overwrite=, dry_run=}) → result, or nil, err.
+-- restore(st, tree, {path=, overwrite=, dry_run=, batch_ops=}) → result,
+-- or nil, err (batch_ops: ops per multi, default 1000; tests make it small).
 -- result: {path=, created=, updated=, kept=, actions={"create /a", ...}}
 -- (`actions` lists every node in order: create, update or keep).  The
 -- tree is checked whole before anything is written; missing ancestors of
@@ -360,7 +362,7 @@ function _M.restore(st, tree, opts)
     end
 
     local done = {}
-    for _, b in ipairs(batches(ops)) do
+    for _, b in ipairs(batches(ops, opts.batch_ops)) do
         local mops = {}
         for i, op in ipairs(b) do
             mops[i] = { op = op.op, path = op.path, data = op.data,

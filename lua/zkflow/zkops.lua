@@ -43,6 +43,15 @@ function _M.check_path(p, field)
     return p
 end
 
+-- Checks data against ZooKeeper's 1 MiB limit; raises ZBADARGUMENTS.
+function _M.check_data(data, p)
+    if type(data) == "string" and #data > zkdump.MAX_DATA then
+        _M.raise("ZBADARGUMENTS", fmt("%s: data is %d bytes, over "
+                 .. "ZooKeeper's limit of 1 MiB (1048576)", p, #data))
+    end
+    return data
+end
+
 -- Ends the try as failed without retries (the input is wrong; retrying
 -- does not make it right).
 function _M.fail(msg)

@@ -23,6 +23,7 @@ return {
     execute   = function(task, ctx, rt)
         local t = zkops.rendered(task, ctx)
         zkops.check_path(t.path)
+        zkops.check_data(t.data, t.path)
         return zkops.with(t, rt, function(st)
             local p, err = st:create(t.path, t.data, {
                 ephemeral = t.ephemeral, sequential = t.sequential,

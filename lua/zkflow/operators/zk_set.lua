@@ -19,6 +19,7 @@ return {
     execute   = function(task, ctx, rt)
         local t = zkops.rendered(task, ctx)
         zkops.check_path(t.path)
+        zkops.check_data(t.data, t.path)
         return zkops.with(t, rt, function(st)
             local stat, err = st:set(t.path, t.data, t.version)
             if not stat and err == "ZNONODE" and t.create then
