@@ -342,6 +342,53 @@ describe("schedules", function()
     end)
   end)
 
+  it("creates one run for @once, and none again after a restart", function()
+    local d = flow.dag {
+      id = "once", schedule = "@once", start_date = flow.iso(core.now() - 86400),
+      tasks = function(t) t.lua { id = "a", run = function() end } end,
+    }
+    flow.run(function()
+      local s, store, st = H.scheduler({ d }, {})
+      s:start()
+      assert.is_true(H.wait_until(function()
+        local rs = runs_of(st, "once")
+        return #rs == 1 and rs[1].state == "success"
+      end, 5))
+      s:stop()
+      local s2 = require("zkflow.scheduler").new { store = store, dags = { once = d }, log_dir = "/tmp" }
+      s2:start()
+      flow.sleep(0.1)
+      assert.equal(1, #runs_of(st, "once"))
+      s2:stop()
+      store:close()
+    end)
+  end)
+
+  it("does not repeat caught-up intervals after a restart", function()
+    local now = core.now()
+    local start = math.floor(now / HOUR) * HOUR - 2 * HOUR
+    local d = flow.dag {
+      id = "restart_catchup", schedule = "@hourly", start_date = flow.iso(start), catchup = true,
+      tasks = function(t) t.lua { id = "a", run = function() end } end,
+    }
+    flow.run(function()
+      local s, store, st = H.scheduler({ d }, {})
+      s:start()
+      assert.is_true(H.wait_until(function()
+        local rs = runs_of(st, "restart_catchup")
+        return #rs == 2 and rs[2].state == "success"
+      end, 5))
+      s:stop()
+      local s2 = require("zkflow.scheduler").new { store = store, dags = { restart_catchup = d },
+                                                   log_dir = "/tmp" }
+      s2:start()
+      flow.sleep(0.1)
+      assert.equal(2, #runs_of(st, "restart_catchup"))
+      s2:stop()
+      store:close()
+    end)
+  end)
+
   it("does not create runs for a paused DAG", function()
     local now = core.now()
     local d = flow.dag {
