@@ -154,3 +154,39 @@ describe("resuming runs from the store", function()
     end)
   end)
 end)
+
+describe("clearing through a request", function()
+  it("re-runs the cleared task and its downstream, and the run again", function()
+    local tries = 0
+    local d = flow.dag {
+      id = "clearme",
+      tasks = function(t)
+        local a = H.ok(t, "a")
+        local b = t.lua { id = "b", after = { a }, run = function()
+          tries = tries + 1
+          if tries == 1 then error("first time") end
+        end }
+        H.ok(t, "c", { after = { b } })
+      end,
+    }
+    flow.run(function()
+      local s, store, st = H.scheduler({ d }, { schedule = false })
+      s:start()
+      local run = s:create_run(d, { logical_date = 1767225600, run_id = RUN })
+      s:process()
+      assert.same({ "failed" }, s:wait_runs({ run }))
+      assert.equal("upstream_failed", st:get_ti("clearme", RUN, "c").state)
+      st:add_request { op = "clear", dag_id = "clearme", run_id = RUN, task_ids = { "b" }, downstream = true }
+      assert.is_true(H.wait_until(function()
+        store:flush()
+        local r = st:get_run("clearme", RUN)
+        return r.state == "success"
+      end, 5))
+      s:stop()
+      assert.equal(1, st:get_ti("clearme", RUN, "a").try_number)
+      assert.equal(2, st:get_ti("clearme", RUN, "b").try_number)
+      assert.equal("success", st:get_ti("clearme", RUN, "c").state)
+      store:close()
+    end)
+  end)
+end)
