@@ -35,26 +35,38 @@ end
 -- on_done(ok, ...) receives fn's results, or false and the error (with
 -- a traceback for ordinary errors; error objects that are tables are passed
 -- through unchanged, so flow.skip()/flow.fail() survive).
+-- The message handler of every spawned function.  A count hook (a task's
+-- execution_timeout) belongs to the function: it must not fire here or in
+-- on_done, which run on the same coroutine after the function has ended.
+local function handler(e)
+  sethook()
+  if type(e) == "table" then return e end
+  return debug.traceback(tostring(e), 2)
+end
+
+local function finish(co, on_done, ok, ...)
+  sethook()
+  parked[co] = nil
+  if on_done then
+    on_done(ok, ...)
+  elseif not ok then
+    report((...))
+  end
+end
+
 function _M.spawn(fn, on_done, ...)
-  local args = pack(...)
   local co
-  co = coroutine.create(function()
-    local res = pack(xpcall(fn, function(e)
-      -- A count hook (a task's execution_timeout) belongs to fn: it must
-      -- not fire in the handler or in on_done, which run on this
-      -- coroutine after fn has ended.
-      sethook()
-      if type(e) == "table" then return e end
-      return debug.traceback(tostring(e), 2)
-    end, unpack(args, 1, args.n)))
-    sethook()
-    parked[co] = nil
-    if on_done then
-      on_done(unpack(res, 1, res.n))
-    elseif not res[1] then
-      report(res[2])
-    end
-  end)
+  local n = select("#", ...)
+  if n == 0 then
+    co = coroutine.create(function()
+      return finish(co, on_done, xpcall(fn, handler))
+    end)
+  else
+    local args = pack(...)
+    co = coroutine.create(function()
+      return finish(co, on_done, xpcall(fn, handler, unpack(args, 1, args.n)))
+    end)
+  end
   ours[co] = true
   step(co)
   return co

@@ -938,12 +938,16 @@ function Sched:start_ti(ti, pool, slots)
   self.running = self.running + 1
   self.running_by_dag[run.dag_id] = (self.running_by_dag[run.dag_id] or 0) + 1
   pool.used = pool.used + slots
-  ti.slot = { pool = pool, slots = slots }
+  ti.slot_pool, ti.slot_n = pool, slots
   local attempt = {}
   ti.attempt = attempt
-  self:emit("ti_started", ti)
+  if self.on_event then self:emit("ti_started", ti) end
 
-  local exe = executors.find(task)
+  local exe = task.exe
+  if not exe then
+    exe = executors.find(task)
+    task.exe = exe
+  end
   local ctx = self:context(ti)
   -- The built-in Lua operators never look at the runtime.
   local rt = not executors.pure[exe] and self:runtime(ti, attempt) or nil
@@ -1005,11 +1009,10 @@ function Sched:release(ti)
   self.running_by_dag[dag_id] = self.running_by_dag[dag_id] - 1
   local waiting = self.blocked_by_dag[dag_id]
   if waiting and waiting.n > 0 then pq_push(self.ready, pq_pop(waiting)) end
-  local slot = ti.slot
-  if slot then
-    local pool = slot.pool
-    pool.used = pool.used - slot.slots
-    ti.slot = nil
+  local pool = ti.slot_pool
+  if pool then
+    pool.used = pool.used - ti.slot_n
+    ti.slot_pool, ti.slot_n = nil, nil
     -- The best candidates that fit the free slots, as Airflow passes over
     -- an instance whose pool_slots exceed the open slots to the next one.
     local h, free = pool.blocked, pool.slots - pool.used
@@ -1307,20 +1310,25 @@ end
 
 -- The context of a task instance (`ctx` in Lua tasks, the environment of
 -- its templates): the run's shared fields plus its own, made on first use.
+-- The instance a context belongs to, under a key no template can name.
+local CTX_TI = {}
+local CTX_MT = {
+  __index = function(ctx, k)
+    local f = CTX_LAZY[k]
+    local ti = rawget(ctx, CTX_TI)
+    if f then
+      local v = f(ti.sched, ti)
+      rawset(ctx, k, v)
+      return v
+    end
+    return ti.run.ctx_base[k]
+  end,
+}
+
 function Sched:context(ti)
-  local base = self:run_base(ti.run)
-  local sched = self
-  return setmetatable({}, {
-    __index = function(ctx, k)
-      local f = CTX_LAZY[k]
-      if f then
-        local v = f(sched, ti)
-        rawset(ctx, k, v)
-        return v
-      end
-      return base[k]
-    end,
-  })
+  self:run_base(ti.run)
+  ti.sched = self
+  return setmetatable({ [CTX_TI] = ti }, CTX_MT)
 end
 
 -- What an executor may ask of the scheduler for one try.
