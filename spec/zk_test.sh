@@ -61,5 +61,21 @@ if [ -f spec/zk_interop_test.sh ]; then
     echo "$out" | grep -qE '^[0-9]+ passed' || FAIL=$((FAIL + 1))
 fi
 
+# The ZooKeeper operators (spec/zk_ops_spec.lua, both backends).
+out=$(busted --lua="$LUA" -o TAP spec/zk_ops_spec.lua 2>&1)
+echo "$out" | grep -E '^(not )?ok |^#' | head -200
+p=$(echo "$out" | grep -cE '^ok ')
+f=$(echo "$out" | grep -cE '^not ok ')
+[ "$p" -eq 0 ] && f=$((f + 1))
+PASS=$((PASS + p)); FAIL=$((FAIL + f))
+
+# The `zkflow zk` commands and --zk (spec/zk_cli_test.sh).
+out=$(bash spec/zk_cli_test.sh 2>&1)
+echo "$out" | sed -E 's/^([0-9]+ passed, [0-9]+ failed)/zk_cli: \1/'
+# shellcheck disable=SC2046  # two numbers, split on purpose
+set -- $(echo "$out" | awk '/^[0-9]+ passed, [0-9]+ failed/ { p = $1; f = $3 } END { print p + 0, f + 0 }')
+PASS=$((PASS + $1)); FAIL=$((FAIL + $2))
+echo "$out" | grep -qE '^[0-9]+ passed' || FAIL=$((FAIL + 1))
+
 echo "$PASS passed, $FAIL failed"
 [ "$FAIL" -eq 0 ]

@@ -953,6 +953,10 @@ local function norm_path(ctx, p)
         usage_error("path must start with '/': '" .. p .. "'")
     end
     if #p > 1 then p = p:gsub("/+$", "") end
+    local problem = need("zkflow.zkdump").path_problem(p)
+    if problem then
+        fail("ZBADARGUMENTS: path '" .. p .. "': " .. problem)
+    end
     local _ = ctx
     return p
 end
