@@ -6,7 +6,7 @@
 #   SUITES="c busted" sh spec/run-all.sh     runs only some suites
 B=${B:-build}
 LUA=${LUA:-lua5.4}
-SUITES=${SUITES:-"c asan valgrind croniter busted zk cli examples recovery lint"}
+SUITES=${SUITES:-"c asan valgrind croniter busted zk cli examples recovery nginx lint"}
 LOGS=$B/test-logs
 mkdir -p "$LOGS"
 export LUA_PATH="lua/?.lua;lua/?/init.lua;;"
@@ -90,6 +90,17 @@ for s in $SUITES; do
         if [ -f "spec/${s}_test.sh" ]; then
             bash "spec/${s}_test.sh" > "$LOGS/$s.log" 2>&1
             set -- $(sum_lines "$LOGS/$s.log"); add "$s" "$1" "$2"
+        fi
+        ;;
+    nginx)
+        # Debian's real nginx with the module; needs nginx-dev at build time
+        # and root to start nginx.
+        if [ -f "$B/ngx_http_zkflow_module.so" ]; then
+            B=$B bash spec/nginx_test.sh > "$LOGS/nginx.log" 2>&1
+            set -- $(sum_lines "$LOGS/nginx.log"); add nginx "$1" "$2"
+        else
+            echo "nginx: $B/ngx_http_zkflow_module.so not built (no nginx-dev)" > "$LOGS/nginx.log"
+            add nginx 0 1
         fi
         ;;
     lint)
