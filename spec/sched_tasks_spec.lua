@@ -134,6 +134,21 @@ describe("execution_timeout", function()
     assert.is_true(core.mono() - t0 < 3)
   end)
 
+  it("stops a Lua task that catches the timeout with pcall", function()
+    local t0 = core.mono()
+    local res = H.test(flow.dag {
+      id = "pcall_spin",
+      tasks = function(t)
+        t.lua { id = "spin", execution_timeout = 0.2, run = function()
+          while true do pcall(function() while true do end end) end
+        end }
+      end,
+    })
+    assert.equal("failed", res.tasks.spin.state)
+    assert.is_true(core.mono() - t0 < 3)
+    assert.matches("execution timeout", assert(io.open(res.tasks.spin.log)):read("a"))
+  end)
+
   it("stops a Lua task that waits", function()
     local t0 = core.mono()
     local res = H.test(flow.dag {

@@ -957,17 +957,31 @@ function Sched:start_ti(ti, pool, slots)
   if task.on_execute then self:callback(ti, task.on_execute) end
   local co = async.spawn(function()
     if deadline then
-      debug.sethook(function()
-        if mono() > deadline then
-          debug.sethook()
+      -- A task that loops without yielding never lets the timer fire: the
+      -- count hook stops it.  Past the deadline the hook fires on every
+      -- instruction (as the loader's budget does), so a task that catches
+      -- the error with pcall cannot keep going; async.spawn removes it when
+      -- the function has ended.
+      local function hook()
+        if attempt.expired or mono() > deadline then
+          if not attempt.expired then
+            attempt.expired = true
+            debug.sethook(hook, "", 1)
+          end
           error({ zkflow_timeout = true, msg = "execution timeout after " ..
                   task.execution_timeout .. "s" })
         end
-      end, "", 1000)
+      end
+      debug.sethook(hook, "", 1000)
     end
     return exe(task, ctx, rt)
   end, function(ok, res, extra)
     if ti.attempt ~= attempt then return end    -- this try already ended
+    if attempt.expired then
+      -- Whatever the task made of the error, the try timed out.
+      ok, res = false, { zkflow_timeout = true,
+                         msg = "execution timeout after " .. task.execution_timeout .. "s" }
+    end
     self:end_try(ti, ok, res, extra)
     self:process()
   end)
