@@ -152,6 +152,25 @@ else
     row "rss 1000 DAGs" "FAILED" "-" "see above"
 fi
 
+# ---- 5. ZooKeeper create/set: raw libzookeeper_mt vs zkflow vs kazoo -------
+
+zkb=$(run_result zk sh bench/zk_bench.sh) || failed=1
+raw_c=$(echo "$zkb" | field raw_create)
+if [ -n "$raw_c" ] && [ "$raw_c" != 0 ]; then
+    raw_s=$(echo "$zkb" | field raw_set)
+    lua_c=$(echo "$zkb" | field lua_create); lua_s=$(echo "$zkb" | field lua_set)
+    ser_c=$(echo "$zkb" | field lua_serial_create)
+    kz_c=$(echo "$zkb" | field kazoo_create); kz_s=$(echo "$zkb" | field kazoo_set)
+    echo "zk create/s: raw C $raw_c, zkflow $lua_c ($(calc "$lua_c / $raw_c" %.2f)x raw; serial $ser_c), kazoo $kz_c ($(calc "$kz_c / $raw_c" %.2f)x raw)"
+    echo "zk set/s:    raw C $raw_s, zkflow $lua_s ($(calc "$lua_s / $raw_s" %.2f)x raw), kazoo $kz_s ($(calc "$kz_s / $raw_s" %.2f)x raw)"
+    row "zk create/s vs kazoo" "$lua_c" "kazoo $kz_c" "$(calc "$lua_c / $kz_c" %.2f)x kazoo, $(calc "$lua_c / $raw_c" %.2f)x raw C ($raw_c)"
+    row "zk set/s vs kazoo" "$lua_s" "kazoo $kz_s" "$(calc "$lua_s / $kz_s" %.2f)x kazoo, $(calc "$lua_s / $raw_s" %.2f)x raw C ($raw_s)"
+elif grep -q skipped "$tmp/zk.out" 2>/dev/null; then
+    row "zk create/set" "-" "-" "$(cat "$tmp/zk.out")"
+else
+    row "zk create/set" "FAILED" "-" "see above"
+fi
+
 # ---- summary -----------------------------------------------------------------
 
 echo
