@@ -4,7 +4,8 @@
 -- health check of an ensemble.
 --
 -- Connection: a task's `hosts` ("h:p,h:p[/chroot]", "zk://...", or
--- "sqlite:/path/to.db") opens a connection of its own for the try and
+-- "sqlite:/path/to.db", through zk.connect) opens a connection of its own
+-- for the try and
 -- closes it afterwards; without `hosts` the task uses the scheduler's
 -- store (rt.store), ZooKeeper or SQLite, so the same DAG runs on a laptop
 -- and on a cluster.
@@ -67,22 +68,16 @@ end
 function _M.open(t, rt)
     local hosts = t.hosts
     if hosts ~= nil and hosts ~= "" then
-        local path = hosts:match("^sqlite:(.+)$")
-        local st, err
-        if path then
-            st, err = core.store(path)
-        else
-            st, err = core.store_zk(hosts:gsub("^zk://", ""), {
-                timeout = t.session_timeout or 10,
-                connect_timeout = t.connect_timeout,
-            })
-        end
-        if not st then
-            _M.raise(err or "ZCONNECTIONLOSS", hosts)
-        end
+        -- zkflow.zk's connect: the same connect strings as everywhere
+        -- ("sqlite:" too), and it raises ZooKeeper's error names.
+        local c = require("zkflow.zk").connect(hosts, {
+            timeout = t.session_timeout or 10,
+            connect_timeout = t.connect_timeout,
+        })
+        local st = c.store
         return st, function()
             if st.flush then pcall(st.flush, st) end
-            pcall(st.close, st)
+            pcall(c.close, c)
         end
     end
     if rt and rt.store then
