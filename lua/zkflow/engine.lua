@@ -74,9 +74,11 @@ end
 function _M.start(options)
   local api = require "zkflow.api"
   if options.zk then
-    -- The ZooKeeper store plugs in here; until then say so instead of
-    -- silently using a file.
-    error("zk: the ZooKeeper store is not available in this build "
+    -- core.store("zk://...") waits for a session, which an engine must
+    -- not do on its host's thread, and several engines on one ensemble
+    -- need the scheduler election: until both are wired here, say so
+    -- instead of silently using a file.
+    error("zk: embedded engines do not run on the ZooKeeper store yet "
           .. "(use the embedded store, option 'db')", 0)
   end
   local db = options.db or "./zkflow.db"
