@@ -175,6 +175,22 @@ function Client:_check_open(fname)
     end
 end
 
+-- A connection loss leaves a request's fate unknown; one that is safe to
+-- repeat (a read, an unconditional set) is sent again, so a member of the
+-- ensemble going away does not reach the caller.  The store holds requests
+-- while it reconnects, up to its connect timeout.
+local RETRIES = 3
+
+function Client:_retry(method, ...)
+    local st = self.store
+    local a, b, c
+    for _ = 1, RETRIES do
+        a, b, c = st[method](st, ...)
+        if a ~= nil or b ~= "ZCONNECTIONLOSS" then return a, b, c end
+    end
+    return a, b, c
+end
+
 -- Wraps a watch function so it sees client paths.
 function Client:_watch(fn)
     if fn == nil then return nil end
@@ -268,7 +284,7 @@ end
 function Client:get(path, watch)
     self:_check_open("get")
     check_path(path, "get")
-    local data, stat = self.store:get(self:_full(path), self:_watch(watch))
+    local data, stat = self:_retry("get", self:_full(path), self:_watch(watch))
     if data == nil then raise(stat, path) end
     return data, stat
 end
@@ -278,7 +294,12 @@ function Client:set(path, data, version)
     self:_check_open("set")
     check_path(path, "set")
     data = data_arg(data, "set")
-    local stat, err = self.store:set(self:_full(path), data, version or -1)
+    local stat, err
+    if (version or -1) == -1 then
+        stat, err = self:_retry("set", self:_full(path), data, -1)
+    else
+        stat, err = self.store:set(self:_full(path), data, version)
+    end
     self:_flush()
     if not stat then raise(err, path) end
     return stat
@@ -289,8 +310,13 @@ function Client:delete(path, version, opts)
     self:_check_open("delete")
     check_path(path, "delete")
     if type(version) == "table" then version, opts = nil, version end
-    local ok, err = self.store:delete(self:_full(path), version or -1,
-                                      { recursive = opts and opts.recursive })
+    local fpath, flags = self:_full(path), { recursive = opts and opts.recursive }
+    local ok, err = self.store:delete(fpath, version or -1, flags)
+    if not ok and err == "ZCONNECTIONLOSS" then
+        -- Sent again; a node gone by then is taken as our delete's work.
+        ok, err = self:_retry("delete", fpath, version or -1, flags)
+        if not ok and err == "ZNONODE" then ok = true end
+    end
     self:_flush()
     if not ok then raise(err, path) end
     return true
@@ -300,7 +326,7 @@ end
 function Client:exists(path, watch)
     self:_check_open("exists")
     check_path(path, "exists")
-    local stat, err = self.store:exists(self:_full(path), self:_watch(watch))
+    local stat, err = self:_retry("exists", self:_full(path), self:_watch(watch))
     if stat == nil and err then raise(err, path) end
     return stat
 end
@@ -309,7 +335,7 @@ end
 function Client:children(path, watch)
     self:_check_open("children")
     check_path(path, "children")
-    local kids, err = self.store:children(self:_full(path), self:_watch(watch))
+    local kids, err = self:_retry("children", self:_full(path), self:_watch(watch))
     if not kids then raise(err, path) end
     return kids
 end
