@@ -57,9 +57,21 @@ end
 function _M.spawn(fn, on_done, ...)
   local co
   local n = select("#", ...)
+  -- Up to three arguments ride in upvalues (the scheduler passes task,
+  -- ctx, rt); more are packed.
   if n == 0 then
     co = coroutine.create(function()
       return finish(co, on_done, xpcall(fn, handler))
+    end)
+  elseif n == 1 then
+    local a = ...
+    co = coroutine.create(function()
+      return finish(co, on_done, xpcall(fn, handler, a))
+    end)
+  elseif n == 3 then
+    local a, b, c = ...
+    co = coroutine.create(function()
+      return finish(co, on_done, xpcall(fn, handler, a, b, c))
     end)
   else
     local args = pack(...)

@@ -474,6 +474,7 @@ function Sched:create_run(dag, opts)
     return nil, "ZNODEEXISTS"
   end
   local run = self:adopt_run(dag, rec, nil)
+  run.fresh = true
   self:mark(run)
   self:queue_run(run)
   return run
@@ -523,14 +524,30 @@ function Sched:begin_run(run)
   run.state = "running"
   run.start_date = run.start_date or now()
   self:mark(run)
-  self:emit("run_started", run)
+  if self.on_event then self:emit("run_started", run) end
   if run.unfinished == 0 then
     self:finish_run(run)
     return
   end
   local dag = run.dag
   local t = now()
-  for _, tid in ipairs(dag.topo or dag.order) do
+  local ids = dag.topo or dag.order
+  if run.fresh then
+    -- Nothing has happened in a new run: every task with upstreams waits
+    -- (no rule but `always` is met by upstreams that have not ended), so
+    -- only the roots and the `always` tasks need a look.
+    run.fresh = nil
+    ids = dag.zkf_starts
+    if not ids then
+      ids = {}
+      for _, tid in ipairs(dag.topo or dag.order) do
+        local task = dag.tasks[tid]
+        if #task.upstream == 0 or task.trigger_rule == "always" then ids[#ids + 1] = tid end
+      end
+      dag.zkf_starts = ids
+    end
+  end
+  for _, tid in ipairs(ids) do
     local ti = run.tis[tid]
     local st = ti.state
     if st == "none" then
@@ -768,7 +785,7 @@ function Sched:finish(ti, s, err)
   if not was_finished then
     run.unfinished = run.unfinished - 1
   end
-  self:emit("ti_finished", ti)
+  if self.on_event then self:emit("ti_finished", ti) end
   local task = ti.task
   if s == "success" and task.on_success then
     self:callback(ti, task.on_success)
@@ -861,7 +878,7 @@ end
 function Sched:start_ready(budget)
   local ready = self.ready
   local started = 0
-  local running_by_dag, blocked_by_dag = self.running_by_dag, self.blocked_by_dag
+  local running_by_dag, blocked_by_dag, pools = self.running_by_dag, self.blocked_by_dag, self.pools
   while started < budget and self.running < self.parallelism do
     local ti = pq_pop(ready)
     if not ti then break end
@@ -869,7 +886,7 @@ function Sched:start_ready(budget)
     if ti.state == "scheduled" and run.state == "running" then
       local task = ti.task
       local dag_id = run.dag_id
-      local pool = self:pool(task.pool or "default_pool")
+      local pool = pools[task.pool or "default_pool"] or self:pool(task.pool or "default_pool")
       local slots = task.pool_slots or 1
       if (running_by_dag[dag_id] or 0) >= (run.dag.max_active_tasks or 16) then
         local h = blocked_by_dag[dag_id]
@@ -955,8 +972,21 @@ function Sched:start_ti(ti, pool, slots)
   attempt.deadline = deadline
 
   if task.on_execute then self:callback(ti, task.on_execute) end
-  local co = async.spawn(function()
-    if deadline then
+  local function on_done(ok, res, extra)
+    if ti.attempt ~= attempt then return end    -- this try already ended
+    if attempt.expired then
+      -- Whatever the task made of the error, the try timed out.
+      ok, res = false, { zkflow_timeout = true,
+                         msg = "execution timeout after " .. task.execution_timeout .. "s" }
+    end
+    self:end_try(ti, ok, res, extra)
+    self:process()
+  end
+  local co
+  if not deadline then
+    co = async.spawn(exe, on_done, task, ctx, rt)
+  else
+    co = async.spawn(function()
       -- A task that loops without yielding never lets the timer fire: the
       -- count hook stops it.  Past the deadline the hook fires on every
       -- instruction (as the loader's budget does), so a task that catches
@@ -973,18 +1003,9 @@ function Sched:start_ti(ti, pool, slots)
         end
       end
       debug.sethook(hook, "", 1000)
-    end
-    return exe(task, ctx, rt)
-  end, function(ok, res, extra)
-    if ti.attempt ~= attempt then return end    -- this try already ended
-    if attempt.expired then
-      -- Whatever the task made of the error, the try timed out.
-      ok, res = false, { zkflow_timeout = true,
-                         msg = "execution timeout after " .. task.execution_timeout .. "s" }
-    end
-    self:end_try(ti, ok, res, extra)
-    self:process()
-  end)
+      return exe(task, ctx, rt)
+    end, on_done)
+  end
   attempt.co = co
   if ti.attempt == attempt and ti.state == "running" and deadline then
     attempt.timer = core.timer(task.execution_timeout, function()
