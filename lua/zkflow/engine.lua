@@ -82,7 +82,10 @@ function _M.start(options)
           .. "(use the embedded store, option 'db')", 0)
   end
   local db = options.db or "./zkflow.db"
-  local store = core.store(db, { sync = options.db_sync or "normal" })
+  local store, err = core.store(db, { sync = options.db_sync or "normal" })
+  if not store then error("store " .. db .. ": " .. tostring(err), 0) end
+  -- DAG code that asks for zk.default() works on the engine's own store.
+  require("zkflow.zk").set_default(store, { root = "/" })
   local dir = db:match("^(.*)/[^/]*$") or "."
   local log_dir = options.log_dir or (dir .. "/logs")
   local dags_dir = options.dags or "./dags"
