@@ -12,7 +12,20 @@
 -- state changed during a turn is written once at the end of that turn, and
 -- the store commits the turn as one transaction.  A restarted scheduler
 -- reads the unfinished runs back and re-runs only the tries that had not
--- ended.
+-- ended (killing the process groups the dead scheduler left behind);
+-- retries waiting on their delay keep the time they had left.
+--
+-- Airflow semantics kept here (spec/sched_*_spec.lua, spec/scheduler_spec.lua
+-- show each): trigger rules decided as TriggerRuleDep does, including the
+-- skipped / upstream_failed end of a rule that can no longer be met; the
+-- run's state from its leaves; depends_on_past deadlocks fail the run;
+-- dagrun_timeout fails it and skips what had not ended; retries with
+-- retry_delay doubled per try by retry_exponential_backoff (no jitter, so
+-- delays are predictable) and capped by max_retry_delay; pools with
+-- pool_slots (an instance that does not fit lets a smaller one pass);
+-- priority_weight first, FIFO among equals.  The in-process executor
+-- starts a task the moment it leaves the ready queue, so "queued" is never
+-- observed here.
 local core = require "zkflow.core"
 local async = require "zkflow.async"
 local rules = require "zkflow.rules"
