@@ -144,8 +144,10 @@ expect "usage: bad --conf" 2 dags trigger hello --conf '[1,'
 expect "usage: --conf must be an object" 2 dags trigger hello --conf '[1]'
 expect "usage: bad --date" 2 dags trigger hello --date yesterday
 expect "usage: bad --db-sync" 2 --db-sync sometimes dags list
-expect "usage: --zk is not built yet" 2 --zk localhost:2181 dags list
-has "usage: --zk says so" "$T/err" "ZooKeeper support is not built yet"
+expect "--zk: an unreachable ensemble fails after the timeout" 1 --zk 127.0.0.1:1 --session-timeout 1 zk ls /
+has "--zk: says it cannot connect" "$T/err" "cannot connect to ZooKeeper at 127.0.0.1:1: ZCONNECTIONLOSS"
+expect "usage: standalone --zk is not built yet" 2 --zk 127.0.0.1:1 standalone
+has "usage: standalone --zk says so" "$T/err" "'standalone' does not run on ZooKeeper yet"
 expect "usage: backfill needs --start" 2 dags backfill hello --end 2026-01-02
 
 # ---- dags list / show -------------------------------------------------------
