@@ -119,6 +119,10 @@ describe("retries", function()
 end)
 
 describe("execution_timeout", function()
+  -- sleep arguments unique to this process, so that pgrep finds only ours
+  local SLEEP_TERM = ("6.%d"):format(core.getpid())
+  local SLEEP_KILL = ("7.%d"):format(core.getpid())
+
   it("stops a Lua task that loops without yielding", function()
     local t0 = core.mono()
     local res = H.test(flow.dag {
@@ -178,14 +182,15 @@ describe("execution_timeout", function()
     local res = H.test(flow.dag {
       id = "shell_timeout",
       tasks = function(t)
-        t.shell { id = "a", execution_timeout = 0.3, cmd = "sleep 6.123 & sleep 6.123; wait" }
+        t.shell { id = "a", execution_timeout = 0.3,
+                  cmd = ("sleep %s & sleep %s; wait"):format(SLEEP_TERM, SLEEP_TERM) }
       end,
     })
     assert.equal("failed", res.tasks.a.state)
     assert.is_true(core.mono() - t0 < 3)
     local log = assert(io.open(res.tasks.a.log)):read("a")
     assert.matches("execution timeout", log)
-    assert.equal("", io.popen("pgrep -f 'slee[p] 6.123'"):read("a"))
+    assert.equal("", io.popen("pgrep -f 'slee[p] " .. SLEEP_TERM .. "'"):read("a"))
   end)
 
   it("sends SIGKILL kill_grace after SIGTERM when the group ignores it", function()
@@ -193,7 +198,8 @@ describe("execution_timeout", function()
       local d = flow.dag {
         id = "shell_kill",
         tasks = function(t)
-          t.shell { id = "a", execution_timeout = 0.2, cmd = "trap '' TERM; sleep 7.321 & sleep 7.321; wait" }
+          t.shell { id = "a", execution_timeout = 0.2,
+                    cmd = ("trap '' TERM; sleep %s & sleep %s; wait"):format(SLEEP_KILL, SLEEP_KILL) }
         end,
       }
       local s, store = H.scheduler({ d }, { schedule = false, kill_grace = 0.3 })
@@ -207,7 +213,7 @@ describe("execution_timeout", function()
       s:stop()
       store:close()
     end)
-    assert.equal("", io.popen("pgrep -f 'slee[p] 7.321'"):read("a"))
+    assert.equal("", io.popen("pgrep -f 'slee[p] " .. SLEEP_KILL .. "'"):read("a"))
   end)
 end)
 
