@@ -91,8 +91,7 @@ check "the first instance reaches the slow tasks" wait_for 10 slow_running
 old_groups="$(ti_field slow1 pid) $(ti_field slow2 pid)"
 check "a and b finished before the crash" \
     [ "$(ti_field a state)/$(ti_field b state)" = success/success ]
-kill -9 "$first"
-wait "$first" 2>/dev/null
+{ kill -9 "$first"; wait "$first"; } 2>/dev/null
 check "the killed instance left its shell tasks running (orphans)" \
     bash -c "for g in $old_groups; do kill -0 -- -\$g || exit 1; done"
 
