@@ -337,7 +337,12 @@ function Sched:flush()
       if not ok and err ~= "ZNONODE" then log("error", "store: set " .. path .. ": " .. tostring(err)) end
     end
     if not obj.persisted then
-      local ok, err = store:create(path, data, PARENTS)
+      -- The parent (the run, written before its instances) is normally
+      -- there: options cost a table walk per call, so only on ZNONODE.
+      local ok, err = store:create(path, data)
+      if not ok and err == "ZNONODE" then
+        ok, err = store:create(path, data, PARENTS)
+      end
       if not ok and err == "ZNODEEXISTS" then
         ok, err = store:set(path, data)
       end
