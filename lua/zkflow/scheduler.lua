@@ -243,6 +243,25 @@ end
 local TI_FMT = '{"task_id":%s,"state":"%s","try_number":%d,"max_tries":%d,"operator":%s,'
   .. '"start_date":%s,"end_date":%s,"duration":%s,"xcom":%s,"log":%s,"worker":%s'
 
+-- The common record (started and ended, no optional field but
+-- first_start) in one format call: the dates' and numbers' text is made by
+-- that one call instead of one call (and one string) each.
+local TI_FMT_DONE = '{"task_id":%s,"state":"%s","try_number":%d,"max_tries":%d,"operator":%s,'
+  .. '"start_date":"%s.%06d+00:00","end_date":"%s.%06d+00:00","duration":%.6f,"xcom":%s,'
+  .. '"log":%s,"worker":%s,"first_start":%.6f}'
+
+-- The seconds part of an ISO date (cached: consecutive records mostly
+-- fall in the same second) and the microseconds.
+local function iso_parts(t)
+  local sec = floor(t)
+  if sec ~= last_sec then
+    last_sec, last_iso = sec, os.date("!%Y-%m-%dT%H:%M:%S", sec)
+  end
+  local us = floor((t - sec) * 1e6 + 0.5)
+  if us >= 1000000 then us = 999999 end
+  return last_iso, us
+end
+
 local function ti_json(ti)
   local task = ti.task
   local ij = task.id_json
@@ -261,18 +280,21 @@ local function ti_json(ti)
   end
   local sd, ed = ti.start_date, ti.end_date
   local xcom = ti.xcom
-  local head = sfmt(TI_FMT, ij, ti.state, ti.try_number, ti.max_tries,
-                    task.operator and jstr_cached(task.operator) or "null",
-                    jtime(sd), jtime(ed), (sd and ed) and jnum(ed - sd) or "null",
-                    xcom == nil and "null" or json_encode(xcom), lj,
-                    ti.worker and jstr_cached(ti.worker) or "null")
-  -- Optional fields, in the rare case they are set.
+  local op = task.operator and jstr_cached(task.operator) or "null"
+  local worker = ti.worker and jstr_cached(ti.worker) or "null"
   local first, nta, xcoms, pid, err, lost =
     ti.first_start, ti.next_try_at, ti.xcoms, ti.pid, ti.error, ti.lost
-  if nta == nil and xcoms == nil and pid == nil and err == nil and lost == nil then
-    if first == nil then return head .. "}" end
-    return head .. ',"first_start":' .. jnum(first) .. "}"
+  if sd and ed and first and nta == nil and xcoms == nil and pid == nil and err == nil
+      and lost == nil and math_type(ti.try_number) == "integer"
+      and math_type(ti.max_tries) == "integer" then
+    local si, sus = iso_parts(sd)
+    local ei, eus = iso_parts(ed)
+    return sfmt(TI_FMT_DONE, ij, ti.state, ti.try_number, ti.max_tries, op, si, sus, ei, eus,
+                ed - sd, xcom == nil and "null" or json_encode(xcom), lj, worker, first)
   end
+  local head = sfmt(TI_FMT, ij, ti.state, ti.try_number, ti.max_tries, op,
+                    jtime(sd), jtime(ed), (sd and ed) and jnum(ed - sd) or "null",
+                    xcom == nil and "null" or json_encode(xcom), lj, worker)
   local parts = { head }
   if first then parts[#parts + 1] = ',"first_start":' .. jnum(first) end
   if nta then parts[#parts + 1] = ',"next_try_at":' .. jnum(nta) end
