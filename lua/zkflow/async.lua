@@ -23,11 +23,13 @@ local function report(err)
 end
 
 local function step(co, ...)
+  -- A late callback after cancel() finds its coroutine closed: nothing to do.
+  if coroutine.status(co) == "dead" then return end
   local ok, err = coroutine.resume(co, ...)
   if not ok then
-    -- spawn() wraps the body in xpcall, so this is only a resume of a dead
-    -- or closed coroutine: a late callback after cancel().
-    if coroutine.status(co) ~= "dead" then report(err) end
+    -- fn runs under xpcall, so this is an error in on_done: say so rather
+    -- than lose it.
+    report(debug.traceback(co, tostring(err)))
   end
 end
 
@@ -81,6 +83,41 @@ function _M.spawn(fn, on_done, ...)
   end
   ours[co] = true
   step(co)
+  return co
+end
+
+-- Coroutines that ran a try and wait for the next one.  Creating a
+-- coroutine (and collecting it) costs more than a no-op task itself; the
+-- scheduler starts thousands per second.
+local idle, nidle = {}, 0
+local IDLE_MAX = 256
+local IDLE = {}   -- what a pooled coroutine yields when it goes idle
+
+local function pooled(fn, on_done, a, b, c)
+  local co = coroutine.running()
+  while true do
+    finish(co, on_done, xpcall(fn, handler, a, b, c))
+    if nidle >= IDLE_MAX then return end
+    nidle = nidle + 1
+    idle[nidle] = co
+    fn, on_done, a, b, c = coroutine.yield(IDLE)
+  end
+end
+
+-- spawn() for a scheduler try: fn(a, b, c) on a pooled coroutine.  The
+-- returned coroutine is the try's only until on_done has been called (it
+-- may run another try afterwards): cancel it only before that.
+function _M.spawn_try(fn, on_done, a, b, c)
+  local co
+  if nidle > 0 then
+    co = idle[nidle]
+    idle[nidle] = nil
+    nidle = nidle - 1
+  else
+    co = coroutine.create(pooled)
+    ours[co] = true
+  end
+  step(co, fn, on_done, a, b, c)
   return co
 end
 

@@ -1024,7 +1024,7 @@ function Sched:start_ti(ti, pool, slots)
   end
   local co
   if not deadline then
-    co = async.spawn(exe, on_done, task, ctx, rt)
+    co = async.spawn_try(exe, on_done, task, ctx, rt)
   else
     co = async.spawn(function()
       -- A task that loops without yielding never lets the timer fire: the
