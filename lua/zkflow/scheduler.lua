@@ -186,7 +186,7 @@ local function ti_record(ti)
     start_date = ti.start_date and iso(ti.start_date, true) or null,
     end_date = ti.end_date and iso(ti.end_date, true) or null,
     duration = (ti.start_date and ti.end_date) and (ti.end_date - ti.start_date) or null,
-    first_start = ti.first_start,
+    first_start = ti.first_start or nil,
     next_try_at = ti.next_try_at,
     xcom = ti.xcom == nil and null or ti.xcom,
     xcoms = ti.xcoms,
@@ -1350,7 +1350,7 @@ function CTX_LAZY.ti(_, ti)
   local run = ti.run
   return { task_id = ti.task_id, dag_id = run.dag_id, run_id = run.run_id,
            try_number = ti.try_number, max_tries = ti.max_tries, map_index = -1,
-           log = ti.log }
+           log = ti.log or nil }
 end
 
 function CTX_LAZY.task(_, ti)
