@@ -271,6 +271,47 @@ describe("schedules", function()
     end)
   end)
 
+  it("jumps to the latest interval at once, however old start_date is", function()
+    -- flow.every(1) from a year ago: walking 31 million intervals (or
+    -- creating them) was the bug; one run must appear, quickly.
+    local d = flow.dag {
+      id = "old_start", schedule = flow.every(1), catchup = false,
+      start_date = flow.iso(math.floor(core.now()) - 365 * 86400),
+      tasks = function(t) t.lua { id = "a", run = function() end } end,
+    }
+    with_scheduler({ d }, {}, function(_, st)
+      local t0 = core.mono()
+      assert.is_true(H.wait_until(function()
+        local rs = runs_of(st, "old_start")
+        return #rs >= 1 and rs[1].state == "success"
+      end, 5))
+      assert.is_true(core.mono() - t0 < 2)
+      assert.is_true(#runs_of(st, "old_start") <= 3)
+    end)
+  end)
+
+  it("creates no more scheduled runs than max_active_runs while catching up", function()
+    local now = core.now()
+    local start = math.floor(now / HOUR) * HOUR - 50 * HOUR
+    local release = false
+    local d = flow.dag {
+      id = "bounded", schedule = "@hourly", start_date = flow.iso(start), catchup = true,
+      max_active_runs = 2,
+      tasks = function(t)
+        t.lua { id = "a", run = function() while not release do flow.sleep(0.02) end end }
+      end,
+    }
+    with_scheduler({ d }, {}, function(_, st)
+      flow.sleep(0.2)
+      assert.equal(2, #runs_of(st, "bounded"))
+      release = true
+      assert.is_true(H.wait_until(function()
+        local rs = runs_of(st, "bounded")
+        return #rs == 50 and rs[50].state == "success"
+      end, 10))
+    end)
+  end)
+
   it("stops at end_date", function()
     local now = core.now()
     local start = math.floor(now / HOUR) * HOUR - 6 * HOUR

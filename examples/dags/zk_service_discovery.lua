@@ -1,6 +1,6 @@
 -- Service registration and discovery.  `register` announces an instance
 -- of the service "api" (Curator's ServiceInstance JSON, ephemeral, at
--- /services/api/<id>) for as long as it runs (here 2 seconds); meanwhile
+-- /services/api/<id>) for as long as it runs (here 1 second); meanwhile
 -- `discovered` waits for the registration to appear (a zk_watch sensor:
 -- event-driven, it wakes on the watch, not on its poke interval),
 -- `lookup` reads the instance (XCom: its address and port), and `gone`
@@ -27,7 +27,7 @@ return flow.dag {
     local register   = t.zk_register { id = "register", hosts = ZK, service = "api",
                                        instance = { id = "api-1", address = "127.0.0.1",
                                                     port = 8080 },
-                                       duration = 2 }
+                                       duration = 1 }
     local discovered = t.zk_watch { id = "discovered", hosts = ZK, path = NODE }
     local lookup     = t.zk_get   { id = "lookup", hosts = ZK, path = NODE, json = true }
     local gone       = t.zk_watch { id = "gone", hosts = ZK, path = NODE, wait_for = "absent" }

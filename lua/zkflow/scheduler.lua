@@ -138,6 +138,7 @@ function _M.new(opts)
     blocked_by_dag = {},    -- dag_id -> queue of instances over max_active_tasks
     paused = {},
     timers = {},            -- dag_id -> schedule timer
+    tick_blocked = {},      -- dag_id -> true: due runs wait for max_active_runs
     run_waiters = {},       -- run key -> {fn, ...}
     processing = false,
     stopped = false,
@@ -680,6 +681,18 @@ function Sched:finish_run(run, forced)
   -- depends_on_past: the next run may now evaluate.
   self:wake_past_waiters(run)
   self:activate_runs(run.dag_id)
+  if self.tick_blocked[run.dag_id] and not self.timers[run.dag_id] then
+    -- Due scheduled runs waited for this one to end (max_active_runs).
+    self.tick_blocked[run.dag_id] = nil
+    local dag = self.dags[run.dag_id]
+    if dag then
+      self.timers[run.dag_id] = core.timer(0, function()
+        self.timers[run.dag_id] = nil
+        self:tick_dag(dag)
+        self:process()
+      end)
+    end
+  end
 end
 
 -- ---- evaluation ---------------------------------------------------------------
@@ -1580,31 +1593,35 @@ function Sched:tick_dag(dag)
   local created, last = 0, meta.last_logical
   local s, e = next_interval(dag, from)
   if not dag.catchup and s and e and e <= t then
-    -- Jump to the latest complete interval.
-    local ls, le = s, e
-    while true do
-      local ns, ne = next_interval(dag, le)
-      if not ns or not ne or ne > t then break end
-      ls, le = ns, ne
-      created = created + 1
-      if created > 100000 then break end
-    end
-    s, e = ls, le
-    created = 0
+    -- Only the latest complete interval runs; computed, not walked to, so
+    -- an old start_date costs nothing.
+    local ls, le = last_interval(dag, t)
+    if ls and ls > s then s, e = ls, le end
   end
-  while s and e and e <= t and (not dag.end_date or s <= dag.end_date) and created < 1000 do
+  -- Airflow creates no scheduled run while the DAG has max_active_runs
+  -- runs active or queued; finish_run() ticks the DAG again.
+  local limit = dag.max_active_runs or 16
+  local q = self.queued_runs[dag.id]
+  local pending = self:active_runs(dag.id) + (q and #q or 0)
+  self.tick_blocked[dag.id] = nil
+  while s and e and e <= t and (not dag.end_date or s <= dag.end_date) do
+    if pending >= limit then
+      self.tick_blocked[dag.id] = true
+      break
+    end
     self:create_run(dag, { run_type = "scheduled", logical_date = s,
                            data_interval_start = s, data_interval_end = e })
     last = s
     created = created + 1
+    pending = pending + 1
     s, e = next_interval(dag, e)
   end
   if last ~= meta.last_logical then
     self.st:write(self.st:path("dags", dag.id, "meta"), { last_logical = last })
   end
-  if s and e and (not dag.end_date or s <= dag.end_date) then
+  if s and e and (not dag.end_date or s <= dag.end_date)
+      and not self.tick_blocked[dag.id] then
     local delay = max(0, e - now())
-    if created >= 1000 then delay = 0 end
     self.timers[dag.id] = core.timer(delay, function()
       self.timers[dag.id] = nil
       self:tick_dag(dag)
