@@ -186,11 +186,18 @@ end
 -- Plain Lua (and `zkflow lua`): runs fn as a coroutine and drives the loop
 -- until it returns; returns fn's results or raises its error.
 function _M.run(fn, ...)
-  local res
-  _M.spawn(fn, function(...) res = pack(...) end, ...)
+  local res, looping
+  _M.spawn(fn, function(...)
+    res = pack(...)
+    -- Open handles (a ZooKeeper session, a store watch) keep the loop
+    -- alive; the caller asked only for fn.
+    if looping then core.stop() end
+  end, ...)
   if not res then
     if not core.in_engine() then
+      looping = true
       core.run()
+      looping = false
     else
       error("flow.run: inside the engine use flow.spawn", 2)
     end
