@@ -139,6 +139,8 @@ function _M.new(opts)
     paused = {},
     timers = {},            -- dag_id -> schedule timer
     tick_blocked = {},      -- dag_id -> true: due runs wait for max_active_runs
+    watched = {},           -- dag_id -> true once its store watches are set
+    hot_reload = opts.hot_reload,
     run_waiters = {},       -- run key -> {fn, ...}
     processing = false,
     stopped = false,
@@ -390,6 +392,69 @@ function Sched:load_dags()
   for file, err in pairs(self.import_errors) do
     log("error", "import error in " .. file .. ": " .. tostring(err))
   end
+end
+
+-- Hot reload: the DAG folder changed (core.watch_tree).  The folder is
+-- scanned again; a file whose source did not change keeps its DAG object,
+-- a changed one becomes a new version (runs in progress keep the version
+-- they started with, in run.dag), a file that stops loading keeps its
+-- previous good DAGs and shows the import error, a deleted file's DAGs stop
+-- being scheduled (their runs in progress go on).
+function Sched:reload()
+  if self.stopped or not self.dags_dir then return end
+  local loader = require "zkflow.loader"
+  local ok, res = pcall(loader.scan, self.dags_dir)
+  if not ok then
+    log("error", "reload of " .. self.dags_dir .. ": " .. tostring(res))
+    return
+  end
+  local old_dags, old_files = self.dags, self.files or {}
+  local dags, files, errors = {}, res.files or {}, res.errors or {}
+  for id, dag in pairs(res.dags or {}) do
+    local prev = old_dags[id]
+    if prev and prev.source_hash == dag.source_hash and prev.file == dag.file then
+      dags[id] = prev
+    else
+      dags[id] = dag
+    end
+  end
+  for file, err in pairs(errors) do
+    local prev = old_files[file]
+    if prev and prev.dag_ids and #prev.dag_ids > 0 then
+      for _, id in ipairs(prev.dag_ids) do
+        if not dags[id] and old_dags[id] then dags[id] = old_dags[id] end
+      end
+      files[file] = files[file] or {}
+      if not files[file].dag_ids or #files[file].dag_ids == 0 then
+        files[file].dag_ids = prev.dag_ids
+      end
+    end
+    if self.import_errors[file] ~= err then
+      log("error", "import error in " .. file .. ": " .. tostring(err))
+    end
+  end
+  self.dags, self.files, self.import_errors = dags, files, errors
+  for id, dag in pairs(old_dags) do
+    if not dags[id] then
+      if self.timers[id] then self.timers[id]:cancel(); self.timers[id] = nil end
+      log("info", "dag " .. id .. " removed: its file is gone")
+      self:emit("dag_removed", dag)
+    end
+  end
+  for id, dag in pairs(dags) do
+    if old_dags[id] ~= dag then
+      log("info", ("dag %s: version %s from %s"):format(id, tostring(dag.source_hash),
+                                                     tostring(dag.file)))
+      self:emit("dag_loaded", dag)
+      if not self.watched[id] then
+        self.watched[id] = true
+        self:watch_paused(id)
+        self:watch_runs(id)
+      end
+      if not self.paused[id] then self:tick_dag(dag) end
+    end
+  end
+  self:process()
 end
 
 function Sched:dag_count()
@@ -675,8 +740,12 @@ function Sched:finish_run(run, forced)
   end
   local waiters = self.run_waiters[key]
   if waiters then
+    -- On the next turn: by then this turn's writes are in the store, so a
+    -- waiter that reads the run back sees its end.
     self.run_waiters[key] = nil
-    for _, fn in ipairs(waiters) do fn(run) end
+    core.timer(0, function()
+      for _, fn in ipairs(waiters) do fn(run) end
+    end)
   end
   -- depends_on_past: the next run may now evaluate.
   self:wake_past_waiters(run)
@@ -1785,9 +1854,18 @@ function Sched:start()
   for id in pairs(self.dags) do ids[#ids + 1] = id end
   sort(ids)
   for _, id in ipairs(ids) do
+    self.watched[id] = true
     self:watch_paused(id)
     self:watch_runs(id)
     if not self.paused[id] then self:tick_dag(self.dags[id]) end
+  end
+  if self.dags_dir and self.hot_reload ~= false and core.watch_tree then
+    local w, err = core.watch_tree(self.dags_dir, function() self:reload() end, 50)
+    if w then
+      self.dir_watch = w
+    else
+      log("warn", "hot reload is off: " .. tostring(err))
+    end
   end
   self:process()
   return self
@@ -1799,6 +1877,7 @@ end
 function Sched:stop()
   if self.stopped then return end
   self.stopped = true
+  if self.dir_watch then self.dir_watch:close(); self.dir_watch = nil end
   for _, t in pairs(self.timers) do t:cancel() end
   self.timers = {}
   if self.yield_timer then self.yield_timer:cancel(); self.yield_timer = nil end
