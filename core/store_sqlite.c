@@ -157,7 +157,7 @@ enum {
     ST_ROLLBACK_TO, ST_GET, ST_STAT, ST_INSERT, ST_PARENT, ST_SET,
     ST_DELETE, ST_CHILDREN, ST_DESC, ST_DELRANGE, ST_EPHEMERALS,
     ST_ZXID_GET, ST_ZXID_PUT, ST_DATA_VERSION, ST_SESSION_NEW,
-    ST_SESSION_DEL, ST_COUNT
+    ST_SESSION_DEL, ST_PARENT_N, ST_COUNT
 };
 
 static const char *const sql_text[ST_COUNT] = {
@@ -192,6 +192,8 @@ static const char *const sql_text[ST_COUNT] = {
     [ST_DATA_VERSION] = "PRAGMA data_version",
     [ST_SESSION_NEW] = "INSERT INTO sessions (pid, started) VALUES (?1, ?2)",
     [ST_SESSION_DEL] = "DELETE FROM sessions WHERE id = ?1",
+    [ST_PARENT_N] = "UPDATE znodes SET cversion = cversion + ?3, pzxid = ?2,"
+                    " nchildren = nchildren + ?3 WHERE path = ?1",
 };
 
 static const char schema_sql[] =
@@ -277,6 +279,20 @@ typedef struct sq {
     int64_t data_version;
     int poll_ms;
     int *dead;                /* set to 1 when freed inside a watch */
+
+    /* The parent of the last create, while a transaction is open: a run
+     * of creates under one node (every task instance of a run) reads the
+     * parent once and writes its cversion/pzxid/nchildren once, not once
+     * per child.  pc_st is the parent as it will be once pc_pending is
+     * written back (pc_flush), which happens before any other statement
+     * reads or writes nodes.  The write lock is ours for the whole
+     * transaction, so no other process can change the parent meanwhile. */
+    char *pc_path;            /* owned */
+    size_t pc_n, pc_cap;
+    int pc_valid;
+    zkf_stat pc_st;
+    int pc_pending;           /* children created, not yet written back */
+    int in_multi;
 
     char err[256];
 } sq;
@@ -390,11 +406,20 @@ static void stat_from(sqlite3_stmt *st, zkf_stat *out)
 
 /* Reads the stat of `path` (length `n`), and its data into s->buf when
  * `data` is set.  ZOK, ZNONODE or ZSYSTEMERROR. */
+static int pc_flush(sq *s);
+static void pc_discard(sq *s);
+
 static int read_node(sq *s, const char *path, size_t n, zkf_stat *out,
                      int data)
 {
     sqlite3_stmt *st = s->st[data ? ST_GET : ST_STAT];
     int rc;
+
+    if (s->pc_pending) {
+        rc = pc_flush(s);
+        if (rc != ZKF_ZOK)
+            return rc;
+    }
 
     sqlite3_bind_text(st, 1, path, (int)n, SQLITE_STATIC);
     rc = sqlite3_step(st);
@@ -481,7 +506,9 @@ static int commit(sq *s)
 
     if (!s->in_txn)
         return ZKF_ZOK;
-    if (s->zxid_dirty) {
+    rc = pc_flush(s);
+    s->pc_valid = 0;
+    if (rc == ZKF_ZOK && s->zxid_dirty) {
         sqlite3_bind_int64(s->st[ST_ZXID_PUT], 1, s->zxid);
         rc = run(s, ST_ZXID_PUT);
     }
@@ -495,6 +522,7 @@ static int commit(sq *s)
         run(s, ST_ROLLBACK);
         memcpy(s->err, keep, sizeof keep);
     }
+    pc_discard(s);
     s->in_txn = 0;
     s->zxid_dirty = 0;
     return rc;
@@ -739,11 +767,59 @@ static int64_t next_zxid(sq *s)
     return ++s->zxid;
 }
 
+/* Writes the summed parent update of the cached creates back. */
+static int pc_flush(sq *s)
+{
+    sqlite3_stmt *st = s->st[ST_PARENT_N];
+    int pending = s->pc_pending;
+
+    if (pending == 0)
+        return ZKF_ZOK;
+    s->pc_pending = 0;
+    sqlite3_bind_text(st, 1, s->pc_path, (int)s->pc_n, SQLITE_STATIC);
+    sqlite3_bind_int64(st, 2, s->pc_st.pzxid);
+    sqlite3_bind_int(st, 3, pending);
+    return run(s, ST_PARENT_N);
+}
+
+/* Writes back and forgets the cached parent. */
+static int pc_drop(sq *s)
+{
+    int rc = pc_flush(s);
+
+    s->pc_valid = 0;
+    return rc;
+}
+
+/* Forgets the cached parent and what it had not written (a rollback). */
+static void pc_discard(sq *s)
+{
+    s->pc_pending = 0;
+    s->pc_valid = 0;
+}
+
+static void pc_set(sq *s, const char *path, size_t pn, const zkf_stat *st)
+{
+    if (grow((void **)&s->pc_path, &s->pc_cap, pn + 1, 1) < 0) {
+        s->pc_valid = 0;
+        return;
+    }
+    memcpy(s->pc_path, path, pn);
+    s->pc_path[pn] = '\0';
+    s->pc_n = pn;
+    s->pc_st = *st;
+    s->pc_valid = 1;
+}
+
 static int bump_parent(sq *s, const char *path, size_t n, int64_t zxid,
                        int delta)
 {
     size_t pn = parent_len(path, n);
     sqlite3_stmt *st = s->st[ST_PARENT];
+    int rc = pc_drop(s);
+
+    if (rc != ZKF_ZOK)
+        return rc;
 
     sqlite3_bind_text(st, 1, path, (int)pn, SQLITE_STATIC);
     sqlite3_bind_int64(st, 2, zxid);
@@ -753,6 +829,28 @@ static int bump_parent(sq *s, const char *path, size_t n, int64_t zxid,
 }
 
 /* Inserts one node under an existing, non-ephemeral parent. */
+static int insert_row(sq *s, const char *path, size_t n, const char *data,
+                      size_t len, int64_t owner, int64_t zxid)
+{
+    sqlite3_stmt *st = s->st[ST_INSERT];
+    int rc;
+
+    sqlite3_bind_text(st, 1, path, (int)n, SQLITE_STATIC);
+    sqlite3_bind_text(st, 2, path, (int)parent_len(path, n), SQLITE_STATIC);
+    sqlite3_bind_blob(st, 3, len ? data : "", (int)len, SQLITE_STATIC);
+    sqlite3_bind_int64(st, 4, zxid);
+    sqlite3_bind_int64(st, 5, now_ms());
+    sqlite3_bind_int64(st, 6, owner);
+    rc = sqlite3_step(st);
+    sqlite3_reset(st);
+    if (rc == SQLITE_CONSTRAINT)
+        return ZKF_ZNODEEXISTS;
+    if (rc != SQLITE_DONE)
+        return sqlerr(s, "create");
+    add_event(s, EV_CREATED, path, n);
+    return ZKF_ZOK;
+}
+
 static int insert_node(sq *s, const char *path, size_t n, const char *data,
                        size_t len, int64_t owner)
 {
@@ -835,6 +933,31 @@ static int do_create(sq *s, const char *path, const char *data, size_t len,
     if (rc != ZKF_ZOK)
         return rc;
     pn = parent_len(path, n);
+    if (s->pc_valid && !s->in_multi && pn == s->pc_n &&
+        memcmp(path, s->pc_path, pn) == 0) {
+        int64_t zxid;
+
+        pst = s->pc_st;
+        if (pst.ephemeral_owner != 0)
+            return ZKF_ZNOCHILDRENFOREPHEMERALS;
+        rc = pbuf_need(s, n + 16);
+        if (rc != ZKF_ZOK)
+            return rc;
+        memcpy(s->pbuf, path, n + 1);
+        if (flags & ZKF_STORE_SEQUENTIAL)
+            n += (size_t)sprintf(s->pbuf + n, "%010d", pst.cversion);
+        zxid = next_zxid(s);
+        rc = insert_row(s, s->pbuf, n, data, len,
+                        (flags & ZKF_STORE_EPHEMERAL) ? s->session : 0, zxid);
+        if (rc != ZKF_ZOK)
+            return rc;
+        add_event(s, EV_CHILD, s->pbuf, pn);
+        s->pc_pending++;
+        s->pc_st.cversion++;
+        s->pc_st.num_children++;
+        s->pc_st.pzxid = zxid;
+        return ZKF_ZOK;
+    }
     rc = read_node(s, path, pn, &pst, 0);
     if (rc == ZKF_ZNONODE && (flags & ZKF_STORE_PARENTS)) {
         rc = create_parents(s, path, n);
@@ -851,8 +974,17 @@ static int do_create(sq *s, const char *path, const char *data, size_t len,
     memcpy(s->pbuf, path, n + 1);
     if (flags & ZKF_STORE_SEQUENTIAL)
         n += (size_t)sprintf(s->pbuf + n, "%010d", pst.cversion);
-    return insert_node(s, s->pbuf, n, data, len,
-                       (flags & ZKF_STORE_EPHEMERAL) ? s->session : 0);
+    rc = insert_node(s, s->pbuf, n, data, len,
+                     (flags & ZKF_STORE_EPHEMERAL) ? s->session : 0);
+    if (rc == ZKF_ZOK && !s->in_multi) {
+        /* The parent as insert_node left it: the next create under it
+         * needs no read. */
+        pst.cversion++;
+        pst.num_children++;
+        pst.pzxid = s->zxid;
+        pc_set(s, s->pbuf, pn, &pst);
+    }
+    return rc;
 }
 
 static int do_set(sq *s, const char *path, const char *data, size_t len,
@@ -947,6 +1079,10 @@ static int do_delete(sq *s, const char *path, int version, int flags)
 
     if (!valid_path(path, 0) || n == 1)
         return ZKF_ZBADARGUMENTS;
+    /* A delete may take the cached parent (or its ancestors) away. */
+    rc = pc_drop(s);
+    if (rc != ZKF_ZOK)
+        return rc;
     rc = begin_write(s);
     if (rc != ZKF_ZOK)
         return rc;
@@ -1205,13 +1341,17 @@ static int sq_multi(zkf_store *base, const zkf_store_op *ops, size_t n,
         return finish(s, &r, cb, arg);
     }
     memset(s->mres, 0, (n + 1) * sizeof *s->mres);
-    rc = begin_write(s);
+    /* A multi may roll back to its savepoint: nothing of it is cached. */
+    rc = pc_drop(s);
+    if (rc == ZKF_ZOK)
+        rc = begin_write(s);
     if (rc == ZKF_ZOK)
         rc = run(s, ST_SAVEPOINT);
     if (rc != ZKF_ZOK) {
         r.rc = rc;
         return finish(s, &r, cb, arg);
     }
+    s->in_multi = 1;
     zxid_mark = s->zxid;
     for (i = 0; i < n && rc == ZKF_ZOK; i++) {
         const zkf_store_op *op = &ops[i];
@@ -1246,6 +1386,7 @@ static int sq_multi(zkf_store *base, const zkf_store_op *ops, size_t n,
         if (rc != ZKF_ZOK)
             r.failed_index = (int)i;
     }
+    s->in_multi = 0;
     if (rc != ZKF_ZOK) {
         run(s, ST_ROLLBACK_TO);
         run(s, ST_RELEASE);
@@ -1348,6 +1489,7 @@ static void sq_free(zkf_store *base)
     sqlite3_close(s->db);
     free(s->buf);
     free(s->pbuf);
+    free(s->pc_path);
     free(s->names);
     free(s->mres);
     free(s->moff);

@@ -211,7 +211,13 @@ else
     finish
 fi
 
-n=$(grep -c "zkflow: engine started in worker" "$T/logs/error.log")
+# Workers start their engines on their own time: give the slower one a
+# moment before counting (a busy CI machine once counted only one).
+for _ in $(seq 50); do
+    n=$(grep -c "zkflow: engine started in worker" "$T/logs/error.log")
+    [ "$n" -ge 2 ] && break
+    sleep 0.1
+done
 s=$(grep -c "zkflow: engine started in worker .* with the scheduler" "$T/logs/error.log")
 if [ "$n" -eq 2 ] && [ "$s" -eq 1 ]; then
     ok "an engine in each worker, the scheduler in one"

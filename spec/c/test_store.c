@@ -901,6 +901,95 @@ static void test_store_opens_while_another_handle_writes(void)
     env_close(&e);
 }
 
+/* A run of creates under one parent reads and writes the parent once
+ * (store_sqlite.c's parent cache); everything a reader sees in between must
+ * be as if each create had updated it. */
+static void test_store_creates_under_one_parent_keep_its_stat(void)
+{
+    env e;
+    res r;
+    int64_t last_czxid = 0;
+
+    ASSERT_EQ(0, env_open(&e));
+    ASSERT_EQ(ZKF_ZOK, do_create(e.st, "/p", "", 0, NULL));
+    zkf_loop_end_turn(e.loop);
+    for (int i = 0; i < 5; i++) {
+        char path[32];
+        snprintf(path, sizeof path, "/p/c%d", i);
+        ASSERT_EQ(ZKF_ZOK, do_create(e.st, path, "x", 0, &r));
+    }
+    ASSERT_EQ(ZKF_ZOK, do_create(e.st, "/p/s-", "", ZKF_STORE_SEQUENTIAL, &r));
+    ASSERT_STR_EQ("/p/s-0000000005", r.path);
+    ASSERT_EQ(ZKF_ZOK, do_get(e.st, "/p/s-0000000005", &r));
+    last_czxid = r.stat.czxid;
+    /* in the same turn, before the commit */
+    ASSERT_EQ(ZKF_ZOK, do_get(e.st, "/p", &r));
+    ASSERT_EQ(6, r.stat.num_children);
+    ASSERT_EQ(6, r.stat.cversion);
+    ASSERT_EQ(last_czxid, r.stat.pzxid);
+    ASSERT_EQ(ZKF_ZOK, do_children(e.st, "/p", &r));
+    ASSERT_EQ(6, r.n_children);
+    /* more creates after a read, then after the commit */
+    ASSERT_EQ(ZKF_ZOK, do_create(e.st, "/p/c9", "x", 0, NULL));
+    zkf_loop_end_turn(e.loop);
+    ASSERT_EQ(ZKF_ZOK, do_create(e.st, "/p/s-", "", ZKF_STORE_SEQUENTIAL, &r));
+    ASSERT_STR_EQ("/p/s-0000000007", r.path);
+    zkf_loop_end_turn(e.loop);
+    ASSERT_EQ(ZKF_ZOK, do_get(e.st, "/p", &r));
+    ASSERT_EQ(8, r.stat.num_children);
+    ASSERT_EQ(8, r.stat.cversion);
+    env_close(&e);
+}
+
+static void test_store_cached_parent_forgets_a_deleted_parent(void)
+{
+    env e;
+    res r;
+
+    ASSERT_EQ(0, env_open(&e));
+    ASSERT_EQ(ZKF_ZOK, do_create(e.st, "/p", "", 0, NULL));
+    ASSERT_EQ(ZKF_ZOK, do_create(e.st, "/p/a", "", 0, NULL));
+    ASSERT_EQ(ZKF_ZOK, do_create(e.st, "/p/b", "", 0, NULL));
+    ASSERT_EQ(ZKF_ZNOTEMPTY, do_delete(e.st, "/p", -1, 0));
+    ASSERT_EQ(ZKF_ZOK, do_delete(e.st, "/p", -1, ZKF_STORE_RECURSIVE));
+    ASSERT_EQ(ZKF_ZNONODE, do_create(e.st, "/p/c", "", 0, NULL));
+    ASSERT_EQ(ZKF_ZOK, do_create(e.st, "/p", "", 0, NULL));
+    ASSERT_EQ(ZKF_ZOK, do_create(e.st, "/p/c", "", 0, NULL));
+    ASSERT_EQ(ZKF_ZOK, do_get(e.st, "/p", &r));
+    ASSERT_EQ(1, r.stat.num_children);
+    zkf_loop_end_turn(e.loop);
+    ASSERT_EQ(ZKF_ZOK, do_get(e.st, "/p", &r));
+    ASSERT_EQ(1, r.stat.num_children);
+    ASSERT_EQ(1, r.stat.cversion);
+    env_close(&e);
+}
+
+static void test_store_multi_after_cached_creates_sees_the_parent(void)
+{
+    env e;
+    res r;
+    zkf_store_op ops[] = {
+        { ZKF_STORE_OP_CREATE, "/p/m", "", 0, 0, -1 },
+        { ZKF_STORE_OP_CREATE, "/p/a", "", 0, 0, -1 },   /* exists: fails */
+    };
+
+    ASSERT_EQ(0, env_open(&e));
+    ASSERT_EQ(ZKF_ZOK, do_create(e.st, "/p", "", 0, NULL));
+    ASSERT_EQ(ZKF_ZOK, do_create(e.st, "/p/a", "", 0, NULL));
+    ASSERT_EQ(ZKF_ZOK, do_create(e.st, "/p/b", "", 0, NULL));
+    memset(&r, 0, sizeof r);
+    ASSERT_EQ(ZKF_ZOK, zkf_store_multi(e.st, ops, 2, collect, &r));
+    ASSERT_EQ(ZKF_ZNODEEXISTS, r.rc);
+    ASSERT_EQ(ZKF_ZNONODE, do_exists(e.st, "/p/m"));
+    ASSERT_EQ(ZKF_ZOK, do_create(e.st, "/p/s-", "", ZKF_STORE_SEQUENTIAL, &r));
+    ASSERT_STR_EQ("/p/s-0000000002", r.path);
+    zkf_loop_end_turn(e.loop);
+    ASSERT_EQ(ZKF_ZOK, do_get(e.st, "/p", &r));
+    ASSERT_EQ(3, r.stat.num_children);
+    ASSERT_EQ(3, r.stat.cversion);
+    env_close(&e);
+}
+
 int main(int argc, char **argv)
 {
     ssize_t n = readlink("/proc/self/exe", self_exe, sizeof self_exe - 1);
@@ -937,5 +1026,8 @@ int main(int argc, char **argv)
     RUN(test_store_opens_while_another_handle_writes);
     RUN(test_store_survives_reopen);
     RUN(test_store_many_writes_in_one_turn);
+    RUN(test_store_creates_under_one_parent_keep_its_stat);
+    RUN(test_store_cached_parent_forgets_a_deleted_parent);
+    RUN(test_store_multi_after_cached_creates_sees_the_parent);
     return test_report();
 }
