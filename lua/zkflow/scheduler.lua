@@ -1500,15 +1500,15 @@ function Sched:runtime(ti, attempt)
   function rt.sleep(s) return async.sleep(s) end
   -- Runs a child with the try's log as its output; returns code, signal.
   function rt.spawn(spec)
+    -- core.spawn makes the log's folder itself.
     spec.log = ti.log
-    local dir = ti.log:match("^(.*)/[^/]*$")
-    if dir then core.mkdirs(dir) end
     ti.log_ready = true
     local code, sig, out = async.exec(spec, function(p)
+      -- The pid reaches the store with this turn's writes: a scheduler
+      -- that dies kills the group of what it had started (recover()).
       attempt.proc = p
       ti.pid = p.pid
       sched:mark(ti)
-      sched:flush()
     end)
     attempt.proc = nil
     if attempt.timed_out then
