@@ -85,6 +85,11 @@ int zkf_engine_on_timer(zkf_engine *e);
  *   "db_sync"   off | normal | full | extra    (default "normal")
  *   "root"      znode root                     (default "/zkflow")
  *   "log_dir"   task logs                      (default "<db dir>/logs")
+ *   "scheduler" "off": serve the API from the store without scheduling
+ *               (another engine on the same store schedules; the nginx
+ *               module runs one scheduler among its workers this way)
+ *   "zk"        a ZooKeeper ensemble: not yet accepted by
+ *               zkf_engine_start(), which says so
  * Returns ZKF_EINVAL for an unknown name. */
 int zkf_engine_setopt(zkf_engine *e, const char *name, const char *value);
 
