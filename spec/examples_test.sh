@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # The examples work as their comments say: every DAG in examples/dags passes
-# `zkflow dags test` quickly and ends in the states it promises, and
-# build/examples/host_libevent schedules a DAG on its own libevent loop,
-# answers the health endpoint, stops on a timeout or SIGTERM, and runs
-# clean under valgrind.
+# `zkflow dags test` quickly and ends in the states it promises,
+# build/examples/host_libevent (its own libevent loop) and
+# build/examples/host_poll (a bare poll() loop) each schedule a DAG, answer
+# the health endpoint, stop on a timeout or SIGTERM, and run clean under
+# valgrind, and examples/lua/plain.lua works from plain lua5.4.
 #
 #   bash spec/examples_test.sh       (B=build dir, ZKFLOW=path/to/zkflow)
 #
@@ -15,6 +16,7 @@ ROOT=$PWD
 B=${B:-build}
 ZKFLOW=${ZKFLOW:-$ROOT/$B/zkflow}
 HOST=${HOST:-$ROOT/$B/examples/host_libevent}
+HOST_POLL=${HOST_POLL:-$ROOT/$B/examples/host_poll}
 PY=/usr/bin/python3
 T=$(mktemp -d /tmp/zkflow-examples.XXXXXX)
 PASSED=0
@@ -145,7 +147,7 @@ jcheck "every_heartbeat: the beat is read back" "$T/every_heartbeat.json" \
 jcheck "cron_snapshot: the line is the XCom" "$T/cron_snapshot.json" \
     '"interval" in d["tasks"]["snapshot"]["xcom"]'
 
-# ---- host_libevent ---------------------------------------------------------------
+# ---- host_libevent, host_poll ---------------------------------------------------------------
 
 # A folder with one DAG every second.  start_date is a few seconds back:
 # catchup = false must start with the latest interval only.
@@ -175,82 +177,115 @@ host_runs() {
         '0 < len(d["dag_runs"]) <= 8'
 }
 
-if [ ! -x "$HOST" ]; then
-    bad "host_libevent is built" "no $HOST (make)"
-else
-    "$HOST" >/dev/null 2>"$T/err"
-    rc=$?
-    if [ "$rc" -eq 2 ]; then ok "host_libevent: usage error exits 2"; else bad "host_libevent: usage error exits 2" "exit $rc"; fi
-
-    D=$T/host
-    host_dir "$D"
-    t0=$(now_ms)
-    timeout -s KILL 20 "$HOST" "$D/dags" "$D/zkflow.db" 3 >"$T/out" 2>"$T/err"
-    rc=$?
-    ms=$(($(now_ms) - t0))
-    if [ "$rc" -eq 0 ]; then ok "host_libevent: exits 0 after its time"; else bad "host_libevent: exits 0 after its time" "exit $rc"; fi
-    if [ "$ms" -ge 2900 ] && [ "$ms" -lt 6000 ]; then
-        ok "host_libevent: stops on time (${ms} ms)"
+# check_host NAME BIN: BIN (usage as host_libevent's) exits 2 on bad usage,
+# schedules beat for 3 s and exits 0, answers the health endpoint, stops
+# promptly on SIGTERM, and runs clean under valgrind.
+check_host() {
+    local D t0 ms rc
+    if [ ! -x "$2" ]; then
+        bad "$1 is built" "no $2 (make)"
     else
-        bad "host_libevent: stops on time" "took ${ms} ms for 3 s"
-    fi
-    if grep -q '^GET /api/v1/health -> 200 .*"status":"ok"' "$T/out"; then
-        ok "host_libevent: zkf_engine_http answers the health endpoint"
-    else
-        bad "host_libevent: zkf_engine_http answers the health endpoint" "$(head -c 300 "$T/out")"
-    fi
-    host_runs "host_libevent" "$D"
-    if [ -d "$D/logs/beat" ]; then ok "host_libevent: task logs under log_dir"; else bad "host_libevent: task logs under log_dir" "no $D/logs/beat"; fi
-
-    # SIGTERM: a libevent signal event shuts the engine down and breaks the loop.
-    D=$T/host-term
-    host_dir "$D"
-    "$HOST" "$D/dags" "$D/zkflow.db" 60 >"$T/out" 2>"$T/err" &
-    HOST_PID=$!
-    sleep 1.5
-    kill -TERM "$HOST_PID"
-    t0=$(now_ms)
-    for _ in $(seq 50); do
-        kill -0 "$HOST_PID" 2>/dev/null || break
-        sleep 0.1
-    done
-    if kill -0 "$HOST_PID" 2>/dev/null; then
-        bad "host_libevent: SIGTERM stops it" "still running 5 s after SIGTERM"
-    else
-        wait "$HOST_PID"
+        "$2" >/dev/null 2>"$T/err"
         rc=$?
-        if [ "$rc" -eq 0 ] && grep -q 'stopping (SIGTERM)' "$T/err"; then
-            ok "host_libevent: SIGTERM stops it ($(($(now_ms) - t0)) ms)"
-        else
-            bad "host_libevent: SIGTERM stops it" "exit $rc"
-        fi
-    fi
-    HOST_PID=
-    host_runs "host_libevent after SIGTERM" "$D"
+        if [ "$rc" -eq 2 ]; then ok "$1: usage error exits 2"; else bad "$1: usage error exits 2" "exit $rc"; fi
 
-    # valgrind: everything the program allocated is freed, no invalid
-    # access.  No suppressions: the engine frees Lua, libevent and SQLite
-    # state before exit, so not even "still reachable" blocks remain;
-    # "possibly lost" counts as an error too.  valgrind does not know
-    # pidfd_open (syscall 434) and warns; the engine falls back to waitpid.
-    if command -v valgrind >/dev/null; then
-        D=$T/host-vg
+        D=$T/$1
         host_dir "$D"
-        timeout -s KILL 60 valgrind -q --error-exitcode=99 --leak-check=full \
-            --show-leak-kinds=definite,indirect,possible \
-            --errors-for-leak-kinds=definite,indirect,possible \
-            "$HOST" "$D/dags" "$D/zkflow.db" 4 >"$T/out" 2>"$T/err"
+        t0=$(now_ms)
+        timeout -s KILL 20 "$2" "$D/dags" "$D/zkflow.db" 3 >"$T/out" 2>"$T/err"
         rc=$?
-        if [ "$rc" -eq 0 ] && ! grep -qE '^==[0-9]+== ' "$T/err"; then
-            ok "host_libevent under valgrind: no errors, no leaks"
+        ms=$(($(now_ms) - t0))
+        if [ "$rc" -eq 0 ]; then ok "$1: exits 0 after its time"; else bad "$1: exits 0 after its time" "exit $rc"; fi
+        if [ "$ms" -ge 2900 ] && [ "$ms" -lt 6000 ]; then
+            ok "$1: stops on time (${ms} ms)"
         else
-            bad "host_libevent under valgrind: no errors, no leaks" \
-                "exit $rc; $(grep -E '^==[0-9]+== ' "$T/err" | head -20)"
+            bad "$1: stops on time" "took ${ms} ms for 3 s"
         fi
-        host_runs "host_libevent under valgrind" "$D"
-    else
-        bad "host_libevent under valgrind" "valgrind is not installed"
+        if grep -q '^GET /api/v1/health -> 200 .*"status":"ok"' "$T/out"; then
+            ok "$1: zkf_engine_http answers the health endpoint"
+        else
+            bad "$1: zkf_engine_http answers the health endpoint" "$(head -c 300 "$T/out")"
+        fi
+        host_runs "$1" "$D"
+        if [ -d "$D/logs/beat" ]; then ok "$1: task logs under log_dir"; else bad "$1: task logs under log_dir" "no $D/logs/beat"; fi
+
+        # SIGTERM: the host sees it on its loop, shuts the engine down and leaves.
+        D=$T/$1-term
+        host_dir "$D"
+        "$2" "$D/dags" "$D/zkflow.db" 60 >"$T/out" 2>"$T/err" &
+        HOST_PID=$!
+        sleep 1.5
+        kill -TERM "$HOST_PID"
+        t0=$(now_ms)
+        for _ in $(seq 50); do
+            kill -0 "$HOST_PID" 2>/dev/null || break
+            sleep 0.1
+        done
+        if kill -0 "$HOST_PID" 2>/dev/null; then
+            bad "$1: SIGTERM stops it" "still running 5 s after SIGTERM"
+        else
+            wait "$HOST_PID"
+            rc=$?
+            if [ "$rc" -eq 0 ] && grep -q 'stopping (SIGTERM)' "$T/err"; then
+                ok "$1: SIGTERM stops it ($(($(now_ms) - t0)) ms)"
+            else
+                bad "$1: SIGTERM stops it" "exit $rc"
+            fi
+        fi
+        HOST_PID=
+        host_runs "$1 after SIGTERM" "$D"
+
+        # valgrind: everything the program allocated is freed, no invalid
+        # access.  No suppressions: the engine frees Lua, libevent and SQLite
+        # state before exit, so not even "still reachable" blocks remain;
+        # "possibly lost" counts as an error too.  valgrind does not know
+        # pidfd_open (syscall 434) and warns; the engine falls back to waitpid.
+        if command -v valgrind >/dev/null; then
+            D=$T/$1-vg
+            host_dir "$D"
+            timeout -s KILL 60 valgrind -q --error-exitcode=99 --leak-check=full \
+                --show-leak-kinds=definite,indirect,possible \
+                --errors-for-leak-kinds=definite,indirect,possible \
+                "$2" "$D/dags" "$D/zkflow.db" 4 >"$T/out" 2>"$T/err"
+            rc=$?
+            if [ "$rc" -eq 0 ] && ! grep -qE '^==[0-9]+== ' "$T/err"; then
+                ok "$1 under valgrind: no errors, no leaks"
+            else
+                bad "$1 under valgrind: no errors, no leaks" \
+                    "exit $rc; $(grep -E '^==[0-9]+== ' "$T/err" | head -20)"
+            fi
+            host_runs "$1 under valgrind" "$D"
+        else
+            bad "$1 under valgrind" "valgrind is not installed"
+        fi
     fi
+}
+
+check_host host_libevent "$HOST"
+# The same program on a bare poll() loop through zkf_engine_new_host().
+check_host host_poll "$HOST_POLL"
+
+# ---- examples/lua/plain.lua --------------------------------------------------
+
+(cd "$T/cwd" && LUA_PATH="$ROOT/lua/?.lua;$ROOT/lua/?/init.lua;;" \
+    LUA_CPATH="$ROOT/$B/?.so;;" timeout -s KILL 20 lua5.4 "$ROOT/examples/lua/plain.lua") \
+    >"$T/out" 2>"$T/err"
+rc=$?
+if [ "$rc" -eq 0 ]; then ok "plain.lua: exits 0"; else bad "plain.lua: exits 0" "exit $rc; $(grep FAIL "$T/out")"; fi
+if grep -q '^flow.test: run success, shout returned HELLO FROM PLAIN ON 2026-01-01$' "$T/out"; then
+    ok "plain.lua: flow.test runs the inline DAG, the Lua task pulls the shell XCom"
+else
+    bad "plain.lua: flow.test runs the inline DAG" "$(head -c 300 "$T/out")"
+fi
+if grep -q '^zk: /plain/config = v2 (version 1)$' "$T/out"; then
+    ok "plain.lua: zk.connect(\"sqlite:...\") creates and reads a znode"
+else
+    bad "plain.lua: zk.connect(\"sqlite:...\") creates and reads a znode" "$(head -c 300 "$T/out")"
+fi
+if [ -z "$(ls -A "$T/cwd")" ]; then
+    ok "plain.lua writes nothing into the working directory"
+else
+    bad "plain.lua writes nothing into the working directory" "$(ls -A "$T/cwd")"
 fi
 
 echo "$PASSED passed, $FAILED failed"
