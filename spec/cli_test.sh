@@ -288,6 +288,54 @@ if [ $HAVE_API = 1 ] && command -v curl >/dev/null; then
     code=$(curl -s -o /dev/null -w '%{http_code}' "http://127.0.0.1:$PORT/api/v1/nope")
     if [ "$code" = 404 ]; then ok "API unknown path is 404"; else bad "API unknown path is 404" "$code"; fi
 fi
+# ---- hot reload under the running standalone --------------------------------
+
+# api_dag ID FIELD: a field of DAG ID in GET /api/v1/dags ("" when absent)
+api_dag() {
+    curl -s "http://127.0.0.1:$PORT/api/v1/dags" | /usr/bin/python3 -c '
+import json, sys
+for d in json.load(sys.stdin)["dags"]:
+    if d.get("dag_id") == sys.argv[1]:
+        v = d.get(sys.argv[2])
+        print("" if v is None else v)' "$1" "$2"
+}
+
+# save FILE TEXT: as editors save, a temporary file renamed over FILE
+save() {
+    printf '%s\n' "$2" > "$(dirname "$1")/.$(basename "$1").swp"
+    mv "$(dirname "$1")/.$(basename "$1").swp" "$1"
+}
+
+# within_half_second CMD...: CMD succeeds within 0.5 s
+within_half_second() {
+    for _ in $(seq 1 10); do
+        "$@" && return 0
+        sleep 0.05
+    done
+    return 1
+}
+
+if [ $HAVE_API = 1 ] && command -v curl >/dev/null; then
+    R=$T/work/dags/reload.lua
+    save "$R" 'local flow = require "zkflow"
+return flow.dag { id = "reload", tasks = function(t) t.empty { id = "one" } end }'
+    appears() { [ -n "$(api_dag reload version)" ]; }
+    if within_half_second appears; then ok "a new DAG file is loaded within half a second"; else bad "a new DAG file is loaded within half a second" "not in /api/v1/dags"; fi
+    v1=$(api_dag reload version)
+    save "$R" 'local flow = require "zkflow"
+return flow.dag { id = "reload", tasks = function(t) t.empty { id = "two" } end }'
+    changed() { v=$(api_dag reload version); [ -n "$v" ] && [ "$v" != "$v1" ]; }
+    if within_half_second changed; then ok "a rewritten DAG file is a new version within half a second"; else bad "a rewritten DAG file is a new version within half a second" "version still $v1"; fi
+    v2=$(api_dag reload version)
+    save "$R" 'return flow.dag { id = '
+    broken() { [ -n "$(api_dag reload import_error)" ]; }
+    if within_half_second broken; then ok "a file that stops loading shows its import error"; else bad "a file that stops loading shows its import error" "no import_error"; fi
+    if [ "$(api_dag reload version)" = "$v2" ]; then ok "its last good version stays active"; else bad "its last good version stays active" "version $(api_dag reload version), was $v2"; fi
+    rm -f "$R"
+    gone() { [ -z "$(api_dag reload version)" ]; }
+    if within_half_second gone; then ok "a deleted DAG file's DAG goes away"; else bad "a deleted DAG file's DAG goes away" "still listed"; fi
+fi
+
 kill -TERM "$SA_PID" 2>/dev/null
 for _ in $(seq 1 50); do
     kill -0 "$SA_PID" 2>/dev/null || break
