@@ -98,14 +98,37 @@ zkf_pollhost *zkf_lua_pollhost(lua_State *L)
     return h;
 }
 
+static int level_rank(const char *level)
+{
+    if (strcmp(level, "debug") == 0)
+        return 0;
+    if (strcmp(level, "info") == 0)
+        return 1;
+    if (strcmp(level, "warn") == 0)
+        return 2;
+    return 3;
+}
+
+static int log_wanted(const char *level)
+{
+    const char *min = getenv("ZKFLOW_LOG_LEVEL");
+
+    return level_rank(level) >= (min ? level_rank(min) : 2);
+}
+
 void zkf_lua_log(lua_State *L, const char *level, const char *msg)
 {
     zkf_engine *e = zkf_engine_from_lua(L);
 
-    if (e != NULL)
+    if (e != NULL) {
         zkf_engine_log(e, level, msg);
-    else
-        fprintf(stderr, "zkflow: %s: %s\n", level, msg);
+        return;
+    }
+    /* Plain Lua: warnings and errors, unless ZKFLOW_LOG_LEVEL asks for
+     * more (or less), as the zkflow command does. */
+    if (!log_wanted(level))
+        return;
+    fprintf(stderr, "zkflow: %s: %s\n", level, msg);
 }
 
 static int traceback(lua_State *L)
