@@ -171,6 +171,28 @@ else
     row "zk create/set" "FAILED" "-" "see above"
 fi
 
+# ---- 6. noop-4000 under each host: libevent, poll(), nginx ----------------
+
+hosts=$(run_result hosts sh bench/hosts.sh "$tmp/hosts") || failed=1
+grep '^hosts ' "$tmp/hosts.out"
+h_le=$(echo "$hosts" | field libevent)
+for h in libevent poll nginx; do
+    v=$(echo "$hosts" | field "$h")
+    case $v in
+    "" | failed) row "hosts noop-4000 $h" "FAILED" "-" "see above" ;;
+    skipped) row "hosts noop-4000 $h" "-" "-" "skipped (no nginx or no module)" ;;
+    *)
+        if [ "$h" = libevent ] || [ -z "$h_le" ] || [ "$h_le" = failed ]; then
+            row "hosts noop-4000 $h" "$(calc "$v") s" "-" "run record end - start, best of 3"
+        else
+            r=$(calc "$v / $h_le" %.2f)
+            goal=$(awk "BEGIN { print ($r <= 1.1) ? \"aim met\" : \"above aim\" }")
+            row "hosts noop-4000 $h" "$(calc "$v") s" "libevent $(calc "$h_le") s" "${r}x libevent (aim <= 1.1x): $goal"
+        fi
+        ;;
+    esac
+done
+
 # ---- summary -----------------------------------------------------------------
 
 echo
