@@ -462,13 +462,19 @@ zkf_proc *zkf_proc_spawn(zkf_loop *loop, const zkf_proc_opts *opts,
     int fa_ok = 0, at_ok = 0;
 
     if (opts->log_path) {
-        if (mkdirs_for(opts->log_path) != 0) {
-            snprintf(err, errlen, "log '%s': %s", opts->log_path,
-                     strerror(errno));
-            goto fail;
-        }
+        /* The folder usually exists (the run's earlier tasks made it):
+         * try the open first and walk the path only when it is missing. */
         p->log_fd = open(opts->log_path,
                          O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0644);
+        if (p->log_fd < 0 && errno == ENOENT) {
+            if (mkdirs_for(opts->log_path) != 0) {
+                snprintf(err, errlen, "log '%s': %s", opts->log_path,
+                         strerror(errno));
+                goto fail;
+            }
+            p->log_fd = open(opts->log_path,
+                             O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0644);
+        }
         if (p->log_fd < 0) {
             snprintf(err, errlen, "log '%s': %s", opts->log_path,
                      strerror(errno));

@@ -184,13 +184,13 @@ function _M.log_path(ti, o)
         if not o.try or o.try == last then
             return ti.log
         end
-        local dir = ti.log:match("^(.*)/[^/]*$")
-        if dir then return fmt("%s/%d.log", dir, try) end
+        local other, n = ti.log:gsub("%.%d+%.log$", "." .. try .. ".log")
+        if n == 1 then return other end
     end
     if not try or try < 1 or not o.log_dir then
         return nil
     end
-    return fmt("%s/%s/%s/%s/%d.log", o.log_dir, o.dag_id, o.run_id,
+    return fmt("%s/%s/%s/%s.%d.log", o.log_dir, o.dag_id, o.run_id,
                o.task_id, try)
 end
 

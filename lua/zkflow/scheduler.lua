@@ -1038,7 +1038,9 @@ function Sched:log_path(ti)
     run.log_prefix = prefix
     run.log_prefix_plain = not find(prefix, '[%c"\\\128-\255]')
   end
-  local path = prefix .. ti.task_id .. "/" .. ti.try_number .. ".log"
+  -- One file per try beside the run's other logs: a folder per task cost
+  -- every shell try a mkdir.
+  local path = prefix .. ti.task_id .. "." .. ti.try_number .. ".log"
   -- Task ids are [%w_.-]: the path needs no JSON escaping when the
   -- prefix needs none; ti_json then skips scanning it.
   if run.log_prefix_plain then
@@ -1050,12 +1052,14 @@ end
 function Sched:task_log(ti, msg) -- luacheck: ignore 212/self
   local path = ti.log
   if not path then return end
-  if not ti.log_ready then
+  local f = io.open(path, "a")
+  if not f and not ti.log_ready then
+    -- First line of the run's first log: make the folder, once.
     local dir = path:match("^(.*)/[^/]*$")
     if dir then core.mkdirs(dir) end
-    ti.log_ready = true
+    f = io.open(path, "a")
   end
-  local f = io.open(path, "a")
+  ti.log_ready = true
   if f then
     f:write(("[%s] %s\n"):format(iso(now(), true), msg))
     f:close()
