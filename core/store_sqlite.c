@@ -854,23 +854,11 @@ static int insert_row(sq *s, const char *path, size_t n, const char *data,
 static int insert_node(sq *s, const char *path, size_t n, const char *data,
                        size_t len, int64_t owner)
 {
-    sqlite3_stmt *st = s->st[ST_INSERT];
     int64_t zxid = next_zxid(s);
-    int rc;
+    int rc = insert_row(s, path, n, data, len, owner, zxid);
 
-    sqlite3_bind_text(st, 1, path, (int)n, SQLITE_STATIC);
-    sqlite3_bind_text(st, 2, path, (int)parent_len(path, n), SQLITE_STATIC);
-    sqlite3_bind_blob(st, 3, len ? data : "", (int)len, SQLITE_STATIC);
-    sqlite3_bind_int64(st, 4, zxid);
-    sqlite3_bind_int64(st, 5, now_ms());
-    sqlite3_bind_int64(st, 6, owner);
-    rc = sqlite3_step(st);
-    sqlite3_reset(st);
-    if (rc == SQLITE_CONSTRAINT)
-        return ZKF_ZNODEEXISTS;
-    if (rc != SQLITE_DONE)
-        return sqlerr(s, "create");
-    add_event(s, EV_CREATED, path, n);
+    if (rc != ZKF_ZOK)
+        return rc;
     return bump_parent(s, path, n, zxid, 1);
 }
 
