@@ -292,7 +292,8 @@ local function event_line(kind, obj)
         line = line .. " try " .. tostring(obj.try_number)
     end
     if type(obj.error) == "string" and obj.state ~= "success" then
-        line = line .. ": " .. obj.error
+        -- the first line; the traceback is in the task's log
+        line = line .. ": " .. obj.error:match("^[^\n]*")
     end
     return line
 end
