@@ -247,4 +247,10 @@ const char *zkf_store_errmsg(zkf_store *s);
  * ZKF_WATCH_CLOSED, and frees `s`.  NULL is a no-op. */
 void zkf_store_free(zkf_store *s);
 
+/* ZooKeeper's PathUtils.validatePath: absolute, no empty, "." or ".."
+ * component, no control characters; with `sequential`, a trailing '/'
+ * is allowed (the sequence number completes the name).  Returns 1 or 0;
+ * both backends check with it, so they refuse the same paths. */
+int zkf_store_valid_path(const char *path, int sequential);
+
 #endif
