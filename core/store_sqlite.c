@@ -1469,6 +1469,23 @@ static int exec_sql(sq *s, const char *sql)
     return 0;
 }
 
+/* exec_sql, again and again while the database is busy, for up to `ms`:
+ * two processes opening a new store at once (two nginx workers) race for
+ * the switch to WAL, and SQLite answers the loser "database is locked" at
+ * once, without its busy handler. */
+static int exec_sql_patient(sq *s, const char *sql, int ms)
+{
+    for (int waited = 0;; waited += 10) {
+        int rc;
+        if (exec_sql(s, sql) == 0)
+            return 0;
+        rc = sqlite3_errcode(s->db);
+        if ((rc != SQLITE_BUSY && rc != SQLITE_LOCKED) || waited >= ms)
+            return -1;
+        usleep(10000);
+    }
+}
+
 /* Whether the tables exist: then opening needs no write lock. */
 static int schema_ready(sq *s)
 {
@@ -1576,10 +1593,11 @@ zkf_store *zkf_store_sqlite_new(zkf_loop *loop, const char *path,
     }
     sqlite3_busy_timeout(s->db, busy);
     snprintf(sql, sizeof sql, "PRAGMA synchronous=%s", sync);
-    if (exec_sql(s, "PRAGMA journal_mode=WAL") < 0 || exec_sql(s, sql) < 0)
+    if (exec_sql_patient(s, "PRAGMA journal_mode=WAL", busy) < 0 ||
+        exec_sql(s, sql) < 0)
         goto fail_msg;
     if (!schema_ready(s)) {
-        if (exec_sql(s, "BEGIN IMMEDIATE") < 0)
+        if (exec_sql_patient(s, "BEGIN IMMEDIATE", busy) < 0)
             goto fail_msg;
         if (exec_sql(s, schema_sql) < 0) {
             exec_sql(s, "ROLLBACK");

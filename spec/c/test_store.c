@@ -990,6 +990,58 @@ static void test_store_multi_after_cached_creates_sees_the_parent(void)
     env_close(&e);
 }
 
+/* Two nginx workers open a new store at the same moment: every opener must
+ * get it (the loser of the race to WAL mode used to fail at once with
+ * "database is locked"). */
+static void test_store_many_processes_open_a_new_store_at_once(void)
+{
+    enum { N = 8 };
+    pid_t kids[N];
+    int ok = 0;
+    int gate[2];
+
+    fresh_db();
+    ASSERT_EQ(0, pipe(gate));
+    for (int i = 0; i < N; i++) {
+        kids[i] = fork();
+        if (kids[i] == 0) {
+            char c;
+            zkf_pollhost *h;
+            zkf_loop *l;
+            zkf_store *st;
+            char path[32];
+            int rc = 1;
+
+            close(gate[1]);
+            /* all children start opening when the parent closes the gate */
+            if (read(gate[0], &c, 1) < 0)
+                _exit(3);
+            h = zkf_pollhost_new();
+            l = zkf_loop_new(zkf_pollhost_hooks(h));
+            zkf_pollhost_attach(h, l);
+            st = open_store(l, "normal");
+            if (st != NULL) {
+                snprintf(path, sizeof path, "/k%d", i);
+                rc = do_create(st, path, "x", 0, NULL) == ZKF_ZOK ? 0 : 2;
+                zkf_store_free(st);
+            }
+            zkf_loop_free(l);
+            zkf_pollhost_free(h);
+            _exit(rc);
+        }
+    }
+    close(gate[0]);
+    close(gate[1]);
+    for (int i = 0; i < N; i++) {
+        int status = 0;
+        if (kids[i] > 0 && waitpid(kids[i], &status, 0) == kids[i] &&
+            WIFEXITED(status) && WEXITSTATUS(status) == 0)
+            ok++;
+    }
+    remove_db();
+    ASSERT_EQ(N, ok);
+}
+
 int main(int argc, char **argv)
 {
     ssize_t n = readlink("/proc/self/exe", self_exe, sizeof self_exe - 1);
@@ -1029,5 +1081,6 @@ int main(int argc, char **argv)
     RUN(test_store_creates_under_one_parent_keep_its_stat);
     RUN(test_store_cached_parent_forgets_a_deleted_parent);
     RUN(test_store_multi_after_cached_creates_sees_the_parent);
+    RUN(test_store_many_processes_open_a_new_store_at_once);
     return test_report();
 }
