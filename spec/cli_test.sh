@@ -259,6 +259,9 @@ if grep -q "no HTTP front door" "$T/sa.err"; then
 else
     has "standalone names the API" "$T/sa.out" "api http://127.0.0.1:$PORT/"
 fi
+expect "members while standalone runs" 0 members --json
+jexpect "members: the standalone scheduler, as leader, with its pid" "$T/out" \
+    "#v.schedulers == 1 and v.schedulers[1].leader and v.schedulers[1].pid" "$SA_PID"
 expect "trigger against the running standalone" 0 dags trigger hello --run-id live
 started=0
 for _ in $(seq 1 10); do
@@ -348,6 +351,8 @@ else
 fi
 wait "$SA_PID" 2>/dev/null
 SA_PID=
+expect "members after the standalone stopped" 0 members --json
+jexpect "members: none once it stopped" "$T/out" "#v.schedulers" "0"
 
 # ---- backfill ---------------------------------------------------------------
 

@@ -1849,9 +1849,33 @@ function Sched:recover()
   end
 end
 
+local function hostname()
+  local f = io.open("/proc/sys/kernel/hostname")
+  local h = f and f:read("l")
+  if f then f:close() end
+  return h or os.getenv("HOSTNAME") or "localhost"
+end
+
+-- Registers this scheduler as an ephemeral member (/members/schedulers/<id>):
+-- `zkflow members` lists it while the process lives; the store removes it
+-- when the process ends, a kill -9 included (the next open reaps it).  A
+-- standalone scheduler is its own leader.
+function Sched:register_member()
+  local path = self.st:path("members", "schedulers", self.worker_id)
+  local rec = json_encode({
+    id = self.worker_id, host = hostname(), pid = core.getpid(),
+    version = core.version, started = iso(now(), true), leader = true,
+    role = self.member_role or "standalone",
+  })
+  self.store:delete(path)
+  local ok, err = self.store:create(path, rec, { ephemeral = true, parents = true })
+  if not ok then log("warn", "members: " .. path .. ": " .. tostring(err)) end
+end
+
 function Sched:start()
   self:load_dags()
   self.worker_id = self.worker_id or ("standalone-" .. tostring(core.getpid and core.getpid() or 0))
+  if self.schedule_runs then self:register_member() end
   self:recover()
   self:watch_requests()
   local ids = {}
