@@ -12,6 +12,9 @@ cd "$(dirname "$0")/.." || exit 1
 ZKFLOW=${ZKFLOW:-$PWD/${B:-build}/zkflow}
 LUA=${LUA:-lua5.4}
 T=$(mktemp -d /tmp/zkflow-cli.XXXXXX)
+# dags test and tasks test keep their temporary stores and logs here
+mkdir -p "$T/tmp"
+export TMPDIR=$T/tmp
 PASSED=0
 FAILED=0
 SA_PID=
@@ -117,7 +120,9 @@ echo 'return 1 +' >"$T/work/dags/broken.lua"
 for cmd in "--help" "-h" "help-less" "dags --help" "dags trigger --help" \
            "dags test -h" "runs --help" "runs show --help" "tasks --help" \
            "tasks clear --help" "lua --help" "standalone --help" \
-           "zk dump --help" "dags list --json --help"; do
+           "zk dump --help" "dags list --json --help" "tasks test --help" \
+           "config --help" "config get --help" "config set --help" \
+           "config unset -h"; do
     [ "$cmd" = "help-less" ] && continue
     # shellcheck disable=SC2086
     if expect "help: zkflow $cmd exits 0" 0 $cmd; then
@@ -239,6 +244,145 @@ expect "dags test FILE --json" 0 dags test dags/hello.lua --json
 jexpect "dags test --json: state" "$T/out" "v.state" "success"
 jexpect "dags test --json: xcom of b" "$T/out" "v.tasks.b.xcom" "42"
 expect "dags test of a failing DAG exits 1" 1 dags test failing
+
+# ---- tasks test -------------------------------------------------------------
+
+mkdir -p "$T/work/dags2"
+cat >"$T/work/dags2/lone.lua" <<'EOF'
+local flow = require "zkflow"
+return flow.dag {
+  id = "lone",
+  params = { who = "world" },
+  default_args = { retries = 3, retry_delay = 1 },
+  tasks = function(t)
+    local first  = t.shell { id = "first", cmd = "exit 1" }
+    local second = t.lua   { id = "second", after = { first },
+                             run = function(ctx) return { hi = ctx.params.who, ds = ctx.ds } end }
+    local _ = second >> t.shell { id = "flaky", cmd = "echo {{ ti.try_number }} >> tries; exit 3" }
+    local pick = t.branch { id = "pick", run = function() return "right" end }
+    local _ = pick >> { t.empty { id = "left" }, t.empty { id = "right" } }
+  end,
+}
+EOF
+run runs list --json
+runs_before=$(json_get "$T/out" "#v.dag_runs")
+expect "tasks test of a task exits 0" 0 tasks test hello a
+has "tasks test prints the end state" "$T/out" "hello.a: success (try 1"
+has "tasks test prints the xcom" "$T/out" "xcom: 41"
+expect "tasks test --json" 0 tasks test hello a --json --date 2026-03-04
+jexpect "tasks test --json: the object" "$T/out" \
+    "v.dag_id .. ' ' .. v.task_id .. ' ' .. v.state .. ' ' .. v.try_number .. ' ' .. v.xcom" \
+    "hello a success 1 41"
+jexpect "tasks test --json: no log for a quiet task" "$T/out" "v.log == null" "true"
+expect "tasks test of a shell task" 0 tasks test hello c --json
+log=$(json_get "$T/out" "v.log")
+if [ -f "$log" ] && grep -q "hello from c" "$log"; then
+    ok "tasks test: its log is where it says"
+else
+    bad "tasks test: its log is where it says" "log '$log'"
+fi
+expect "tasks test ignores the upstream (which fails)" 0 \
+    --dags dags2 tasks test lone second --json --date 2026-03-04T05:06:07Z
+jexpect "tasks test: the task's context (params, ds)" "$T/out" \
+    "v.xcom.hi .. ' ' .. v.xcom.ds" "world 2026-03-04"
+expect "tasks test of a failing task exits 1" 1 --dags dags2 tasks test lone flaky --json
+jexpect "tasks test: one try, no retry" "$T/out" "v.state .. ' ' .. v.try_number" "failed 1"
+if [ "$(cat "$T/work/tries" 2>/dev/null)" = "1" ]; then ok "tasks test: the command ran once"; else bad "tasks test: the command ran once" "tries: $(cat "$T/work/tries" 2>/dev/null)"; fi
+expect "tasks test: flow.fail exits 1" 1 tasks test failing boom
+has "tasks test: prints failed" "$T/out" "failing.boom: failed"
+expect "tasks test of a branch that picks a downstream task" 0 \
+    --dags dags2 tasks test lone pick --json
+jexpect "tasks test: the branch's choice" "$T/out" "v.xcom" "right"
+expect "tasks test of an unknown task exits 1" 1 tasks test hello zzz
+has "tasks test names the unknown task" "$T/err" "no task 'zzz' in DAG 'hello'"
+expect "tasks test of an unknown DAG exits 1" 1 tasks test nope a
+has "tasks test names the unknown DAG" "$T/err" "no DAG 'nope'"
+expect "tasks test without a task id exits 2" 2 tasks test hello
+expect "tasks test with a bad --date exits 2" 2 tasks test hello a --date soon
+expect "tasks test --db: runs" 0 tasks test hello a --db side.db
+if [ ! -e "$T/work/side.db" ]; then ok "tasks test writes no --db store"; else bad "tasks test writes no --db store" "side.db was created"; fi
+run runs list --json
+jexpect "tasks test records no run in the store" "$T/out" "#v.dag_runs" "$runs_before"
+
+# ---- config -----------------------------------------------------------------
+
+expect "config get of an empty store" 0 config get --json
+has "config get: {} when nothing is set" "$T/out" "{}"
+expect "config set an integer" 0 config set parallelism 8
+has "config set says what it stored" "$T/out" "parallelism = 8"
+expect "config get KEY" 0 config get parallelism
+has "config get prints the value" "$T/out" "8"
+expect "config get KEY --json" 0 config get parallelism --json
+jexpect "config: an integer stays an integer" "$T/out" "math.type(v)" "integer"
+expect "config set a pool" 0 config set pools.db 4
+expect "config set true" 0 config set feature.on true
+expect "config set a float" 0 config set ratio 0.5
+expect "config set plain text" 0 config set team "data eng"
+expect "config set a quoted JSON string" 0 config set build '"42"'
+expect "config set an object" 0 config set app '{"urls":["a","b"],"retry":{"n":2}}'
+expect "config set log_level" 0 config set log_level warn
+expect "config set a negative number" 0 config set offset -3
+expect "config get --json: the whole object" 0 config get --json
+jexpect "config: every value with its JSON type" "$T/out" \
+    "table.concat({v.parallelism, v.pools.db, tostring(v.feature.on), v.ratio, v.team, type(v.build) .. v.build, v.app.urls[2], v.app.retry.n, v.log_level, v.offset}, ' ')" \
+    "8 4 true 0.5 data eng string42 b 2 warn -3"
+expect "config get of a nested key" 0 config get app.retry.n
+has "config get of a nested key prints it" "$T/out" "2"
+expect "config get lists dotted keys" 0 config get
+has "config get: one line per key" "$T/out" "pools.db = 4"
+has "config get: strings quoted" "$T/out" 'team = "data eng"'
+expect "config get of a string" 0 config get team
+if [ "$(cat "$T/out")" = "data eng" ]; then ok "config get: a string prints bare"; else bad "config get: a string prints bare" "$(cat "$T/out")"; fi
+expect "zk get of the config node" 0 zk get /zkflow/config
+jexpect "config: one JSON object at <root>/config" "$T/out" "v.pools.db + v.parallelism" "12"
+expect "config unset" 0 config unset pools.db
+expect "config get of an unset key exits 1" 1 config get pools.db
+has "config get: says it is not set" "$T/err" "'pools.db' is not set in /zkflow/config"
+expect "config get --json after unset" 0 config get --json
+jexpect "config unset: the emptied pools object goes too" "$T/out" \
+    "tostring(v.pools) .. ' ' .. v.parallelism" "nil 8"
+expect "config unset of a key not set exits 1" 1 config unset pools.db
+has "config unset: says it is not set" "$T/err" "'pools.db' is not set"
+expect "config: parallelism 0 is refused (exit 2)" 2 config set parallelism 0
+has "config: the error names the key" "$T/err" "zkflow: parallelism: expected an integer >= 1"
+expect "config: parallelism 2.5 is refused" 2 config set parallelism 2.5
+expect "config: log_level is checked" 2 config set log_level loud
+has "config: log_level error" "$T/err" 'log_level: expected one of "debug", "info", "warn", "error", got "loud"'
+expect "config: pool slots are checked" 2 config set pools.db -1
+has "config: the pool's error names it" "$T/err" "pools.db: expected an integer >= 0"
+expect "config: pools must be an object" 2 config set pools 5
+has "config: pools error" "$T/err" "pools: expected an object"
+expect "config: worker_slots is checked" 2 config set worker_slots many
+has "config: worker_slots error" "$T/err" 'worker_slots: expected an integer >= 1'
+expect "config: a malformed key" 2 config set a..b 1
+has "config: says what is wrong with the key" "$T/err" "key 'a..b': empty name between dots"
+expect "config: set under a non-object exits 1" 1 config set team.x 1
+has "config: names the non-object" "$T/err" "cannot set 'team.x': 'team' is \"data eng\", not an object"
+expect "config set without a value exits 2" 2 config set parallelism
+expect "config get after refused sets" 0 config get parallelism
+has "config: refused sets changed nothing" "$T/out" "8"
+expect "config --root" 0 --root /other config set k v
+expect "config --root: the node under that root" 0 zk get /other/config
+has "config --root: its data" "$T/out" '{"k":"v"}'
+expect "zk set of a config that is not an object" 0 zk set /bad/config '[1,2]'
+expect "config get of a bad config node exits 1" 1 --root /bad config get
+has "config: names the bad node" "$T/err" "/bad/config: the configuration must be a JSON object"
+
+# Five processes set different keys at once (four each): every one lands.
+pids=()
+for i in 1 2 3 4 5; do
+    (cd "$T/work" && for j in 1 2 3 4; do
+         timeout -s KILL 30 "$ZKFLOW" --db conc.db config set "w$i.k$j" "$i$j" >/dev/null || exit 1
+     done) 2>"$T/conc.$i.err" &
+    pids+=($!)
+done
+conc_rc=0
+for p in "${pids[@]}"; do wait "$p" || conc_rc=1; done
+if [ $conc_rc = 0 ]; then ok "concurrent config set: every process exits 0"; else bad "concurrent config set: every process exits 0" "$(cat "$T"/conc.*.err | head -5)"; fi
+expect "concurrent config set: get" 0 --db conc.db config get --json
+jexpect "concurrent config set: all 20 keys land" "$T/out" \
+    "(function() local n, s = 0, 0 for i = 1, 5 do for j = 1, 4 do local x = (v['w' .. i] or {})['k' .. j] if x then n = n + 1 s = s + x end end end return n .. ' ' .. s end)()" \
+    "20 650"
 
 # ---- a running standalone notices a trigger --------------------------------
 

@@ -3,7 +3,7 @@
 # server (spec/zk/harness.sh), runs the C tests of zk.c, the store
 # conformance spec against both backends, the zkflow.zk specs (client and
 # recipes; they start a 3-node ensemble of their own for one test) and the
-# kazoo interop test, stops the server.  Ends with
+# kazoo interop test and `zkflow config --zk`, stops the server.  Ends with
 # "N passed, N failed".
 set -u
 cd "$(dirname "$0")/.." || exit 1
@@ -76,6 +76,32 @@ echo "$out" | sed -E 's/^([0-9]+ passed, [0-9]+ failed)/zk_cli: \1/'
 set -- $(echo "$out" | awk '/^[0-9]+ passed, [0-9]+ failed/ { p = $1; f = $3 } END { print p + 0, f + 0 }')
 PASS=$((PASS + $1)); FAIL=$((FAIL + $2))
 echo "$out" | grep -qE '^[0-9]+ passed' || FAIL=$((FAIL + 1))
+
+# `zkflow config` on ZooKeeper: the same node, versions and retries as on
+# the embedded store.
+zcheck() { if [ "$2" = "$3" ]; then echo "ok $1"; PASS=$((PASS + 1)); else echo "not ok $1: expected '$2', got '$3'"; FAIL=$((FAIL + 1)); fi; }
+ZR=/zkflow-config-$$
+Z=("$B/zkflow" --zk "$HOSTS" --root "$ZR")
+"${Z[@]}" config set parallelism 6 > /dev/null
+"${Z[@]}" config set pools.db 3 > /dev/null
+zcheck "config --zk: set and get" "6 3" \
+    "$("${Z[@]}" config get parallelism) $("${Z[@]}" config get pools.db)"
+zcheck "config --zk: one JSON object at <root>/config" '{"parallelism":6,"pools":{"db":3}}' \
+    "$("${Z[@]}" zk get "$ZR/config")"
+"${Z[@]}" config set parallelism 0 2> /dev/null
+zcheck "config --zk: a bad value is refused" "2 6" "$? $("${Z[@]}" config get parallelism)"
+"${Z[@]}" config unset pools.db
+zcheck "config --zk: unset" "1" "$("${Z[@]}" config get pools.db > /dev/null 2>&1; echo $?)"
+zpids=()
+for i in 1 2 3 4 5; do
+    (for j in 1 2 3; do "${Z[@]}" config set "w$i.k$j" 1 > /dev/null || exit 1; done) &
+    zpids+=($!)
+done
+zrc=0
+for p in "${zpids[@]}"; do wait "$p" || zrc=1; done
+zcheck "config --zk: five concurrent writers, every key lands" "0 15" \
+    "$zrc $("${Z[@]}" config get | grep -c '^w[1-5]\.k[1-3] = 1$')"
+"${Z[@]}" zk rm --recursive "$ZR" 2> /dev/null
 
 echo "$PASS passed, $FAIL failed"
 [ "$FAIL" -eq 0 ]

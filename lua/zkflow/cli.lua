@@ -920,6 +920,197 @@ local function cmd_tasks_clear(ctx, args)
     return 0
 end
 
+-- A copy of `dag` in which task `task_id` runs alone, as Airflow's
+-- `tasks test` runs it: no upstream, one try (retries 0, no
+-- depends_on_past), no DAG callbacks or dagrun_timeout.  Its direct
+-- downstream tasks stand in as `empty` tasks, so that a branch can choose
+-- among them and a short-circuit skip them as in the real DAG.  The DAG's
+-- settings (params, schedule, tags, ...) are kept for the task's context.
+local function single_task_dag(dag, task_id)
+    local task = dag.tasks[task_id]
+    local downs = task.downstream or {}
+    local ok, skel = pcall(need("zkflow.dag").new, {
+        id = dag.id,
+        tasks = function(t)
+            local root = t.empty { id = task_id }
+            for _, d in ipairs(downs) do
+                t.empty { id = d, after = { root } }
+            end
+        end,
+    })
+    if not ok then
+        fail("tasks test: cannot isolate task '" .. task_id .. "': "
+             .. tostring(skel))
+    end
+    local copy = setmetatable({}, getmetatable(dag))
+    for k, v in pairs(dag) do copy[k] = v end
+    copy.on_success, copy.on_failure, copy.dagrun_timeout = nil, nil, nil
+    copy.tasks, copy.order, copy.topo = skel.tasks, skel.order, skel.topo
+    copy.roots, copy.leaves = skel.roots, skel.leaves
+    copy.zkf_starts, copy.cron_obj = nil, nil
+    local t = setmetatable({}, getmetatable(task))
+    for k, v in pairs(task) do t[k] = v end
+    t.upstream, t.downstream = {}, skel.tasks[task_id].downstream
+    t.retries, t.depends_on_past = 0, false
+    t.exe, t.id_json = nil, nil
+    copy.tasks[task_id] = t
+    return copy
+end
+
+local function cmd_tasks_test(ctx, args)
+    local dag_id, task_id = args[1], args[2]
+    local date
+    if ctx.opts.date then
+        parse_date(ctx.opts.date, "--date")
+        date = ctx.opts.date
+    end
+    local dag = ctx:dag(dag_id)
+    if not dag.tasks[task_id] then
+        local ids = task_order(dag)
+        fail("no task '" .. task_id .. "' in DAG '" .. dag_id .. "'"
+             .. need("zkflow.dag").suggest(task_id, ids)
+             .. " (its tasks: " .. concat(ids, ", ") .. ")")
+    end
+    -- A temporary embedded store, whatever --db or --zk say: nothing of
+    -- this try is recorded where the scheduler would see it.
+    local sched = need("zkflow.scheduler")
+    local ok, res = pcall(sched.test, single_task_dag(dag, task_id),
+                          { date = date, dags_dir = ctx.dags })
+    if not ok then
+        fail(type(res) == "table" and (res.msg or core.json_encode(res))
+             or tostring(res))
+    end
+    local ti = res.tasks and res.tasks[task_id] or {}
+    local st = is_null(ti.state) and "none" or tostring(ti.state)
+    local xcom = ti.xcom
+    if xcom == nil then xcom = core.null end
+    -- null when the try wrote no log (a quiet Lua task)
+    local log = (not is_null(ti.log) and is_file(ti.log)) and ti.log
+                or core.null
+    if ctx.json then
+        json_out({ dag_id = dag_id, task_id = task_id, state = st,
+                   try_number = ti.try_number or 0, xcom = xcom,
+                   log = log })
+    else
+        out(fmt("%s.%s: %s (try %s, run %s)", dag_id, task_id, st,
+                tostring(ti.try_number or 0), tostring(res.run_id)))
+        local xok, xs = pcall(core.json_encode, xcom, JSON_OPTS)
+        out("xcom: ", xok and xs or tostring(xcom))
+        out("log:  ", is_null(log) and "- (the try wrote none)" or log)
+    end
+    return (st == "success" or st == "skipped") and 0 or 1
+end
+
+-- ---- config -----------------------------------------------------------------
+
+local function config_key(key)
+    local ok, err = need("zkflow.config").parse_key(key)
+    if not ok then usage_error(err) end
+    return key
+end
+
+local function cmd_config_get(ctx, args)
+    local config = need("zkflow.config")
+    local key = args[1] and config_key(args[1])
+    local path = config.path(ctx.root)
+    local st = ctx:store(false)
+    local tbl = {}
+    if st then
+        local t, err = config.read(st, ctx.root)
+        if not t then fail(err) end
+        tbl = t
+    end
+    if not key then
+        if ctx.json then
+            json_out(tbl)
+            return 0
+        end
+        local list = config.flatten(tbl)
+        if #list == 0 then
+            warn("no configuration in " .. path
+                 .. " (zkflow config set KEY VALUE)")
+        end
+        for _, kv in ipairs(list) do
+            out(kv[1], " = ", core.json_encode(kv[2], JSON_OPTS))
+        end
+        return 0
+    end
+    local v = config.get(tbl, key)
+    if v == nil then
+        fail("'" .. key .. "' is not set in " .. path)
+    end
+    if ctx.json then
+        json_out(v)
+    elseif type(v) == "string" then
+        out(v)
+    elseif type(v) == "table" then
+        stdout:write(core.json_encode(v, { pretty = true, sort_keys = true }),
+                     "\n")
+    else
+        out(core.json_encode(v))
+    end
+    return 0
+end
+
+-- Commits now, so that a write that cannot be committed is reported.
+local function commit(st)
+    local ok, err, detail = st:flush()
+    if not ok then
+        fail("store: commit: " .. tostring(err)
+             .. (detail and (": " .. tostring(detail)) or ""))
+    end
+end
+
+-- The known keys for `config set --help`.
+local function config_help()
+    local lines = { "known keys (checked when set; any other key is kept "
+                    .. "as given):" }
+    for _, k in ipairs(need("zkflow.config").KNOWN_KEYS) do
+        lines[#lines + 1] = fmt("  %-14s %s", k[1], k[2])
+    end
+    lines[#lines + 1] = ""
+    lines[#lines + 1] = "VALUE is JSON when it parses (8, true, null, "
+                        .. "{\"a\":1}, [1,2], \"42\"), else text:"
+    lines[#lines + 1] = "  zkflow config set pools.db 4          "
+                        .. "-> {\"pools\":{\"db\":4}}"
+    lines[#lines + 1] = "  zkflow config set team data-eng      "
+                        .. "-> the string \"data-eng\""
+    lines[#lines + 1] = "  zkflow config set build '\"42\"'       "
+                        .. "-> the string \"42\", not the number"
+    return concat(lines, "\n")
+end
+
+local function cmd_config_set(ctx, args)
+    local config = need("zkflow.config")
+    local key = config_key(args[1])
+    local value = config.parse_value(args[2])
+    local ok, err = config.check(key, value)
+    if not ok then usage_error(err) end
+    local st = ctx:store(true)
+    local tbl, serr = config.set(st, ctx.root, key, value)
+    if not tbl then fail(serr) end
+    commit(st)
+    if ctx.json then
+        json_out({ key = key, value = value })
+    else
+        out(key, " = ", core.json_encode(value, JSON_OPTS))
+    end
+    return 0
+end
+
+local function cmd_config_unset(ctx, args)
+    local config = need("zkflow.config")
+    local key = config_key(args[1])
+    local st = ctx:store(false)
+    if not st then
+        fail("'" .. key .. "' is not set in " .. config.path(ctx.root))
+    end
+    local tbl, err = config.unset(st, ctx.root, key)
+    if not tbl then fail(err) end
+    commit(st)
+    return 0
+end
+
 -- ---- members ----------------------------------------------------------------
 
 local function cmd_members(ctx)
@@ -1201,8 +1392,16 @@ local commands = {
           usage = "runs show DAG_ID RUN_ID [--json]", args = { 2, 2 },
           opts = { JSON } },
       } },
-    { name = "tasks", help = "task instance state, logs and clearing",
+    { name = "tasks", help = "test a task; task instance state, logs and "
+                             .. "clearing",
       sub = {
+        { name = "test", fn = cmd_tasks_test,
+          help = "run one task instance now, in this process, without its "
+                 .. "dependencies and without recording it",
+          usage = "tasks test DAG_ID TASK_ID [--date ISO8601] [--json]",
+          args = { 2, 2 },
+          opts = { { "date", "ISO8601", "logical date of the run "
+                     .. "(default now)" }, JSON } },
         { name = "state", fn = cmd_tasks_state,
           help = "print the state of a task instance",
           usage = "tasks state DAG_ID RUN_ID TASK_ID [--json]",
@@ -1219,6 +1418,24 @@ local commands = {
           args = { 2, math.huge },
           opts = { { "downstream", nil, "also clear the tasks downstream" },
                    JSON } },
+      } },
+    { name = "config", help = "read and change the cluster configuration "
+                              .. "(<root>/config)",
+      sub = {
+        { name = "get", fn = cmd_config_get,
+          help = "print the configuration, or the value of KEY (exit 1 "
+                 .. "when it is not set)",
+          usage = "config get [KEY] [--json]", args = { 0, 1 },
+          opts = { JSON } },
+        { name = "set", fn = cmd_config_set,
+          help = "set KEY (dotted, e.g. pools.db) to VALUE: JSON when it "
+                 .. "parses as JSON, else the text as a string",
+          usage = "config set KEY VALUE [--json]", args = { 2, 2 },
+          more = function() return config_help() end,
+          opts = { JSON } },
+        { name = "unset", fn = cmd_config_unset,
+          help = "remove KEY (exit 1 when it is not set)",
+          usage = "config unset KEY", args = { 1, 1 } },
       } },
     { name = "members", fn = cmd_members,
       help = "list the schedulers and workers of the cluster",
@@ -1326,6 +1543,10 @@ local function help_text(path, cmd)
         add("usage: zkflow " .. cmd.usage)
         add("")
         add(cmd.help)
+        if cmd.more then
+            add("")
+            add(type(cmd.more) == "function" and cmd.more() or cmd.more)
+        end
         if cmd.opts and #cmd.opts > 0 then
             add("")
             add("options:")
@@ -1428,7 +1649,8 @@ local function parse(ctx, argv)
             else
                 apply_global(ctx, name, value)
             end
-        elseif a:sub(1, 1) == "-" and #a > 1 then
+        elseif a:sub(1, 1) == "-" and #a > 1 and not tonumber(a) then
+            -- (a negative number is an argument: config set pools.db -1)
             usage_error("unknown option '" .. a .. "'", path)
         elseif not cmd or cmd.sub then
             local c = find(level, a)
