@@ -144,6 +144,18 @@ function _M.new(opts)
     run_waiters = {},       -- run key -> {fn, ...}
     processing = false,
     stopped = false,
+    -- Cluster mode (zkflow.cluster): tries go to the ZooKeeper queue for
+    -- workers instead of running here; remote_tis maps a try's key to its
+    -- instance while a worker has it.
+    remote = opts.remote,
+    remote_tis = {},
+    queues_made = {},
+    -- A store whose calls complete on a later turn (ZooKeeper): writes go
+    -- out pipelined from a coroutine, one flush in flight at a time, and
+    -- watch callbacks read inside coroutines, so the loop never waits.
+    async_store = opts.async_store,
+    extra_ops = {},         -- raw store ops that follow this turn's writes
+    register = opts.register ~= false,
   }, Sched)
   self.st = state.new(self.store, self.root)
   return self
@@ -339,10 +351,70 @@ end
 
 local PARENTS = { parents = true }
 
-function Sched:flush()
+-- One write of the write-behind: `op` is {op="create"|"set"|"delete",
+-- path=, data=, obj=, flags=}.  A create whose parent is missing makes the
+-- parents; a create of a node that exists becomes a set; a set of a node
+-- that is gone becomes a create.  Returns the created path or true, or nil
+-- and the error.
+local function apply_op(store, op)
+  local kind, path, data = op.op, op.path, op.data
+  if kind == "delete" then
+    local ok, err = store:delete(path)
+    if not ok and err ~= "ZNONODE" then return nil, err end
+    return true
+  end
+  if kind == "set" then
+    local ok, err = store:set(path, data)
+    if ok or err ~= "ZNONODE" then return ok, err end
+  end
+  local flags = op.flags
+  local ok, err = store:create(path, data, flags)
+  if not ok and err == "ZNONODE" then
+    local f = { parents = true }
+    if flags then for k, v in pairs(flags) do f[k] = v end end
+    ok, err = store:create(path, data, f)
+  end
+  if not ok and err == "ZNODEEXISTS" and not (flags and flags.sequential) then
+    ok, err = store:set(path, data)
+  end
+  return ok, err
+end
+
+-- The write of one dirty object: {op=, path=, data=, obj=}.
+function Sched:write_op(obj)
+  obj.dirty = false
+  local path, data
+  if obj.task then
+    path = obj.path
+    local ok, res = pcall(ti_json, obj)
+    data = ok and res or encode(ti_record(obj), path)
+  else
+    path = self:run_path(obj)
+    data = encode(run_record(obj), path)
+  end
+  return { op = obj.persisted and "set" or "create", path = path, data = data, obj = obj }
+end
+
+-- After a write: what it created is there now; `ok` false logs it.
+function Sched:wrote(op, res, err) -- luacheck: ignore 212/self
+  local obj = op.obj
+  if res then
+    if obj then obj.persisted = true end
+    if op.on_done then op.on_done(res) end
+  else
+    if obj and err == "ZNONODE" then obj.persisted = false end
+    log("error", ("store: %s %s: %s"):format(op.op, op.path, tostring(err)))
+    if op.on_done then op.on_done(nil, err) end
+  end
+end
+
+function Sched:flush(sync)
   local d = self.dirty
-  if #d == 0 then return end
+  local extra = self.extra_ops
+  if #d == 0 and #extra == 0 then return end
+  if self.async_store and not sync then return self:flush_async() end
   self.dirty = {}
+  if #extra > 0 then self.extra_ops = {} end
   local store = self.store
   for i = 1, #d do
     local obj = d[i]
@@ -378,6 +450,88 @@ function Sched:flush()
       end
     end
   end
+  for i = 1, #extra do
+    local op = extra[i]
+    self:wrote(op, apply_op(store, op))
+  end
+end
+
+-- ZooKeeper's limit on one request is 1 MB: a transaction stays well under.
+local MULTI_BYTES, MULTI_OPS = 512 * 1024, 500
+
+-- The write-behind over a remote store: this turn's writes go out as
+-- transactions (multi) from a coroutine, in order; while one flush is in
+-- flight the next waits, so an older write of an object can never land
+-- after a newer one.  A transaction that fails (a node that is not where
+-- the scheduler thought) is done again op by op.
+function Sched:flush_async()
+  if self.flushing then
+    self.flush_again = true
+    return
+  end
+  local d, extra = self.dirty, self.extra_ops
+  self.dirty, self.extra_ops = {}, {}
+  local ops = {}
+  for i = 1, #d do ops[#ops + 1] = self:write_op(d[i]) end
+  for i = 1, #extra do ops[#ops + 1] = extra[i] end
+  self.flushing = true
+  local store = self.store
+  async.spawn(function()
+    local i, n = 1, #ops
+    while i <= n do
+      local chunk, bytes = {}, 0
+      while i <= n and #chunk < MULTI_OPS and (bytes < MULTI_BYTES or #chunk == 0) do
+        local op = ops[i]
+        chunk[#chunk + 1] = { op = op.op, path = op.path, data = op.data,
+                              ephemeral = op.flags and op.flags.ephemeral or nil,
+                              sequential = op.flags and op.flags.sequential or nil }
+        bytes = bytes + #(op.data or "") + #op.path
+        i = i + 1
+      end
+      local first = i - #chunk
+      local res = store:multi(chunk)
+      if res then
+        for k = 1, #chunk do self:wrote(ops[first + k - 1], res[k]) end
+      else
+        for k = 1, #chunk do
+          local op = ops[first + k - 1]
+          self:wrote(op, apply_op(store, op))
+        end
+      end
+    end
+  end, function(ok, err)
+    self.flushing = false
+    if not ok then log("error", "store: flush: " .. tostring(err)) end
+    if self.flush_again or #self.dirty > 0 or #self.extra_ops > 0 then
+      self.flush_again = false
+      if not self.stopped then self:flush() end
+    end
+    local w = self.flush_waiters
+    if w and not self.flushing then
+      self.flush_waiters = nil
+      for _, fn in ipairs(w) do fn() end
+    end
+  end)
+end
+
+-- Inside a coroutine: returns when everything marked so far is written.
+function Sched:flush_wait()
+  self:flush()
+  if not self.flushing then return end
+  async.wait(function(resume)
+    self.flush_waiters = self.flush_waiters or {}
+    local w = self.flush_waiters
+    w[#w + 1] = resume
+  end)
+end
+
+-- Runs fn(...) where store calls may wait: in a coroutine when the store
+-- is remote, at once otherwise (the embedded store answers in the call).
+function Sched:task(fn, ...)
+  if not self.async_store then return fn(...) end
+  async.spawn(fn, function(ok, err)
+    if not ok then log("error", "scheduler: " .. tostring(err)) end
+  end, ...)
 end
 
 -- ---- DAGs -------------------------------------------------------------------
@@ -521,13 +675,20 @@ function Sched:adopt_run(dag, rec, tis)
       if not FINISHED[ti.state] then
         -- A try that was in flight when the last scheduler died did not
         -- finish: it runs again, without costing a retry.
-        if ti.state == "running" or ti.state == "queued" then
+        if (ti.state == "running" or ti.state == "queued") and self.remote then
+          -- A worker may have this try: zkflow.cluster looks for it in
+          -- the queue, the claims and the results before deciding.
+          ti.remote_pending = true
+          ti.worker = r.worker ~= null and r.worker or nil
+        elseif ti.state == "running" or ti.state == "queued" then
           -- The dead scheduler's child lives on in its own process group.
-          if r.pid and r.pid ~= null then core.killpg(r.pid, 9) end
+          if r.pid and r.pid ~= null and not self.no_persist then core.killpg(r.pid, 9) end
           ti.lost = (ti.lost or 0) + 1
           ti.max_tries = ti.max_tries + 1
         end
-        if (ti.state == "up_for_retry" or ti.state == "up_for_reschedule")
+        if ti.remote_pending then
+          ti.first_start = r.first_start
+        elseif (ti.state == "up_for_retry" or ti.state == "up_for_reschedule")
             and type(r.next_try_at) == "number" then
           ti.next_try_at = r.next_try_at
         else
@@ -680,6 +841,11 @@ function Sched:abort_try(ti)
   if not a then return end
   if a.proc then a.proc:kill(15); a.proc:kill(9) end
   if a.co then async.cancel(a.co) end
+  if a.remote and ti.remote_key then
+    -- The worker's try goes on; its result will find no taker.
+    self.remote_tis[ti.remote_key] = nil
+    ti.remote_key, ti.claimed = nil, nil
+  end
   self:release(ti)
 end
 
@@ -757,8 +923,10 @@ function Sched:finish_run(run, forced)
     if dag then
       self.timers[run.dag_id] = core.timer(0, function()
         self.timers[run.dag_id] = nil
-        self:tick_dag(dag)
-        self:process()
+        self:task(function()
+          self:tick_dag(dag)
+          self:process()
+        end)
       end)
     end
   end
@@ -1067,6 +1235,7 @@ function Sched:task_log(ti, msg) -- luacheck: ignore 212/self
 end
 
 function Sched:start_ti(ti, pool, slots)
+  if self.remote then return self:queue_try(ti, pool, slots) end
   local run, task = ti.run, ti.task
   ti.try_number = ti.try_number + 1
   ti.state = "running"
@@ -1105,8 +1274,7 @@ function Sched:start_ti(ti, pool, slots)
       ok, res = false, { zkflow_timeout = true,
                          msg = "execution timeout after " .. task.execution_timeout .. "s" }
     end
-    self:end_try(ti, ok, res, extra)
-    self:process()
+    self:try_ended(ti, ok, res, extra)
   end
   local co
   if not deadline then
@@ -1153,7 +1321,152 @@ function Sched:timeout(ti, attempt)
     return
   end
   if attempt.co then async.cancel(attempt.co) end
-  self:end_try(ti, false, { zkflow_timeout = true, msg = msg })
+  self:try_ended(ti, false, { zkflow_timeout = true, msg = msg })
+end
+
+-- ---- cluster mode: tries that workers run (zkflow.cluster drives these) -----------
+
+-- A try's name in the queue, the claims and the results:
+-- <dag_id>~<run_id>~<task_id>~<try>, each part with what a znode name
+-- cannot hold (and '~' and '%') written as %XX.
+local function key_part(v)
+  return (tostring(v):gsub("[^%w_.:+-]", function(c) return ("%%%02X"):format(c:byte()) end))
+end
+function _M.ti_key(dag_id, run_id, task_id, try_number)
+  return ("%s~%s~%s~%d"):format(key_part(dag_id), key_part(run_id), key_part(task_id), try_number)
+end
+
+-- Counts a try that a worker holds against parallelism, max_active_tasks
+-- and its pool, as a local one is, and remembers it by key.
+function Sched:track_remote(ti, pool, slots)
+  local run = ti.run
+  self.running = self.running + 1
+  self.running_by_dag[run.dag_id] = (self.running_by_dag[run.dag_id] or 0) + 1
+  if not pool then
+    local name = ti.task.pool or "default_pool"
+    pool = self.pools[name] or self:pool(name)
+    slots = ti.task.pool_slots or 1
+  end
+  pool.used = pool.used + slots
+  ti.slot_pool, ti.slot_n = pool, slots
+  ti.attempt = { remote = true }
+  ti.remote_key = _M.ti_key(run.dag_id, run.run_id, ti.task_id, ti.try_number)
+  self.remote_tis[ti.remote_key] = ti
+end
+
+-- The queue record of a try: what a worker needs to find it.
+function Sched:queue_op(ti)
+  local run, task = ti.run, ti.task
+  local q = task.queue or "default"
+  local path = self.st:path("queue", q)
+  if not self.queues_made[q] then
+    -- The parent of the sequential nodes: once per queue and process.
+    self.queues_made[q] = true
+    self.extra_ops[#self.extra_ops + 1] = { op = "create", path = path, data = "" }
+  end
+  local extra = self.extra_ops
+  extra[#extra + 1] = {
+    op = "create", path = path .. "/ti-", flags = { sequential = true },
+    data = json_encode({ key = ti.remote_key, dag_id = run.dag_id, run_id = run.run_id,
+                         task_id = ti.task_id, try_number = ti.try_number, queue = q,
+                         priority_weight = task.priority_weight or 1,
+                         version = run.version or null }),
+    on_done = function(p) if p and ti.remote_key then ti.queue_node = p end end,
+  }
+end
+
+-- start_ti in cluster mode: the try goes to its queue ("queued"); a worker
+-- claims it ("running", Sched:remote_started) and reports its end
+-- (Sched:remote_result).  The instance's record is written before the
+-- queue node, in the same transaction.
+function Sched:queue_try(ti, pool, slots)
+  ti.try_number = ti.try_number + 1
+  ti.state = "queued"
+  ti.start_date, ti.end_date = nil, nil
+  ti.first_start = ti.first_start or now()
+  ti.log, ti.worker, ti.error, ti.pid = nil, nil, nil, nil
+  ti.queued_at = now()
+  self:mark(ti)
+  self:track_remote(ti, pool, slots)
+  self:queue_op(ti)
+  if self.on_event then self:emit("ti_queued", ti) end
+end
+
+-- A worker claimed the try `key` (claim: {worker=, started=}).
+function Sched:remote_started(key, claim)
+  local ti = self.remote_tis[key]
+  if not ti or ti.state ~= "queued" then return end
+  ti.state = "running"
+  ti.claimed = true
+  ti.worker = claim and claim.worker or ti.worker
+  ti.start_date = claim and tonumber(claim.started) or now()
+  ti.log = claim and claim.log or ti.log
+  self:mark(ti)
+  if self.on_event then self:emit("ti_started", ti) end
+end
+
+-- A worker's report of a try's end (its /results node, deleted in the
+-- transaction that writes the instance's new state).
+function Sched:remote_result(key, rec, path)
+  if path then self.extra_ops[#self.extra_ops + 1] = { op = "delete", path = path } end
+  local ti = self.remote_tis[key]
+  if not ti or type(rec) ~= "table" or rec.try_number ~= ti.try_number then
+    if path then self:mark_extra() end
+    return false
+  end
+  self.remote_tis[key] = nil
+  ti.remote_key, ti.claimed, ti.queue_node = nil, nil, nil
+  ti.worker = rec.worker or ti.worker
+  ti.log = rec.log or ti.log
+  if type(rec.xcoms) == "table" then ti.xcoms = rec.xcoms end
+  if type(rec.start_date) == "number" then ti.start_date = rec.start_date end
+  local res = rec.result
+  if res == null then res = nil end
+  local extra = rec.skip and { skip = rec.skip } or nil
+  self:end_try(ti, rec.ok == true, res, extra)
+  if type(rec.end_date) == "number" then ti.end_date = rec.end_date end
+  self:process()
+  return true
+end
+
+-- The try `key` has no worker any more (its claim went with the worker's
+-- session, and it left no result): it runs again, on some worker, without
+-- costing a retry, as a try lost by a dead scheduler does.
+function Sched:remote_lost(key, why)
+  local ti = self.remote_tis[key]
+  if not ti then return end
+  self.remote_tis[key] = nil
+  ti.remote_key, ti.claimed, ti.queue_node = nil, nil, nil
+  log("warn", ("task %s.%s try %d lost: %s"):format(ti.run.dag_id, ti.task_id, ti.try_number,
+                                                   tostring(why)))
+  self:release(ti)
+  ti.lost = (ti.lost or 0) + 1
+  ti.max_tries = ti.max_tries + 1
+  ti.error = tostring(why)
+  ti.end_date = now()
+  if ti.run.state ~= "running" then
+    self:mark(ti)
+    return
+  end
+  self:set_state(ti, "scheduled")
+  self:enqueue(ti)
+  self:process()
+end
+
+-- Something for the store with no dirty object: flush on the next turn.
+function Sched:mark_extra()
+  if not self.extra_timer then
+    self.extra_timer = core.timer(0, function()
+      self.extra_timer = nil
+      self:flush()
+    end)
+  end
+end
+
+-- A try has ended here; a worker (zkflow.cluster) replaces this to report
+-- the end to the scheduler instead.
+function Sched:try_ended(ti, ok, res, extra)
+  self:end_try(ti, ok, res, extra)
   self:process()
 end
 
@@ -1649,7 +1962,9 @@ function Sched:tick_dag(dag)
     if meta.last_logical then return end
     local start = dag.start_date or t
     if start > t then
-      self.timers[dag.id] = core.timer(start - t, function() self:tick_dag(dag); self:process() end)
+      self.timers[dag.id] = core.timer(start - t, function()
+        self:task(function() self:tick_dag(dag); self:process() end)
+      end)
       return
     end
     self:create_run(dag, { run_type = "scheduled", logical_date = start,
@@ -1697,8 +2012,10 @@ function Sched:tick_dag(dag)
     local delay = max(0, e - now())
     self.timers[dag.id] = core.timer(delay, function()
       self.timers[dag.id] = nil
-      self:tick_dag(dag)
-      self:process()
+      self:task(function()
+        self:tick_dag(dag)
+        self:process()
+      end)
     end)
   end
 end
@@ -1710,8 +2027,10 @@ function Sched:watch_runs(dag_id)
   self.store:create(path, "", { parents = true })
   local list = self.store:children(path, function()
     if self.stopped then return end
-    self:watch_runs(dag_id)
-    self:process()
+    self:task(function()
+      self:watch_runs(dag_id)
+      self:process()
+    end)
   end)
   local known = self.known_runs[dag_id] or {}
   self.known_runs[dag_id] = known
@@ -1733,8 +2052,10 @@ function Sched:watch_paused(dag_id)
   local path = self.st:path("dags", dag_id, "paused")
   local stat = self.store:exists(path, function()
     if self.stopped then return end
-    self:watch_paused(dag_id)
-    self:process()
+    self:task(function()
+      self:watch_paused(dag_id)
+      self:process()
+    end)
   end)
   local was = self.paused[dag_id]
   self.paused[dag_id] = stat ~= nil
@@ -1754,8 +2075,10 @@ function Sched:watch_requests()
   self.store:create(path, "", { parents = true })
   local list = self.store:children(path, function()
     if self.stopped then return end
-    self:watch_requests()
-    self:process()
+    self:task(function()
+      self:watch_requests()
+      self:process()
+    end)
   end)
   for _, name in ipairs(list or {}) do
     local p = path .. "/" .. name
@@ -1803,7 +2126,7 @@ function Sched:clear(dag_id, run_id, task_ids, downstream)
   end
   for id in pairs(chosen) do
     local ti = run.tis[id]
-    if ti.state ~= "running" then
+    if ti.state ~= "running" and ti.state ~= "queued" then
       if FINISHED[ti.state] then run.unfinished = run.unfinished + 1 end
       if ti.wait_timer then ti.wait_timer:cancel(); ti.wait_timer = nil end
       ti.state = "none"
@@ -1864,7 +2187,7 @@ function Sched:register_member()
   local path = self.st:path("members", "schedulers", self.worker_id)
   local rec = json_encode({
     id = self.worker_id, host = hostname(), pid = core.getpid(),
-    version = core.version, started = iso(now(), true), leader = true,
+    version = core.version, started = iso(now(), true), leader = self.leader ~= false,
     role = self.member_role or "standalone",
   })
   self.store:delete(path)
@@ -1875,7 +2198,7 @@ end
 function Sched:start()
   self:load_dags()
   self.worker_id = self.worker_id or ("standalone-" .. tostring(core.getpid and core.getpid() or 0))
-  if self.schedule_runs then self:register_member() end
+  if self.schedule_runs and self.register then self:register_member() end
   self:recover()
   self:watch_requests()
   local ids = {}
@@ -1888,7 +2211,9 @@ function Sched:start()
     if not self.paused[id] then self:tick_dag(self.dags[id]) end
   end
   if self.dags_dir and self.hot_reload ~= false and core.watch_tree then
-    local w, err = core.watch_tree(self.dags_dir, function() self:reload() end, 50)
+    local w, err = core.watch_tree(self.dags_dir, function()
+      self:task(function() self:reload() end)
+    end, 50)
     if w then
       self.dir_watch = w
     else
@@ -1923,7 +2248,7 @@ function Sched:stop()
       end
     end
   end
-  self:flush()
+  self:flush(true)
   self.store:flush()
 end
 

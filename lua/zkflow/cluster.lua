@@ -1,0 +1,723 @@
+-- zkflow.cluster: several zkflow processes as one cluster, through ZooKeeper.
+--
+-- Schedulers contend for leadership with the election recipe at
+-- <root>/election/scheduler (kazoo's lock naming); the leader runs a
+-- zkflow.scheduler in cluster mode, which sends each try to a queue
+-- instead of running it; the standbys wait, and the one that wins next
+-- resumes every run from the store.  Workers take tries from the queues and
+-- run them with the same executors as a standalone scheduler.
+--
+-- A try moves through three places, each move one transaction, so at any
+-- moment it is in exactly one of them (or nowhere: lost):
+--
+--   /queue/<queue>/ti-<seq>   the leader: the instance's record "queued" and
+--                             this node, in one transaction
+--   /claims/<key>             a worker: creates this ephemeral node and
+--                             deletes the queue node (two workers racing:
+--                             one transaction fails)
+--   /results/<key>            the worker: creates this (the try's end, its
+--                             XCom, its log's path) and deletes its claim;
+--                             the leader deletes it in the transaction that
+--                             writes the instance's new state
+--
+-- <key> is <dag_id>~<run_id>~<task_id>~<try> (zkflow.scheduler.ti_key).
+-- A claim that vanishes without a result (the worker's session ended) makes
+-- the leader run the try again, on any worker, without costing a retry.  A
+-- worker whose session expires stops its tries: their claims are gone, so
+-- their results could not be written anyway (the transaction deletes the
+-- claim, which fails).  A scheduler whose session expires stops leading at
+-- once and contends again.
+local core = require "zkflow.core"
+local async = require "zkflow.async"
+local sched = require "zkflow.scheduler"
+local state = require "zkflow.state"
+local zk = require "zkflow.zk"
+
+local json_encode, json_decode, null = core.json_encode, core.json_decode, core.null
+local now = core.now
+local pairs, ipairs, type, tostring, pcall = pairs, ipairs, type, tostring, pcall
+local sort, concat = table.sort, table.concat
+
+local _M = {}
+
+local SWEEP_INTERVAL = 2        -- seconds between the leader's checks for lost tries
+local RESULT_MAX = 900 * 1024   -- a result node stays under ZooKeeper's 1 MB
+
+local function log(level, msg)
+  core.log(level, msg)
+end
+
+local function hostname()
+  local f = io.open("/proc/sys/kernel/hostname")
+  local h = f and f:read("l")
+  if f then f:close() end
+  return h or os.getenv("HOSTNAME") or "localhost"
+end
+
+local function decode(data)
+  if type(data) ~= "string" or data == "" then return nil end
+  local ok, v = pcall(json_decode, data)
+  if ok and type(v) == "table" then return v end
+  return nil
+end
+
+local function spawn(what, fn, ...)
+  return async.spawn(fn, function(ok, err)
+    if not ok then log("error", what .. ": " .. tostring(err)) end
+  end, ...)
+end
+
+local function set_of(list)
+  local t = {}
+  for _, v in ipairs(list or {}) do t[v] = true end
+  return t
+end
+
+-- An ephemeral member record: (re)created, or updated in place.
+local function put_member(store, path, data, create)
+  if not create then
+    local ok, err = store:set(path, data)
+    if ok then return true end
+    if err ~= "ZNONODE" then return nil, err end
+  end
+  store:delete(path)
+  return store:create(path, data, { ephemeral = true, parents = true })
+end
+
+local function ensure(store, path)
+  local ok, err = store:create(path, "", { parents = true })
+  if not ok and err ~= "ZNODEEXISTS" then return nil, err end
+  return true
+end
+
+-- ---- the scheduler ----------------------------------------------------------------
+
+local CS = {}
+CS.__index = CS
+
+-- cluster.scheduler(opts) inside a coroutine: registers the member, starts
+-- contending and returns the handle (handle:stop()).  opts: store (a
+-- ZooKeeper store; a remote one gets pipelined writes), root, dags_dir,
+-- log_dir, id, on_event, hot_reload, sweep_interval.
+function _M.scheduler(opts)
+  assert(opts and opts.store, "cluster.scheduler: 'store' is required")
+  local self = setmetatable({
+    opts = opts, store = opts.store, root = opts.root or "/zkflow",
+    id = opts.id or ("scheduler-" .. hostname() .. "-" .. core.getpid()),
+    leader = false, stopped = false, gen = 0,
+    sweep_interval = opts.sweep_interval or SWEEP_INTERVAL,
+  }, CS)
+  self.st = state.new(self.store, self.root)
+  self.member_path = self.st:path("members", "schedulers", self.id)
+  self.election_path = self.st:path("election", "scheduler")
+  self.zk = zk.wrap(self.store, { borrowed = true })
+  self.started = state.iso(now(), true)
+  self:update_member(true)
+  self:contend()
+  return self
+end
+
+function CS:member_record()
+  return json_encode({ id = self.id, host = hostname(), pid = core.getpid(),
+                       version = core.version, started = self.started,
+                       leader = self.leader, role = "scheduler",
+                       dags = self.s and self.s:dag_count() or null })
+end
+
+function CS:update_member(create)
+  local ok, err = put_member(self.store, self.member_path, self:member_record(), create)
+  if not ok then log("warn", "members: " .. self.member_path .. ": " .. tostring(err)) end
+end
+
+-- Waits for leadership in a coroutine of its own, then leads.
+function CS:contend()
+  local gen = self.gen
+  spawn("scheduler election", function()
+    while not self.stopped and gen == self.gen do
+      local lock = self.zk:Lock(self.election_path, { id = self.id })
+      self.lock = lock
+      local ok, got, err = pcall(lock.acquire, lock)
+      if self.stopped or gen ~= self.gen then
+        if ok and got then pcall(lock.release, lock) end
+        return
+      end
+      if ok and got then
+        self:lead()
+        return
+      end
+      log("warn", "scheduler election: " .. tostring(ok and err or got) .. "; trying again")
+      async.sleep(1)
+    end
+  end)
+end
+
+-- Runs the scheduler as the leader: resumes every run from the store,
+-- accounts for the tries that workers hold, then watches the claims and the
+-- results.
+function CS:lead()
+  self.leader = true
+  local gen = self.gen
+  log("info", "scheduler " .. self.id .. " is the leader")
+  local o = self.opts
+  local s = sched.new {
+    store = self.store, root = self.root, dags_dir = o.dags_dir, log_dir = o.log_dir,
+    on_event = o.on_event, hot_reload = o.hot_reload, remote = true,
+    async_store = o.async_store ~= false, register = false,
+  }
+  s.worker_id = self.id
+  s.leader = true
+  self.s = s
+  ensure(self.store, self.st:path("claims"))
+  ensure(self.store, self.st:path("results"))
+  ensure(self.store, self.st:path("queue"))
+  s:start()
+  if gen ~= self.gen then return end
+  self:update_member()
+  self:reconcile()
+  self.handled = {}
+  self:watch_results()
+  self:watch_claims()
+  self:arm_sweep()
+  s:process()
+end
+
+-- Stops leading without writing anything more: another scheduler may
+-- already lead.
+function CS:step_down(why)
+  self.gen = self.gen + 1
+  if self.sweep_timer then self.sweep_timer:cancel(); self.sweep_timer = nil end
+  local s = self.s
+  self.s = nil
+  if self.lock then pcall(self.lock.cancel, self.lock) end
+  if not self.leader then return end
+  self.leader = false
+  log("warn", "scheduler " .. self.id .. " stops leading: " .. why)
+  if s then
+    s.dirty, s.extra_ops = {}, {}
+    s.mark = function() end
+    s:stop()
+  end
+end
+
+-- The store's session changed (the zk backend reports this).
+function CS:session(st)
+  pcall(self.zk.notify_session, self.zk, st)
+  if st == "expired" then
+    self.expired = true
+    self:step_down("the ZooKeeper session expired")
+  elseif st == "connected" and self.expired and not self.stopped then
+    self.expired = false
+    spawn("scheduler re-registration", function()
+      self:update_member(true)
+      self:contend()
+    end)
+  end
+end
+
+function CS:stop()
+  if self.stopped then return end
+  self.stopped = true
+  self.gen = self.gen + 1
+  if self.sweep_timer then self.sweep_timer:cancel(); self.sweep_timer = nil end
+  local s = self.s
+  self.s = nil
+  if s then s:stop() end
+  if self.lock then
+    pcall(self.lock.cancel, self.lock)
+    if self.leader then pcall(self.lock.release, self.lock) end
+  end
+  self.leader = false
+  self.store:delete(self.member_path)
+end
+
+-- The queue nodes: {[key] = path}.
+function CS:queued_keys()
+  local out = {}
+  local qroot = self.st:path("queue")
+  for _, q in ipairs(self.store:children(qroot) or {}) do
+    local dir = qroot .. "/" .. q
+    for _, name in ipairs(self.store:children(dir) or {}) do
+      local rec = decode((self.store:get(dir .. "/" .. name)))
+      if rec and rec.key then out[rec.key] = dir .. "/" .. name end
+    end
+  end
+  return out
+end
+
+-- After taking over: every try the last leader left queued or running is
+-- found in the queue, the claims or the results (read in that order, the
+-- order a try moves in, so a try that moves meanwhile is still seen), or
+-- it is lost and runs again.
+function CS:reconcile()
+  local s = self.s
+  local pending = {}
+  for _, run in pairs(s.runs) do
+    for _, ti in pairs(run.tis) do
+      if ti.remote_pending then
+        ti.remote_pending = nil
+        s:track_remote(ti)
+        pending[#pending + 1] = ti
+      end
+    end
+  end
+  local queued = self:queued_keys()
+  local claims = set_of(self.store:children(self.st:path("claims")))
+  local results = set_of(self.store:children(self.st:path("results")))
+  for _, ti in ipairs(pending) do
+    local key = ti.remote_key
+    if results[key] then
+      local p = self.st:path("results", key)
+      s:remote_result(key, decode((self.store:get(p))), p)
+    elseif claims[key] then
+      local claim = decode((self.store:get(self.st:path("claims", key))))
+      ti.state = "queued"
+      s:remote_started(key, claim)
+    elseif queued[key] then
+      ti.queue_node = queued[key]
+      if ti.state ~= "queued" then ti.state = "queued"; s:mark(ti) end
+    else
+      s:remote_lost(key, "not found in the queue, the claims or the results after a scheduler change")
+    end
+  end
+  -- Results no run waits for: a try that was cleared or whose run ended.
+  for key in pairs(results) do
+    if not s.remote_tis[key] then
+      s.extra_ops[#s.extra_ops + 1] = { op = "delete", path = self.st:path("results", key) }
+    end
+  end
+  s:mark_extra()
+end
+
+function CS:watch_results()
+  local gen, s = self.gen, self.s
+  local dir = self.st:path("results")
+  local list = self.store:children(dir, function()
+    if gen ~= self.gen then return end
+    spawn("results", function() if gen == self.gen then self:watch_results() end end)
+  end)
+  if gen ~= self.gen then return end
+  local seen = {}
+  for _, key in ipairs(list or {}) do
+    seen[key] = true
+    if not self.handled[key] then
+      self.handled[key] = true
+      local p = dir .. "/" .. key
+      local data = self.store:get(p)
+      if gen ~= self.gen then return end
+      if data then s:remote_result(key, decode(data), p) end
+    end
+  end
+  for key in pairs(self.handled) do
+    if not seen[key] then self.handled[key] = nil end
+  end
+end
+
+-- A claim that appears: the try runs ("running", with its worker); one that
+-- goes: its result is there, or the try is lost.
+function CS:watch_claims()
+  local gen, s = self.gen, self.s
+  local dir = self.st:path("claims")
+  local list = self.store:children(dir, function()
+    if gen ~= self.gen then return end
+    spawn("claims", function() if gen == self.gen then self:watch_claims() end end)
+  end)
+  if gen ~= self.gen or not list then return end
+  local present = set_of(list)
+  for _, key in ipairs(list) do
+    local ti = s.remote_tis[key]
+    if ti and not ti.claimed then
+      local claim = decode((self.store:get(dir .. "/" .. key)))
+      if gen ~= self.gen then return end
+      if s.remote_tis[key] == ti then s:remote_started(key, claim) end
+    end
+  end
+  local gone = {}
+  for key, ti in pairs(s.remote_tis) do
+    if ti.claimed and not present[key] then gone[#gone + 1] = key end
+  end
+  self:settle(gone)
+  s:process()
+end
+
+-- Tries whose claim is gone: their result, or lost.
+function CS:settle(keys)
+  local gen, s = self.gen, self.s
+  for _, key in ipairs(keys) do
+    local ti = s.remote_tis[key]
+    if ti then
+      local p = self.st:path("results", key)
+      local data = self.store:get(p)
+      if gen ~= self.gen then return end
+      if s.remote_tis[key] == ti then
+        if data then
+          self.handled[key] = true
+          s:remote_result(key, decode(data), p)
+        else
+          s:remote_lost(key, "worker " .. tostring(ti.worker or "?") .. " went away")
+        end
+      end
+    end
+  end
+end
+
+-- A try claimed and lost between two looks at the claims is seen by this
+-- check: its queue node is gone, and it has neither a claim nor a result.
+function CS:arm_sweep()
+  local gen = self.gen
+  self.sweep_timer = core.timer(self.sweep_interval, function()
+    self.sweep_timer = nil
+    if gen ~= self.gen then return end
+    spawn("sweep", function()
+      self:sweep()
+      if gen == self.gen then self:arm_sweep() end
+    end)
+  end)
+end
+
+function CS:sweep()
+  local gen, s = self.gen, self.s
+  local candidates = {}
+  for key, ti in pairs(s.remote_tis) do
+    if ti.queue_node and not ti.claimed then candidates[#candidates + 1] = key end
+  end
+  if #candidates == 0 then return end
+  local qnodes = {}
+  local qroot = self.st:path("queue")
+  for _, q in ipairs(self.store:children(qroot) or {}) do
+    for _, name in ipairs(self.store:children(qroot .. "/" .. q) or {}) do
+      qnodes[qroot .. "/" .. q .. "/" .. name] = true
+    end
+  end
+  local claims = set_of(self.store:children(self.st:path("claims")))
+  local results = set_of(self.store:children(self.st:path("results")))
+  if gen ~= self.gen then return end
+  local gone = {}
+  for _, key in ipairs(candidates) do
+    local ti = s.remote_tis[key]
+    if ti and ti.queue_node and not ti.claimed and not qnodes[ti.queue_node]
+        and not claims[key] then
+      if results[key] then
+        self.handled[key] = true
+        local p = self.st:path("results", key)
+        s:remote_result(key, decode((self.store:get(p))), p)
+      else
+        ti.claimed = true
+        gone[#gone + 1] = key
+      end
+    end
+  end
+  self:settle(gone)
+  s:process()
+end
+
+-- ---- the worker ---------------------------------------------------------------------
+
+local CW = {}
+CW.__index = CW
+
+local NO_POOL = { slots = math.huge, used = 0, blocked = { n = 0, buckets = {}, weights = {} } }
+
+-- cluster.worker(opts) inside a coroutine: registers the worker and takes
+-- tries from its queues.  opts: store, root, dags_dir, log_dir, queues
+-- ({"default"}), slots (4), id.
+function _M.worker(opts)
+  assert(opts and opts.store, "cluster.worker: 'store' is required")
+  local self = setmetatable({
+    opts = opts, store = opts.store, root = opts.root or "/zkflow",
+    id = opts.id or ("worker-" .. hostname() .. "-" .. core.getpid()),
+    queues = opts.queues or { "default" }, slots = opts.slots or 4,
+    running = {}, nrunning = 0, stopped = false,
+    scanning = {}, rescan = {}, armed = {},
+  }, CW)
+  self.st = state.new(self.store, self.root)
+  self.member_path = self.st:path("members", "workers", self.id)
+  self.started = state.iso(now(), true)
+  local s = sched.new {
+    store = self.store, root = self.root, dags_dir = opts.dags_dir,
+    log_dir = opts.log_dir, schedule = false, hot_reload = false,
+  }
+  s.no_persist = true
+  s.mark = function() end
+  s.worker_id = self.id
+  s.try_ended = function(_, ti, ok, res, extra) self:ended(ti, ok, res, extra) end
+  self.s = s
+  s:load_dags()
+  if opts.dags_dir and opts.hot_reload ~= false and core.watch_tree then
+    self.dir_watch = core.watch_tree(opts.dags_dir, function()
+      if not self.stopped then s:load_dags() end
+    end, 50)
+  end
+  ensure(self.store, self.st:path("claims"))
+  ensure(self.store, self.st:path("results"))
+  self:update_member(true)
+  for _, q in ipairs(self.queues) do self:scan(q) end
+  return self
+end
+
+function CW:member_record()
+  local running = {}
+  for key in pairs(self.running) do running[#running + 1] = key end
+  sort(running)
+  return json_encode({ id = self.id, host = hostname(), pid = core.getpid(),
+                       version = core.version, started = self.started,
+                       queues = state.array(self.queues), slots = self.slots,
+                       running = state.array(running) })
+end
+
+function CW:update_member(create)
+  local ok, err = put_member(self.store, self.member_path, self:member_record(), create)
+  if not ok then log("warn", "members: " .. self.member_path .. ": " .. tostring(err)) end
+end
+
+-- The member record follows the running tries, written once per turn.
+function CW:member_changed()
+  if self.member_timer or self.stopped then return end
+  self.member_timer = core.timer(0, function()
+    self.member_timer = nil
+    if self.stopped then return end
+    spawn("worker member", function() self:update_member() end)
+  end)
+end
+
+-- Looks at queue `q` and claims what fits in the free slots, oldest first.
+-- One look per queue at a time; a look asked for meanwhile follows it.
+function CW:scan(q)
+  if self.scanning[q] then
+    self.rescan[q] = true
+    return
+  end
+  self.scanning[q] = true
+  spawn("worker queue " .. q, function()
+    local dir = self.st:path("queue", q)
+    local tries = 0
+    repeat
+      self.rescan[q] = false
+      local watch
+      if not self.armed[q] then
+        self.armed[q] = true
+        watch = function()
+          self.armed[q] = false
+          if not self.stopped then self:scan(q) end
+        end
+      end
+      local list, err = self.store:children(dir, watch)
+      if not list then
+        self.armed[q] = false
+        if err == "ZNONODE" and tries == 0 then
+          ensure(self.store, dir)
+          self.rescan[q] = true
+        else
+          log("warn", "worker: queue " .. dir .. ": " .. tostring(err))
+        end
+      else
+        sort(list)
+        for _, name in ipairs(list) do
+          if self.nrunning >= self.slots or self.stopped or self.expired then break end
+          self:claim(dir .. "/" .. name)
+        end
+      end
+      tries = tries + 1
+    until not self.rescan[q] or self.stopped
+    self.scanning[q] = false
+  end)
+end
+
+-- Claims the try at queue node `node` and starts it; false when another
+-- worker was first.
+function CW:claim(node)
+  local data = self.store:get(node)
+  if not data then return false end
+  local rec = decode(data)
+  if not rec or type(rec.key) ~= "string" or type(rec.dag_id) ~= "string"
+      or type(rec.run_id) ~= "string" or type(rec.task_id) ~= "string"
+      or math.type(rec.try_number) ~= "integer" then
+    log("error", "worker: " .. node .. ": not a queue record, removed: " .. data:sub(1, 200))
+    self.store:delete(node)
+    return false
+  end
+  local claim = json_encode({ worker = self.id, host = hostname(), pid = core.getpid(),
+                              started = now(), queue_node = node })
+  local res = self.store:multi({
+    { op = "create", path = self.st:path("claims", rec.key), data = claim, ephemeral = true },
+    { op = "delete", path = node },
+  })
+  if not res then return false end
+  self:run(rec)
+  return true
+end
+
+local function run_key(dag_id, run_id) return dag_id .. "\0" .. run_id end
+
+-- Runs a claimed try: the run and its instances are read from the store (the
+-- upstream XComs among them) and the task starts as a standalone scheduler
+-- would start it.
+function CW:run(rec)
+  local key = rec.key
+  local slot = { rec = rec, started = now() }
+  self.running[key] = slot
+  self.nrunning = self.nrunning + 1
+  self:member_changed()
+  local s = self.s
+  local ok, err = pcall(function()
+    local dag = s.dags[rec.dag_id]
+    if not dag then
+      error(("no DAG '%s' on worker %s (its DAG folder: %s)"):format(rec.dag_id, self.id,
+                                                                tostring(self.opts.dags_dir)), 0)
+    end
+    local rrec = s.st:get_run(rec.dag_id, rec.run_id)
+    if not rrec then error("run " .. rec.dag_id .. " " .. rec.run_id .. " is not in the store", 0) end
+    rrec.run_id = rec.run_id
+    local run = s:adopt_run(dag, rrec, s.st:list_tis(rec.dag_id, rec.run_id))
+    s.runs[run_key(rec.dag_id, rec.run_id)] = nil
+    run.state = "running"
+    local ti = run.tis[rec.task_id]
+    if not ti then error("task '" .. rec.task_id .. "' is not in DAG " .. rec.dag_id, 0) end
+    if rrec.version and rrec.version ~= null and dag.source_hash
+        and rrec.version ~= dag.source_hash then
+      log("info", ("worker: %s runs DAG %s version %s (the run started with %s)"):format(
+        key, rec.dag_id, tostring(dag.source_hash), tostring(rrec.version)))
+    end
+    ti.try_number = rec.try_number - 1
+    ti.state = "scheduled"
+    ti.remote_key = key
+    slot.ti = ti
+    s:start_ti(ti, NO_POOL, 1)
+  end)
+  if not ok then
+    log("error", "worker: " .. key .. ": " .. tostring(err))
+    self:report(key, { ok = false, result = { msg = tostring(err) } }, rec)
+  end
+end
+
+local function abs_path(p)
+  if not p or p:sub(1, 1) == "/" then return p end
+  local cwd = os.getenv("PWD")
+  return cwd and (cwd .. "/" .. p:gsub("^%./", "")) or p
+end
+
+-- What a result carries for an error: its text and zkflow's markers.
+local function error_value(e)
+  if type(e) ~= "table" then return tostring(e) end
+  local out = { msg = tostring(e.msg or e.message or "error") }
+  for k, v in pairs(e) do
+    if type(k) == "string" and k:match("^zkflow_") and type(v) ~= "function" then out[k] = v end
+  end
+  return out
+end
+
+-- The try ended here (Sched:try_ended on the worker).
+function CW:ended(ti, ok, res, extra)
+  local s = self.s
+  s:release(ti)
+  local key = ti.remote_key
+  local slot = key and self.running[key]
+  if not slot or slot.ti ~= ti then return end
+  if not ok then
+    local msg = type(res) == "table" and tostring(res.msg or res.message or "error") or tostring(res)
+    s:task_log(ti, "failed: " .. msg)
+  end
+  local result
+  if ok then result = res else result = error_value(res) end
+  self:report(key, {
+    ok = ok and true or false,
+    result = result,
+    skip = extra and extra.skip and tostring(extra.skip) or nil,
+    log = abs_path(ti.log), start_date = ti.start_date, end_date = now(),
+    xcoms = ti.xcoms,
+  }, slot.rec)
+end
+
+-- Writes a try's result and gives its claim up, in one transaction; then
+-- the slot is free.
+function CW:report(key, r, rec)
+  r.key, r.worker = key, self.id
+  r.dag_id, r.run_id, r.task_id, r.try_number = rec.dag_id, rec.run_id, rec.task_id, rec.try_number
+  local okj, data = pcall(json_encode, r)
+  if not okj or #data > RESULT_MAX then
+    log("error", ("worker: %s: the result cannot be stored (%s): its XCom is dropped"):format(
+      key, okj and ("%d bytes"):format(#data) or tostring(data)))
+    r.result, r.xcoms = null, nil
+    data = json_encode(r)
+  end
+  spawn("worker result", function()
+    local rpath = self.st:path("results", key)
+    local cpath = self.st:path("claims", key)
+    for _ = 1, 5 do
+      local res, err = self.store:multi({
+        { op = "create", path = rpath, data = data },
+        { op = "delete", path = cpath },
+      })
+      if res then break end
+      if err == "ZCONNECTIONLOSS" or err == "ZOPERATIONTIMEOUT" then
+        -- The transaction may have happened: the result says so.
+        if self.store:exists(rpath) then break end
+      else
+        log("warn", ("worker: the result of %s was not recorded (%s): the claim "
+                     .. "is gone, so the scheduler runs the try again"):format(key, tostring(err)))
+        break
+      end
+    end
+    self:free(key)
+  end)
+end
+
+function CW:free(key)
+  if not self.running[key] then return end
+  self.running[key] = nil
+  self.nrunning = self.nrunning - 1
+  self:member_changed()
+  if not self.stopped and not self.expired then
+    for _, q in ipairs(self.queues) do self:scan(q) end
+  end
+end
+
+-- Stops the tries in flight (their claims are gone or going).
+function CW:abandon()
+  local s = self.s
+  local keys = {}
+  for key, slot in pairs(self.running) do
+    keys[#keys + 1] = key
+    if slot.ti and slot.ti.attempt then pcall(s.abort_try, s, slot.ti) end
+  end
+  for _, key in ipairs(keys) do
+    self.running[key] = nil
+    self.nrunning = self.nrunning - 1
+  end
+  if #keys > 0 then
+    log("warn", "worker " .. self.id .. " stopped its tries: " .. concat(keys, ", "))
+  end
+end
+
+function CW:session(st)
+  if st == "expired" then
+    self.expired = true
+    self:abandon()
+  elseif st == "connected" and self.expired and not self.stopped then
+    self.expired = false
+    spawn("worker re-registration", function()
+      self.armed = {}
+      self:update_member(true)
+      for _, q in ipairs(self.queues) do self:scan(q) end
+    end)
+  end
+end
+
+-- Stops taking tries and stops those in flight; closing the session then
+-- drops their claims, and the scheduler runs them again elsewhere.
+function CW:stop()
+  if self.stopped then return end
+  self.stopped = true
+  if self.dir_watch then self.dir_watch:close(); self.dir_watch = nil end
+  if self.member_timer then self.member_timer:cancel(); self.member_timer = nil end
+  local s = self.s
+  for key, slot in pairs(self.running) do
+    if slot.ti and slot.ti.attempt then pcall(s.abort_try, s, slot.ti) end
+    self.store:delete(self.st:path("claims", key))
+  end
+  self.running, self.nrunning = {}, 0
+  s.stopped = true
+  self.store:delete(self.member_path)
+end
+
+_M.SWEEP_INTERVAL = SWEEP_INTERVAL
+return _M
