@@ -151,8 +151,14 @@ expect "usage: bad --date" 2 dags trigger hello --date yesterday
 expect "usage: bad --db-sync" 2 --db-sync sometimes dags list
 expect "--zk: an unreachable ensemble fails after the timeout" 1 --zk 127.0.0.1:1 --session-timeout 1 zk ls /
 has "--zk: says it cannot connect" "$T/err" "cannot connect to ZooKeeper at 127.0.0.1:1: ZCONNECTIONLOSS"
-expect "usage: standalone --zk is not built yet" 2 --zk 127.0.0.1:1 standalone
-has "usage: standalone --zk says so" "$T/err" "'standalone' does not run on ZooKeeper yet"
+expect "standalone --zk: an unreachable ensemble fails after the timeout" 1 --zk 127.0.0.1:1 --session-timeout 1 standalone dags --no-api
+has "standalone --zk: says it cannot connect" "$T/err" "cannot connect to ZooKeeper at 127.0.0.1:1: ZCONNECTIONLOSS"
+expect "usage: worker needs --zk" 2 worker --dags dags
+has "usage: worker says why" "$T/err" "a worker takes tries from the ZooKeeper queue: give --zk"
+expect "usage: worker --slots must be a number" 2 --zk 127.0.0.1:1 worker --slots lots
+has "usage: worker --slots names the option" "$T/err" "--slots: expected a whole number >= 1, got 'lots'"
+expect "usage: worker --queues names a bad queue" 2 --zk 127.0.0.1:1 worker --queues 'a,b/c'
+has "usage: worker --queues names it" "$T/err" "--queues: 'b/c' is not a queue name"
 expect "usage: backfill needs --start" 2 dags backfill hello --end 2026-01-02
 
 # ---- dags list / show -------------------------------------------------------

@@ -351,7 +351,8 @@ route("GET", "/api/v1/health", function(self)
     for _ in pairs(cur.dags) do n = n + 1 end
     for _ in pairs(cur.errors) do errs = errs + 1 end
     return reply_json(200, {
-        status = "ok", scheduler = sched, store = "sqlite",
+        status = "ok", scheduler = sched,
+        store = tostring(self.store):find("zk://", 1, true) and "zk" or "sqlite",
         dags = n, import_errors = errs,
         version = nullable(core.version),
         uptime = core.now() - self.started,

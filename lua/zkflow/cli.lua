@@ -144,6 +144,7 @@ local function new_ctx(defaults)
         json    = false,
         opts    = {},
         stores  = {},
+        session_listeners = {},
     }, Ctx)
 end
 
@@ -156,6 +157,12 @@ function Ctx:store(create)
         local hosts = self.zk:gsub("^zk://", "")
         local ok, st, err = pcall(core.store, "zk://" .. hosts, {
             timeout = self.session_timeout or 10,
+            on_session = function(st_)
+                for _, fn in ipairs(self.session_listeners) do
+                    local cok, cerr = pcall(fn, st_)
+                    if not cok then core.log("error", "session: " .. tostring(cerr)) end
+                end
+            end,
         })
         if not ok or not st then
             fail("cannot connect to ZooKeeper at " .. hosts .. ": "
@@ -187,7 +194,7 @@ function Ctx:state(create)
 end
 
 function Ctx:logs_dir()
-    return self.log_dir or (dirname(self.db) .. "/logs")
+    return self.opts["log-dir"] or self.log_dir or (dirname(self.db) .. "/logs")
 end
 
 -- Commits and closes what the command opened (a one-shot command ends
@@ -347,14 +354,195 @@ end
 -- and lets the host's shutdown stop it.
 local running = {}
 
-local function serve(ctx, dir, with_sched, with_api)
+-- The cluster's log folder: --log-dir, else ./logs (there is no database
+-- file to sit beside).
+local function cluster_logs(ctx)
+    local d = ctx.opts["log-dir"] or ctx.log_dir or "logs"
+    if d:sub(1, 1) ~= "/" then
+        local cwd = os.getenv("PWD")
+        if cwd then d = cwd .. "/" .. d:gsub("^%./", "") end
+    end
+    return d
+end
+
+local function positive_int(ctx, name)
+    local v = ctx.opts[name]
+    if v == nil then return nil end
+    local n = tonumber(v)
+    if not n or n < 1 or n ~= math.floor(n) then
+        usage_error("--" .. name .. ": expected a whole number >= 1, got '"
+                    .. tostring(v) .. "'")
+    end
+    return math.tointeger(n)
+end
+
+local function queue_list(ctx)
+    local v = ctx.opts.queues
+    if v == nil then return nil end
+    local list = {}
+    for q in tostring(v):gmatch("[^,]+") do
+        if not q:match("^[%w_.-]+$") then
+            usage_error("--queues: '" .. q .. "' is not a queue name "
+                        .. "(letters, digits, '_', '.', '-')")
+        end
+        list[#list + 1] = q
+    end
+    if #list == 0 then usage_error("--queues: no queue named") end
+    return list
+end
+
+-- /config applied live: the scheduler's parallelism and pool sizes, the
+-- workers' default slots (a worker given --slots keeps them).
+local function watch_config(ctx, st, apply)
+    local config = need("zkflow.config")
+    local path = config.path(ctx.root)
+    local function look()
+        local stat = st:exists(path, function()
+            need("zkflow.async").spawn(look, function(ok, err)
+                if not ok then core.log("error", "config: " .. tostring(err)) end
+            end)
+        end)
+        if not stat then
+            apply({})
+            return
+        end
+        local tbl, err = config.read(st, ctx.root)
+        if not tbl then
+            core.log("error", "config: " .. tostring(err) .. " (ignored)")
+            return
+        end
+        local ok, verr = config.validate(tbl)
+        if not ok then
+            core.log("error", "config " .. path .. ": " .. tostring(verr)
+                     .. " (the valid keys still apply)")
+        end
+        apply(tbl)
+    end
+    look()
+end
+
+local function valid_int(v, least)
+    return math.type(v) == "integer" and v >= least
+end
+
+local function serve_cluster(ctx, dir, what)
+    local st = ctx:store(true)
+    local cluster = need("zkflow.cluster")
+    local parts = {}
+    local function on_event(kind, obj)
+        core.log("info", event_line(kind, obj))
+    end
+    if what.scheduler then
+        local h = cluster.scheduler {
+            store = st, root = ctx.root, dags_dir = dir,
+            log_dir = cluster_logs(ctx), on_event = on_event,
+            id = ctx.opts.id,
+        }
+        parts.scheduler = h
+        insert(ctx.session_listeners, function(st_) h:session(st_) end)
+        local default_parallelism = 32
+        watch_config(ctx, st, function(cfg)
+            local s = h.s
+            h.config = cfg
+            if not s then return end
+            local par = valid_int(cfg.parallelism, 1) and cfg.parallelism or default_parallelism
+            if s.parallelism ~= par then
+                core.log("info", "config: parallelism " .. par)
+                s.parallelism = par
+            end
+            if type(cfg.pools) == "table" then
+                for name, slots in pairs(cfg.pools) do
+                    if valid_int(slots, 0) then
+                        local pool = s:pool(name)
+                        if pool.slots ~= slots then
+                            core.log("info", ("config: pool %s has %d slots"):format(name, slots))
+                            pool.slots = slots
+                            s:release_pool(pool)
+                        end
+                    end
+                end
+            end
+            s:process()
+        end)
+        h.on_lead = function(s)
+            local cfg = h.config or {}
+            if valid_int(cfg.parallelism, 1) then s.parallelism = cfg.parallelism end
+            if type(cfg.pools) == "table" then
+                for name, slots in pairs(cfg.pools) do
+                    if valid_int(slots, 0) then s:pool(name).slots = slots end
+                end
+            end
+        end
+    end
+    if what.worker then
+        local slots = positive_int(ctx, "slots")
+        local queues = queue_list(ctx)
+        local h = cluster.worker {
+            store = st, root = ctx.root, dags_dir = dir,
+            log_dir = cluster_logs(ctx), queues = queues,
+            slots = slots, id = what.scheduler and ctx.opts.id
+                and (ctx.opts.id .. "-worker") or ctx.opts.id,
+        }
+        parts.worker = h
+        insert(ctx.session_listeners, function(st_) h:session(st_) end)
+        if not slots then
+            watch_config(ctx, st, function(cfg)
+                local n = valid_int(cfg.worker_slots, 1) and cfg.worker_slots or 4
+                if h.slots ~= n then
+                    core.log("info", "config: worker slots " .. n)
+                    h:set_slots(n)
+                end
+            end)
+        end
+    end
+    return parts
+end
+
+local function serve(ctx, dir, with_sched, with_api, with_worker)
     dir = dir or ctx.dags
     if not is_dir(dir) then
         fail("no DAG folder '" .. dir .. "'")
     end
     ctx.dags = dir
     local st = ctx:store(true)
-    local s
+    local s, parts
+    if ctx.zk and ctx.zk ~= "" then
+        parts = serve_cluster(ctx, dir, { scheduler = with_sched, worker = with_worker })
+        -- The API asks the leader's scheduler when it is this process.
+        s = {
+            dags = function()
+                local h = parts.scheduler
+                if h and h.s then
+                    return { dags = h.s.dags, errors = h.s.import_errors or {} }
+                end
+                return nil
+            end,
+        }
+        local scan = dags_provider(ctx, nil, dir)
+        local provider = function()
+            local r = s.dags()
+            return r or scan()
+        end
+        running.parts = parts
+        if with_api then
+            -- /api/v1/health tells whether this process leads.
+            local status = parts.scheduler and {
+                status = function()
+                    local h = parts.scheduler
+                    return { status = h.leader and "leader" or "standby",
+                             id = h.id, leader = h.leader }
+                end,
+            } or nil
+            local h = api().new {
+                store = st, root = ctx.root, dags = provider, scheduler = status,
+                log_dir = cluster_logs(ctx),
+            }
+            running.url = start_api(h, ctx.opts.api or "127.0.0.1:8080") or "none"
+            running.api = h
+        end
+        running.ctx, running.store = ctx, st
+        return provider, running.url or "none"
+    end
     if with_sched then
         local sched = need("zkflow.scheduler")
         s = sched.new {
@@ -382,11 +570,17 @@ local function serve(ctx, dir, with_sched, with_api)
     return provider, url
 end
 
+local function store_name(ctx)
+    if ctx.zk and ctx.zk ~= "" then return "zk://" .. ctx.zk:gsub("^zk://", "") end
+    return ctx.db
+end
+
 local function cmd_standalone(ctx, args)
     local dir = args[1] or ctx.dags
-    local provider, url = serve(ctx, dir, true, not ctx.opts["no-api"])
+    local on_zk = ctx.zk and ctx.zk ~= ""
+    local provider, url = serve(ctx, dir, true, not ctx.opts["no-api"], on_zk)
     stdout:write(fmt("zkflow standalone: %d dags loaded from %s, store %s, "
-                     .. "api %s\n", count_dags(provider), dir, ctx.db, url))
+                     .. "api %s\n", count_dags(provider), dir, store_name(ctx), url))
     stdout:flush()
     return _M.KEEP_RUNNING
 end
@@ -394,27 +588,43 @@ end
 local function cmd_scheduler(ctx)
     local provider = serve(ctx, ctx.dags, true, false)
     stdout:write(fmt("zkflow scheduler: %d dags loaded from %s, store %s\n",
-                     count_dags(provider), ctx.dags, ctx.db))
+                     count_dags(provider), ctx.dags, store_name(ctx)))
     stdout:flush()
     return _M.KEEP_RUNNING
 end
 
 local function cmd_api(ctx)
     local _, url = serve(ctx, ctx.dags, false, true)
-    stdout:write(fmt("zkflow api: store %s, api %s\n", ctx.db, url))
+    stdout:write(fmt("zkflow api: store %s, api %s\n", store_name(ctx), url))
     stdout:flush()
     return _M.KEEP_RUNNING
 end
 
-local function cmd_worker()
-    usage_error("workers take tasks from a ZooKeeper queue; ZooKeeper "
-                .. "support is not built yet (use 'zkflow standalone')")
+local function cmd_worker(ctx)
+    if not ctx.zk or ctx.zk == "" then
+        usage_error("a worker takes tries from the ZooKeeper queue: give --zk "
+                    .. "HOSTS or ZKFLOW_ZK (on one machine 'zkflow standalone' "
+                    .. "runs the tasks itself)")
+    end
+    -- Bad options are usage errors before any connection is tried.
+    positive_int(ctx, "slots")
+    queue_list(ctx)
+    local provider = serve(ctx, ctx.dags, false, false, true)
+    local w = running.parts.worker
+    stdout:write(fmt("zkflow worker %s: %d dags loaded from %s, queues %s, "
+                     .. "%d slots, store %s\n", w.id, count_dags(provider),
+                     ctx.dags, concat(w.queues, ","), w.slots, store_name(ctx)))
+    stdout:flush()
+    return _M.KEEP_RUNNING
 end
 
 -- Stops what a serving command started; the engine's shutdown calls it.
 function _M.shutdown()
     if running.scheduler and running.scheduler.stop then
         pcall(running.scheduler.stop, running.scheduler)
+    end
+    for _, part in pairs(running.parts or {}) do
+        pcall(part.stop, part)
     end
     if core.api_close then pcall(core.api_close) end
     if running.ctx then running.ctx:close() end
@@ -1318,27 +1528,34 @@ end
 
 local JSON = { "json", nil, "print JSON" }
 
-local NOT_ON_ZK
-
 local commands = {
     { name = "standalone", fn = cmd_standalone,
       help = "scheduler, executor and HTTP API in one process",
       usage = "standalone [DIR] [--api ADDR:PORT] [--no-api]",
       args = { 0, 1 },
+      more = "With --zk the process joins the cluster as a scheduler (elected) "
+             .. "and a worker, and serves the API.",
       opts = { { "api", "ADDR:PORT", "serve the API and page here "
                  .. "(default 127.0.0.1:8080)" },
-               { "no-api", nil, "do not serve the HTTP API" } } },
+               { "no-api", nil, "do not serve the HTTP API" },
+               { "id", "ID", "member id with --zk (default scheduler-HOST-PID)" },
+               { "log-dir", "DIR", "task logs (default: beside the store; ./logs with --zk)" } } },
     { name = "scheduler", fn = cmd_scheduler,
-      help = "run the scheduler (and its local executor) on --dags DIR",
-      usage = "scheduler [--dags DIR]", args = { 0, 0 } },
+      help = "run the scheduler on --dags DIR (with --zk: elected, tasks go to workers)",
+      usage = "scheduler [--dags DIR] [--id ID]", args = { 0, 0 },
+      opts = { { "id", "ID", "member id with --zk (default scheduler-HOST-PID)" },
+               { "log-dir", "DIR", "task logs (default: beside the store)" } } },
     { name = "api", fn = cmd_api, help = "serve the HTTP API and page only",
       usage = "api [--api ADDR:PORT]", args = { 0, 0 },
       opts = { { "api", "ADDR:PORT", "listen here (default 127.0.0.1:8080)" } } },
     { name = "worker", fn = cmd_worker,
       help = "run tasks from the ZooKeeper queue (needs --zk)",
-      usage = "worker [--queues Q1,Q2] [--slots N]", args = { 0, 0 },
-      opts = { { "queues", "Q1,Q2", "queues to take tasks from" },
-               { "slots", "N", "tasks to run at once" } } },
+      usage = "worker [--dags DIR] [--queues Q1,Q2] [--slots N] [--id ID]", args = { 0, 0 },
+      opts = { { "queues", "Q1,Q2", "queues to take tasks from (default: default)" },
+               { "slots", "N", "tasks to run at once (default: worker_slots of "
+                 .. "/config, else 4)" },
+               { "id", "ID", "member id (default worker-HOST-PID)" },
+               { "log-dir", "DIR", "task logs (default ./logs)" } } },
     { name = "lua", fn = cmd_lua,
       help = "run a Lua script inside zkflow's interpreter",
       usage = "lua FILE [ARGS...]", args = { 1, math.huge }, raw_after = 1 },
@@ -1675,11 +1892,6 @@ local function parse(ctx, argv)
     return cmd, args, path
 end
 
--- Commands that still need the embedded store: the scheduler's loop
--- calls the store outside coroutines, which a ZooKeeper store must not
--- block in.
-NOT_ON_ZK = { standalone = true, scheduler = true, api = true }
-
 -- Runs the command line `argv` (the arguments after the program name).
 -- `defaults` may carry db, dags, root, zk, db_sync, log_dir (the engine's
 -- options).  Returns the exit code, or _M.KEEP_RUNNING when the command
@@ -1698,12 +1910,6 @@ function _M.main(argv, defaults)
             return 2
         end
         ctx.path = path
-        if ctx.zk and ctx.zk ~= "" and NOT_ON_ZK[cmd.name] then
-            usage_error("'" .. cmd.name .. "' does not run on ZooKeeper yet "
-                        .. "(--zk/ZKFLOW_ZK): it needs the embedded store; "
-                        .. "the zk, dags, runs, tasks and members commands "
-                        .. "work with --zk", path)
-        end
         if cmd.sub then
             stderr:write("zkflow: '" .. cmd.name .. "' needs a command\n")
             stderr:write(help_text(path, cmd))

@@ -167,6 +167,7 @@ function CS:lead()
   s.worker_id = self.id
   s.leader = true
   self.s = s
+  if self.on_lead then self.on_lead(s) end
   ensure(self.store, self.st:path("claims"))
   ensure(self.store, self.st:path("results"))
   ensure(self.store, self.st:path("queue"))
@@ -659,6 +660,16 @@ function CW:report(key, r, rec)
     end
     self:free(key)
   end)
+end
+
+-- New slots (the worker_slots of /config): more slots take more at once;
+-- fewer let the tries in flight finish.
+function CW:set_slots(n)
+  self.slots = n
+  self:member_changed()
+  if not self.stopped and not self.expired then
+    for _, q in ipairs(self.queues) do self:scan(q) end
+  end
 end
 
 function CW:free(key)

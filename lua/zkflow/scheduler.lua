@@ -1508,6 +1508,27 @@ function Sched:release(ti)
   end
 end
 
+-- A pool's size changed: what now fits moves back to the ready queue.
+function Sched:release_pool(pool)
+  local h = pool.blocked
+  local free = pool.slots - pool.used
+  local too_big
+  while free > 0 and h.n > 0 do
+    local w = pq_pop(h)
+    local need = w.task.pool_slots or 1
+    if need <= free then
+      free = free - need
+      pq_push(self.ready, w)
+    else
+      too_big = too_big or {}
+      too_big[#too_big + 1] = w
+    end
+  end
+  if too_big then
+    for i = 1, #too_big do pq_push(h, too_big[i]) end
+  end
+end
+
 local function errtext(e)
   if type(e) == "table" then return tostring(e.msg or e.message or "error") end
   return tostring(e)

@@ -1,0 +1,251 @@
+#!/usr/bin/env bash
+# spec/cluster_test.sh - zkflow as a cluster on a real ZooKeeper server:
+# two schedulers (one elected leader, one standby) and two workers, all
+# `build/zkflow` processes started with --zk.  Covers: membership and
+# leadership in `zkflow members`; runs whose tries go through the queue to
+# the workers, with XComs passed between workers; each try run once;
+# retries; /config applied live (a pool's size holds across workers); a
+# worker killed with SIGKILL (its try runs again elsewhere); the leader
+# killed with SIGKILL and frozen past its session (the standby takes over
+# without re-running finished tasks, and there is one leader after the old
+# one comes back); bad input (a malformed queue node, a DAG a worker does
+# not have, `worker` without --zk).
+#
+#   spec/cluster_test.sh        (after `make`; prints "N passed, N failed")
+set -u
+cd "$(dirname "$0")/.." || exit 2
+ROOT=$PWD
+ZKFLOW=${ZKFLOW:-$ROOT/build/zkflow}
+TMP=$(mktemp -d "${TMPDIR:-/tmp}/zkflow-cluster.XXXXXX")
+export ZKFLOW_ZK_DIR=${ZKFLOW_ZK_DIR:-$TMP/zk}
+export CLUSTER_OUT=$TMP/out
+export ZKFLOW_LOG_LEVEL=info
+mkdir -p "$CLUSTER_OUT" "$TMP/wdags" "$TMP/sdags"
+cp spec/fixtures/cluster/*.lua "$TMP/wdags/"
+cp spec/fixtures/cluster/*.lua "$TMP/sdags/"
+# A DAG only the schedulers have: its tries fail on the workers.
+cat > "$TMP/sdags/only_sched.lua" <<'EOF'
+local flow = require "zkflow"
+return flow.dag { id = "cl_only_sched", start_date = "2026-01-01T00:00:00Z",
+  tasks = function(t) t.shell { id = "x", cmd = "true" } end }
+EOF
+
+passed=0
+failed=0
+declare -A pid
+
+ok() { passed=$((passed + 1)); echo "ok - $1"; }
+not_ok() { failed=$((failed + 1)); echo "not ok - $1"; }
+check() { # check DESCRIPTION COMMAND...
+    local what=$1
+    shift
+    if "$@"; then ok "$what"; else not_ok "$what"; fi
+}
+
+cleanup() {
+    for p in "${pid[@]}"; do kill -CONT "$p" 2>/dev/null; kill -9 "$p" 2>/dev/null; done
+    # Shell tasks of killed workers live on in their own process groups.
+    pkill -9 -f "$CLUSTER_OUT" 2>/dev/null
+    bash spec/zk/harness.sh stop > /dev/null 2>&1
+    rm -rf "$TMP"
+}
+trap cleanup EXIT
+
+if ! command -v java > /dev/null || [ ! -f /usr/share/java/zookeeper.jar ]; then
+    echo "cluster: no java or zookeeper.jar (make deps installs them)"
+    echo "0 passed, 1 failed"
+    exit 1
+fi
+HOSTS=$(bash spec/zk/harness.sh start1) || {
+    echo "cluster: the ZooKeeper server did not start"
+    echo "0 passed, 1 failed"
+    exit 1
+}
+echo "cluster: server at $HOSTS"
+Z=("$ZKFLOW" --zk "$HOSTS" --session-timeout 2)
+
+start() { # start NAME ARGS...  (a member process, logs in $TMP/NAME.log)
+    local name=$1
+    shift
+    (cd "$TMP" && exec "${Z[@]}" "$@" --id "$name") > "$TMP/$name.log" 2>&1 &
+    pid[$name]=$!
+    disown "$!"   # no "Killed" notices from the kills below
+}
+
+members() { "${Z[@]}" members --json 2>/dev/null; }
+py() { /usr/bin/python3 -c "$@"; }
+
+# The leader's id ("" when none).
+leader() {
+    members | py 'import json,sys
+m = json.load(sys.stdin)
+print(",".join(s["id"] for s in m["schedulers"] if s.get("leader")))' 2>/dev/null
+}
+
+leader_is() { test "$(leader)" = "$1"; }
+wait_for() { # wait_for SECONDS COMMAND...  (true once COMMAND succeeds)
+    local n=$(( $1 * 10 ))
+    shift
+    for _ in $(seq 1 "$n"); do
+        if "$@"; then return 0; fi
+        sleep 0.1
+    done
+    return 1
+}
+
+run_state() { # run_state DAG RUN
+    "${Z[@]}" runs show "$1" "$2" --json 2>/dev/null | py 'import json,sys
+print(json.load(sys.stdin)["state"])' 2>/dev/null
+}
+run_ended() { local s; s=$(run_state "$1" "$2"); [ "$s" = success ] || [ "$s" = failed ]; }
+trigger() { "${Z[@]}" dags trigger "$1" --dags "$TMP/sdags" 2>/dev/null; }
+# A field of the run object through python: run_py DAG RUN EXPR (on `r`).
+run_py() {
+    "${Z[@]}" runs show "$1" "$2" --json 2>/dev/null | py "import json,sys
+r = json.load(sys.stdin)
+v = $3
+print('' if v is None else v)" 2>/dev/null
+}
+
+# ---- the cluster comes up ---------------------------------------------------------
+
+start s1 scheduler --dags "$TMP/sdags"
+wait_for 10 leader_is s1
+start s2 scheduler --dags "$TMP/sdags"
+start w1 worker --dags "$TMP/wdags" --slots 2
+start w2 worker --dags "$TMP/wdags" --slots 2
+has_members() {
+    members | py 'import json,sys
+m = json.load(sys.stdin)
+s = sorted(x["id"] for x in m["schedulers"]); w = sorted(x["id"] for x in m["workers"])
+sys.exit(0 if s == ["s1", "s2"] and w == ["w1", "w2"] else 1)'
+}
+check "members: two schedulers and two workers register" wait_for 10 has_members
+check "members: s1 (started first) leads, s2 stands by" test "$(leader)" = s1
+check "members --json: workers carry pid, slots and running" \
+    sh -c "'$ZKFLOW' --zk '$HOSTS' members --json | /usr/bin/python3 -c 'import json,sys
+m = json.load(sys.stdin)
+w = {x[\"id\"]: x for x in m[\"workers\"]}
+assert w[\"w1\"][\"slots\"] == 2 and isinstance(w[\"w1\"][\"pid\"], int)
+assert w[\"w1\"][\"running\"] == [] and w[\"w1\"][\"queues\"] == [\"default\"]
+assert all(isinstance(s[\"pid\"], int) for s in m[\"schedulers\"])'"
+
+# ---- runs go through the queue ---------------------------------------------------
+
+R=$(trigger cl_chain)
+check "trigger prints the run id" test -n "$R"
+check "cl_chain succeeds on the workers" wait_for 20 run_ended cl_chain "$R"
+check "cl_chain: state success" test "$(run_state cl_chain "$R")" = success
+check "cl_chain: every task ran on a worker (runs show: worker)" test \
+    "$(run_py cl_chain "$R" '",".join(sorted(set(t["worker"] for t in r["tasks"].values()) - {"w1", "w2"})) or "ok"')" = ok
+check "cl_chain: the XCom crosses workers (b pulls a, c renders b)" test \
+    "$(run_py cl_chain "$R" 'r["tasks"]["c"]["xcom"]')" = value-of-a
+check "cl_chain: tasks logs reads a worker's log" \
+    sh -c "'$ZKFLOW' --zk '$HOSTS' tasks logs cl_chain '$R' a | grep -q chain-a"
+check "no queue node, claim or result is left behind" \
+    test "$("${Z[@]}" zk ls /zkflow/queue/default 2>/dev/null)$("${Z[@]}" zk ls /zkflow/claims 2>/dev/null)$("${Z[@]}" zk ls /zkflow/results 2>/dev/null)" = ""
+
+R=$(trigger cl_fan)
+check "cl_fan (30 parallel tries) succeeds" wait_for 30 run_ended cl_fan "$R"
+check "cl_fan: state success" test "$(run_state cl_fan "$R")" = success
+check "cl_fan: each of the 30 tries ran exactly once" \
+    test "$(sort "$CLUSTER_OUT/fan.txt" | uniq | wc -l)/$(wc -l < "$CLUSTER_OUT/fan.txt")" = "30/30"
+check "cl_fan: both workers took tries" test \
+    "$(run_py cl_fan "$R" '",".join(sorted(set(t["worker"] for k, t in r["tasks"].items() if k != "join")))')" = "w1,w2"
+
+R=$(trigger cl_retry)
+check "cl_retry ends" wait_for 20 run_ended cl_retry "$R"
+check "cl_retry: flaky succeeds at try 2" \
+    test "$(run_py cl_retry "$R" 'r["tasks"]["flaky"]["state"] + "/" + str(r["tasks"]["flaky"]["try_number"])')" = success/2
+check "cl_retry: flow.fail fails once, the run fails" \
+    test "$(run_py cl_retry "$R" 'r["tasks"]["never"]["state"] + "/" + str(r["tasks"]["never"]["try_number"]) + "/" + r["state"]')" = failed/1/failed
+
+# ---- /config: a pool's size, applied live, holds across both workers ---------------------
+
+"${Z[@]}" config set pools.p 1 > /dev/null
+sleep 0.5
+R=$(trigger cl_pool)
+check "cl_pool succeeds" wait_for 20 run_ended cl_pool "$R"
+no_overlap() {
+    py 'import sys
+ev = sorted((float(t), k) for k, t in (l.split() for l in open(sys.argv[1])))
+depth = worst = 0
+for _, k in ev:
+    depth += 1 if k == "start" else -1
+    worst = max(worst, depth)
+sys.exit(0 if worst == 1 and len(ev) == 8 else 1)' "$CLUSTER_OUT/pool.txt"
+}
+check "pools.p = 1 from /config: never two of its tries at once" no_overlap
+
+# ---- a worker dies with a try in flight -------------------------------------------------
+
+R=$(trigger cl_long)
+holder() { # the worker whose running list has cl_long's long try
+    members | py 'import json,sys
+for w in json.load(sys.stdin)["workers"]:
+    if any("~long~" in k for k in w["running"]): print(w["id"])' 2>/dev/null
+}
+has_holder() { test -n "$(holder)"; }
+wait_for 15 has_holder
+H=$(holder)
+check "members: a worker lists the try it runs" test -n "$H"
+kill -9 "${pid[$H]}" 2>/dev/null
+check "the run survives its worker's SIGKILL" wait_for 30 run_ended cl_long "$R"
+check "cl_long: success after the worker died" test "$(run_state cl_long "$R")" = success
+check "the lost try ran again on the other worker" test \
+    "$(run_py cl_long "$R" 'r["tasks"]["long"]["worker"]')" = "$( [ "$H" = w1 ] && echo w2 || echo w1)"
+check "a try lost with its worker costs no retry (try 2 of max_tries 1)" test \
+    "$(run_py cl_long "$R" 'str(r["tasks"]["long"]["try_number"]) + "/" + str(r["tasks"]["long"]["max_tries"])')" = 2/1
+check "members: the dead worker is gone once its session expired" \
+    wait_for 10 sh -c "! '$ZKFLOW' --zk '$HOSTS' members --json | grep -q '\"$H\"'"
+start "$H" worker --dags "$TMP/wdags" --slots 2
+
+# ---- the leader dies with a try in flight --------------------------------------------
+
+: > "$CLUSTER_OUT/long.txt"
+R=$(trigger cl_long)
+wait_for 15 grep -q long-start "$CLUSTER_OUT/long.txt"
+kill -9 "${pid[s1]}"
+check "the standby takes over after the leader's SIGKILL" wait_for 15 leader_is s2
+check "the run goes on under the new leader" wait_for 30 run_ended cl_long "$R"
+check "cl_long: success under s2" test "$(run_state cl_long "$R")" = success
+check "finished and in-flight tries were not run again (first once, long once)" \
+    test "$(grep -c "^first" "$CLUSTER_OUT/long.txt")/$(grep -c "^long-start" "$CLUSTER_OUT/long.txt")/$(grep -c "^after" "$CLUSTER_OUT/long.txt")" = 1/1/1
+start s1 scheduler --dags "$TMP/sdags"
+
+# ---- the leader freezes past its session ------------------------------------------------
+
+wait_for 10 has_members
+kill -STOP "${pid[s2]}"
+check "a frozen leader is replaced" wait_for 15 leader_is s1
+kill -CONT "${pid[s2]}"
+sleep 3
+check "the old leader steps down when it wakes: one leader" test "$(leader)" = s1
+check "it stands by again (re-registered)" wait_for 10 has_members
+R=$(trigger cl_chain)
+check "runs go on after the change" wait_for 20 run_ended cl_chain "$R"
+check "cl_chain after the change: success" test "$(run_state cl_chain "$R")" = success
+
+# ---- bad input ---------------------------------------------------------------------------
+
+"${Z[@]}" zk set /zkflow/queue/default/ti-9999999999 'not json' > /dev/null 2>&1
+check "a malformed queue node is removed by a worker" \
+    wait_for 10 sh -c "! '$ZKFLOW' --zk '$HOSTS' zk ls /zkflow/queue/default | grep -q ti-9999999999"
+check "the worker names the bad node in its log" \
+    sh -c "grep -h 'ti-9999999999: not a queue record' '$TMP'/w*.log | grep -q ."
+R=$(trigger cl_only_sched)
+check "a DAG the workers do not have: the run ends" wait_for 20 run_ended cl_only_sched "$R"
+check "its try fails with an error naming the DAG and the worker" \
+    sh -c "'$ZKFLOW' --zk '$HOSTS' zk get '/zkflow/runs/cl_only_sched/$R/x' | grep -q \"no DAG 'cl_only_sched' on worker w\""
+out=$(cd "$TMP" && "$ZKFLOW" worker --dags "$TMP/wdags" 2>&1); rc=$?
+check "worker without --zk: exit 2 naming --zk" sh -c "[ $rc = 2 ] && echo \"\$1\" | grep -q -- --zk" _ "$out"
+
+# ---- a worker stops cleanly -----------------------------------------------------------
+
+kill -TERM "${pid[w2]}"
+check "SIGTERM: the worker exits" wait_for 10 sh -c "! kill -0 ${pid[w2]} 2>/dev/null"
+check "SIGTERM: its member record goes at once" \
+    sh -c "! '$ZKFLOW' --zk '$HOSTS' members --json | grep -q '\"w2\"'"
+
+echo "$passed passed, $failed failed"
+[ "$failed" -eq 0 ]
