@@ -512,5 +512,25 @@ jexpect "backfill --json: three runs" "$T/out" "#v.runs" "3"
 jexpect "backfill --json: success" "$T/out" "v.state" "success"
 has "backfill shows progress" "$T/err" "backfill: 3/3 runs done"
 
+# ---- dags push (the embedded store has /dags too) ------------------------------
+
+mkdir -p "$T/elsewhere"
+cat > "$T/elsewhere/pushed.lua" <<'LUA'
+local flow = require "zkflow"
+return flow.dag { id = "pushed_db", start_date = "2026-01-01T00:00:00Z",
+  tasks = function(t) t.lua { id = "x", run = function() return "from-the-store" end } end }
+LUA
+expect "dags push --db: a file from outside the folder" 0 dags push "$T/elsewhere/pushed.lua" --json
+jexpect "dags push --json names the DAG" "$T/out" "v.dags[1].dag_id" "pushed_db"
+expect "dags list lists the pushed DAG" 0 dags list --json
+has "dags list: its file is the store node" "$T/out" '"zk:/zkflow/dags/pushed_db"'
+expect "dags trigger finds a pushed DAG" 0 dags trigger pushed_db
+expect "dags push of a missing file: exit 1" 1 dags push "$T/elsewhere/nope.lua"
+has "it names the file" "$T/err" "nope.lua"
+expect "dags push --remove" 0 dags push --remove pushed_db
+expect "dags push --remove of a DAG not pushed: exit 1" 1 dags push --remove pushed_db
+has "it says it is not pushed" "$T/err" "DAG 'pushed_db' is not pushed"
+expect "dags push without a file: usage" 2 dags push
+
 echo "$PASSED passed, $FAILED failed"
 [ "$FAILED" -eq 0 ]

@@ -226,6 +226,43 @@ R=$(trigger cl_chain)
 check "runs go on after the change" wait_for 20 run_ended cl_chain "$R"
 check "cl_chain after the change: success" test "$(run_state cl_chain "$R")" = success
 
+# ---- DAGs pushed to ZooKeeper ---------------------------------------------------------------
+
+mkdir -p "$TMP/push"
+cat > "$TMP/push/pushed.lua" <<'LUA'
+local flow = require "zkflow"
+return flow.dag { id = "cl_pushed", start_date = "2026-01-01T00:00:00Z",
+  tasks = function(t) t.lua { id = "x", run = function() return "version-1" end } end }
+LUA
+check "dags push: a file in no DAG folder goes to /dags" \
+    sh -c "'$ZKFLOW' --zk '$HOSTS' dags push '$TMP/push/pushed.lua' | grep -q 'pushed cl_pushed version'"
+pushed_listed() { "${Z[@]}" --dags "$TMP/nowhere" dags list 2>/dev/null | grep -q "cl_pushed *zk:/zkflow/dags/cl_pushed"; }
+check "dags list shows it (file zk:/zkflow/dags/cl_pushed), with no folder" pushed_listed
+sleep 0.5
+R=$("${Z[@]}" --dags "$TMP/nowhere" dags trigger cl_pushed 2>/dev/null)
+check "a pushed DAG runs on the workers (they load it from ZooKeeper)" wait_for 20 run_ended cl_pushed "$R"
+check "its XCom is version 1's" test "$(run_py cl_pushed "$R" 'r["tasks"]["x"]["xcom"]')" = version-1
+sed -i 's/version-1/version-2/' "$TMP/push/pushed.lua"
+"${Z[@]}" dags push "$TMP/push/pushed.lua" > /dev/null
+sleep 0.5
+R=$("${Z[@]}" --dags "$TMP/nowhere" dags trigger cl_pushed 2>/dev/null)
+check "a new push is the next run's version" wait_for 20 run_ended cl_pushed "$R"
+check "its XCom is version 2's" test "$(run_py cl_pushed "$R" 'r["tasks"]["x"]["xcom"]')" = version-2
+printf 'local flow = require "zkflow"\nreturn flow.dag { id = "cl_pushed",\n  tasks = function(t) t.lua { id = "x", run = 42 } end }\n' > "$TMP/push/broken.lua"
+out=$("${Z[@]}" dags push "$TMP/push/broken.lua" 2>&1); rc=$?
+check "a file that does not load is not pushed: exit 1" test "$rc" = 1
+check "the error names the file and line" sh -c "echo \"\$1\" | grep -q 'broken.lua:3'" _ "$out"
+pushed_source_has() {
+    "${Z[@]}" zk get /zkflow/dags/cl_pushed 2>/dev/null | /usr/bin/python3 -c '
+import json, sys
+sys.exit(0 if sys.argv[1] in json.load(sys.stdin)["source"] else 1)' "$1"
+}
+check "the pushed version stays" pushed_source_has version-2
+"${Z[@]}" dags push --remove cl_pushed > /dev/null 2>&1
+gone() { ! "${Z[@]}" --dags "$TMP/nowhere" dags list 2>/dev/null | grep -q cl_pushed; }
+check "dags push --remove: the DAG is gone" gone
+check "the leader dropped it too" wait_for 5 grep -q "dag cl_pushed removed" "$TMP/s1.log" "$TMP/s2.log"
+
 # ---- bad input ---------------------------------------------------------------------------
 
 "${Z[@]}" zk set /zkflow/queue/default/ti-9999999999 'not json' > /dev/null 2>&1

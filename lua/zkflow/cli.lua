@@ -208,14 +208,28 @@ function Ctx:close()
 end
 
 -- Scans the DAG folder: {dags = {[id] = dag}, errors = {[file] = msg}}.
+-- The DAGs pushed to the store (zkflow.pushed) are part of the scan and
+-- win over the folder's; with a store that has some, the folder may be
+-- missing.
 function Ctx:scan(dir)
     dir = dir or self.dags
-    if not is_dir(dir) then
+    local st = self:store(false)
+    local pushed
+    if st then
+        local ok, p = pcall(need("zkflow.pushed").load, st, self.root, { dags_dir = dir })
+        if ok then pushed = p else warn("pushed DAGs: " .. tostring(p)) end
+    end
+    local res
+    if is_dir(dir) then
+        res = need("zkflow.loader").scan(dir)
+    elseif pushed and next(pushed.files) then
+        res = { dags = {}, errors = {}, files = {} }
+    else
         fail("no DAG folder '" .. dir .. "' (use --dags DIR or ZKFLOW_DAGS)")
     end
-    local res = need("zkflow.loader").scan(dir)
     res.dags = res.dags or {}
     res.errors = res.errors or {}
+    if pushed then need("zkflow.pushed").merge(res, pushed) end
     return res
 end
 
@@ -288,6 +302,10 @@ end
 local function event_line(kind, obj)
     if type(obj) ~= "table" then
         return tostring(kind) .. " " .. tostring(obj)
+    end
+    if kind == "dag_loaded" or kind == "dag_removed" then
+        return fmt("%s %s version %s from %s", kind, tostring(obj.id),
+                   tostring(obj.source_hash), tostring(obj.file))
     end
     local run = type(obj.run) == "table" and obj.run or obj
     local where = tostring(run.dag_id) .. "/" .. tostring(run.run_id)
@@ -500,13 +518,20 @@ end
 
 local function serve(ctx, dir, with_sched, with_api, with_worker)
     dir = dir or ctx.dags
-    if not is_dir(dir) then
+    local on_zk = ctx.zk and ctx.zk ~= ""
+    if not is_dir(dir) and not on_zk then
         fail("no DAG folder '" .. dir .. "'")
     end
     ctx.dags = dir
     local st = ctx:store(true)
     local s, parts
-    if ctx.zk and ctx.zk ~= "" then
+    if on_zk then
+        if not is_dir(dir) then
+            -- A cluster member may live on pushed DAGs alone.
+            warn("no DAG folder '" .. dir .. "': only the DAGs pushed to "
+                 .. "ZooKeeper (zkflow dags push) run here")
+            dir = nil
+        end
         parts = serve_cluster(ctx, dir, { scheduler = with_sched, worker = with_worker })
         -- The API asks the leader's scheduler when it is this process.
         s = {
@@ -518,7 +543,7 @@ local function serve(ctx, dir, with_sched, with_api, with_worker)
                 return nil
             end,
         }
-        local scan = dags_provider(ctx, nil, dir)
+        local scan = dags_provider(ctx, nil, dir or ctx.dags)
         local provider = function()
             local r = s.dags()
             return r or scan()
@@ -732,6 +757,50 @@ local function print_tree(dag)
             walk(id, "", true, true)
         end
     end
+end
+
+-- dags push FILE... : the files' DAGs into /dags, where every scheduler and
+-- worker of the store loads them from; --remove DAG_ID... takes them out.
+local function cmd_dags_push(ctx, args)
+    local pushed = need("zkflow.pushed")
+    local st = ctx:store(true)
+    local done = {}
+    if ctx.opts.remove then
+        for _, id in ipairs(args) do
+            local ok, err = pushed.remove(st, ctx.root, id)
+            if not ok then fail(err) end
+            done[#done + 1] = { dag_id = id, removed = true }
+        end
+    else
+        -- Every file must load before anything is written.
+        local loader = need("zkflow.loader")
+        for _, file in ipairs(args) do
+            if not is_file(file) then fail("no such file: " .. file) end
+            local dags, err = loader.load_file(file, { root = is_dir(ctx.dags) and ctx.dags or nil })
+            if not dags then fail("not pushed: " .. tostring(err)) end
+            if #dags == 0 then fail("not pushed: " .. file .. ": the file defines no DAG") end
+        end
+        for _, file in ipairs(args) do
+            local res, err = pushed.push(st, ctx.root, file,
+                                         { dags_dir = is_dir(ctx.dags) and ctx.dags or nil })
+            if not res then fail("not pushed: " .. tostring(err)) end
+            for _, r in ipairs(res) do
+                done[#done + 1] = { dag_id = r.dag_id, version = r.version, file = file }
+            end
+        end
+    end
+    if ctx.json then
+        json_out({ dags = state.array(done) })
+        return 0
+    end
+    for _, r in ipairs(done) do
+        if r.removed then
+            out("removed pushed DAG " .. r.dag_id)
+        else
+            out(fmt("pushed %s version %s from %s", r.dag_id, r.version, r.file))
+        end
+    end
+    return 0
 end
 
 local function cmd_dags_show(ctx, args)
@@ -1590,6 +1659,15 @@ local commands = {
         { name = "unpause", fn = cmd_dags_unpause,
           help = "resume scheduling a DAG",
           usage = "dags unpause DAG_ID", args = { 1, 1 }, opts = { JSON } },
+        { name = "push", fn = cmd_dags_push,
+          help = "store DAG files in the store (ZooKeeper), where every "
+                 .. "scheduler and worker loads them",
+          usage = "dags push FILE... [--json] | dags push --remove DAG_ID...",
+          args = { 1, math.huge },
+          more = "A pushed DAG wins over a DAG folder's file of the same id; "
+                 .. "schedulers and workers watch /dags and load a push at once. "
+                 .. "A file that does not load is not pushed (exit 1).",
+          opts = { { "remove", nil, "take pushed DAGs out (by id)" }, JSON } },
         { name = "backfill", fn = cmd_dags_backfill,
           help = "run a DAG for every schedule interval between two dates",
           usage = "dags backfill DAG_ID --start ISO8601 --end ISO8601 [--json]",

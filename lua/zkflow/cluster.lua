@@ -441,6 +441,8 @@ function _M.worker(opts)
   s.mark = function() end
   s.worker_id = self.id
   s.try_ended = function(_, ti, ok, res, extra) self:ended(ti, ok, res, extra) end
+  -- A push to /dags: the worker only needs the DAGs themselves.
+  s.reload = function(sc) if not self.stopped then sc:load_dags() end end
   self.s = s
   s:load_dags()
   if opts.dags_dir and opts.hot_reload ~= false and core.watch_tree then

@@ -156,6 +156,10 @@ function _M.new(opts)
     async_store = opts.async_store,
     extra_ops = {},         -- raw store ops that follow this turn's writes
     register = opts.register ~= false,
+    -- DAGs pushed to the store (/dags, zkflow.pushed) load beside the
+    -- folder's and are watched; not when the caller hands the DAGs over.
+    watch_pushed = opts.pushed ~= false and opts.dags == nil,
+    pushed_armed = {},
   }, Sched)
   self.st = state.new(self.store, self.root)
   return self
@@ -536,10 +540,42 @@ end
 
 -- ---- DAGs -------------------------------------------------------------------
 
+-- The folder's DAGs and the pushed ones (which win): loader.scan's shape.
+function Sched:scan_dags()
+  local res
+  if self.dags_dir then
+    res = require("zkflow.loader").scan(self.dags_dir)
+  else
+    res = { dags = {}, errors = {}, files = {} }
+  end
+  if self.watch_pushed then
+    local pushed = require "zkflow.pushed"
+    local ok, p = pcall(pushed.load, self.store, self.root, {
+      watch = function() self:pushed_changed() end,
+      armed = self.pushed_armed, dags_dir = self.dags_dir,
+    })
+    if ok then
+      pushed.merge(res, p)
+    else
+      log("error", "pushed DAGs: " .. tostring(p))
+    end
+  end
+  return res
+end
+
+-- A push (or removal) in /dags: load again once the burst is over.
+function Sched:pushed_changed()
+  if self.stopped or self.pushed_timer then return end
+  self.pushed_timer = core.timer(0.05, function()
+    self.pushed_timer = nil
+    if self.stopped then return end
+    self:task(function() self:reload() end)
+  end)
+end
+
 function Sched:load_dags()
-  if not self.dags_dir then return end
-  local loader = require "zkflow.loader"
-  local res = loader.scan(self.dags_dir)
+  if not self.dags_dir and not self.watch_pushed then return end
+  local res = self:scan_dags()
   self.dags = res.dags or {}
   self.import_errors = res.errors or {}
   self.files = res.files or {}
@@ -555,11 +591,10 @@ end
 -- previous good DAGs and shows the import error, a deleted file's DAGs stop
 -- being scheduled (their runs in progress go on).
 function Sched:reload()
-  if self.stopped or not self.dags_dir then return end
-  local loader = require "zkflow.loader"
-  local ok, res = pcall(loader.scan, self.dags_dir)
+  if self.stopped or (not self.dags_dir and not self.watch_pushed) then return end
+  local ok, res = pcall(self.scan_dags, self)
   if not ok then
-    log("error", "reload of " .. self.dags_dir .. ": " .. tostring(res))
+    log("error", "reload of " .. tostring(self.dags_dir) .. ": " .. tostring(res))
     return
   end
   local old_dags, old_files = self.dags, self.files or {}
@@ -2252,6 +2287,7 @@ function Sched:stop()
   if self.stopped then return end
   self.stopped = true
   if self.dir_watch then self.dir_watch:close(); self.dir_watch = nil end
+  if self.pushed_timer then self.pushed_timer:cancel(); self.pushed_timer = nil end
   for _, t in pairs(self.timers) do t:cancel() end
   self.timers = {}
   if self.yield_timer then self.yield_timer:cancel(); self.yield_timer = nil end
