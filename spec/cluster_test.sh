@@ -114,6 +114,10 @@ wait_for 10 leader_is s1
 start s2 scheduler --dags "$TMP/sdags"
 start w1 worker --dags "$TMP/wdags" --slots 2
 start w2 worker --dags "$TMP/wdags" --slots 2
+API=127.0.0.1:$(/usr/bin/python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+(cd "$TMP" && exec "${Z[@]}" api --dags "$TMP/sdags" --api "$API") > "$TMP/api1.log" 2>&1 &
+pid[api1]=$!
+disown "$!"
 has_members() {
     members | py 'import json,sys
 m = json.load(sys.stdin)
@@ -142,6 +146,16 @@ check "cl_chain: the XCom crosses workers (b pulls a, c renders b)" test \
     "$(run_py cl_chain "$R" 'r["tasks"]["c"]["xcom"]')" = value-of-a
 check "cl_chain: tasks logs reads a worker's log" \
     sh -c "'$ZKFLOW' --zk '$HOSTS' tasks logs cl_chain '$R' a | grep -q chain-a"
+# From another machine the worker's file is not there: the copy in the
+# store is read.
+mv "$TMP/logs" "$TMP/logs.away"
+check "cl_chain: without the worker's file, tasks logs reads the store's copy" \
+    sh -c "'$ZKFLOW' --zk '$HOSTS' tasks logs cl_chain '$R' a | grep -q chain-a"
+check "the API serves that log too (zkflow api --zk)" \
+    sh -c "curl -sf 'http://$API/api/v1/dags/cl_chain/runs/$R/tasks/a/logs' | grep -q chain-a"
+mv "$TMP/logs.away" "$TMP/logs"
+check "API health on ZooKeeper: store zk" \
+    sh -c "curl -sf 'http://$API/api/v1/health' | grep -q '\"store\":\"zk\"'"
 check "no queue node, claim or result is left behind" \
     test "$("${Z[@]}" zk ls /zkflow/queue/default 2>/dev/null)$("${Z[@]}" zk ls /zkflow/claims 2>/dev/null)$("${Z[@]}" zk ls /zkflow/results 2>/dev/null)" = ""
 

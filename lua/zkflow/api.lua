@@ -194,6 +194,27 @@ function _M.log_path(ti, o)
                o.task_id, try)
 end
 
+-- The log of a try as text: its file when this machine has it, else the
+-- copy a cluster worker left in the store at the try's end
+-- (<task instance node>/log.<try>, zkflow.cluster).  o: as log_path, and
+-- S (a zkflow.state).  Returns the text, or nil.
+function _M.read_log(S, ti, o)
+    local path = _M.log_path(ti, o)
+    local f = path and io.open(path, "rb")
+    if f then
+        local data = f:read("a")
+        f:close()
+        return data
+    end
+    local try = o.try or (ti and tonumber(ti.try_number))
+    if S and try then
+        local data = S.store:get(S:path("runs", o.dag_id, o.run_id, o.task_id)
+                                 .. "/log." .. math.tointeger(try))
+        if data then return data end
+    end
+    return nil, path
+end
+
 -- The task ids a clear touches: `wanted` (every task of the run when
 -- empty) and, with `downstream`, everything downstream of them in `dag`
 -- (may be nil).  `run` is a run object.  Returns a sorted list or nil, err.
@@ -481,17 +502,14 @@ route("GET", "/api/v1/dags/{dag_id}/runs/{run_id}/tasks/{task_id}/logs",
         http_error(404, "no run '" .. p.run_id .. "' of DAG '"
                         .. p.dag_id .. "'")
     end
-    local path = _M.log_path(ti, {
+    local data = _M.read_log(self.S, ti, {
         dag_id = p.dag_id, run_id = p.run_id, task_id = p.task_id,
         try = try, log_dir = self.log_dir,
     })
-    local f = path and io.open(path, "rb")
-    if not f then
+    if not data then
         http_error(404, "no log for task '" .. p.task_id .. "'"
                         .. (try and (" try " .. try) or ""))
     end
-    local data = f:read("a")
-    f:close()
     return 200, TEXT_TYPE, data
 end)
 

@@ -1146,20 +1146,16 @@ local function cmd_tasks_logs(ctx, args)
         usage_error("--try: expected a number >= 1, got '" .. ctx.opts.try
                     .. "'")
     end
-    local path = api().log_path(ti, {
+    local data, path = api().read_log(S, ti, {
         dag_id = dag_id, run_id = run_id, task_id = task_id, try = try,
         log_dir = ctx:logs_dir(),
     })
-    if not path then
+    if not data and not path then
         fail("no log for task '" .. task_id .. "' of run '" .. run_id
              .. "' (DAG '" .. dag_id .. "')")
-    end
-    local f = io.open(path, "rb")
-    if not f then
+    elseif not data then
         fail("no log at " .. path)
     end
-    local data = f:read("a")
-    f:close()
     stdout:write(data)
     return 0
 end

@@ -40,6 +40,7 @@ local sort, concat = table.sort, table.concat
 
 local _M = {}
 
+local LOG_TAIL = 256 * 1024     -- bytes of a try's log copied to the store
 local SWEEP_INTERVAL = 2        -- seconds between the leader's checks for lost tries
 local RESULT_MAX = 900 * 1024   -- a result node stays under ZooKeeper's 1 MB
 
@@ -621,6 +622,7 @@ function CW:ended(ti, ok, res, extra)
   end
   local result
   if ok then result = res else result = error_value(res) end
+  self:copy_log(ti)
   self:report(key, {
     ok = ok and true or false,
     result = result,
@@ -628,6 +630,27 @@ function CW:ended(ti, ok, res, extra)
     log = abs_path(ti.log), start_date = ti.start_date, end_date = now(),
     xcoms = ti.xcoms,
   }, slot.rec)
+end
+
+-- The end of a try's log goes beside its record (<ti node>/log.<try>), so
+-- that `zkflow tasks logs`, the API and the page on any machine read it.
+-- Written before the result: when the leader sees the result, the log is
+-- there.
+function CW:copy_log(ti)
+  local path = ti.log
+  local f = path and io.open(path, "rb")
+  if not f then return end
+  local size = f:seek("end")
+  local skip = size > LOG_TAIL and size - LOG_TAIL or 0
+  f:seek("set", skip)
+  local data = f:read("a") or ""
+  f:close()
+  if skip > 0 then
+    data = ("[zkflow: the first %d bytes of this log are on worker %s in %s]\n"):format(
+      skip, self.id, path) .. data
+  end
+  local node = ti.path .. "/log." .. ti.try_number
+  ti.log_copy = { node = node, data = data }
 end
 
 -- Writes a try's result and gives its claim up, in one transaction; then
@@ -642,7 +665,14 @@ function CW:report(key, r, rec)
     r.result, r.xcoms = null, nil
     data = json_encode(r)
   end
+  local slot = self.running[key]
+  local copy = slot and slot.ti and slot.ti.log_copy
   spawn("worker result", function()
+    if copy then
+      local ok, err = self.store:create(copy.node, copy.data)
+      if not ok and err == "ZNODEEXISTS" then ok, err = self.store:set(copy.node, copy.data) end
+      if not ok then log("warn", "worker: log copy " .. copy.node .. ": " .. tostring(err)) end
+    end
     local rpath = self.st:path("results", key)
     local cpath = self.st:path("claims", key)
     for _ = 1, 5 do

@@ -1252,9 +1252,10 @@ function Sched:log_path(ti)
   return path
 end
 
-function Sched:task_log(ti, msg) -- luacheck: ignore 212/self
+function Sched:task_log(ti, msg)
   local path = ti.log
-  if not path then return end
+  -- A cluster leader's tries log on their workers' machines.
+  if not path or self.remote then return end
   local f = io.open(path, "a")
   if not f and not ti.log_ready then
     -- First line of the run's first log: make the folder, once.
