@@ -240,6 +240,27 @@ R=$(trigger cl_chain)
 check "runs go on after the change" wait_for 20 run_ended cl_chain "$R"
 check "cl_chain after the change: success" test "$(run_state cl_chain "$R")" = success
 
+# ---- the leader's election node deleted by hand -----------------------------------------
+
+election_node_of() { # the election node whose data is member $1
+    local n
+    for n in $("${Z[@]}" zk ls /zkflow/election/scheduler 2>/dev/null); do
+        if [ "$("${Z[@]}" zk get "/zkflow/election/scheduler/$n" 2>/dev/null)" = "$1" ]; then
+            echo "$n"
+        fi
+    done
+}
+N=$(election_node_of s1)
+check "the leader's election node carries its id" test -n "$N"
+"${Z[@]}" zk rm "/zkflow/election/scheduler/$N" > /dev/null 2>&1
+check "its deletion hands leadership to the standby" wait_for 10 leader_is s2
+sleep 1
+check "the old leader stepped down (one leader)" leader_is s2
+s1_contends() { test -n "$(election_node_of s1)"; }
+check "and contends again" wait_for 5 s1_contends
+R=$(trigger cl_chain)
+check "runs go on under the new leader" wait_for 20 run_ended cl_chain "$R"
+
 # ---- DAGs pushed to ZooKeeper ---------------------------------------------------------------
 
 mkdir -p "$TMP/push"

@@ -169,6 +169,29 @@ function CS:lead()
   s.leader = true
   self.s = s
   if self.on_lead then self.on_lead(s) end
+  -- The election node fences the leader's writes (Sched:flush_async) and
+  -- its deletion ends the leadership at once.
+  local fence = self.lock and self.lock.node and (self.election_path .. "/" .. self.lock.node)
+  if fence then
+    s.fence = fence
+    local function lost()
+      if gen ~= self.gen or self.stopped then return end
+      self:step_down("its election node " .. fence .. " is gone")
+      self:contend()
+    end
+    s.on_fence_lost = lost
+    local function watch(ev)
+      if gen ~= self.gen then return end
+      if ev and ev.type == "deleted" then return lost() end
+      spawn("election watch", function()
+        if gen == self.gen and not self.store:exists(fence, watch) then lost() end
+      end)
+    end
+    if not self.store:exists(fence, watch) then
+      lost()
+      return
+    end
+  end
   ensure(self.store, self.st:path("claims"))
   ensure(self.store, self.st:path("results"))
   ensure(self.store, self.st:path("queue"))
@@ -198,6 +221,9 @@ function CS:step_down(why)
     s.dirty, s.extra_ops = {}, {}
     s.mark = function() end
     s:stop()
+  end
+  if not self.expired then
+    spawn("scheduler member", function() self:update_member() end)
   end
 end
 

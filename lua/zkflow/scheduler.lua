@@ -493,11 +493,24 @@ function Sched:flush_async()
         i = i + 1
       end
       local first = i - #chunk
+      local fence = self.fence
+      if fence then
+        -- Written only while this scheduler's election node stands: a
+        -- leader that lost its place cannot overwrite the new leader's.
+        table.insert(chunk, 1, { op = "check", path = fence, version = 0 })
+      end
       local res = store:multi(chunk)
+      local base = fence and 1 or 0
+      if not res and fence and not store:exists(fence) then
+        log("error", "store: this scheduler's election node " .. fence
+            .. " is gone: it no longer leads, its writes are dropped")
+        if self.on_fence_lost then self.on_fence_lost() end
+        return
+      end
       if res then
-        for k = 1, #chunk do self:wrote(ops[first + k - 1], res[k]) end
+        for k = 1, #chunk - base do self:wrote(ops[first + k - 1], res[k + base]) end
       else
-        for k = 1, #chunk do
+        for k = 1, #chunk - base do
           local op = ops[first + k - 1]
           self:wrote(op, apply_op(store, op))
         end
