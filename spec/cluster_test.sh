@@ -23,6 +23,8 @@ export ZKFLOW_LOG_LEVEL=info
 mkdir -p "$CLUSTER_OUT" "$TMP/wdags" "$TMP/sdags"
 cp spec/fixtures/cluster/*.lua "$TMP/wdags/"
 cp spec/fixtures/cluster/*.lua "$TMP/sdags/"
+cp examples/dags/cluster_members.lua "$TMP/wdags/"
+cp examples/dags/cluster_members.lua "$TMP/sdags/"
 # A DAG only the schedulers have: its tries fail on the workers.
 cat > "$TMP/sdags/only_sched.lua" <<'EOF'
 local flow = require "zkflow"
@@ -158,6 +160,13 @@ check "API health on ZooKeeper: store zk" \
     sh -c "curl -sf 'http://$API/api/v1/health' | grep -q '\"store\":\"zk\"'"
 check "no queue node, claim or result is left behind" \
     test "$("${Z[@]}" zk ls /zkflow/queue/default 2>/dev/null)$("${Z[@]}" zk ls /zkflow/claims 2>/dev/null)$("${Z[@]}" zk ls /zkflow/results 2>/dev/null)" = ""
+
+# The cluster-management example, run on the cluster: a worker's
+# zk.default() is the ensemble.
+R=$(trigger cluster_members)
+check "example cluster_members runs on the cluster" wait_for 20 run_ended cluster_members "$R"
+check "its census: s1 leads, 2 schedulers, 2 workers" test \
+    "$(run_py cluster_members "$R" '"%s/%d/%d" % (r["tasks"]["census"]["xcom"]["leader"], r["tasks"]["census"]["xcom"]["schedulers"], r["tasks"]["census"]["xcom"]["workers"])')" = s1/2/2
 
 R=$(trigger cl_fan)
 check "cl_fan (30 parallel tries) succeeds" wait_for 30 run_ended cl_fan "$R"

@@ -170,6 +170,9 @@ function Ctx:store(create)
         end
         self.st = st
         insert(self.stores, st)
+        -- zk.default() in DAG code is this store (with its session events).
+        local dc = need("zkflow.zk").set_default(st, { root = "/" })
+        insert(self.session_listeners, function(s_) dc:notify_session(s_) end)
         return st
     end
     if not create and not is_file(self.db) then
@@ -182,6 +185,7 @@ function Ctx:store(create)
     end
     self.st = st
     insert(self.stores, st)
+    need("zkflow.zk").set_default(st, { root = "/" })
     return st
 end
 

@@ -2416,6 +2416,10 @@ function _M.test(what, opts)
     db = dir .. "/zkflow.db"
   end
   local store = core.store(db, { sync = "off" })
+  -- zk.default() in the DAG's tasks is the test's store while it runs.
+  local zk = require "zkflow.zk"
+  local prev_default = zk.default_store()
+  zk.set_default(store, { root = "/" })
   local ld = opts.date
   if type(ld) == "string" then
     local t, perr = state.parse_time(ld)
@@ -2442,6 +2446,7 @@ function _M.test(what, opts)
   end
   local res = result_of(s, run)
   s:stop()
+  zk.set_default(prev_default, { root = "/" })
   store:close()
   return res
 end

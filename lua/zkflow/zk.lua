@@ -542,6 +542,11 @@ function _M.default()
     return default_client
 end
 
+-- The store behind zk.default() (nil when there is none).
+function _M.default_store()
+    return default_store
+end
+
 function _M.has_default()
     return default_store ~= nil
 end
