@@ -3,7 +3,11 @@
 # values, two workers answering the same API, a trigger that runs, a DAG
 # scheduled every second that keeps running across `nginx -s reload`, no
 # task process and no run stuck in "running" after `nginx -s quit`, and
-# ngx_lua answering in the same nginx.
+# ngx_lua answering in the same nginx.  Then on a real ZooKeeper server
+# (spec/zk/harness.sh): `zkflow_zk` makes the scheduling worker a cluster
+# member (leader and worker in `zkflow members`) whose worker runs the
+# tries, `nginx -s quit` removes the members, and an nginx started while
+# ZooKeeper is down answers 503 "connecting" until the server comes up.
 #
 #   bash spec/nginx_test.sh       (MODULE=path/to/ngx_http_zkflow_module.so)
 #
@@ -16,6 +20,7 @@ MODULE=${MODULE:-$PWD/${B:-build}/ngx_http_zkflow_module.so}
 NGINX=${NGINX:-/usr/sbin/nginx}
 LUA_MODS=/usr/lib/nginx/modules
 T=$(mktemp -d /tmp/zkflow-nginx.XXXXXX)
+export ZKFLOW_ZK_DIR=$T/zk
 PASSED=0
 FAILED=0
 
@@ -48,6 +53,7 @@ stop_nginx() {
 cleanup() {
     stop_nginx
     pkill -KILL -f "sleep 4.321" 2>/dev/null
+    bash spec/zk/harness.sh stop > /dev/null 2>&1
     rm -rf "$T"
 }
 trap cleanup EXIT
@@ -163,15 +169,13 @@ conftest "nginx -t rejects db and zk together" \
     fail "cannot be used with zkflow_db"
 conftest "nginx -t wants zkflow_dags with zkflow_api" "" fail \
     "\"zkflow_dags\" is not set"
-# A good ZooKeeper address: fine when the backend is built in, otherwise a
-# clear error at -t time rather than at the first request.
-conf "$T/t.conf" "zkflow_dags $T/dags; zkflow_zk 127.0.0.1:2181/zkflow;"
-if "$NGINX" -p "$T" -c "$T/t.conf" -t > "$T/t.out" 2>&1 ||
-        grep -qF 'zkflow_zk "127.0.0.1:2181/zkflow": ' "$T/t.out"; then
-    ok "nginx -t on zkflow_zk: accepted or a clear error"
-else
-    bad "nginx -t on zkflow_zk" "$(tr '\n' ' ' < "$T/t.out" | head -c 400)"
-fi
+# A good ZooKeeper address passes without asking ZooKeeper (nothing listens
+# on port 1): an ensemble that is down must not keep nginx from starting.
+conftest "nginx -t accepts a good ZooKeeper address, ZooKeeper down or not" \
+    "zkflow_dags $T/dags; zkflow_zk 127.0.0.1:1,[::1]:1/zkflow;" ok
+conftest "nginx -t rejects a zkflow_log_dir that is a file" \
+    "zkflow_dags $T/dags; zkflow_zk 127.0.0.1:1; zkflow_log_dir $T/dags/hello.lua;" \
+    fail "zkflow_log_dir: \"$T/dags/hello.lua\" is not a directory"
 
 exports=$(nm -D --defined-only "$MODULE" | awk '{ print $3 }' | sort | tr '\n' ' ')
 if [ "$exports" = "ngx_http_zkflow_module ngx_module_names ngx_module_order ngx_modules " ]; then
@@ -371,5 +375,188 @@ if [ -n "$alerts" ]; then
 else
     ok "no alerts in the error log"
 fi
+
+# ---- on ZooKeeper ------------------------------------------------------------
+
+stop_nginx
+if ! command -v java > /dev/null || [ ! -f /usr/share/java/zookeeper.jar ]; then
+    bad "zk setup" "no java or /usr/share/java/zookeeper.jar (make deps installs them)"
+    finish
+fi
+if ! ZK=$(bash spec/zk/harness.sh start1); then
+    bad "zk setup" "the ZooKeeper server did not start"
+    finish
+fi
+ZKFLOW_BIN=${ZKFLOW:-$PWD/${B:-build}/zkflow}
+# A log folder of its own for this nginx; the DAG folder has only hello.
+mv "$T/logs" "$T/logs.sqlite"
+mkdir -p "$T/logs" "$T/zkdags"
+cp "$T/dags/hello.lua" "$T/zkdags/"
+conf "$T/nginx.conf" "zkflow_dags $T/zkdags; zkflow_zk $ZK;"
+
+members() { "$ZKFLOW_BIN" --zk "$ZK" members --json 2> /dev/null; }
+
+# trigger_and_wait NAME: POSTs a hello run, waits for success; the run
+# object lands in $T/zkrun.
+trigger_and_wait() {
+    local code rid st=
+    code=$(curl -s -o "$T/zktrig" -w '%{http_code}' -X POST "$URL/api/v1/dags/hello/runs")
+    rid=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["run_id"])' \
+          "$T/zktrig" 2>/dev/null)
+    for _ in $(seq 100); do
+        curl -s "$URL/api/v1/dags/hello/runs/$rid" > "$T/zkrun"
+        st=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1])).get("state"))' \
+             "$T/zkrun" 2>/dev/null)
+        [ "$st" = success ] && break
+        sleep 0.1
+    done
+    if [ "$code" = 201 ] && [ "$st" = success ]; then
+        ok "$1"
+    else
+        bad "$1" "POST $code $(head -c 200 "$T/zktrig"), state $st"
+    fi
+}
+
+if start_nginx; then
+    ok "nginx starts with zkflow_zk $ZK"
+else
+    bad "nginx starts on ZooKeeper" "$(cat "$T/start.out"; tail -5 "$T/logs/error.log")"
+    finish
+fi
+codes_ok=1
+for _ in $(seq 20); do
+    code=$(curl -s -o "$T/body" -w '%{http_code}' "$URL/api/v1/dags")
+    [ "$code" = 200 ] && grep -q '"dag_id":"hello"' "$T/body" || codes_ok=0
+done
+if [ "$codes_ok" -eq 1 ] && curl -s "$URL/api/v1/health" | grep -q '"store":"zk"'; then
+    ok "the API answers from ZooKeeper (20 GET /api/v1/dags: 200)"
+else
+    bad "the API on ZooKeeper" "$code $(head -c 200 "$T/body")"
+fi
+
+sched_pid=$(grep "with the scheduler" "$T/logs/error.log" | tail -n 1 |
+            sed -E 's/.* worker ([0-9]+).*/\1/')
+# leader pid, worker pid, count of schedulers, count of workers
+for _ in $(seq 50); do
+    m=$(members | python3 -c '
+import json, sys
+m = json.load(sys.stdin)
+lead = [s["pid"] for s in m["schedulers"] if s["leader"]]
+print(lead[0] if lead else "-", m["workers"][0]["pid"] if m["workers"] else "-",
+      len(m["schedulers"]), len(m["workers"]))' 2>/dev/null)
+    [ "$m" = "$sched_pid $sched_pid 1 1" ] && break
+    sleep 0.1
+done
+if [ -n "$sched_pid" ] && [ "$m" = "$sched_pid $sched_pid 1 1" ]; then
+    ok "zkflow members: the scheduling nginx worker leads and is the one worker"
+else
+    bad "members on ZooKeeper" "want '$sched_pid $sched_pid 1 1', got '$m': $(members)"
+fi
+
+trigger_and_wait "a run triggered through nginx on ZooKeeper succeeds"
+wid=$(members | python3 -c 'import json,sys; print(json.load(sys.stdin)["workers"][0]["id"])' 2>/dev/null)
+tries=$(python3 -c '
+import json, sys
+run = json.load(open(sys.argv[1]))
+print(" ".join(sorted({t["worker"] or "-" for t in run["tasks"].values()})))' "$T/zkrun" 2>/dev/null)
+if [ -n "$wid" ] && [ "$tries" = "$wid" ] &&
+        [ "$(ps -o ppid= -p "$sched_pid" | tr -d ' ')" = "$(cat "$T/logs/nginx.pid")" ]; then
+    ok "its tries ran in the nginx worker process ($wid)"
+else
+    bad "tries in the nginx worker" "tries by '$tries', worker '$wid', pid $sched_pid"
+fi
+
+# After a reload the new workers' engine leads (the old one stepped down).
+"$NGINX" -p "$T" -c "$T/nginx.conf" -s reload
+m=
+for _ in $(seq 100); do
+    m=$(members | python3 -c '
+import json, sys
+m = json.load(sys.stdin)
+lead = [s["pid"] for s in m["schedulers"] if s["leader"]]
+print(lead[0] if lead else "-", len(m["schedulers"]), len(m["workers"]))' 2>/dev/null)
+    case $m in "$sched_pid "*|-*|"") ;; *" 1 1") break ;; esac
+    sleep 0.1
+done
+new_pid=${m%% *}
+if [ -n "$m" ] && [ "$new_pid" != "$sched_pid" ] && [ "${m#* }" = "1 1" ] &&
+        [ "$(ps -o ppid= -p "$new_pid" | tr -d ' ')" = "$(cat "$T/logs/nginx.pid")" ]; then
+    ok "after nginx -s reload a new worker leads, one scheduler and one worker"
+else
+    bad "leader after reload" "was $sched_pid, now '$m': $(members)"
+fi
+trigger_and_wait "a run triggered after the reload succeeds"
+
+stop_nginx
+left=
+for _ in $(seq 50); do
+    left=$(members | python3 -c '
+import json, sys
+m = json.load(sys.stdin)
+print(len(m["schedulers"]) + len(m["workers"]))' 2>/dev/null)
+    [ "$left" = 0 ] && break
+    sleep 0.1
+done
+if [ "$left" = 0 ]; then
+    ok "nginx -s quit removes its members"
+else
+    bad "members after quit" "$(members)"
+fi
+
+# ZooKeeper down when nginx starts: 503 "connecting", a logged error naming
+# the hosts, and work once the server is back (same port, same data).
+bash spec/zk/harness.sh kill 1
+sleep 0.2
+if "$NGINX" -p "$T" -c "$T/nginx.conf" > "$T/start.out" 2>&1; then
+    ok "nginx starts while ZooKeeper is down"
+else
+    bad "nginx starts while ZooKeeper is down" "$(cat "$T/start.out")"
+fi
+code=
+for _ in $(seq 50); do
+    code=$(curl -s -o "$T/body" -w '%{http_code}' "$URL/api/v1/health")
+    [ "$code" = 503 ] && break
+    sleep 0.1
+done
+if [ "$code" = 503 ] && grep -q '"status":"connecting"' "$T/body" &&
+        [ "$(curl -s -o "$T/body2" -w '%{http_code}' "$URL/api/v1/dags")" = 503 ] &&
+        grep -qF "connecting to ZooKeeper at $ZK" "$T/body2"; then
+    ok "while ZooKeeper is down the API answers 503 \"connecting\""
+else
+    bad "503 connecting" "$code $(head -c 200 "$T/body") / $(head -c 200 "$T/body2")"
+fi
+# One attempt waits the session timeout (10 s) before it is logged.
+for _ in $(seq 150); do
+    grep -q "cannot connect to ZooKeeper at $ZK" "$T/logs/error.log" && break
+    sleep 0.1
+done
+if grep -q "\[error\].*zkflow: cannot connect to ZooKeeper at $ZK: .*trying again in 5 s" \
+        "$T/logs/error.log"; then
+    ok "the failed connection is logged, naming the hosts"
+else
+    bad "connection error logged" "$(grep zkflow "$T/logs/error.log" | tail -3)"
+fi
+bash spec/zk/harness.sh start 1
+code=
+for _ in $(seq 300); do
+    code=$(curl -s -o /dev/null -w '%{http_code}' "$URL/api/v1/health")
+    [ "$code" = 200 ] && break
+    sleep 0.1
+done
+if [ "$code" = 200 ]; then
+    ok "the API answers once ZooKeeper is up"
+else
+    bad "API after ZooKeeper started" "health $code; $(grep zkflow "$T/logs/error.log" | tail -3)"
+fi
+trigger_and_wait "a run triggered after ZooKeeper came up succeeds"
+stop_nginx
+
+alerts=$(grep -E '\[(alert|emerg|crit)\]' "$T/logs/error.log")
+if [ -n "$alerts" ]; then
+    bad "no alerts in the error log on ZooKeeper" "$(echo "$alerts" | head -3)"
+else
+    ok "no alerts in the error log on ZooKeeper"
+fi
+bash spec/zk/harness.sh stop
 
 finish

@@ -84,12 +84,23 @@ int zkf_engine_on_timer(zkf_engine *e);
  *   "db"        embedded store file            (default "./zkflow.db")
  *   "db_sync"   off | normal | full | extra    (default "normal")
  *   "root"      znode root                     (default "/zkflow")
- *   "log_dir"   task logs                      (default "<db dir>/logs")
+ *   "log_dir"   task logs                      (default "<db dir>/logs";
+ *               with "zk": "./logs")
  *   "scheduler" "off": serve the API from the store without scheduling
  *               (another engine on the same store schedules; the nginx
  *               module runs one scheduler among its workers this way)
- *   "zk"        a ZooKeeper ensemble: not yet accepted by
- *               zkf_engine_start(), which says so
+ *   "zk"        HOST:PORT[,HOST:PORT...][/chroot]: a ZooKeeper ensemble
+ *               instead of "db".  The engine is a cluster member: its
+ *               scheduler contends for leadership with every zkflow
+ *               scheduler on the ensemble and a worker beside it runs
+ *               tries from the queue ("scheduler" "off": the API only).
+ *               zkf_engine_start() checks the address and returns at
+ *               once; the session comes on the loop.  Until it does, the
+ *               API answers 503 ({"status":"connecting"} on
+ *               /api/v1/health), and an ensemble that cannot be reached is
+ *               logged (an error naming the hosts) and tried again: each
+ *               attempt waits up to the 10 s session timeout, the next
+ *               starts 5 s after a failed one.
  * Returns ZKF_EINVAL for an unknown name. */
 int zkf_engine_setopt(zkf_engine *e, const char *name, const char *value);
 

@@ -9,8 +9,9 @@ local async = require "zkflow.async"
 local _M = {}
 
 local pending_done      -- done(code) of a main() that keeps running
-local started           -- what start() made: {store=, scheduler=}
+local started           -- what start() made: {store=, scheduler=} or {zk=}
 local serving = false   -- main() returned KEEP_RUNNING
+local connecting_reply  -- the API's answer until ZooKeeper is there
 
 -- Runs the command line in a coroutine; done(code) when it finishes.
 function _M.main(argv, done, options)
@@ -40,6 +41,10 @@ end
 -- One HTTP request; reply(status, content_type, body) exactly once.
 function _M.http(method, uri, body, reply)
   local api = require "zkflow.api"
+  local z = started and started.zk
+  if z and z.connecting then
+    return connecting_reply(z, uri, reply)
+  end
   async.spawn(function()
     api.http(method, uri, body, reply)
   end, function(ok, err)
@@ -52,34 +57,254 @@ end
 
 -- The DAGs an engine without a scheduler answers with: a scan of the
 -- folder, at most one a second, so that a request storm does not load every
--- file once per request.
-local function scanned_dags(dir)
+-- file once per request.  On ZooKeeper (`store`) the DAGs pushed to
+-- <root>/dags are part of it and win over the folder's, as for `zkflow api`.
+local function scanned_dags(dir, store, root)
   local loader = require "zkflow.loader"
   local cache, at = nil, -math.huge
   return function()
     local now = core.mono()
     if not cache or now - at >= 1 then
-      local ok, res = pcall(loader.scan, dir)
-      cache = ok and res or { dags = {}, errors = {} }
       at = now
+      local ok, res = pcall(loader.scan, dir)
+      res = ok and res or { dags = {}, errors = {} }
+      if store then
+        local pushed = require "zkflow.pushed"
+        local pok, p = pcall(pushed.load, store, root, { dags_dir = dir })
+        if pok and p then
+          pushed.merge(res, p)
+        else
+          core.log("warn", "pushed DAGs: " .. tostring(p))
+        end
+      end
+      cache = res
     end
     return cache
   end
+end
+
+-- ---- on ZooKeeper ---------------------------------------------------------------
+
+-- Seconds between two attempts to reach the ensemble.  One attempt waits
+-- up to the session timeout (ZK_SESSION_TIMEOUT) for a session, so with
+-- the ensemble down the engine logs an error about every 15 s; an ensemble
+-- that comes up during an attempt is taken at once.
+local ZK_RETRY = 5
+local ZK_SESSION_TIMEOUT = 10   -- seconds, as `zkflow --session-timeout`
+
+-- HOST:PORT[,HOST:PORT...][/chroot], as the nginx module checks it too.
+local function check_hosts(hosts)
+  local list, chroot = hosts:match("^([^/]*)(.*)$")
+  if list == "" or (chroot ~= "" and (chroot == "/" or chroot:sub(-1) == "/")) then
+    return false
+  end
+  for h in (list .. ","):gmatch("([^,]*),") do
+    local port = h:match("^%[[^%]]+%]:(%d+)$") or h:match("^[%w._-]+:(%d+)$")
+    port = tonumber(port)
+    if not port or port < 1 or port > 65535 then return false end
+  end
+  return true
+end
+
+local function valid_int(v, least)
+  return math.type(v) == "integer" and v >= least
+end
+
+-- <root>/config, watched: calls apply(tbl) now and after each change (an
+-- empty table when the node is missing), as `zkflow standalone --zk` does.
+local function watch_config(z, store, root, apply)
+  local config = require "zkflow.config"
+  local path = config.path(root)
+  local function look()
+    if z.stopped then return end
+    local stat = store:exists(path, function()
+      if z.stopped then return end
+      async.spawn(look, function(ok, err)
+        if not ok then core.log("error", "config: " .. tostring(err)) end
+      end)
+    end)
+    if not stat then
+      apply({})
+      return
+    end
+    local tbl, err = config.read(store, root)
+    if not tbl then
+      core.log("error", "config: " .. tostring(err) .. " (ignored)")
+      return
+    end
+    local ok, verr = config.validate(tbl)
+    if not ok then
+      core.log("error", "config " .. path .. ": " .. tostring(verr)
+               .. " (the valid keys still apply)")
+    end
+    apply(tbl)
+  end
+  look()
+end
+
+-- The parallelism and the pool sizes of /config on the leader's scheduler.
+local function apply_sched_config(s, cfg, quiet)
+  local par = valid_int(cfg.parallelism, 1) and cfg.parallelism or 32
+  if s.parallelism ~= par then
+    if not quiet then core.log("info", "config: parallelism " .. par) end
+    s.parallelism = par
+  end
+  if type(cfg.pools) == "table" then
+    for name, slots in pairs(cfg.pools) do
+      if valid_int(slots, 0) then
+        local pool = s:pool(name)
+        if pool.slots ~= slots then
+          if not quiet then
+            core.log("info", ("config: pool %s has %d slots"):format(name, slots))
+          end
+          pool.slots = slots
+          if s.release_pool then s:release_pool(pool) end
+        end
+      end
+    end
+  end
+end
+
+-- Once the session is there: the scheduler (elected among every zkflow
+-- scheduler on the ensemble) and a worker, or only the API.
+local function serve_zk(z, store, options)
+  local api = require "zkflow.api"
+  local cluster = require "zkflow.cluster"
+  local root = options.root or "/zkflow"
+  local dags_dir = options.dags or "./dags"
+  local log_dir = z.log_dir
+  require("zkflow.zk").set_default(store, { root = "/" })
+  local scan = scanned_dags(dags_dir, store, root)
+  local status
+  if options.scheduler ~= "off" then
+    local h = cluster.scheduler {
+      store = store, root = root, dags_dir = dags_dir, log_dir = log_dir,
+    }
+    z.scheduler = h
+    z.listeners[#z.listeners + 1] = function(st) h:session(st) end
+    h.on_lead = function(s) apply_sched_config(s, h.config or {}, true) end
+    watch_config(z, store, root, function(cfg)
+      h.config = cfg
+      if h.s then
+        apply_sched_config(h.s, cfg)
+        h.s:process()
+      end
+    end)
+    local w = cluster.worker {
+      store = store, root = root, dags_dir = dags_dir, log_dir = log_dir,
+    }
+    z.worker = w
+    z.listeners[#z.listeners + 1] = function(st) w:session(st) end
+    watch_config(z, store, root, function(cfg)
+      local n = valid_int(cfg.worker_slots, 1) and cfg.worker_slots or 4
+      if w.slots ~= n then
+        core.log("info", "config: worker slots " .. n)
+        w:set_slots(n)
+      end
+    end)
+    status = {
+      status = function()
+        return { status = h.leader and "leader" or "standby", id = h.id,
+                 leader = h.leader, worker = w.id }
+      end,
+    }
+  end
+  local h = api.new {
+    store = store, root = root, scheduler = status, log_dir = log_dir,
+    dags = function()
+      local sh = z.scheduler
+      if sh and sh.s then
+        return { dags = sh.s.dags, errors = sh.s.import_errors or {} }
+      end
+      return scan()
+    end,
+  }
+  api.serve(h)
+end
+
+-- What the API answers until the session is there: 503, with the reason.
+function connecting_reply(z, uri, reply)
+  local msg = "connecting to ZooKeeper at " .. z.hosts
+  if z.failed then
+    msg = "could not start on ZooKeeper at " .. z.hosts .. ": " .. z.failed
+  elseif z.last_error then
+    msg = ("%s (attempt %d; the last one failed: %s)"):format(msg, z.attempts, z.last_error)
+  end
+  local path = (uri or "/"):gsub("[?#].*$", ""):gsub("/+$", "")
+  local body = { error = msg }
+  if path == "/api/v1/health" then
+    body = { status = "connecting", store = "zk", zk = z.hosts, error = msg,
+             attempts = z.attempts }
+  end
+  reply(503, "application/json", core.json_encode(body))
+end
+
+-- Connects in a coroutine (core.store yields there instead of blocking the
+-- host's thread), retrying every ZK_RETRY seconds until it has a session,
+-- then serves.
+local function start_zk(options)
+  local hosts = tostring(options.zk):gsub("^zk://", "")
+  if not check_hosts(hosts) then
+    error("zk: invalid address '" .. hosts .. "', expected "
+          .. "HOST:PORT[,HOST:PORT...][/chroot]", 0)
+  end
+  local timeout = ZK_SESSION_TIMEOUT
+  local z = { hosts = hosts, connecting = true, attempts = 0, listeners = {},
+              log_dir = options.log_dir or "./logs" }
+  started = { zk = z }
+  local function on_session(st)
+    for _, fn in ipairs(z.listeners) do
+      local ok, err = pcall(fn, st)
+      if not ok then core.log("error", "session: " .. tostring(err)) end
+    end
+  end
+  async.spawn(function()
+    local store
+    while not z.stopped do
+      z.attempts = z.attempts + 1
+      local ok, st, err = pcall(core.store, "zk://" .. hosts,
+                                { timeout = timeout, on_session = on_session })
+      if z.stopped then
+        if ok and st then st:close() end
+        return
+      end
+      if ok and st then
+        store = st
+        break
+      end
+      z.last_error = tostring(ok and err or st)
+      core.log("error", ("cannot connect to ZooKeeper at %s: %s (attempt %d; "
+                         .. "trying again in %d s)"):format(hosts, z.last_error,
+                                                            z.attempts, ZK_RETRY))
+      async.sleep(ZK_RETRY)
+    end
+    if not store then return end
+    z.store = store
+    core.log("info", ("connected to ZooKeeper at %s (attempt %d)"):format(hosts, z.attempts))
+    serve_zk(z, store, options)
+    z.connecting = false
+  end, function(ok, err)
+    if not ok then
+      z.failed = tostring(err)
+      core.log("error", "zk " .. hosts .. ": " .. z.failed)
+    end
+  end)
 end
 
 -- zkf_engine_start(): an embedded scheduler with the options the host set.
 -- With options.scheduler == "off" the engine only serves the API from the
 -- store (the nginx module runs one of these in every worker but one); the
 -- scheduler that runs elsewhere on the same store notices what it writes.
+-- With options.zk the engine is a cluster member on that ensemble: the
+-- scheduler contends for leadership there, a worker takes tries from the
+-- queue, and the connection is made without blocking (see start_zk).
 function _M.start(options)
   local api = require "zkflow.api"
   if options.zk then
-    -- core.store("zk://...") waits for a session, which an engine must
-    -- not do on its host's thread, and several engines on one ensemble
-    -- need the scheduler election: until both are wired here, say so
-    -- instead of silently using a file.
-    error("zk: embedded engines do not run on the ZooKeeper store yet "
-          .. "(use the embedded store, option 'db')", 0)
+    if options.db then
+      error("zk: give either 'zk' or 'db', not both", 0)
+    end
+    return start_zk(options)
   end
   local db = options.db or "./zkflow.db"
   local store, err = core.store(db, { sync = options.db_sync or "normal" })
@@ -115,10 +340,18 @@ local function stop_all()
   local ok, cli = pcall(require, "zkflow.cli")
   if ok and cli.shutdown then pcall(cli.shutdown) end
   if started then
+    local z = started.zk
+    if z then
+      -- The members go first (their nodes are deleted), then the session.
+      z.stopped = true
+      if z.worker then pcall(z.worker.stop, z.worker) end
+      if z.scheduler then pcall(z.scheduler.stop, z.scheduler) end
+      if z.store then pcall(z.store.close, z.store) end
+    end
     if started.scheduler then
       pcall(started.scheduler.stop, started.scheduler)
     end
-    pcall(started.store.close, started.store)
+    if started.store then pcall(started.store.close, started.store) end
     started = nil
   end
 end

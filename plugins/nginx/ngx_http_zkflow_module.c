@@ -3,8 +3,9 @@
  * ngx_http_zkflow_module.c - zkflow inside nginx.
  *
  *   http {
- *       zkflow_dags  /srv/dags;
- *       zkflow_db    /var/lib/zkflow/zkflow.db;     # or: zkflow_zk HOSTS;
+ *       zkflow_dags     /srv/dags;
+ *       zkflow_db       /var/lib/zkflow/zkflow.db;  # or: zkflow_zk HOSTS;
+ *       zkflow_log_dir  /var/lib/zkflow/logs;       # optional: task logs
  *       server {
  *           location /zkflow/ { zkflow_api; }
  *       }
@@ -12,9 +13,14 @@
  *
  * Every worker opens an engine (core/include/zkflow.h) on the same store and
  * answers the HTTP API from it.  Exactly one worker - the one holding an
- * flock on "<db>.scheduler.lock" - runs the scheduler; the others retry the
- * lock every second, so a crashed worker's replacement or the workers of a
- * reload take over.  Each engine is driven by nginx's own event loop: its
+ * flock on "<db>.scheduler.lock" (on ZooKeeper: "<log dir>/zkflow.scheduler.
+ * lock") - runs the scheduler; the others retry the lock every second, so a
+ * crashed worker's replacement or the workers of a reload take over.  On
+ * ZooKeeper that worker's engine is a cluster member: its scheduler contends
+ * with every other zkflow scheduler on the ensemble, and a zkflow worker
+ * beside it runs tries from the queue.  The engine connects on its own time:
+ * `nginx -t` checks the address only, and the API answers 503 until the
+ * session is there.  Each engine is driven by nginx's own event loop: its
  * one timer is an ngx_event_t, every descriptor it watches gets a fake
  * ngx_connection_t (as ngx_resolver's or the upstream's sockets do), so the
  * worker never blocks and there is no second loop.
@@ -40,6 +46,7 @@ typedef struct {
     ngx_str_t                  dags;
     ngx_str_t                  db;
     ngx_str_t                  zk;
+    ngx_str_t                  log_dir;
     ngx_flag_t                 api;      /* some location has zkflow_api */
 
     /* the state of this worker process, NULL in the master */
@@ -125,9 +132,9 @@ static char *ngx_http_zkflow_zk(ngx_conf_t *cf, ngx_command_t *cmd,
     void *conf);
 static char *ngx_http_zkflow_api(ngx_conf_t *cf, ngx_command_t *cmd,
     void *conf);
+static char *ngx_http_zkflow_log_dir(ngx_conf_t *cf, ngx_command_t *cmd,
+    void *conf);
 static ngx_int_t ngx_http_zkflow_valid_zk(ngx_str_t *hosts);
-static char *ngx_http_zkflow_probe(ngx_conf_t *cf,
-    ngx_http_zkflow_main_conf_t *zmcf);
 static ngx_int_t ngx_http_zkflow_init(ngx_conf_t *cf);
 static ngx_int_t ngx_http_zkflow_init_process(ngx_cycle_t *cycle);
 static void ngx_http_zkflow_exit_process(ngx_cycle_t *cycle);
@@ -154,6 +161,13 @@ static ngx_command_t  ngx_http_zkflow_commands[] = {
       ngx_http_zkflow_zk,
       NGX_HTTP_MAIN_CONF_OFFSET,
       offsetof(ngx_http_zkflow_main_conf_t, zk),
+      NULL },
+
+    { ngx_string("zkflow_log_dir"),
+      NGX_HTTP_MAIN_CONF|NGX_CONF_TAKE1,
+      ngx_http_zkflow_log_dir,
+      NGX_HTTP_MAIN_CONF_OFFSET,
+      offsetof(ngx_http_zkflow_main_conf_t, log_dir),
       NULL },
 
     { ngx_string("zkflow_api"),
@@ -869,6 +883,9 @@ ngx_http_zkflow_start(ngx_http_zkflow_worker_t *w)
             && zkf_engine_setopt(e, "db", (char *) zmcf->db.data) != ZKF_OK)
         || (zmcf->zk.len
             && zkf_engine_setopt(e, "zk", (char *) zmcf->zk.data) != ZKF_OK)
+        || (zmcf->log_dir.len
+            && zkf_engine_setopt(e, "log_dir", (char *) zmcf->log_dir.data)
+               != ZKF_OK)
         || zkf_engine_setopt(e, "scheduler", w->scheduler ? "on" : "off")
            != ZKF_OK
         || zkf_engine_start(e) != ZKF_OK)
@@ -946,6 +963,7 @@ ngx_http_zkflow_create_main_conf(ngx_conf_t *cf)
      *     conf->dags = { 0, NULL };
      *     conf->db = { 0, NULL };
      *     conf->zk = { 0, NULL };
+     *     conf->log_dir = { 0, NULL };
      *     conf->api = 0;
      *     conf->worker = NULL;
      */
@@ -1136,6 +1154,34 @@ ngx_http_zkflow_zk(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
 }
 
 
+/* Task logs; the worker creates the folder.  Default: "<db dir>/logs" with
+ * zkflow_db, "<prefix>/logs/zkflow" with zkflow_zk. */
+static char *
+ngx_http_zkflow_log_dir(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
+{
+    ngx_http_zkflow_main_conf_t *zmcf = conf;
+
+    char             *rv;
+    ngx_file_info_t   fi;
+
+    rv = ngx_http_zkflow_path(cf, cmd, conf);
+    if (rv != NGX_CONF_OK) {
+        return rv;
+    }
+
+    if (ngx_file_info(zmcf->log_dir.data, &fi) != NGX_FILE_ERROR
+        && !ngx_is_dir(&fi))
+    {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "zkflow_log_dir: \"%V\" is not a directory",
+                           &zmcf->log_dir);
+        return NGX_CONF_ERROR;
+    }
+
+    return NGX_CONF_OK;
+}
+
+
 /* HOST:PORT[,HOST:PORT...][/chroot], HOST a name, an IPv4 address or a
  * bracketed IPv6 one, PORT 1..65535, a chroot without a trailing '/'. */
 static ngx_int_t
@@ -1241,44 +1287,6 @@ ngx_http_zkflow_api(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
 }
 
 
-/* The store has to be there at `nginx -t` time: an engine that opens it
- * once, in the master, and is freed at once.  Used for ZooKeeper only:
- * probing a file store would create it owned by the master's user. */
-static char *
-ngx_http_zkflow_probe(ngx_conf_t *cf, ngx_http_zkflow_main_conf_t *zmcf)
-{
-    char         err[256];
-    zkf_host     host;
-    zkf_engine  *e;
-
-    host.watch_fd = NULL;
-    host.set_timer = NULL;
-    host.ud = NULL;
-
-    e = zkf_engine_new_host(&host, err, sizeof(err));
-    if (e == NULL) {
-        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
-                           "zkflow: cannot create the engine: %s", err);
-        return NGX_CONF_ERROR;
-    }
-
-    if (zkf_engine_setopt(e, "dags", (char *) zmcf->dags.data) != ZKF_OK
-        || zkf_engine_setopt(e, "zk", (char *) zmcf->zk.data) != ZKF_OK
-        || zkf_engine_setopt(e, "scheduler", "off") != ZKF_OK
-        || zkf_engine_start(e) != ZKF_OK)
-    {
-        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0, "zkflow_zk \"%V\": %s",
-                           &zmcf->zk, zkf_errmsg(e));
-        zkf_engine_free(e);
-        return NGX_CONF_ERROR;
-    }
-
-    zkf_engine_free(e);
-
-    return NGX_CONF_OK;
-}
-
-
 static ngx_int_t
 ngx_http_zkflow_init(ngx_conf_t *cf)
 {
@@ -1303,8 +1311,18 @@ ngx_http_zkflow_init(ngx_conf_t *cf)
         return NGX_ERROR;
     }
 
-    if (zmcf->zk.len && ngx_http_zkflow_probe(cf, zmcf) != NGX_CONF_OK) {
-        return NGX_ERROR;
+    /*
+     * ZooKeeper is not asked here: an ensemble that is down when nginx
+     * starts must not keep nginx from starting.  The engines connect in the
+     * workers, retrying, and answer 503 "connecting" meanwhile.
+     */
+
+    if (zmcf->zk.len && zmcf->log_dir.len == 0) {
+        ngx_str_set(&zmcf->log_dir, "logs/zkflow");
+
+        if (ngx_conf_full_name(cf->cycle, &zmcf->log_dir, 0) != NGX_OK) {
+            return NGX_ERROR;
+        }
     }
 
     return NGX_OK;
@@ -1317,6 +1335,7 @@ static ngx_int_t
 ngx_http_zkflow_init_process(ngx_cycle_t *cycle)
 {
     u_char                       *p;
+    ngx_err_t                     err;
     ngx_str_t                    *base;
     struct sigaction              sa;
     ngx_http_zkflow_worker_t     *w;
@@ -1372,9 +1391,10 @@ ngx_http_zkflow_init_process(ngx_cycle_t *cycle)
     w->lock_timer.cancelable = 1;
 
     /* "<db>.scheduler.lock"; a ZooKeeper cluster elects its scheduler in
-     * ZooKeeper, but the workers of this nginx still take one lock */
+     * ZooKeeper, but the workers of this nginx still take one lock, in the
+     * log folder (which they must be able to write anyway) */
 
-    base = zmcf->db.len ? &zmcf->db : &cycle->prefix;
+    base = zmcf->db.len ? &zmcf->db : &zmcf->log_dir;
 
     w->lock_path = ngx_pnalloc(cycle->pool,
                                base->len + sizeof("/zkflow.scheduler.lock"));
@@ -1391,6 +1411,15 @@ ngx_http_zkflow_init_process(ngx_cycle_t *cycle)
         p = ngx_cpymem(w->lock_path, base->data, base->len);
         ngx_cpystrn(p, (u_char *) "/zkflow.scheduler.lock",
                     sizeof("/zkflow.scheduler.lock"));
+
+        /* the folder, created as the worker's user: its tasks write there */
+        err = ngx_create_full_path(w->lock_path, 0755);
+        if (err) {
+            ngx_log_error(NGX_LOG_ERR, cycle->log, err,
+                          "zkflow: cannot create the log folder \"%V\" "
+                          "(set zkflow_log_dir to a folder the workers can "
+                          "write)", &zmcf->log_dir);
+        }
     }
 
     zmcf->worker = w;
