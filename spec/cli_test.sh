@@ -441,6 +441,48 @@ if [ $HAVE_API = 1 ] && command -v curl >/dev/null; then
     code=$(curl -s -o /dev/null -w '%{http_code}' "http://127.0.0.1:$PORT/api/v1/nope")
     if [ "$code" = 404 ]; then ok "API unknown path is 404"; else bad "API unknown path is 404" "$code"; fi
 fi
+# /config applies live: a pool's size set while the standalone runs.
+expect "config set pools.cp 1 while the standalone runs" 0 config set pools.cp 1
+applied=0
+for _ in $(seq 1 20); do
+    if grep -q "config: pool cp has 1 slots" "$T/sa.err"; then applied=1; break; fi
+    sleep 0.1
+done
+if [ $applied = 1 ]; then ok "the standalone applies /config within two seconds"; else bad "the standalone applies /config" "$(tail -3 "$T/sa.err")"; fi
+cat > "$T/work/dags/pooled.lua" <<EOF
+local flow = require "zkflow"
+return flow.dag { id = "pooled", start_date = "2026-01-01T00:00:00Z",
+  tasks = function(t)
+    for i = 1, 3 do
+      t.shell { id = "p" .. i, pool = "cp",
+        cmd = "echo start \$(date +%s.%N) >> $T/pool.txt; sleep 0.2; echo end \$(date +%s.%N) >> $T/pool.txt" }
+    end
+  end }
+EOF
+for _ in $(seq 1 20); do
+    run dags trigger pooled --run-id pooled1 && break
+    sleep 0.1
+done
+pool_done=0
+for _ in $(seq 1 50); do
+    run runs show pooled pooled1 --json
+    st=$(json_get "$T/out" "v.state")
+    if [ "$st" = "success" ]; then pool_done=1; break; fi
+    sleep 0.1
+done
+if [ $pool_done = 1 ]; then ok "the pooled run succeeds"; else bad "the pooled run succeeds" "state $st"; fi
+if /usr/bin/python3 -c 'import sys
+ev = sorted((float(t), k) for k, t in (l.split() for l in open(sys.argv[1])))
+depth = worst = 0
+for _, k in ev:
+    depth += 1 if k == "start" else -1
+    worst = max(worst, depth)
+sys.exit(0 if worst == 1 and len(ev) == 6 else 1)' "$T/pool.txt" 2>/dev/null; then
+    ok "pools.cp = 1 from /config holds: one try at a time"
+else
+    bad "pools.cp = 1 from /config holds" "$(cat "$T/pool.txt" 2>/dev/null)"
+fi
+rm -f "$T/work/dags/pooled.lua"
 # ---- hot reload under the running standalone --------------------------------
 
 # api_dag ID FIELD: a field of DAG ID in GET /api/v1/dags ("" when absent)

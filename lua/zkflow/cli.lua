@@ -413,40 +413,6 @@ local function queue_list(ctx)
     return list
 end
 
--- /config applied live: the scheduler's parallelism and pool sizes, the
--- workers' default slots (a worker given --slots keeps them).
-local function watch_config(ctx, st, apply)
-    local config = need("zkflow.config")
-    local path = config.path(ctx.root)
-    local function look()
-        local stat = st:exists(path, function()
-            need("zkflow.async").spawn(look, function(ok, err)
-                if not ok then core.log("error", "config: " .. tostring(err)) end
-            end)
-        end)
-        if not stat then
-            apply({})
-            return
-        end
-        local tbl, err = config.read(st, ctx.root)
-        if not tbl then
-            core.log("error", "config: " .. tostring(err) .. " (ignored)")
-            return
-        end
-        local ok, verr = config.validate(tbl)
-        if not ok then
-            core.log("error", "config " .. path .. ": " .. tostring(verr)
-                     .. " (the valid keys still apply)")
-        end
-        apply(tbl)
-    end
-    look()
-end
-
-local function valid_int(v, least)
-    return math.type(v) == "integer" and v >= least
-end
-
 local function serve_cluster(ctx, dir, what)
     local st = ctx:store(true)
     local cluster = need("zkflow.cluster")
@@ -462,39 +428,7 @@ local function serve_cluster(ctx, dir, what)
         }
         parts.scheduler = h
         insert(ctx.session_listeners, function(st_) h:session(st_) end)
-        local default_parallelism = 32
-        watch_config(ctx, st, function(cfg)
-            local s = h.s
-            h.config = cfg
-            if not s then return end
-            local par = valid_int(cfg.parallelism, 1) and cfg.parallelism or default_parallelism
-            if s.parallelism ~= par then
-                core.log("info", "config: parallelism " .. par)
-                s.parallelism = par
-            end
-            if type(cfg.pools) == "table" then
-                for name, slots in pairs(cfg.pools) do
-                    if valid_int(slots, 0) then
-                        local pool = s:pool(name)
-                        if pool.slots ~= slots then
-                            core.log("info", ("config: pool %s has %d slots"):format(name, slots))
-                            pool.slots = slots
-                            s:release_pool(pool)
-                        end
-                    end
-                end
-            end
-            s:process()
-        end)
-        h.on_lead = function(s)
-            local cfg = h.config or {}
-            if valid_int(cfg.parallelism, 1) then s.parallelism = cfg.parallelism end
-            if type(cfg.pools) == "table" then
-                for name, slots in pairs(cfg.pools) do
-                    if valid_int(slots, 0) then s:pool(name).slots = slots end
-                end
-            end
-        end
+        cluster.configure_scheduler(h)
     end
     if what.worker then
         local slots = positive_int(ctx, "slots")
@@ -507,15 +441,7 @@ local function serve_cluster(ctx, dir, what)
         }
         parts.worker = h
         insert(ctx.session_listeners, function(st_) h:session(st_) end)
-        if not slots then
-            watch_config(ctx, st, function(cfg)
-                local n = valid_int(cfg.worker_slots, 1) and cfg.worker_slots or 4
-                if h.slots ~= n then
-                    core.log("info", "config: worker slots " .. n)
-                    h:set_slots(n)
-                end
-            end)
-        end
+        if not slots then cluster.configure_worker(h) end
     end
     return parts
 end
@@ -583,6 +509,12 @@ local function serve(ctx, dir, with_sched, with_api, with_worker)
                 core.log("info", event_line(kind, obj))
             end,
         }
+        -- /config before the first runs start, then live.
+        local first = true
+        need("zkflow.cluster").watch_config(st, ctx.root, function(cfg)
+            need("zkflow.cluster").apply_sched_config(s, cfg, first)
+            first = false
+        end)
         s:start()
     end
     local provider = dags_provider(ctx, s, dir)

@@ -788,5 +788,88 @@ function CW:stop()
   self.store:delete(self.member_path)
 end
 
+-- ---- /config, watched (shared by the CLI and embedded engines) ---------------------
+
+local function valid_int(v, least)
+  return math.type(v) == "integer" and v >= least
+end
+
+-- watch_config(store, root, apply [, stopped]): calls apply(tbl) now and
+-- after every change of <root>/config ({} when the node is missing); a
+-- record that is not valid is logged and its valid keys still apply.
+-- stopped(): true ends the watching.  Inside a coroutine on a remote store.
+function _M.watch_config(store, root, apply, stopped)
+  local config = require "zkflow.config"
+  local path = config.path(root)
+  local function look()
+    if stopped and stopped() then return end
+    local stat = store:exists(path, function()
+      if stopped and stopped() then return end
+      spawn("config", look)
+    end)
+    if not stat then
+      apply({})
+      return
+    end
+    local tbl, err = config.read(store, root)
+    if not tbl then
+      log("error", "config: " .. tostring(err) .. " (ignored)")
+      return
+    end
+    local ok, verr = config.validate(tbl)
+    if not ok then
+      log("error", "config " .. path .. ": " .. tostring(verr) .. " (the valid keys still apply)")
+    end
+    apply(tbl)
+  end
+  look()
+end
+
+-- /config's scheduler keys on scheduler `s`: parallelism (32 when unset)
+-- and pools.NAME; a pool that grew lets waiting tries go.  `quiet`: no log
+-- and no scheduling pass (before the scheduler starts).
+function _M.apply_sched_config(s, cfg, quiet)
+  local par = valid_int(cfg.parallelism, 1) and cfg.parallelism or 32
+  if s.parallelism ~= par then
+    if not quiet then log("info", "config: parallelism " .. par) end
+    s.parallelism = par
+  end
+  if type(cfg.pools) == "table" then
+    for name, slots in pairs(cfg.pools) do
+      if type(name) == "string" and valid_int(slots, 0) then
+        local pool = s:pool(name)
+        if pool.slots ~= slots then
+          if not quiet then log("info", ("config: pool %s has %d slots"):format(name, slots)) end
+          pool.slots = slots
+          s:release_pool(pool)
+        end
+      end
+    end
+  end
+  if not quiet then s:process() end
+end
+
+-- /config's worker_slots (4 when unset) on worker handle `w`.
+function _M.apply_worker_config(w, cfg)
+  local n = valid_int(cfg.worker_slots, 1) and cfg.worker_slots or 4
+  if w.slots ~= n then
+    log("info", "config: worker slots " .. n)
+    w:set_slots(n)
+  end
+end
+
+-- Wires /config to a scheduler handle (applied when it leads, and live).
+function _M.configure_scheduler(h, stopped)
+  h.on_lead = function(s) _M.apply_sched_config(s, h.config or {}, true) end
+  _M.watch_config(h.store, h.root, function(cfg)
+    h.config = cfg
+    if h.s then _M.apply_sched_config(h.s, cfg) end
+  end, stopped)
+end
+
+function _M.configure_worker(w, stopped)
+  _M.watch_config(w.store, w.root, function(cfg) _M.apply_worker_config(w, cfg) end, stopped)
+end
+
 _M.SWEEP_INTERVAL = SWEEP_INTERVAL
 return _M

@@ -106,65 +106,6 @@ local function check_hosts(hosts)
   return true
 end
 
-local function valid_int(v, least)
-  return math.type(v) == "integer" and v >= least
-end
-
--- <root>/config, watched: calls apply(tbl) now and after each change (an
--- empty table when the node is missing), as `zkflow standalone --zk` does.
-local function watch_config(z, store, root, apply)
-  local config = require "zkflow.config"
-  local path = config.path(root)
-  local function look()
-    if z.stopped then return end
-    local stat = store:exists(path, function()
-      if z.stopped then return end
-      async.spawn(look, function(ok, err)
-        if not ok then core.log("error", "config: " .. tostring(err)) end
-      end)
-    end)
-    if not stat then
-      apply({})
-      return
-    end
-    local tbl, err = config.read(store, root)
-    if not tbl then
-      core.log("error", "config: " .. tostring(err) .. " (ignored)")
-      return
-    end
-    local ok, verr = config.validate(tbl)
-    if not ok then
-      core.log("error", "config " .. path .. ": " .. tostring(verr)
-               .. " (the valid keys still apply)")
-    end
-    apply(tbl)
-  end
-  look()
-end
-
--- The parallelism and the pool sizes of /config on the leader's scheduler.
-local function apply_sched_config(s, cfg, quiet)
-  local par = valid_int(cfg.parallelism, 1) and cfg.parallelism or 32
-  if s.parallelism ~= par then
-    if not quiet then core.log("info", "config: parallelism " .. par) end
-    s.parallelism = par
-  end
-  if type(cfg.pools) == "table" then
-    for name, slots in pairs(cfg.pools) do
-      if valid_int(slots, 0) then
-        local pool = s:pool(name)
-        if pool.slots ~= slots then
-          if not quiet then
-            core.log("info", ("config: pool %s has %d slots"):format(name, slots))
-          end
-          pool.slots = slots
-          if s.release_pool then s:release_pool(pool) end
-        end
-      end
-    end
-  end
-end
-
 -- Once the session is there: the scheduler (elected among every zkflow
 -- scheduler on the ensemble) and a worker, or only the API.
 local function serve_zk(z, store, options)
@@ -182,26 +123,13 @@ local function serve_zk(z, store, options)
     }
     z.scheduler = h
     z.listeners[#z.listeners + 1] = function(st) h:session(st) end
-    h.on_lead = function(s) apply_sched_config(s, h.config or {}, true) end
-    watch_config(z, store, root, function(cfg)
-      h.config = cfg
-      if h.s then
-        apply_sched_config(h.s, cfg)
-        h.s:process()
-      end
-    end)
+    cluster.configure_scheduler(h, function() return z.stopped end)
     local w = cluster.worker {
       store = store, root = root, dags_dir = dags_dir, log_dir = log_dir,
     }
     z.worker = w
     z.listeners[#z.listeners + 1] = function(st) w:session(st) end
-    watch_config(z, store, root, function(cfg)
-      local n = valid_int(cfg.worker_slots, 1) and cfg.worker_slots or 4
-      if w.slots ~= n then
-        core.log("info", "config: worker slots " .. n)
-        w:set_slots(n)
-      end
-    end)
+    cluster.configure_worker(w, function() return z.stopped end)
     status = {
       status = function()
         return { status = h.leader and "leader" or "standby", id = h.id,
