@@ -48,6 +48,7 @@ typedef struct turn_hook {
 typedef struct wake_item {
     struct wake_item *next;
     zkf_turn_cb cb;
+    zkf_turn_cb drop;       /* runs instead when the loop is freed first */
     void *arg;
 } wake_item;
 
@@ -439,6 +440,12 @@ static void wake_cb(zkf_io *io, int fd, int events, void *arg)
 
 int zkf_loop_wake(zkf_loop *loop, zkf_turn_cb cb, void *arg)
 {
+    return zkf_loop_wake_ex(loop, cb, NULL, arg);
+}
+
+int zkf_loop_wake_ex(zkf_loop *loop, zkf_turn_cb cb, zkf_turn_cb drop,
+                     void *arg)
+{
     if (!loop || !cb)
         return -1;
     wake_item *w = malloc(sizeof *w);
@@ -446,6 +453,7 @@ int zkf_loop_wake(zkf_loop *loop, zkf_turn_cb cb, void *arg)
         return -1;
     w->next = NULL;
     w->cb = cb;
+    w->drop = drop;
     w->arg = arg;
     pthread_mutex_lock(&loop->wake_mu);
     if (loop->wake_tail)
@@ -511,6 +519,8 @@ void zkf_loop_free(zkf_loop *loop)
     wake_item *w = loop->wake_head;
     while (w) {
         wake_item *next = w->next;
+        if (w->drop)
+            w->drop(w->arg);
         free(w);
         w = next;
     }

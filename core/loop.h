@@ -92,6 +92,13 @@ void zkf_loop_end_turn(zkf_loop *loop);
  * next turn.  The only thread-safe call here. Returns 0 or -1. */
 int zkf_loop_wake(zkf_loop *loop, zkf_turn_cb cb, void *arg);
 
+/* zkf_loop_wake(), and when the loop is freed before `cb` ran, `drop(arg)`
+ * runs instead (on the freeing thread), so that what the wake holds (a
+ * reference, a buffer) is released.  A wake pending at zkf_loop_free()
+ * without `drop` is discarded. */
+int zkf_loop_wake_ex(zkf_loop *loop, zkf_turn_cb cb, zkf_turn_cb drop,
+                     void *arg);
+
 /* Number of live io watchers + pending timers (the poll runner stops when
  * it reaches zero and nothing else is keeping the loop alive). */
 int zkf_loop_alive(const zkf_loop *loop);

@@ -210,6 +210,12 @@ static void mb_unref(mailbox *mb)
 
 static void drain(zkf_zk *zk);
 
+/* The loop was freed with our wake still queued: its reference goes. */
+static void mb_drop_wake(void *arg)
+{
+    mb_unref(arg);
+}
+
 static void on_wake(void *arg)
 {
     mailbox *mb = arg;
@@ -241,7 +247,7 @@ static void push(mailbox *mb, msg *m)
     }
     pthread_cond_broadcast(&mb->cond);
     pthread_mutex_unlock(&mb->mu);
-    if (wake && zkf_loop_wake(mb->loop, on_wake, mb) < 0) {
+    if (wake && zkf_loop_wake_ex(mb->loop, on_wake, mb_drop_wake, mb) < 0) {
         pthread_mutex_lock(&mb->mu);
         mb->wake_pending = 0;
         mb->refs--;

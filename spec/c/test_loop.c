@@ -298,6 +298,19 @@ static void test_wake_pending_at_free_is_dropped(void)
     ASSERT_EQ(0, n);
 }
 
+/* What a pending wake holds is released when the loop goes first (the zk
+ * client's mailbox reference leaked that way). */
+static void test_wake_pending_at_free_runs_its_drop(void)
+{
+    pair p = pair_new();
+    int n = 0, dropped = 0;
+    ASSERT_EQ(0, zkf_loop_wake_ex(p.loop, count_cb, count_cb, &dropped));
+    ASSERT_EQ(0, zkf_loop_wake_ex(p.loop, count_cb, NULL, &n));
+    pair_free(&p);
+    ASSERT_EQ(1, dropped);
+    ASSERT_EQ(0, n);
+}
+
 /* ---- poll host ------------------------------------------------------- */
 
 static void stop_cb(zkf_timer *t, void *arg)
@@ -384,6 +397,7 @@ int main(void)
     RUN(test_reentrant_dispatch_is_refused);
     RUN(test_wake_from_another_thread);
     RUN(test_wake_pending_at_free_is_dropped);
+    RUN(test_wake_pending_at_free_runs_its_drop);
     RUN(test_pollhost_stops_on_stop_and_when_idle);
     RUN(test_evhost_drives_timers_and_fds);
     RUN(test_clocks);
