@@ -74,6 +74,28 @@ local function set_of(list)
   return t
 end
 
+-- Reads `paths` at once (pipelined: one round trip, not one per node);
+-- returns {[path] = data} for those that exist.  Inside a coroutine.
+local function get_all(store, paths)
+  local out, left = {}, #paths
+  if left == 0 then return out end
+  if left == 1 then
+    out[paths[1]] = store:get(paths[1])
+    return out
+  end
+  async.wait(function(resume)
+    for _, p in ipairs(paths) do
+      async.spawn(function() return store:get(p) end, function(ok, data)
+        if ok and data then out[p] = data end
+        left = left - 1
+        if left == 0 then resume() end
+      end)
+    end
+  end)
+  return out
+end
+_M.get_all = get_all
+
 -- An ephemeral member record: (re)created, or updated in place.
 local function put_member(store, path, data, create)
   if not create then
@@ -324,16 +346,19 @@ function CS:watch_results()
     spawn("results", function() if gen == self.gen then self:watch_results() end end)
   end)
   if gen ~= self.gen then return end
-  local seen = {}
+  local seen, fresh = {}, {}
   for _, key in ipairs(list or {}) do
     seen[key] = true
     if not self.handled[key] then
       self.handled[key] = true
-      local p = dir .. "/" .. key
-      local data = self.store:get(p)
-      if gen ~= self.gen then return end
-      if data then s:remote_result(key, decode(data), p) end
+      fresh[#fresh + 1] = dir .. "/" .. key
     end
+  end
+  local got = get_all(self.store, fresh)
+  if gen ~= self.gen then return end
+  for _, p in ipairs(fresh) do
+    local data = got[p]
+    if data then s:remote_result(p:match("([^/]+)$"), decode(data), p) end
   end
   for key in pairs(self.handled) do
     if not seen[key] then self.handled[key] = nil end
@@ -351,12 +376,22 @@ function CS:watch_claims()
   end)
   if gen ~= self.gen or not list then return end
   local present = set_of(list)
+  local fresh, tis = {}, {}
   for _, key in ipairs(list) do
     local ti = s.remote_tis[key]
     if ti and not ti.claimed then
-      local claim = decode((self.store:get(dir .. "/" .. key)))
-      if gen ~= self.gen then return end
-      if s.remote_tis[key] == ti then s:remote_started(key, claim) end
+      ti.claimed = true       -- seen: its going is noticed from now on
+      fresh[#fresh + 1] = dir .. "/" .. key
+      tis[#tis + 1] = ti
+    end
+  end
+  local got = get_all(self.store, fresh)
+  if gen ~= self.gen then return end
+  for i, p in ipairs(fresh) do
+    local key = p:match("([^/]+)$")
+    if s.remote_tis[key] == tis[i] then
+      tis[i].claimed = nil
+      s:remote_started(key, decode(got[p]))
     end
   end
   local gone = {}
@@ -370,12 +405,17 @@ end
 -- Tries whose claim is gone: their result, or lost.
 function CS:settle(keys)
   local gen, s = self.gen, self.s
-  for _, key in ipairs(keys) do
-    local ti = s.remote_tis[key]
+  local paths, tis = {}, {}
+  for i, key in ipairs(keys) do
+    paths[i] = self.st:path("results", key)
+    tis[i] = s.remote_tis[key]
+  end
+  local got = get_all(self.store, paths)
+  if gen ~= self.gen then return end
+  for i, key in ipairs(keys) do
+    local ti, p = tis[i], paths[i]
+    local data = got[p]
     if ti then
-      local p = self.st:path("results", key)
-      local data = self.store:get(p)
-      if gen ~= self.gen then return end
       if s.remote_tis[key] == ti then
         if data then
           self.handled[key] = true
@@ -578,6 +618,24 @@ end
 
 local function run_key(dag_id, run_id) return dag_id .. "\0" .. run_id end
 
+-- The task and everything upstream of it, transitively: the instances whose
+-- XComs a try may pull (a task that is not an ancestor may not have run).
+local function ancestors(dag, task_id)
+  local seen, list, stack = { [task_id] = true }, { task_id }, { task_id }
+  while #stack > 0 do
+    local t = dag.tasks[table.remove(stack)]
+    for _, up in ipairs(t and t.upstream or {}) do
+      if not seen[up] then
+        seen[up] = true
+        list[#list + 1] = up
+        stack[#stack + 1] = up
+      end
+    end
+  end
+  return list
+end
+
+
 -- Runs a claimed try: the run and its instances are read from the store (the
 -- upstream XComs among them) and the task starts as a standalone scheduler
 -- would start it.
@@ -594,10 +652,24 @@ function CW:run(rec)
       error(("no DAG '%s' on worker %s (its DAG folder: %s)"):format(rec.dag_id, self.id,
                                                                 tostring(self.opts.dags_dir)), 0)
     end
-    local rrec = s.st:get_run(rec.dag_id, rec.run_id)
+    if not dag.tasks[rec.task_id] then
+      error("task '" .. rec.task_id .. "' is not in DAG " .. rec.dag_id, 0)
+    end
+    -- The run and the records of the task's ancestors, read together.
+    local run_path = s.st:path("runs", rec.dag_id, rec.run_id)
+    local paths = { run_path }
+    local ids = ancestors(dag, rec.task_id)
+    for _, id in ipairs(ids) do paths[#paths + 1] = run_path .. "/" .. id end
+    local got = get_all(self.store, paths)
+    local rrec = decode(got[run_path])
     if not rrec then error("run " .. rec.dag_id .. " " .. rec.run_id .. " is not in the store", 0) end
     rrec.run_id = rec.run_id
-    local run = s:adopt_run(dag, rrec, s.st:list_tis(rec.dag_id, rec.run_id))
+    local tis = {}
+    for _, id in ipairs(ids) do
+      local r = decode(got[run_path .. "/" .. id])
+      if r then r.task_id = r.task_id or id; tis[id] = r end
+    end
+    local run = s:adopt_run(dag, rrec, tis)
     s.runs[run_key(rec.dag_id, rec.run_id)] = nil
     run.state = "running"
     local ti = run.tis[rec.task_id]
