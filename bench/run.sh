@@ -193,6 +193,30 @@ for h in libevent poll nginx; do
     esac
 done
 
+# ---- 7. a cluster on ZooKeeper: 400 no-op tries, 1 and 2 workers ----------
+
+cl=$(run_result cluster env PYTHON="$PYTHON" sh bench/cluster.sh) || failed=1
+grep '^cluster ' "$tmp/cluster.out"
+c_w1=$(echo "$cl" | field w1)
+if [ -n "$c_w1" ]; then
+    c_w2=$(echo "$cl" | field w2)
+    c_n=$(echo "$cl" | field n)
+    c_ceil=$(echo "$cl" | field ceiling)
+    for w in 1 2; do
+        eval "t=\$c_w$w"
+        r=$(calc "$c_n / $t" %.0f)
+        res="$(calc "100 * $r / $c_ceil" %.1f)% of the ceiling"
+        [ "$w" = 2 ] && res="$res, $(calc "$c_w1 / $c_w2" %.2f)x 1 worker"
+        name="cluster-$c_n $w worker"
+        [ "$w" = 2 ] && name="${name}s"
+        row "$name" "$(calc "$t") s, $r tries/s" "ceiling $c_ceil tries/s" "$res"
+    done
+elif grep -q skipped "$tmp/cluster.out" 2>/dev/null; then
+    row "cluster" "-" "-" "$(cat "$tmp/cluster.out")"
+else
+    row "cluster" "FAILED" "-" "see above"
+fi
+
 # ---- summary -----------------------------------------------------------------
 
 echo
