@@ -550,6 +550,11 @@ static int open_handle(zkf_zk *zk)
         return -1;
     }
     zk->hc = hc;
+    /* The client resolves the host names again each time its I/O thread
+     * wakes (about ten system calls, at every request): once a minute is
+     * enough to follow DNS changes, and a connection loss still resolves
+     * at once. */
+    zoo_set_servers_resolution_delay(zk->zh, 60000);
     if (zk->auth)
         zoo_add_auth(zk->zh, "digest", zk->auth, (int)strlen(zk->auth),
                      auth_done, NULL);

@@ -42,17 +42,23 @@ local _M = {}
 
 local LOG_TAIL = 256 * 1024     -- bytes of a try's log copied to the store
 local SWEEP_INTERVAL = 2        -- seconds between the leader's checks for lost tries
+local MEMBER_DELAY = 0.5        -- a worker's record follows its tries at most this late
+local RELIST_DELAY = 0.002      -- the leader lets claims and results gather this long
 local RESULT_MAX = 900 * 1024   -- a result node stays under ZooKeeper's 1 MB
 
 local function log(level, msg)
   core.log(level, msg)
 end
 
+local host_name
 local function hostname()
-  local f = io.open("/proc/sys/kernel/hostname")
-  local h = f and f:read("l")
-  if f then f:close() end
-  return h or os.getenv("HOSTNAME") or "localhost"
+  if not host_name then
+    local f = io.open("/proc/sys/kernel/hostname")
+    local h = f and f:read("l")
+    if f then f:close() end
+    host_name = h or os.getenv("HOSTNAME") or "localhost"
+  end
+  return host_name
 end
 
 local function decode(data)
@@ -343,7 +349,11 @@ function CS:watch_results()
   local dir = self.st:path("results")
   local list = self.store:children(dir, function()
     if gen ~= self.gen then return end
-    spawn("results", function() if gen == self.gen then self:watch_results() end end)
+    -- A moment's wait lets the results of a burst of tries land: one
+    -- listing reads them all.
+    core.timer(RELIST_DELAY, function()
+      spawn("results", function() if gen == self.gen then self:watch_results() end end)
+    end)
   end)
   if gen ~= self.gen then return end
   local seen, fresh = {}, {}
@@ -372,7 +382,9 @@ function CS:watch_claims()
   local dir = self.st:path("claims")
   local list = self.store:children(dir, function()
     if gen ~= self.gen then return end
-    spawn("claims", function() if gen == self.gen then self:watch_claims() end end)
+    core.timer(RELIST_DELAY, function()
+      spawn("claims", function() if gen == self.gen then self:watch_claims() end end)
+    end)
   end)
   if gen ~= self.gen or not list then return end
   local present = set_of(list)
@@ -539,10 +551,13 @@ function CW:update_member(create)
   if not ok then log("warn", "members: " .. self.member_path .. ": " .. tostring(err)) end
 end
 
--- The member record follows the running tries, written once per turn.
+-- The member record follows the running tries, written at most every
+-- MEMBER_DELAY seconds.
 function CW:member_changed()
   if self.member_timer or self.stopped then return end
-  self.member_timer = core.timer(0, function()
+  -- At most one write per MEMBER_DELAY: a record per try start and end
+  -- cost more than the try's own transactions.
+  self.member_timer = core.timer(MEMBER_DELAY, function()
     self.member_timer = nil
     if self.stopped then return end
     spawn("worker member", function() self:update_member() end)
