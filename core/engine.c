@@ -307,7 +307,8 @@ int zkf_engine_on_timer(zkf_engine *e)
 /* ---- options and entry points ----------------------------------------- */
 
 static const char *const option_names[] = {
-    "dags", "db", "db_sync", "root", "log_dir", "zk", "scheduler", NULL
+    "dags", "db", "db_sync", "root", "log_dir", "zk", "zk_auth", "zk_acl",
+    "scheduler", NULL
 };
 
 int zkf_engine_setopt(zkf_engine *e, const char *name, const char *value)

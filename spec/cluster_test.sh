@@ -307,6 +307,27 @@ gone() { ! "${Z[@]}" --dags "$TMP/nowhere" dags list 2>/dev/null | grep -q cl_pu
 check "dags push --remove: the DAG is gone" gone
 check "the leader dropped it too" wait_for 5 grep -q "dag cl_pushed removed" "$TMP/s1.log" "$TMP/s2.log"
 
+# ---- digest auth: a cluster whose nodes only its members read ------------------------------
+
+SEC=("${Z[@]}" --root /secure --zk-auth alice:secret)
+(cd "$TMP" && exec "${SEC[@]}" standalone "$TMP/sdags" --no-api --id sec) > "$TMP/sec.log" 2>&1 &
+pid[sec]=$!
+disown "$!"
+sec_leads() { "${SEC[@]}" members --json 2>/dev/null | grep -q '"leader":true'; }
+check "an authenticated standalone --zk leads under its root" wait_for 10 sec_leads
+R=$("${SEC[@]}" dags trigger cl_chain --dags "$TMP/sdags" 2>/dev/null)
+sec_ended() {
+    "${SEC[@]}" runs show cl_chain "$R" --json 2>/dev/null | grep -q '"state":"success"'
+}
+check "its run succeeds (scheduler, worker and CLI all authenticated)" wait_for 20 sec_ended
+out=$("${Z[@]}" zk get "/secure/runs/cl_chain/$R" 2>&1); rc=$?
+check "a client without the credentials cannot read its nodes (ZNOAUTH)" \
+    sh -c "[ $rc = 1 ] && echo \"\$1\" | grep -q ZNOAUTH" _ "$out"
+out=$("${Z[@]}" --zk-auth alice:wrong zk get "/secure/runs/cl_chain/$R" 2>&1); rc=$?
+check "nor one with a wrong password" sh -c "[ $rc = 1 ] && echo \"\$1\" | grep -q ZNOAUTH" _ "$out"
+check "with them it can" sh -c "'$ZKFLOW' --zk '$HOSTS' --zk-auth alice:secret zk get '/secure/runs/cl_chain/$R' | grep -q success"
+kill -TERM "${pid[sec]}"
+
 # ---- bad input ---------------------------------------------------------------------------
 
 "${Z[@]}" zk set /zkflow/queue/default/ti-9999999999 'not json' > /dev/null 2>&1

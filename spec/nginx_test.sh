@@ -167,6 +167,9 @@ conftest "nginx -t rejects a bad ZooKeeper port" \
 conftest "nginx -t rejects db and zk together" \
     "zkflow_dags $T/dags; zkflow_db $T/data/zkflow.db; zkflow_zk a:2181;" \
     fail "cannot be used with zkflow_db"
+conftest "nginx -t rejects zkflow_zk_auth without USER:PASSWORD" \
+    "zkflow_dags $T/dags; zkflow_zk a:2181; zkflow_zk_auth alice;" fail \
+    "expects USER:PASSWORD"
 conftest "nginx -t wants zkflow_dags with zkflow_api" "" fail \
     "\"zkflow_dags\" is not set"
 # A good ZooKeeper address passes without asking ZooKeeper (nothing listens

@@ -101,6 +101,10 @@ int zkf_engine_on_timer(zkf_engine *e);
  *               logged (an error naming the hosts) and tried again: each
  *               attempt waits up to the 10 s session timeout, the next
  *               starts 5 s after a failed one.
+ *   "zk_auth"   digest "USER:PASSWORD" for the ZooKeeper session
+ *   "zk_acl"    ACL of every node the engine creates: "creator" (the
+ *               default with zk_auth), "open" (without), "read", or
+ *               "scheme:id:perms,..." (perms from "rwcda")
  * Returns ZKF_EINVAL for an unknown name. */
 int zkf_engine_setopt(zkf_engine *e, const char *name, const char *value);
 

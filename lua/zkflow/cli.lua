@@ -139,6 +139,10 @@ local function new_ctx(defaults)
         dags    = defaults.dags or env("ZKFLOW_DAGS") or "./dags",
         root    = defaults.root or env("ZKFLOW_ROOT") or "/zkflow",
         zk      = defaults.zk or env("ZKFLOW_ZK"),
+        -- Digest credentials and the ACL of every node created; the
+        -- environment keeps a password out of `ps`.
+        zk_auth = defaults.zk_auth or env("ZKFLOW_ZK_AUTH"),
+        zk_acl  = defaults.zk_acl or env("ZKFLOW_ZK_ACL"),
         db_sync = defaults.db_sync,
         log_dir = defaults.log_dir,
         json    = false,
@@ -157,6 +161,7 @@ function Ctx:store(create)
         local hosts = self.zk:gsub("^zk://", "")
         local ok, st, err = pcall(core.store, "zk://" .. hosts, {
             timeout = self.session_timeout or 10,
+            auth = self.zk_auth, acl = self.zk_acl,
             on_session = function(st_)
                 for _, fn in ipairs(self.session_listeners) do
                     local cok, cerr = pcall(fn, st_)
@@ -1712,6 +1717,9 @@ local GLOBAL = {
     { "zk", "HOSTS", "ZooKeeper ensemble HOST:PORT[,...][/chroot] (ZKFLOW_ZK)" },
     { "db-sync", "MODE", "SQLite synchronous: off, normal, full or extra" },
     { "session-timeout", "SECONDS", "ZooKeeper session timeout (default 10)" },
+    { "zk-auth", "USER:PASSWORD", "ZooKeeper digest credentials (ZKFLOW_ZK_AUTH)" },
+    { "zk-acl", "ACL", "ACL of the nodes created: creator (default with --zk-auth), "
+      .. "open, read or scheme:id:perms,... (ZKFLOW_ZK_ACL)" },
     { "json", nil, "print JSON where there is data to print" },
     { "help", nil, "show help (also -h)" },
 }
@@ -1822,6 +1830,13 @@ local function apply_global(ctx, name, value)
                         .. value .. "'")
         end
         ctx.db_sync = value
+    elseif name == "zk-auth" then
+        if not value:find(":", 1, true) then
+            usage_error("--zk-auth: expected USER:PASSWORD")
+        end
+        ctx.zk_auth = value
+    elseif name == "zk-acl" then
+        ctx.zk_acl = value
     elseif name == "session-timeout" then
         if not tonumber(value) then
             usage_error("--session-timeout: expected seconds, got '"

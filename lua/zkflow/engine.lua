@@ -191,7 +191,8 @@ local function start_zk(options)
     while not z.stopped do
       z.attempts = z.attempts + 1
       local ok, st, err = pcall(core.store, "zk://" .. hosts,
-                                { timeout = timeout, on_session = on_session })
+                                { timeout = timeout, on_session = on_session,
+                                  auth = options.zk_auth, acl = options.zk_acl })
       if z.stopped then
         if ok and st then st:close() end
         return

@@ -6,6 +6,8 @@
  *       zkflow_dags     /srv/dags;
  *       zkflow_db       /var/lib/zkflow/zkflow.db;  # or: zkflow_zk HOSTS;
  *       zkflow_log_dir  /var/lib/zkflow/logs;       # optional: task logs
+ *       zkflow_zk_auth  user:password;              # optional: digest auth
+ *       zkflow_zk_acl   creator;                    # optional: created nodes' ACL
  *       server {
  *           location /zkflow/ { zkflow_api; }
  *       }
@@ -46,6 +48,8 @@ typedef struct {
     ngx_str_t                  dags;
     ngx_str_t                  db;
     ngx_str_t                  zk;
+    ngx_str_t                  zk_auth;  /* digest "user:password" */
+    ngx_str_t                  zk_acl;
     ngx_str_t                  log_dir;
     ngx_flag_t                 api;      /* some location has zkflow_api */
 
@@ -132,6 +136,8 @@ static char *ngx_http_zkflow_zk(ngx_conf_t *cf, ngx_command_t *cmd,
     void *conf);
 static char *ngx_http_zkflow_api(ngx_conf_t *cf, ngx_command_t *cmd,
     void *conf);
+static char *ngx_http_zkflow_zk_auth(ngx_conf_t *cf, ngx_command_t *cmd,
+    void *conf);
 static char *ngx_http_zkflow_log_dir(ngx_conf_t *cf, ngx_command_t *cmd,
     void *conf);
 static ngx_int_t ngx_http_zkflow_valid_zk(ngx_str_t *hosts);
@@ -161,6 +167,20 @@ static ngx_command_t  ngx_http_zkflow_commands[] = {
       ngx_http_zkflow_zk,
       NGX_HTTP_MAIN_CONF_OFFSET,
       offsetof(ngx_http_zkflow_main_conf_t, zk),
+      NULL },
+
+    { ngx_string("zkflow_zk_auth"),
+      NGX_HTTP_MAIN_CONF|NGX_CONF_TAKE1,
+      ngx_http_zkflow_zk_auth,
+      NGX_HTTP_MAIN_CONF_OFFSET,
+      offsetof(ngx_http_zkflow_main_conf_t, zk_auth),
+      NULL },
+
+    { ngx_string("zkflow_zk_acl"),
+      NGX_HTTP_MAIN_CONF|NGX_CONF_TAKE1,
+      ngx_conf_set_str_slot,
+      NGX_HTTP_MAIN_CONF_OFFSET,
+      offsetof(ngx_http_zkflow_main_conf_t, zk_acl),
       NULL },
 
     { ngx_string("zkflow_log_dir"),
@@ -883,6 +903,12 @@ ngx_http_zkflow_start(ngx_http_zkflow_worker_t *w)
             && zkf_engine_setopt(e, "db", (char *) zmcf->db.data) != ZKF_OK)
         || (zmcf->zk.len
             && zkf_engine_setopt(e, "zk", (char *) zmcf->zk.data) != ZKF_OK)
+        || (zmcf->zk_auth.len
+            && zkf_engine_setopt(e, "zk_auth", (char *) zmcf->zk_auth.data)
+               != ZKF_OK)
+        || (zmcf->zk_acl.len
+            && zkf_engine_setopt(e, "zk_acl", (char *) zmcf->zk_acl.data)
+               != ZKF_OK)
         || (zmcf->log_dir.len
             && zkf_engine_setopt(e, "log_dir", (char *) zmcf->log_dir.data)
                != ZKF_OK)
@@ -1148,6 +1174,29 @@ ngx_http_zkflow_zk(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
                            "zkflow_zk: invalid address \"%V\", expected "
                            "HOST:PORT[,HOST:PORT...][/chroot]", &zmcf->zk);
         return NGX_CONF_ERROR;
+    }
+
+    return NGX_CONF_OK;
+}
+
+
+/* Digest credentials of the ZooKeeper session: "user:password". */
+static char *
+ngx_http_zkflow_zk_auth(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
+{
+    ngx_http_zkflow_main_conf_t *zmcf = conf;
+
+    char  *rv;
+
+    rv = ngx_conf_set_str_slot(cf, cmd, conf);
+    if (rv != NGX_CONF_OK) {
+        return rv;
+    }
+
+    if (ngx_strlchr(zmcf->zk_auth.data,
+                    zmcf->zk_auth.data + zmcf->zk_auth.len, ':') == NULL)
+    {
+        return "expects USER:PASSWORD";
     }
 
     return NGX_CONF_OK;
