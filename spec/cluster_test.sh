@@ -49,6 +49,7 @@ cleanup() {
     # Shell tasks of killed workers live on in their own process groups.
     pkill -9 -f "$CLUSTER_OUT" 2>/dev/null
     bash spec/zk/harness.sh stop > /dev/null 2>&1
+    ZKFLOW_ZK_DIR=$TMP/zk3 bash spec/zk/harness.sh stop > /dev/null 2>&1
     rm -rf "$TMP"
 }
 trap cleanup EXIT
@@ -175,6 +176,18 @@ check "cl_fan: each of the 30 tries ran exactly once" \
     test "$(sort "$CLUSTER_OUT/fan.txt" | uniq | wc -l)/$(wc -l < "$CLUSTER_OUT/fan.txt")" = "30/30"
 check "cl_fan: both workers took tries" test \
     "$(run_py cl_fan "$R" '",".join(sorted(set(t["worker"] for k, t in r["tasks"].items() if k != "join")))')" = "w1,w2"
+
+# A second queue node for a try that already ran (what a write repeated
+# after a lost answer leaves): a worker claims it and does not run it.
+KEY="cl_fan~$R~t1~1"
+"${Z[@]}" zk set /zkflow/queue/default/ti-9999999990 \
+    "{\"key\":\"$KEY\",\"dag_id\":\"cl_fan\",\"run_id\":\"$R\",\"task_id\":\"t1\",\"try_number\":1,\"queue\":\"default\"}" > /dev/null 2>&1
+dup_gone() { ! "${Z[@]}" zk ls /zkflow/queue/default 2>/dev/null | grep -q ti-9999999990; }
+check "a duplicate queue node of a finished try is taken off the queue" wait_for 10 dup_gone
+sleep 0.5
+check "and not run again (t1 ran once)" test "$(grep -c '^t1 1$' "$CLUSTER_OUT/fan.txt")" = 1
+check "the worker says why" sh -c "grep -h 'not run: its record is success try 1' '$TMP'/w*.log | grep -q ."
+check "no claim is left behind" test -z "$("${Z[@]}" zk ls /zkflow/claims 2>/dev/null)"
 
 R=$(trigger cl_retry)
 check "cl_retry ends" wait_for 20 run_ended cl_retry "$R"
@@ -317,7 +330,8 @@ sec_leads() { "${SEC[@]}" members --json 2>/dev/null | grep -q '"leader":true'; 
 check "an authenticated standalone --zk leads under its root" wait_for 10 sec_leads
 R=$("${SEC[@]}" dags trigger cl_chain --dags "$TMP/sdags" 2>/dev/null)
 sec_ended() {
-    "${SEC[@]}" runs show cl_chain "$R" --json 2>/dev/null | grep -q '"state":"success"'
+    "${SEC[@]}" runs show cl_chain "$R" --json 2>/dev/null |
+        /usr/bin/python3 -c 'import json,sys; sys.exit(0 if json.load(sys.stdin)["state"] == "success" else 1)'
 }
 check "its run succeeds (scheduler, worker and CLI all authenticated)" wait_for 20 sec_ended
 out=$("${Z[@]}" zk get "/secure/runs/cl_chain/$R" 2>&1); rc=$?
@@ -341,6 +355,45 @@ check "its try fails with an error naming the DAG and the worker" \
     sh -c "'$ZKFLOW' --zk '$HOSTS' zk get '/zkflow/runs/cl_only_sched/$R/x' | grep -q \"no DAG 'cl_only_sched' on worker w\""
 out=$(cd "$TMP" && "$ZKFLOW" worker --dags "$TMP/wdags" 2>&1); rc=$?
 check "worker without --zk: exit 2 naming --zk" sh -c "[ $rc = 2 ] && echo \"\$1\" | grep -q -- --zk" _ "$out"
+
+# ---- a 3-node ensemble loses a member mid-run ------------------------------------------
+
+E=$(ZKFLOW_ZK_DIR=$TMP/zk3 bash spec/zk/harness.sh start3) || E=
+if [ -n "$E" ]; then
+    # A session outlives a server's death when the client finds another
+    # within it: a longer timeout than above.
+    ZE=("$ZKFLOW" --zk "$E" --session-timeout 6)
+    for m in e1 ew1; do
+        kind=scheduler
+        [ "$m" = ew1 ] && kind=worker
+        (cd "$TMP" && exec "${ZE[@]}" "$kind" --dags "$TMP/sdags" --id "$m") > "$TMP/$m.log" 2>&1 &
+        pid[$m]=$!
+        disown "$!"
+    done
+    e_leads() { "${ZE[@]}" members --json 2>/dev/null | grep -q '"leader":true'; }
+    wait_for 15 e_leads
+    : > "$CLUSTER_OUT/long.txt"
+    R=$("${ZE[@]}" dags trigger cl_long --dags "$TMP/sdags" 2>/dev/null)
+    wait_for 15 grep -q long-start "$CLUSTER_OUT/long.txt"
+    ZKFLOW_ZK_DIR=$TMP/zk3 bash spec/zk/harness.sh kill 1
+    e_ended() {
+        "${ZE[@]}" runs show cl_long "$R" --json 2>/dev/null |
+            /usr/bin/python3 -c 'import json,sys; sys.exit(0 if json.load(sys.stdin)["state"] == "success" else 1)'
+    }
+    check "3-node ensemble: the run goes on while one server is killed" wait_for 30 e_ended
+    check "3-node ensemble: nothing ran twice, no try was lost" \
+        test "$(grep -c "^first" "$CLUSTER_OUT/long.txt")/$(grep -c "^long-start" "$CLUSTER_OUT/long.txt")/$(grep -c "^after" "$CLUSTER_OUT/long.txt")" = 1/1/1
+    e_members() {
+        "${ZE[@]}" members --json 2>/dev/null | /usr/bin/python3 -c 'import json,sys
+m = json.load(sys.stdin)
+sys.exit(0 if [s["id"] for s in m["schedulers"]] == ["e1"] and [w["id"] for w in m["workers"]] == ["ew1"] else 1)'
+    }
+    check "3-node ensemble: both members kept their sessions" e_members
+    kill -TERM "${pid[e1]}" "${pid[ew1]}" 2>/dev/null
+    ZKFLOW_ZK_DIR=$TMP/zk3 bash spec/zk/harness.sh stop > /dev/null 2>&1
+else
+    not_ok "3-node ensemble: the servers did not start"
+fi
 
 # ---- a worker stops cleanly -----------------------------------------------------------
 

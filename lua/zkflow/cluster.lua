@@ -622,10 +622,18 @@ function CW:claim(node)
   end
   local claim = json_encode({ worker = self.id, host = hostname(), pid = core.getpid(),
                               started = now(), queue_node = node })
-  local res = self.store:multi({
-    { op = "create", path = self.st:path("claims", rec.key), data = claim, ephemeral = true },
+  local cpath = self.st:path("claims", rec.key)
+  local res, err = self.store:multi({
+    { op = "create", path = cpath, data = claim, ephemeral = true },
     { op = "delete", path = node },
   })
+  if not res and (err == "ZCONNECTIONLOSS" or err == "ZOPERATIONTIMEOUT") then
+    -- The answer was lost, not necessarily the transaction: the claim
+    -- says whether it is ours (a claim of ours nobody ran would hold the
+    -- try forever).
+    local mine = decode((self.store:get(cpath)))
+    res = mine and mine.worker == self.id and mine.queue_node == node
+  end
   if not res then return false end
   self:run(rec)
   return true
@@ -661,8 +669,32 @@ function CW:run(rec)
   self.nrunning = self.nrunning + 1
   self:member_changed()
   local s = self.s
+  local run_path = s.st:path("runs", rec.dag_id, rec.run_id)
+  local ti_path = run_path .. "/" .. rec.task_id
+  local result_path = self.st:path("results", key)
+  local dag = s.dags[rec.dag_id]
+  local ids = dag and dag.tasks[rec.task_id] and ancestors(dag, rec.task_id) or {}
+  -- The run, the try's own record, its result if any and the records of
+  -- the task's ancestors, read together.
+  local paths = { run_path, ti_path, result_path }
+  for _, id in ipairs(ids) do paths[#paths + 1] = run_path .. "/" .. id end
+  local got = get_all(self.store, paths)
+  local own = decode(got[ti_path])
+  if got[result_path] or not own or own.try_number ~= rec.try_number
+      or (own.state ~= "queued" and own.state ~= "running") then
+    -- Not a try that waits for a worker: a second queue node of a try
+    -- (a transaction repeated after a lost answer) or a try that moved on.
+    -- Running it would run it twice.
+    log("warn", ("worker: %s not run: its record is %s try %s%s"):format(key,
+      tostring(own and own.state), tostring(own and own.try_number),
+      got[result_path] and ", and it has a result" or ""))
+    self.running[key] = nil
+    self.nrunning = self.nrunning - 1
+    self.store:delete(self.st:path("claims", key))
+    self:member_changed()
+    return
+  end
   local ok, err = pcall(function()
-    local dag = s.dags[rec.dag_id]
     if not dag then
       error(("no DAG '%s' on worker %s (its DAG folder: %s)"):format(rec.dag_id, self.id,
                                                                 tostring(self.opts.dags_dir)), 0)
@@ -670,12 +702,6 @@ function CW:run(rec)
     if not dag.tasks[rec.task_id] then
       error("task '" .. rec.task_id .. "' is not in DAG " .. rec.dag_id, 0)
     end
-    -- The run and the records of the task's ancestors, read together.
-    local run_path = s.st:path("runs", rec.dag_id, rec.run_id)
-    local paths = { run_path }
-    local ids = ancestors(dag, rec.task_id)
-    for _, id in ipairs(ids) do paths[#paths + 1] = run_path .. "/" .. id end
-    local got = get_all(self.store, paths)
     local rrec = decode(got[run_path])
     if not rrec then error("run " .. rec.dag_id .. " " .. rec.run_id .. " is not in the store", 0) end
     rrec.run_id = rec.run_id
