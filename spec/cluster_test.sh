@@ -23,8 +23,12 @@ export ZKFLOW_LOG_LEVEL=info
 mkdir -p "$CLUSTER_OUT" "$TMP/wdags" "$TMP/sdags"
 cp spec/fixtures/cluster/*.lua "$TMP/wdags/"
 cp spec/fixtures/cluster/*.lua "$TMP/sdags/"
-cp examples/dags/cluster_members.lua "$TMP/wdags/"
-cp examples/dags/cluster_members.lua "$TMP/sdags/"
+# Examples whose runs the cluster must end exactly as `dags test` does.
+SAME_AS_TEST="tutorial trigger_rules file_sensor pools_priority"
+for f in cluster_members $SAME_AS_TEST; do
+    cp "examples/dags/$f.lua" "$TMP/wdags/"
+    cp "examples/dags/$f.lua" "$TMP/sdags/"
+done
 # A DAG only the schedulers have: its tries fail on the workers.
 cat > "$TMP/sdags/only_sched.lua" <<'EOF'
 local flow = require "zkflow"
@@ -168,6 +172,29 @@ R=$(trigger cluster_members)
 check "example cluster_members runs on the cluster" wait_for 20 run_ended cluster_members "$R"
 check "its census: s1 leads, 2 schedulers, 2 workers" test \
     "$(run_py cluster_members "$R" '"%s/%d/%d" % (r["tasks"]["census"]["xcom"]["leader"], r["tasks"]["census"]["xcom"]["schedulers"], r["tasks"]["census"]["xcom"]["workers"])')" = s1/2/2
+
+# The leader decides as a standalone scheduler does: branches, trigger
+# rules, retries, sensors in reschedule mode with soft_fail, pools and
+# priorities end every task in the state `dags test` gives it.
+task_states() { # task_states: {"task": "state", ...} sorted, from a run object on stdin
+    /usr/bin/python3 -c 'import json,sys
+r = json.load(sys.stdin)
+print(r["state"], json.dumps({k: v["state"] for k, v in sorted(r["tasks"].items())}))'
+}
+for d in $SAME_AS_TEST; do
+    want=$(cd "$TMP" && "$ZKFLOW" dags test "$ROOT/examples/dags/$d.lua" --json 2>/dev/null | task_states)
+    R=$(trigger "$d")
+    if wait_for 30 run_ended "$d" "$R"; then
+        got=$("${Z[@]}" runs show "$d" "$R" --json 2>/dev/null | task_states)
+        check "example $d on the cluster ends as under dags test" test "$got" = "$want"
+        if [ "$got" != "$want" ]; then
+            echo "#   cluster: $got"
+            echo "#   test:    $want"
+        fi
+    else
+        not_ok "example $d on the cluster ends"
+    fi
+done
 
 R=$(trigger cl_fan)
 check "cl_fan (30 parallel tries) succeeds" wait_for 30 run_ended cl_fan "$R"
