@@ -155,6 +155,11 @@ check "cl_chain: tasks logs reads a worker's log" \
     sh -c "'$ZKFLOW' --zk '$HOSTS' tasks logs cl_chain '$R' a | grep -q chain-a"
 # From another machine the worker's file is not there: the copy in the
 # store is read.
+"${Z[@]}" tasks clear cl_chain "$R" c > /dev/null 2>&1
+c_again() { [ "$(run_py cl_chain "$R" 'r["tasks"]["c"]["try_number"]')" = 2 ] && run_ended cl_chain "$R"; }
+check "tasks clear: the leader runs the cleared task again on a worker" wait_for 20 c_again
+check "tasks clear: the run succeeds again with the same XCom" test \
+    "$(run_py cl_chain "$R" 'r["state"] + "/" + r["tasks"]["c"]["xcom"]')" = success/value-of-a
 mv "$TMP/logs" "$TMP/logs.away"
 check "cl_chain: without the worker's file, tasks logs reads the store's copy" \
     sh -c "'$ZKFLOW' --zk '$HOSTS' tasks logs cl_chain '$R' a | grep -q chain-a"
