@@ -141,6 +141,12 @@ assert w[\"w1\"][\"slots\"] == 2 and isinstance(w[\"w1\"][\"pid\"], int)
 assert w[\"w1\"][\"running\"] == [] and w[\"w1\"][\"queues\"] == [\"default\"]
 assert all(isinstance(s[\"pid\"], int) for s in m[\"schedulers\"])'"
 
+check "members (text): the leader and the standby say so" \
+    sh -c "'$ZKFLOW' --zk '$HOSTS' members | grep -E '^scheduler +s1 .* leader\$' >/dev/null &&
+           '$ZKFLOW' --zk '$HOSTS' members | grep -E '^scheduler +s2 .* standby\$' >/dev/null"
+check "members (text): a worker shows its slots and queues" \
+    sh -c "'$ZKFLOW' --zk '$HOSTS' members | grep -E '^worker +w1 .* 0/2 running, queues default\$' >/dev/null"
+
 # ---- runs go through the queue ---------------------------------------------------
 
 R=$(trigger cl_chain)

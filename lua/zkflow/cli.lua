@@ -1340,15 +1340,23 @@ local function cmd_members(ctx)
     local rows = {}
     for _, kind in ipairs({ "schedulers", "workers" }) do
         for _, x in ipairs(m[kind]) do
+            local what
+            if kind == "schedulers" then
+                what = x.leader and "leader" or "standby"
+                if x.role == "standalone" then what = "standalone" end
+            else
+                local n = type(x.running) == "table" and #x.running or 0
+                what = fmt("%d/%s running, queues %s", n, show(x.slots),
+                           type(x.queues) == "table" and concat(x.queues, ",") or "-")
+            end
             rows[#rows + 1] = { kind:sub(1, -2), tostring(x.id),
-                                show(x.host), show(x.pid),
-                                x.leader and "leader" or "" }
+                                show(x.host), show(x.pid), show(x.started), what }
         end
     end
     if #rows == 0 then
         out("no members")
     else
-        print_table({ "KIND", "ID", "HOST", "PID", "" }, rows)
+        print_table({ "KIND", "ID", "HOST", "PID", "STARTED", "" }, rows)
     end
     return 0
 end
