@@ -807,22 +807,29 @@ function CW:report(key, r, rec)
   local slot = self.running[key]
   local copy = slot and slot.ti and slot.ti.log_copy
   spawn("worker result", function()
-    if copy then
+    local rpath = self.st:path("results", key)
+    local cpath = self.st:path("claims", key)
+    local ops = {}
+    if copy and #copy.data + #data < RESULT_MAX then
+      -- The log's copy in the same transaction: one round trip less.
+      ops[1] = { op = "create", path = copy.node, data = copy.data }
+    elseif copy then
       local ok, err = self.store:create(copy.node, copy.data)
       if not ok and err == "ZNODEEXISTS" then ok, err = self.store:set(copy.node, copy.data) end
       if not ok then log("warn", "worker: log copy " .. copy.node .. ": " .. tostring(err)) end
     end
-    local rpath = self.st:path("results", key)
-    local cpath = self.st:path("claims", key)
+    ops[#ops + 1] = { op = "create", path = rpath, data = data }
+    ops[#ops + 1] = { op = "delete", path = cpath }
     for _ = 1, 5 do
-      local res, err = self.store:multi({
-        { op = "create", path = rpath, data = data },
-        { op = "delete", path = cpath },
-      })
+      local res, err = self.store:multi(ops)
       if res then break end
       if err == "ZCONNECTIONLOSS" or err == "ZOPERATIONTIMEOUT" then
         -- The transaction may have happened: the result says so.
         if self.store:exists(rpath) then break end
+      elseif #ops == 3 and self.store:exists(ops[1].path) then
+        -- A log copy already there (a try number is never run twice, but
+        -- a hand-made node could be): the result without it.
+        table.remove(ops, 1)
       else
         log("warn", ("worker: the result of %s was not recorded (%s): the claim "
                      .. "is gone, so the scheduler runs the try again"):format(key, tostring(err)))
