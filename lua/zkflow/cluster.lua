@@ -508,6 +508,8 @@ function _M.worker(opts)
     queues = opts.queues or { "default" }, slots = opts.slots or 4,
     running = {}, nrunning = 0, stopped = false,
     scanning = {}, rescan = {}, armed = {},
+    claiming = {}, nclaiming = 0,   -- queue nodes being claimed
+    held = {},                      -- queue node -> when its try's claim was found held
   }, CW)
   self.st = state.new(self.store, self.root)
   self.member_path = self.st:path("members", "workers", self.id)
@@ -596,9 +598,34 @@ function CW:scan(q)
         end
       else
         sort(list)
+        -- One claim per free slot at once, each in its own coroutine: a
+        -- claim costs a few round trips, which run side by side.
         for _, name in ipairs(list) do
-          if self.nrunning >= self.slots or self.stopped or self.expired then break end
-          self:claim(dir .. "/" .. name)
+          if self.nrunning + self.nclaiming >= self.slots or self.stopped
+              or self.expired then
+            break
+          end
+          local node = dir .. "/" .. name
+          local held = self.held[node]
+          if held and core.mono() - held > 1 then self.held[node], held = nil, nil end
+          if not self.claiming[node] and not held then
+            self.claiming[node] = true
+            self.nclaiming = self.nclaiming + 1
+            spawn("worker claim", function()
+              local ok, got, why = pcall(self.claim, self, node)
+              self.claiming[node] = nil
+              self.nclaiming = self.nclaiming - 1
+              if not ok then log("error", "worker: claim " .. node .. ": " .. tostring(got)) end
+              if ok and not got and why == "ZNODEEXISTS" then
+                -- The try's claim is held (a second queue node of a try
+                -- that runs): left alone for a second, not hammered.
+                self.held[node] = core.mono()
+              elseif ok and not got and not self.stopped then
+                -- Another worker was first: there may be more to take.
+                self:scan(q)
+              end
+            end)
+          end
         end
       end
       tries = tries + 1
@@ -634,7 +661,7 @@ function CW:claim(node)
     local mine = decode((self.store:get(cpath)))
     res = mine and mine.worker == self.id and mine.queue_node == node
   end
-  if not res then return false end
+  if not res then return false, err end
   self:run(rec)
   return true
 end
