@@ -278,6 +278,10 @@ check "the lost try ran again on the other worker" test \
     "$(run_py cl_long "$R" 'r["tasks"]["long"]["worker"]')" = "$( [ "$H" = w1 ] && echo w2 || echo w1)"
 check "a try lost with its worker costs no retry (try 2 of max_tries 1)" test \
     "$(run_py cl_long "$R" 'str(r["tasks"]["long"]["try_number"]) + "/" + str(r["tasks"]["long"]["max_tries"])')" = 2/1
+check "the dead worker's orphaned shell task was killed (one long-end: the re-run's)" \
+    test "$(grep -c "^long-end $R" "$CLUSTER_OUT/long.txt")" = 1
+check "the surviving worker says it killed the group" \
+    sh -c "grep -h 'left by dead worker $H' '$TMP'/w*.log | grep -q ."
 check "members: the dead worker is gone once its session expired" \
     wait_for 10 sh -c "! '$ZKFLOW' --zk '$HOSTS' members --json | grep -q '\"$H\"'"
 start "$H" worker --dags "$TMP/wdags" --slots 2

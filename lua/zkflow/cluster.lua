@@ -492,6 +492,12 @@ end
 
 -- ---- the worker ---------------------------------------------------------------------
 
+local function abs_path(p)
+  if not p or p:sub(1, 1) == "/" then return p end
+  local cwd = os.getenv("PWD")
+  return cwd and (cwd .. "/" .. p:gsub("^%./", "")) or p
+end
+
 local CW = {}
 CW.__index = CW
 
@@ -519,7 +525,14 @@ function _M.worker(opts)
     log_dir = opts.log_dir, schedule = false, hot_reload = false,
   }
   s.no_persist = true
-  s.mark = function() end
+  -- A worker writes nothing to the run's records; the one thing it keeps
+  -- of a mark is a new process group (rt.spawn), for record_groups().
+  s.mark = function(_, ti)
+    if ti.pid and ti.remote_key and ti.pid ~= ti.noted_pid then
+      ti.noted_pid = ti.pid
+      self:record_groups()
+    end
+  end
   s.worker_id = self.id
   s.try_ended = function(_, ti, ok, res, extra) self:ended(ti, ok, res, extra) end
   -- A push to /dags: the worker only needs the DAGs themselves.
@@ -534,6 +547,8 @@ function _M.worker(opts)
   ensure(self.store, self.st:path("claims"))
   ensure(self.store, self.st:path("results"))
   self:update_member(true)
+  self.groups_dir = opts.log_dir and (abs_path(opts.log_dir) .. "/.workers") or nil
+  if self.groups_dir then self:watch_members() end
   for _, q in ipairs(self.queues) do self:scan(q) end
   return self
 end
@@ -759,12 +774,6 @@ function CW:run(rec)
   end
 end
 
-local function abs_path(p)
-  if not p or p:sub(1, 1) == "/" then return p end
-  local cwd = os.getenv("PWD")
-  return cwd and (cwd .. "/" .. p:gsub("^%./", "")) or p
-end
-
 -- What a result carries for an error: its text and zkflow's markers.
 local function error_value(e)
   if type(e) ~= "table" then return tostring(e) end
@@ -867,6 +876,84 @@ function CW:report(key, r, rec)
   end)
 end
 
+-- ---- process groups a dead worker leaves behind ----------------------------
+--
+-- A shell try runs in a process group of its own, which outlives a worker
+-- killed with SIGKILL (the try runs again elsewhere; the orphan would go
+-- on beside it).  Each worker lists its tries' groups in
+-- <log_dir>/.workers/<id>; the workers of the host watch the membership,
+-- and when a worker's record goes (its session ended) one of them kills
+-- the groups its file lists (each checked in /proc to still be that try's
+-- process) and removes the file.
+
+function CW:record_groups()
+  local dir = self.groups_dir
+  if not dir then return end
+  local lines = {}
+  for key, slot in pairs(self.running) do
+    local ti = slot.ti
+    if ti and ti.pid then lines[#lines + 1] = ("%d %s %s"):format(ti.pid, ti.task_id, key) end
+  end
+  local file = dir .. "/" .. self.id
+  if #lines == 0 then
+    os.remove(file)
+    return
+  end
+  core.mkdirs(dir)
+  local tmp = file .. ".tmp"
+  local f = io.open(tmp, "w")
+  if not f then return end
+  f:write(concat(lines, "\n"), "\n")
+  f:close()
+  os.rename(tmp, file)
+end
+
+-- Is process `pid` still the try of task `task_id` (not a recycled pid)?
+local function is_try_process(pid, task_id)
+  local f = io.open("/proc/" .. pid .. "/environ", "rb")
+  if not f then return false end
+  local env = f:read("a") or ""
+  f:close()
+  return env:find("\0ZKFLOW_TASK_ID=" .. task_id .. "\0", 1, true) ~= nil
+      or env:find("^ZKFLOW_TASK_ID=" .. task_id:gsub("%p", "%%%0") .. "%z") ~= nil
+end
+
+-- Kills what the workers that are gone left running on this host.
+function CW:reap()
+  local dir = self.groups_dir
+  local names = dir and core.listdir(dir)
+  if not names then return end
+  for _, id in ipairs(names) do
+    if id ~= self.id and not id:find("%.tmp$") and id:sub(1, 1) ~= "." then
+      if not self.store:exists(self.st:path("members", "workers", id)) then
+        local path = dir .. "/" .. id
+        local f = io.open(path)
+        if f then
+          for line in f:lines() do
+            local pid, task_id, key = line:match("^(%d+) (%S+) (%S+)$")
+            pid = tonumber(pid)
+            if pid and pid > 1 and is_try_process(pid, task_id) then
+              core.killpg(pid, 9)
+              log("warn", ("worker %s: killed process group %d of %s, left by dead worker %s"):format(
+                self.id, pid, key, id))
+            end
+          end
+          f:close()
+        end
+        os.remove(path)
+      end
+    end
+  end
+end
+
+function CW:watch_members()
+  if self.stopped then return end
+  local list = self.store:children(self.st:path("members", "workers"), function()
+    if not self.stopped then spawn("worker members", function() self:watch_members() end) end
+  end)
+  if list then self:reap() end
+end
+
 -- New slots (the worker_slots of /config): more slots take more at once;
 -- fewer let the tries in flight finish.
 function CW:set_slots(n)
@@ -879,7 +966,9 @@ end
 
 function CW:free(key)
   if not self.running[key] then return end
+  local slot = self.running[key]
   self.running[key] = nil
+  if slot.ti and slot.ti.noted_pid then self:record_groups() end
   self.nrunning = self.nrunning - 1
   self:member_changed()
   if not self.stopped and not self.expired then
@@ -899,6 +988,7 @@ function CW:abandon()
     self.running[key] = nil
     self.nrunning = self.nrunning - 1
   end
+  self:record_groups()
   if #keys > 0 then
     log("warn", "worker " .. self.id .. " stopped its tries: " .. concat(keys, ", "))
   end
@@ -931,6 +1021,7 @@ function CW:stop()
     self.store:delete(self.st:path("claims", key))
   end
   self.running, self.nrunning = {}, 0
+  self:record_groups()
   s.stopped = true
   self.store:delete(self.member_path)
 end
