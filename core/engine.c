@@ -37,6 +37,7 @@ struct zkf_engine {
     size_t mem_limit;           /* 0: none */
     zkf_log_fn log;
     void *log_ud;
+    int log_min;                /* messages below this level are dropped */
     zkf_done_fn done;
     void *done_ud;
     int depth;                  /* >0 while inside an entry point */
@@ -119,7 +120,14 @@ void zkf_engine_log(zkf_engine *e, const char *level, const char *msg)
         lv = 2;
     else if (strcmp(level, "error") == 0)
         lv = 3;
+    if (lv < e->log_min)
+        return;
     e->log(e->log_ud, lv, msg);
+}
+
+void zkf_engine_log_min(zkf_engine *e, int level)
+{
+    e->log_min = level < 0 ? 0 : level > 3 ? 3 : level;
 }
 
 void zkf_engine_set_log(zkf_engine *e, zkf_log_fn fn, void *ud)

@@ -20,6 +20,9 @@ void zkf_engine_log(zkf_engine *e, const char *level, const char *msg);
 /* Caps the bytes the Lua state may hold (0: no cap) / reports them. */
 void zkf_engine_mem_limit(zkf_engine *e, size_t limit);
 size_t zkf_engine_mem_used(const zkf_engine *e);
+/* Drops log messages below `level` (0 debug .. 3 error) before the host's
+ * callback sees them (/config's log_level). */
+void zkf_engine_log_min(zkf_engine *e, int level);
 
 /* The engine's loop and, for libevent engines, its event base (else
  * NULL).  Borrowed. */

@@ -191,6 +191,25 @@ static int l_mem_used(lua_State *L)
     return 1;
 }
 
+/* core.set_log_level(level): the engine drops messages below `level`
+ * ("debug", "info", "warn", "error"; nil: none dropped).  false in plain
+ * Lua, whose level is ZKFLOW_LOG_LEVEL's. */
+static int l_set_log_level(lua_State *L)
+{
+    static const char *const names[] = {"debug", "info", "warn", "error",
+                                         NULL};
+    zkf_engine *e = zkf_engine_from_lua(L);
+    int level = lua_isnoneornil(L, 1) ? 0 : luaL_checkoption(L, 1, NULL, names);
+
+    if (e == NULL) {
+        lua_pushboolean(L, 0);
+        return 1;
+    }
+    zkf_engine_log_min(e, level);
+    lua_pushboolean(L, 1);
+    return 1;
+}
+
 static int l_log(lua_State *L)
 {
     const char *level = luaL_checkstring(L, 1);
@@ -229,6 +248,7 @@ static const luaL_Reg core_funcs[] = {
     {"mem_limit", l_mem_limit},
     {"mem_used", l_mem_used},
     {"log", l_log},
+    {"set_log_level", l_set_log_level},
     {"in_engine", l_in_engine},
     {"killpg", l_killpg},
     {"getpid", l_getpid},

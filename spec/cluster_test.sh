@@ -259,6 +259,20 @@ sys.exit(0 if worst == 1 and len(ev) == 8 else 1)' "$CLUSTER_OUT/pool.txt"
 }
 check "pools.p = 1 from /config: never two of its tries at once" no_overlap
 
+# log_level from /config, live: the leader's info lines stop, then resume.
+queued_lines() { grep -c "ti_queued cl_chain" "$TMP/s1.log"; }
+"${Z[@]}" config set log_level warn > /dev/null
+sleep 0.5
+n0=$(queued_lines)
+R=$(trigger cl_chain)
+wait_for 20 run_ended cl_chain "$R"
+check "config log_level=warn: the leader logs no info line for a run" test "$(queued_lines)" = "$n0"
+"${Z[@]}" config unset log_level > /dev/null
+sleep 0.5
+R=$(trigger cl_chain)
+wait_for 20 run_ended cl_chain "$R"
+check "config unset log_level: its info lines are back" test "$(queued_lines)" -gt "$n0"
+
 # ---- a worker dies with a try in flight -------------------------------------------------
 
 R=$(trigger cl_long)

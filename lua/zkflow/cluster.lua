@@ -1032,9 +1032,20 @@ local function valid_int(v, least)
   return math.type(v) == "integer" and v >= least
 end
 
+local LOG_LEVELS = { debug = true, info = true, warn = true, error = true }
+
+-- log_level: the engine drops messages below it (nil: none dropped; the
+-- process's own ZKFLOW_LOG_LEVEL still filters after).
+local function apply_log_level(cfg)
+  local lv = cfg.log_level
+  if not LOG_LEVELS[lv] then lv = nil end
+  if core.set_log_level then core.set_log_level(lv) end
+end
+
 -- watch_config(store, root, apply [, stopped]): calls apply(tbl) now and
 -- after every change of <root>/config ({} when the node is missing); a
--- record that is not valid is logged and its valid keys still apply.
+-- record that is not valid is logged and its valid keys still apply;
+-- log_level applies to the whole process.
 -- stopped(): true ends the watching.  Inside a coroutine on a remote store.
 function _M.watch_config(store, root, apply, stopped)
   local config = require "zkflow.config"
@@ -1046,6 +1057,7 @@ function _M.watch_config(store, root, apply, stopped)
       spawn("config", look)
     end)
     if not stat then
+      apply_log_level({})
       apply({})
       return
     end
@@ -1058,6 +1070,7 @@ function _M.watch_config(store, root, apply, stopped)
     if not ok then
       log("error", "config " .. path .. ": " .. tostring(verr) .. " (the valid keys still apply)")
     end
+    apply_log_level(tbl)
     apply(tbl)
   end
   look()
