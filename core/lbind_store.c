@@ -28,6 +28,7 @@ typedef struct lstore {
     lua_State *main;           /* for on_session */
     int session_ref;           /* on_session function, or LUA_NOREF */
     int wait_ms;               /* zk: longest blocking wait */
+    int collecting;            /* in __gc: the state is closing */
 } lstore;
 
 /* The Lua side of one watch: the function's registry ref. */
@@ -221,7 +222,13 @@ static void on_done(const zkf_store_result *r, void *arg)
     if (!c->yielded)
         return;
     /* A store being closed completes inside close() or __gc: resume on
-     * a later turn, not re-entrantly there. */
+     * a later turn, not re-entrantly there.  Collected with its caller
+     * parked (only lua_close() collects a store a coroutine still waits
+     * on), there is no later turn: the call goes with the state. */
+    if (r->rc == ZKF_ZCLOSING && c->ls && c->ls->collecting) {
+        free(c);
+        return;
+    }
     if (r->rc == ZKF_ZCLOSING &&
         zkf_timer_start(c->loop, 0, resume_later, c) != NULL)
         return;
@@ -674,6 +681,14 @@ static int l_close(lua_State *L)
     return 0;
 }
 
+static int l_gc(lua_State *L)
+{
+    lstore *s = luaL_checkudata(L, 1, STORE_MT);
+
+    s->collecting = 1;
+    return l_close(L);
+}
+
 static int l_tostring(lua_State *L)
 {
     lstore *s = luaL_checkudata(L, 1, STORE_MT);
@@ -785,6 +800,7 @@ static int store_zk(lua_State *L, const char *hosts, int opt)
     s->st = NULL;
     s->main = NULL;
     s->session_ref = LUA_NOREF;
+    s->collecting = 0;
     luaL_setmetatable(L, STORE_MT);
     lua_pushfstring(L, "zk://%s", hosts);
     lua_setiuservalue(L, ud, 1);
@@ -857,6 +873,7 @@ static int l_store(lua_State *L)
     s->st = NULL;
     s->main = NULL;
     s->session_ref = LUA_NOREF;
+    s->collecting = 0;
     s->wait_ms = 0;
     luaL_setmetatable(L, STORE_MT);
     lua_pushvalue(L, 1);
@@ -875,7 +892,7 @@ void zkf_lua_open_store(lua_State *L)
     if (luaL_newmetatable(L, STORE_MT)) {
         luaL_newlib(L, store_methods);
         lua_setfield(L, -2, "__index");
-        lua_pushcfunction(L, l_close);
+        lua_pushcfunction(L, l_gc);
         lua_setfield(L, -2, "__gc");
         lua_pushcfunction(L, l_close);
         lua_setfield(L, -2, "__close");
