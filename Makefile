@@ -59,7 +59,7 @@ deps:
 	    libsqlite3-dev libjansson-dev lua-busted lua-check valgrind \
 	    python3-croniter python3-dask ninja-build curl procps \
 	    libzookeeper-mt-dev zookeeper python3-kazoo default-jre-headless \
-	    nginx nginx-dev libnginx-mod-http-lua
+	    nginx nginx-dev libnginx-mod-http-lua chromium
 
 $(B)/obj/%.o: core/%.c $(wildcard core/*.h core/include/*.h)
 	@mkdir -p $(dir $@)

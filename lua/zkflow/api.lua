@@ -757,7 +757,7 @@ tr.dag{cursor:pointer}tr.dag.sel{background:#e3f0ff}
 .up_for_reschedule{background:#4dd0e1}.upstream_failed{background:#ff9800}
 .skipped{background:#f48fb1}.removed{background:#eee}.none{background:#fff}
 </style></head><body>
-<header><h1>zkflow</h1><span id="health">...</span></header>
+<header><h1>zkflow</h1><span id="health">...</span><span id="members"></span></header>
 <main>
 <section id="dags"><table><thead><tr><th>DAG</th><th>schedule</th><th>paused</th></tr></thead>
 <tbody id="daglist"></tbody></table><div id="importerrors"></div></section>
@@ -811,7 +811,7 @@ function renderDags(data) {
         body: JSON.stringify({is_paused: !d.paused})}).then(refresh);
     };
     td.appendChild(b); tr.appendChild(td);
-    tr.onclick = function () { sel = d.dag_id; refresh(); };
+    tr.onclick = function () { sel = d.dag_id; selCell = null; saveHash(); refresh(); };
     tb.appendChild(tr);
     if (d.import_error !== null)
       errs.appendChild(el("div", {"class": "err"}, d.file + ": " + d.import_error));
@@ -820,9 +820,29 @@ function renderDags(data) {
     sel = data.dags[0].dag_id;
   }
 }
+// The address names what is shown (#dag=ID&run=RUN&task=TASK), so a link
+// to a task's log can be shared; the page opens on what it names.
+function saveHash() {
+  var h = sel === null ? "" : "dag=" + enc(sel);
+  if (selCell) h += "&run=" + enc(selCell[1]) + "&task=" + enc(selCell[2]);
+  if (history.replaceState) history.replaceState(null, "", h ? "#" + h : location.pathname);
+}
+function readHash() {
+  var q = {};
+  location.hash.replace(/^#/, "").split("&").forEach(function (kv) {
+    var i = kv.indexOf("=");
+    if (i > 0) q[decodeURIComponent(kv.slice(0, i))] = decodeURIComponent(kv.slice(i + 1));
+  });
+  if (q.dag) sel = q.dag;
+  if (q.dag && q.run && q.task) {
+    selCell = [q.dag, q.run, q.task];
+    document.getElementById("logtitle").textContent = q.task + " - " + q.run;
+  }
+}
 function showLog(dag, run, task, state) {
   selCell = [dag, run, task];
   document.getElementById("logtitle").textContent = task + " - " + run + " (" + state + ")";
+  saveHash();
   loadLog();
 }
 function loadLog() {
@@ -879,6 +899,15 @@ function refresh() {
   }, function (e) {
     document.getElementById("health").textContent = "unreachable: " + e.message;
   });
+  get("api/v1/members").then(function (m) {
+    var lead = m.schedulers.filter(function (s) { return s.leader; })
+                           .map(function (s) { return s.id; });
+    var running = 0;
+    m.workers.forEach(function (w) { running += (w.running || []).length; });
+    document.getElementById("members").textContent =
+      m.schedulers.length + " scheduler(s)" + (lead.length ? ", leader " + lead.join(",") : "") +
+      (m.workers.length ? ", " + m.workers.length + " worker(s), " + running + " running" : "");
+  }, function () {});
   get("api/v1/dags").then(function (data) {
     renderDags(data);
     if (sel === null) return;
@@ -891,6 +920,7 @@ function refresh() {
   }, function () {});
 }
 legend();
+readHash();
 refresh();
 setInterval(refresh, 2000);
 </script></body></html>

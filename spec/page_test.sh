@@ -1,0 +1,191 @@
+#!/usr/bin/env bash
+# spec/page_test.sh - the web page at "/" in headless Chromium, served by a
+# running `zkflow standalone`: the DAG list with its import errors, the
+# health and members lines, the grid of runs x tasks coloured by state (a
+# running task, then the same run ended: the page reads the API live), a
+# task's log opened from a link (#dag=..&run=..&task=..), and the first
+# DAG chosen when the link names none.
+#
+#   spec/page_test.sh        (after `make`; prints "N passed, N failed")
+set -u
+cd "$(dirname "$0")/.." || exit 2
+ZKFLOW=${ZKFLOW:-$PWD/build/zkflow}
+T=$(mktemp -d "${TMPDIR:-/tmp}/zkflow-page.XXXXXX")
+passed=0
+failed=0
+SA=
+
+ok() { passed=$((passed + 1)); echo "ok - $1"; }
+not_ok() { failed=$((failed + 1)); echo "not ok - $1"; }
+check() { # check DESCRIPTION COMMAND...
+    local what=$1
+    shift
+    if "$@"; then ok "$what"; else not_ok "$what"; fi
+}
+cleanup() {
+    [ -n "$SA" ] && kill -9 "$SA" 2>/dev/null
+    [ -n "${KEEP:-}" ] && echo "kept $T" && return
+    rm -rf "$T"
+}
+trap cleanup EXIT
+
+CHROMIUM=$(command -v chromium || command -v chromium-browser || true)
+if [ -z "$CHROMIUM" ]; then
+    echo "page: no chromium (make deps installs it)"
+    echo "0 passed, 1 failed"
+    exit 1
+fi
+
+mkdir -p "$T/dags"
+cat > "$T/dags/page_demo.lua" <<'LUA'
+local flow = require "zkflow"
+return flow.dag { id = "page_demo", start_date = "2026-01-01T00:00:00Z",
+  params = { sleep = 0 },
+  tasks = function(t)
+    local a = t.shell { id = "a", cmd = "echo hello from a; sleep {{ params.sleep }}" }
+    local b = t.lua { id = "b", run = function() error("b broke on purpose") end }
+    local _ = a >> b
+  end }
+LUA
+echo 'return 1 +' > "$T/dags/broken.lua"
+
+PORT=$(/usr/bin/python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+(cd "$T" && exec "$ZKFLOW" standalone dags --api "127.0.0.1:$PORT") > "$T/sa.log" 2>&1 &
+SA=$!
+for _ in $(seq 1 50); do
+    curl -sf "http://127.0.0.1:$PORT/api/v1/health" > /dev/null 2>&1 && break
+    sleep 0.1
+done
+
+# page FRAGMENT: the DOM after the page's scripts ran (5 s of virtual time).
+page() {
+    "$CHROMIUM" --headless=new --no-sandbox --disable-gpu --no-first-run \
+        --user-data-dir="$T/chromium" --virtual-time-budget=5000 \
+        --dump-dom "http://127.0.0.1:$PORT/$1" 2>/dev/null
+}
+
+# dom_get FILE WHAT: a fact about the DOM in FILE, through Python's parser:
+#   text:ID       the text of the element with that id
+#   selected      the selected DAG row's first cell
+#   grid          "task:state ..." of the grid's task rows, one run column
+#   runs          the run column headers' states
+dom_get() {
+    /usr/bin/python3 - "$1" "$2" <<'PY'
+import sys
+from html.parser import HTMLParser
+
+class P(HTMLParser):
+    def __init__(self):
+        super().__init__()
+        self.stack, self.texts, self.cur = [], {}, None
+        self.rows, self.row, self.in_grid = [], None, 0
+        self.run_cells, self.sel, self.in_sel, self.in_th = [], None, False, False
+    def handle_starttag(self, tag, attrs):
+        a = dict(attrs)
+        ident = a.get("id")
+        self.stack.append((tag, ident))
+        if ident:
+            self.texts.setdefault(ident, "")
+        if ident == "grid":
+            self.in_grid = len(self.stack)
+        cls = (a.get("class") or "").split()
+        if tag == "tr" and "dag" in cls and "sel" in cls:
+            self.in_sel = True
+        if self.in_grid and tag == "tr":
+            self.row = []
+        if self.in_grid and tag == "th" and "run" in cls:
+            self.in_th = True
+        if self.in_grid and tag == "span" and "cell" in cls:
+            state = [c for c in cls if c != "cell"][0]
+            if self.in_th:
+                self.run_cells.append(state)
+            elif self.row is not None:
+                self.row.append(state)
+    def handle_endtag(self, tag):
+        while self.stack:
+            t, ident = self.stack.pop()
+            if ident == "grid":
+                self.in_grid = 0
+            if t == tag:
+                break
+        if tag == "tr":
+            if self.row:
+                self.rows.append(self.row)
+            self.row = None
+            self.in_sel = False
+        if tag == "th":
+            self.in_th = False
+    def handle_data(self, data):
+        for _, ident in self.stack:
+            if ident:
+                self.texts[ident] += data
+        if self.in_sel and self.sel is None and data.strip():
+            self.sel = data.strip()
+        if self.row is not None and not self.row and data.strip():
+            self.row.append("name=" + data.strip())
+
+p = P()
+p.feed(open(sys.argv[1], encoding="utf-8").read())
+what = sys.argv[2]
+if what.startswith("text:"):
+    print(p.texts.get(what[5:], "").strip())
+elif what == "selected":
+    print(p.sel or "")
+elif what == "grid":
+    out = []
+    for r in p.rows:
+        if len(r) > 1 and r[0].startswith("name="):
+            out.append(r[0][5:] + ":" + ",".join(r[1:]))
+    print(" ".join(out))
+elif what == "runs":
+    print(",".join(p.run_cells))
+PY
+}
+
+# ---- a run in progress, then ended ------------------------------------------------
+
+(cd "$T" && "$ZKFLOW" dags trigger page_demo --run-id r1 --conf '{"sleep": 3}' > /dev/null)
+running() { [ "$("$ZKFLOW" tasks state page_demo r1 a --db "$T/zkflow.db" 2>/dev/null)" = running ]; }
+for _ in $(seq 1 30); do running && break; sleep 0.1; done
+page "#dag=page_demo" > "$T/p1.html"
+check "the grid: a running task is green while it runs" test "$(dom_get "$T/p1.html" grid)" = "a:running b:none"
+check "the page loads (health line)" test "$(dom_get "$T/p1.html" text:health)" = "status ok, 1 dags, store sqlite"
+check "the members line names the standalone scheduler as leader" \
+    sh -c "echo '$(dom_get "$T/p1.html" text:members)' | grep -q '^1 scheduler(s), leader standalone-'"
+check "the DAG named in the link is selected" test "$(dom_get "$T/p1.html" selected)" = page_demo
+check "the import error of broken.lua is shown" \
+    sh -c "echo '$(dom_get "$T/p1.html" text:importerrors | tr -d "'")' | grep -q 'broken.lua'"
+
+wait_ended() {
+    for _ in $(seq 1 100); do
+        st=$("$ZKFLOW" runs show page_demo r1 --db "$T/zkflow.db" --json 2>/dev/null |
+             /usr/bin/python3 -c 'import json,sys; print(json.load(sys.stdin)["state"])' 2>/dev/null)
+        [ "$st" = failed ] || [ "$st" = success ] && return 0
+        sleep 0.1
+    done
+    return 1
+}
+wait_ended
+page "#dag=page_demo" > "$T/p2.html"
+check "the grid: the run's column is red (failed)" test "$(dom_get "$T/p2.html" runs)" = failed
+check "the grid: a succeeded, b failed" test "$(dom_get "$T/p2.html" grid)" = "a:success b:failed"
+
+# ---- a task's log from a link -------------------------------------------------------
+
+page "#dag=page_demo&run=r1&task=a" > "$T/p3.html"
+check "a link to a task opens its log" \
+    sh -c "echo '$(dom_get "$T/p3.html" text:log | tr -d "'")' | grep -q 'hello from a'"
+check "the log's title names the task and the run" \
+    test "$(dom_get "$T/p3.html" text:logtitle)" = "a - r1"
+page "#dag=page_demo&run=r1&task=b" > "$T/p4.html"
+check "a failed Lua task's log has its error" \
+    sh -c "echo '$(dom_get "$T/p4.html" text:log | tr -d "'")' | grep -q 'b broke on purpose'"
+
+# ---- no link: the first DAG ------------------------------------------------------------
+
+page "" > "$T/p5.html"
+check "without a link the first DAG is shown" test "$(dom_get "$T/p5.html" selected)" = page_demo
+check "and its grid" test "$(dom_get "$T/p5.html" grid)" = "a:success b:failed"
+
+echo "$passed passed, $failed failed"
+[ "$failed" -eq 0 ]
