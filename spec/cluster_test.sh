@@ -174,6 +174,16 @@ check "cl_chain: without the worker's file, tasks logs reads the store's copy" \
     sh -c "'$ZKFLOW' --zk '$HOSTS' tasks logs cl_chain '$R' a | grep -q chain-a"
 check "the API serves that log too (zkflow api --zk)" \
     sh -c "curl -sf 'http://$API/api/v1/dags/cl_chain/runs/$R/tasks/a/logs' | grep -q chain-a"
+CHROMIUM=$(command -v chromium || true)
+if [ -n "$CHROMIUM" ]; then
+    "$CHROMIUM" --headless=new --no-sandbox --disable-gpu --no-first-run \
+        --user-data-dir="$TMP/chromium" --virtual-time-budget=5000 \
+        --dump-dom "http://$API/#dag=cl_chain&run=$R&task=a" > "$TMP/page.html" 2>/dev/null
+    check "the page (headless Chromium) shows that log through zkflow api --zk" \
+        grep -q "chain-a" "$TMP/page.html"
+    check "the page's members line names the leader and the workers" \
+        grep -qE 'id="members">2 scheduler\(s\), leader s1, 2 worker\(s\)' "$TMP/page.html"
+fi
 mv "$TMP/logs.away" "$TMP/logs"
 check "API health on ZooKeeper: store zk" \
     sh -c "curl -sf 'http://$API/api/v1/health' | grep -q '\"store\":\"zk\"'"
