@@ -226,8 +226,8 @@ function CS:lead()
   s:start()
   if gen ~= self.gen then return end
   self:update_member()
-  self:reconcile()
   self.handled = {}
+  self:reconcile()
   self:watch_results()
   self:watch_claims()
   self:arm_sweep()
@@ -288,14 +288,18 @@ end
 
 -- The queue nodes: {[key] = path}.
 function CS:queued_keys()
-  local out = {}
+  local out, paths = {}, {}
   local qroot = self.st:path("queue")
   for _, q in ipairs(self.store:children(qroot) or {}) do
     local dir = qroot .. "/" .. q
     for _, name in ipairs(self.store:children(dir) or {}) do
-      local rec = decode((self.store:get(dir .. "/" .. name)))
-      if rec and rec.key then out[rec.key] = dir .. "/" .. name end
+      paths[#paths + 1] = dir .. "/" .. name
     end
+  end
+  local got = get_all(self.store, paths)
+  for _, p in ipairs(paths) do
+    local rec = decode(got[p])
+    if rec and rec.key then out[rec.key] = p end
   end
   return out
 end
@@ -319,13 +323,25 @@ function CS:reconcile()
   local queued = self:queued_keys()
   local claims = set_of(self.store:children(self.st:path("claims")))
   local results = set_of(self.store:children(self.st:path("results")))
+  -- What the pending tries' claims and results say, read together.
+  local paths = {}
+  for _, ti in ipairs(pending) do
+    local key = ti.remote_key
+    if results[key] then
+      paths[#paths + 1] = self.st:path("results", key)
+    elseif claims[key] then
+      paths[#paths + 1] = self.st:path("claims", key)
+    end
+  end
+  local got = get_all(self.store, paths)
   for _, ti in ipairs(pending) do
     local key = ti.remote_key
     if results[key] then
       local p = self.st:path("results", key)
-      s:remote_result(key, decode((self.store:get(p))), p)
+      self.handled[key] = true
+      s:remote_result(key, decode(got[p]), p)
     elseif claims[key] then
-      local claim = decode((self.store:get(self.st:path("claims", key))))
+      local claim = decode(got[self.st:path("claims", key)])
       ti.state = "queued"
       s:remote_started(key, claim)
     elseif queued[key] then
