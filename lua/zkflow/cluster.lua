@@ -782,6 +782,8 @@ function CW:run(rec)
     ti.state = "scheduled"
     ti.remote_key = key
     slot.ti = ti
+    log("info", ("worker %s: %s.%s try %d of run %s started"):format(
+      self.id, rec.dag_id, rec.task_id, rec.try_number, rec.run_id))
     s:start_ti(ti, NO_POOL, 1)
   end)
   if not ok then
@@ -813,6 +815,9 @@ function CW:ended(ti, ok, res, extra)
   end
   local result
   if ok then result = res else result = error_value(res) end
+  log(ok and "info" or "warn", ("worker %s: %s.%s try %d of run %s %s%s"):format(
+    self.id, ti.run.dag_id, ti.task_id, ti.try_number, ti.run.run_id,
+    ok and "succeeded" or "failed", ok and "" or (": " .. tostring(result.msg or result):match("^[^\n]*"))))
   self:copy_log(ti)
   self:report(key, {
     ok = ok and true or false,
