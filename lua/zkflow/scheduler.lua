@@ -1164,6 +1164,12 @@ end
 -- picks their work up.
 function Sched:process()
   if self.processing or self.stopped then return end
+  if self.async_store and not coroutine.isyieldable() then
+    -- On a remote store a pass may read (a pool's size, a past run for
+    -- depends_on_past): from a timer or a watch it runs in a coroutine,
+    -- where those reads yield instead of blocking the loop.
+    return self:task(function() self:process() end)
+  end
   self.processing = true
   local budget = TURN_BUDGET
   local ok, err = pcall(function()
