@@ -52,6 +52,7 @@ echo 'return 1 +' > "$T/dags/broken.lua"
 PORT=$(/usr/bin/python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
 (cd "$T" && exec "$ZKFLOW" standalone dags --api "127.0.0.1:$PORT") > "$T/sa.log" 2>&1 &
 SA=$!
+disown "$SA"   # no "Killed" notice when the cleanup stops it
 for _ in $(seq 1 50); do
     curl -sf "http://127.0.0.1:$PORT/api/v1/health" > /dev/null 2>&1 && break
     sleep 0.1
