@@ -389,6 +389,31 @@ import json, sys
 sys.exit(0 if sys.argv[1] in json.load(sys.stdin)["source"] else 1)' "$1"
 }
 check "the pushed version stays" pushed_source_has version-2
+# A run keeps the version it started with, even when a push changes the
+# DAG on every worker in the middle of it.
+cat > "$TMP/push/versioned.lua" <<'LUA'
+local flow = require "zkflow"
+return flow.dag { id = "cl_versioned", start_date = "2026-01-01T00:00:00Z",
+  tasks = function(t)
+    local first = t.shell { id = "first", cmd = "sleep 2" }
+    local second = t.lua { id = "second", run = function() return "first-version" end }
+    local _ = first >> second
+  end }
+LUA
+"${Z[@]}" dags push "$TMP/push/versioned.lua" > /dev/null
+sleep 0.5
+R=$("${Z[@]}" --dags "$TMP/nowhere" dags trigger cl_versioned 2>/dev/null)
+sleep 0.8
+sed -i 's/first-version/second-version/' "$TMP/push/versioned.lua"
+"${Z[@]}" dags push "$TMP/push/versioned.lua" > /dev/null
+check "a run pushed over mid-way ends" wait_for 20 run_ended cl_versioned "$R"
+check "it kept the version it started with (the workers loaded it from the store)" \
+    test "$(run_py cl_versioned "$R" 'r["tasks"]["second"]["xcom"]')" = first-version
+sleep 0.3
+R=$("${Z[@]}" --dags "$TMP/nowhere" dags trigger cl_versioned 2>/dev/null)
+check "the next run has the new version" wait_for 20 run_ended cl_versioned "$R"
+check "its XCom is the new version's" \
+    test "$(run_py cl_versioned "$R" 'r["tasks"]["second"]["xcom"]')" = second-version
 "${Z[@]}" dags push --remove cl_pushed > /dev/null 2>&1
 gone() { ! "${Z[@]}" --dags "$TMP/nowhere" dags list 2>/dev/null | grep -q cl_pushed; }
 check "dags push --remove: the DAG is gone" gone
@@ -424,7 +449,15 @@ check "a malformed queue node is removed by a worker" \
 check "the worker names the bad node in its log" \
     sh -c "grep -h 'ti-9999999999: not a queue record' '$TMP'/w*.log | grep -q ."
 R=$(trigger cl_only_sched)
-check "a DAG the workers do not have: the run ends" wait_for 20 run_ended cl_only_sched "$R"
+check "a DAG only the schedulers have runs on the workers (the leader published its version)" \
+    wait_for 20 run_ended cl_only_sched "$R"
+check "its run succeeds" test "$(run_state cl_only_sched "$R")" = success
+# A run of a version nobody published (made by hand here): the workers
+# have nothing to run.
+R=bogus_version
+"${Z[@]}" zk set "/zkflow/runs/cl_only_sched/$R" \
+    '{"dag_id":"cl_only_sched","run_id":"bogus_version","state":"queued","run_type":"manual","logical_date":"2026-01-01T00:00:00+00:00","conf":{},"version":"deadbeef"}' > /dev/null
+check "a DAG the workers cannot find: the run ends" wait_for 20 run_ended cl_only_sched "$R"
 check "its try fails with an error naming the DAG and the worker" \
     sh -c "'$ZKFLOW' --zk '$HOSTS' zk get '/zkflow/runs/cl_only_sched/$R/x' | grep -q \"no DAG 'cl_only_sched' on worker w\""
 out=$(cd "$TMP" && "$ZKFLOW" worker --dags "$TMP/wdags" 2>&1); rc=$?

@@ -32,6 +32,7 @@ local async = require "zkflow.async"
 local sched = require "zkflow.scheduler"
 local state = require "zkflow.state"
 local zk = require "zkflow.zk"
+local pushed = require "zkflow.pushed"
 
 local json_encode, json_decode, null = core.json_encode, core.json_decode, core.null
 local now = core.now
@@ -223,8 +224,16 @@ function CS:lead()
   ensure(self.store, self.st:path("claims"))
   ensure(self.store, self.st:path("results"))
   ensure(self.store, self.st:path("queue"))
+  -- Every version the leader loads is published (/dags/<id>/versions/<hash>)
+  -- for the workers: a run keeps its version even where their files change.
+  local reload = s.reload
+  s.reload = function(sc)
+    reload(sc)
+    if gen == self.gen then self:publish_versions() end
+  end
   s:start()
   if gen ~= self.gen then return end
+  self:publish_versions()
   self:update_member()
   self.handled = {}
   self:reconcile()
@@ -232,6 +241,31 @@ function CS:lead()
   self:watch_claims()
   self:arm_sweep()
   s:process()
+end
+
+function CS:publish_versions()
+  local s = self.s
+  self.published = self.published or {}
+  for id, dag in pairs(s and s.dags or {}) do
+    local hash, file = dag.source_hash, dag.file
+    local k = id .. "@" .. tostring(hash)
+    if hash and not self.published[k] and type(file) == "string" and file:sub(1, 3) ~= "zk:" then
+      local f = io.open(file, "rb")
+      local src = f and f:read("a")
+      if f then f:close() end
+      -- A file that changed since it was loaded is published at its reload.
+      if src and require("zkflow.loader").hash(src) == hash then
+        local ok, err = pushed.publish(self.store, self.root, id, hash, src)
+        if ok then
+          self.published[k] = true
+        else
+          log("warn", "dag " .. id .. " version " .. hash .. ": " .. tostring(err))
+        end
+      end
+    elseif hash and file and file:sub(1, 3) == "zk:" then
+      self.published[k] = true      -- dags push published it
+    end
+  end
 end
 
 -- Stops leading without writing anything more: another scheduler may
@@ -532,6 +566,7 @@ function _M.worker(opts)
     scanning = {}, rescan = {}, armed = {},
     claiming = {}, nclaiming = 0,   -- queue nodes being claimed
     held = {},                      -- queue node -> when its try's claim was found held
+    versions = {}, nversions = 0,   -- "dag@hash" -> DAG of another version than ours
   }, CW)
   self.st = state.new(self.store, self.root)
   self.member_path = self.st:path("members", "workers", self.id)
@@ -753,6 +788,21 @@ function CW:run(rec)
     return
   end
   local ok, err = pcall(function()
+    local rrec = decode(got[run_path])
+    if not rrec then error("run " .. rec.dag_id .. " " .. rec.run_id .. " is not in the store", 0) end
+    rrec.run_id = rec.run_id
+    -- The run keeps the version it started with: another version than
+    -- ours is read from the store (dags push and the leader publish them).
+    local want = type(rrec.version) == "string" and rrec.version or nil
+    if want and (not dag or dag.source_hash ~= want) then
+      local vdag, verr = self:dag_version(rec.dag_id, want)
+      if vdag then
+        dag = vdag
+      elseif dag then
+        log("info", ("worker: %s runs DAG %s version %s (the run started with %s: %s)"):format(
+          key, rec.dag_id, tostring(dag.source_hash), want, tostring(verr)))
+      end
+    end
     if not dag then
       error(("no DAG '%s' on worker %s (its DAG folder: %s)"):format(rec.dag_id, self.id,
                                                                 tostring(self.opts.dags_dir)), 0)
@@ -760,9 +810,16 @@ function CW:run(rec)
     if not dag.tasks[rec.task_id] then
       error("task '" .. rec.task_id .. "' is not in DAG " .. rec.dag_id, 0)
     end
-    local rrec = decode(got[run_path])
-    if not rrec then error("run " .. rec.dag_id .. " " .. rec.run_id .. " is not in the store", 0) end
-    rrec.run_id = rec.run_id
+    -- Ancestors the first read did not cover (another version's).
+    local more = {}
+    for _, id in ipairs(ancestors(dag, rec.task_id)) do
+      local p = run_path .. "/" .. id
+      if got[p] == nil then more[#more + 1] = p end
+    end
+    if #more > 0 then
+      for p, data in pairs(get_all(self.store, more)) do got[p] = data end
+    end
+    ids = ancestors(dag, rec.task_id)
     local tis = {}
     for _, id in ipairs(ids) do
       local r = decode(got[run_path .. "/" .. id])
@@ -773,11 +830,6 @@ function CW:run(rec)
     run.state = "running"
     local ti = run.tis[rec.task_id]
     if not ti then error("task '" .. rec.task_id .. "' is not in DAG " .. rec.dag_id, 0) end
-    if rrec.version and rrec.version ~= null and dag.source_hash
-        and rrec.version ~= dag.source_hash then
-      log("info", ("worker: %s runs DAG %s version %s (the run started with %s)"):format(
-        key, rec.dag_id, tostring(dag.source_hash), tostring(rrec.version)))
-    end
     ti.try_number = rec.try_number - 1
     ti.state = "scheduled"
     ti.remote_key = key
@@ -800,6 +852,20 @@ local function error_value(e)
     if type(k) == "string" and k:match("^zkflow_") and type(v) ~= "function" then out[k] = v end
   end
   return out
+end
+
+-- DAG `id` as version `hash` defined it (pushed.version), cached.
+function CW:dag_version(id, hash)
+  local k = id .. "@" .. hash
+  local d = self.versions[k]
+  if d then return d end
+  local err
+  d, err = pushed.version(self.store, self.root, id, hash, { dags_dir = self.opts.dags_dir })
+  if not d then return nil, err end
+  self.nversions = self.nversions + 1
+  if self.nversions > 64 then self.versions, self.nversions = {}, 1 end
+  self.versions[k] = d
+  return d
 end
 
 -- The try ended here (Sched:try_ended on the worker).

@@ -73,6 +73,8 @@ function _M.push(store, root, path, opts)
             if not ok and werr == "ZNODEEXISTS" then ok, werr = store:set(p, data) end
         end
         if not ok then return nil, fmt("%s: %s", p, tostring(werr)) end
+        local okv, verr = _M.publish(store, root, d.id, version, src)
+        if not okv then return nil, verr end
         out[#out + 1] = { dag_id = d.id, version = version }
     end
     return out
@@ -154,6 +156,46 @@ function _M.load(store, root, opts)
         end
     end
     return res
+end
+
+-- ---- versions: what a run started with ----------------------------------------
+--
+-- /dags/<dag_id>/versions/<hash> holds the source of every version a run
+-- may have started with (written by `dags push` and by the cluster's
+-- leader for its folder's DAGs), so that a worker whose own copy is newer
+-- (or older) runs a try with the run's version, as DESIGN asks: "a run
+-- keeps the version it started with".
+
+local function version_node(root, id, hash)
+    return node(root, id) .. "/versions/" .. hash
+end
+
+-- publish(store, root, id, hash, src): the version node, once (true when
+-- it is there), or nil and an error.
+function _M.publish(store, root, id, hash, src)
+    if #src > _M.MAX_SOURCE then return nil, "source over " .. _M.MAX_SOURCE .. " bytes" end
+    local p = version_node(root, id, hash)
+    local ok, err = store:create(p, src, { parents = true })
+    if ok or err == "ZNODEEXISTS" then return true end
+    return nil, p .. ": " .. tostring(err)
+end
+
+-- version(store, root, id, hash [, opts]) → the DAG `id` as version `hash`
+-- defined it, or nil and why.  opts.dags_dir: its operators/ folder.
+function _M.version(store, root, id, hash, opts)
+    local p = version_node(root, id, hash)
+    local src = store:get(p)
+    if not src then return nil, p .. " is not in the store" end
+    local dags, err = loader.load_source(src, _M.file_name(root, id) .. "@" .. hash,
+                                         { root = opts and opts.dags_dir })
+    if not dags then return nil, err end
+    for _, d in ipairs(dags) do
+        if d.id == id then
+            d.source_hash = hash
+            return d
+        end
+    end
+    return nil, p .. " does not define DAG '" .. id .. "'"
 end
 
 -- merge(scan, pushed): the folder's scan with the pushed DAGs over it.
