@@ -51,16 +51,7 @@ local function log(level, msg)
   core.log(level, msg)
 end
 
-local host_name
-local function hostname()
-  if not host_name then
-    local f = io.open("/proc/sys/kernel/hostname")
-    local h = f and f:read("l")
-    if f then f:close() end
-    host_name = h or os.getenv("HOSTNAME") or "localhost"
-  end
-  return host_name
-end
+local hostname = state.hostname
 
 local function decode(data)
   if type(data) ~= "string" or data == "" then return nil end

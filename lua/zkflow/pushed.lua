@@ -25,12 +25,7 @@ local _M = {}
 -- The largest source a node takes (ZooKeeper refuses data over 1 MB).
 _M.MAX_SOURCE = 900 * 1024
 
-local function hostname()
-    local f = io.open("/proc/sys/kernel/hostname")
-    local h = f and f:read("l")
-    if f then f:close() end
-    return h or os.getenv("HOSTNAME") or "localhost"
-end
+local hostname = state.hostname
 
 local function node(root, id)
     return (root or "/zkflow") .. "/dags/" .. id

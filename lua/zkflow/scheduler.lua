@@ -1542,28 +1542,13 @@ function Sched:release(ti)
   if pool then
     pool.used = pool.used - ti.slot_n
     ti.slot_pool, ti.slot_n = nil, nil
-    -- The best candidates that fit the free slots, as Airflow passes over
-    -- an instance whose pool_slots exceed the open slots to the next one.
-    local h, free = pool.blocked, pool.slots - pool.used
-    local too_big
-    while free > 0 and h.n > 0 do
-      local w = pq_pop(h)
-      local need = w.task.pool_slots or 1
-      if need <= free then
-        free = free - need
-        pq_push(self.ready, w)
-      else
-        too_big = too_big or {}
-        too_big[#too_big + 1] = w
-      end
-    end
-    if too_big then
-      for i = 1, #too_big do pq_push(h, too_big[i]) end
-    end
+    self:release_pool(pool)
   end
 end
 
--- A pool's size changed: what now fits moves back to the ready queue.
+-- Slots of `pool` came free (a try ended, or its size grew): the best
+-- candidates that fit move back to the ready queue, as Airflow passes over
+-- an instance whose pool_slots exceed the open slots to the next one.
 function Sched:release_pool(pool)
   local h = pool.blocked
   local free = pool.slots - pool.used
@@ -2248,12 +2233,7 @@ function Sched:recover()
   end
 end
 
-local function hostname()
-  local f = io.open("/proc/sys/kernel/hostname")
-  local h = f and f:read("l")
-  if f then f:close() end
-  return h or os.getenv("HOSTNAME") or "localhost"
-end
+local hostname = state.hostname
 
 -- Registers this scheduler as an ephemeral member (/members/schedulers/<id>):
 -- `zkflow members` lists it while the process lives; the store removes it

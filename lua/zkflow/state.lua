@@ -117,6 +117,18 @@ end
 
 -- The run id Airflow would give: "manual__<iso with microseconds>",
 -- "scheduled__<iso>", "backfill__<iso>".
+-- This machine's name (members' records), read once.
+local host_name
+function _M.hostname()
+    if not host_name then
+        local f = io.open("/proc/sys/kernel/hostname")
+        local h = f and f:read("l")
+        if f then f:close() end
+        host_name = h or os.getenv("HOSTNAME") or "localhost"
+    end
+    return host_name
+end
+
 function _M.run_id(run_type, logical_date)
     if run_type == "manual" then
         return "manual__" .. _M.iso(logical_date, true)
