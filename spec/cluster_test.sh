@@ -245,6 +245,16 @@ check "and not run again (t1 ran once)" test "$(grep -c '^t1 1$' "$CLUSTER_OUT/f
 check "the worker says why" sh -c "grep -h 'not run: its record is success try 1' '$TMP'/w*.log | grep -q ."
 check "no claim is left behind" test -z "$("${Z[@]}" zk ls /zkflow/claims 2>/dev/null)"
 
+# Queues: a task with queue = "special" waits for a worker of that queue.
+R=$(trigger cl_queues)
+special_waits() { [ "$("${Z[@]}" tasks state cl_queues "$R" special 2>/dev/null)" = queued ]; }
+check "a try for a queue no worker takes stays queued" wait_for 10 special_waits
+start w3 worker --dags "$TMP/wdags" --queues special,other --slots 1
+check "a worker of that queue takes it" wait_for 20 run_ended cl_queues "$R"
+check "the queue's try ran on that worker, the other on a default one" test \
+    "$(run_py cl_queues "$R" 'r["tasks"]["special"]["worker"] + "/" + str(r["tasks"]["plain"]["worker"] in ("w1", "w2"))')" = w3/True
+kill -TERM "${pid[w3]}"
+
 R=$(trigger cl_retry)
 check "cl_retry ends" wait_for 20 run_ended cl_retry "$R"
 check "cl_retry: flaky succeeds at try 2" \
