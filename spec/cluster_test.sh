@@ -320,6 +320,25 @@ check "members: the dead worker is gone once its session expired" \
     wait_for 10 sh -c "! '$ZKFLOW' --zk '$HOSTS' members --json | grep -q '\"$H\"'"
 start "$H" worker --dags "$TMP/wdags" --slots 2
 
+# ---- a worker frozen past its session (a long pause, a partition) ----------------------
+
+wait_for 10 has_members
+: > "$CLUSTER_OUT/long.txt"
+R=$(trigger cl_long)
+wait_for 15 has_holder
+H=$(holder)
+kill -STOP "${pid[$H]}"
+check "a frozen worker's try runs again on the other worker" wait_for 30 run_ended cl_long "$R"
+check "cl_long: success while its first worker is frozen" test "$(run_state cl_long "$R")" = success
+check "the try that ran while its worker was frozen was stopped (one long-end)" \
+    test "$(grep -c "^long-end $R" "$CLUSTER_OUT/long.txt")" = 1
+kill -CONT "${pid[$H]}"
+check "the worker comes back as a member once it wakes" wait_for 15 has_members
+check "it says it stopped the try it had lost" \
+    sh -c "grep -h 'worker $H stopped its tries' '$TMP/$H.log' | grep -q ."
+R=$(trigger cl_chain)
+check "the cluster runs on with it" wait_for 20 run_ended cl_chain "$R"
+
 # ---- the leader dies with a try in flight --------------------------------------------
 
 : > "$CLUSTER_OUT/long.txt"
