@@ -186,6 +186,14 @@ if [ -n "$CHROMIUM" ]; then
         grep -qE 'id="members">2 scheduler\(s\), leader s1, 2 worker\(s\)' "$TMP/page.html"
 fi
 mv "$TMP/logs.away" "$TMP/logs"
+curl -sf "http://$API/metrics" > "$TMP/metrics.txt"
+check "/metrics: two schedulers and two workers, one leader" \
+    sh -c "grep -qx 'zkflow_members{kind=\"scheduler\"} 2' '$TMP/metrics.txt' &&
+           grep -qx 'zkflow_members{kind=\"worker\"} 2' '$TMP/metrics.txt' &&
+           grep -qx 'zkflow_scheduler_leaders 1' '$TMP/metrics.txt'"
+check "/metrics: each worker's slots, and the queue's depth" \
+    sh -c "grep -qx 'zkflow_worker_slots{worker=\"w1\"} 2' '$TMP/metrics.txt' &&
+           grep -qx 'zkflow_queue_depth{queue=\"default\"} 0' '$TMP/metrics.txt'"
 check "API health on ZooKeeper: store zk" \
     sh -c "curl -sf 'http://$API/api/v1/health' | grep -q '\"store\":\"zk\"'"
 chain_left() {

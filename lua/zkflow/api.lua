@@ -600,6 +600,43 @@ route("GET", "/metrics", function(self)
         lines[#lines + 1] = fmt('zkflow_task_instances{state="%s"} %d',
                                 prom_label(s), tis[s])
     end
+    -- The cluster: members, leadership, queues (what a cluster's alerting
+    -- watches: no leader, no workers, a queue that only grows).
+    local m = self.S:members()
+    local leaders = 0
+    for _, x in ipairs(m.schedulers) do if x.leader then leaders = leaders + 1 end end
+    lines[#lines + 1] = "# HELP zkflow_members Registered members by kind."
+    lines[#lines + 1] = "# TYPE zkflow_members gauge"
+    lines[#lines + 1] = fmt('zkflow_members{kind="scheduler"} %d', #m.schedulers)
+    lines[#lines + 1] = fmt('zkflow_members{kind="worker"} %d', #m.workers)
+    lines[#lines + 1] = "# HELP zkflow_scheduler_leaders Schedulers that say they lead (1 when healthy)."
+    lines[#lines + 1] = "# TYPE zkflow_scheduler_leaders gauge"
+    lines[#lines + 1] = "zkflow_scheduler_leaders " .. leaders
+    if #m.workers > 0 then
+        lines[#lines + 1] = "# HELP zkflow_worker_running Tries a worker runs, against its slots."
+        lines[#lines + 1] = "# TYPE zkflow_worker_running gauge"
+        for _, w in ipairs(m.workers) do
+            lines[#lines + 1] = fmt('zkflow_worker_running{worker="%s"} %d', prom_label(tostring(w.id)),
+                                    type(w.running) == "table" and #w.running or 0)
+        end
+        lines[#lines + 1] = "# HELP zkflow_worker_slots Tries a worker may run at once."
+        lines[#lines + 1] = "# TYPE zkflow_worker_slots gauge"
+        for _, w in ipairs(m.workers) do
+            lines[#lines + 1] = fmt('zkflow_worker_slots{worker="%s"} %d', prom_label(tostring(w.id)),
+                                    math.tointeger(tonumber(w.slots) or 0) or 0)
+        end
+    end
+    local qroot = self.S:path("queue")
+    local queues = self.S:children(qroot)
+    if #queues > 0 then
+        sort(queues)
+        lines[#lines + 1] = "# HELP zkflow_queue_depth Tries waiting for a worker, by queue."
+        lines[#lines + 1] = "# TYPE zkflow_queue_depth gauge"
+        for _, q in ipairs(queues) do
+            lines[#lines + 1] = fmt('zkflow_queue_depth{queue="%s"} %d', prom_label(q),
+                                    #self.S:children(qroot .. "/" .. q))
+        end
+    end
     return 200, PROM_TYPE, concat(lines, "\n") .. "\n"
 end)
 
