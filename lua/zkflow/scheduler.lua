@@ -384,18 +384,21 @@ local function apply_op(store, op)
   return ok, err
 end
 
+-- A dirty object's node and record: path, data.
+function Sched:encoded(obj)
+  obj.dirty = false
+  if obj.task then
+    local path = obj.path
+    local ok, res = pcall(ti_json, obj)
+    return path, ok and res or encode(ti_record(obj), path)
+  end
+  local path = self:run_path(obj)
+  return path, encode(run_record(obj), path)
+end
+
 -- The write of one dirty object: {op=, path=, data=, obj=}.
 function Sched:write_op(obj)
-  obj.dirty = false
-  local path, data
-  if obj.task then
-    path = obj.path
-    local ok, res = pcall(ti_json, obj)
-    data = ok and res or encode(ti_record(obj), path)
-  else
-    path = self:run_path(obj)
-    data = encode(run_record(obj), path)
-  end
+  local path, data = self:encoded(obj)
   return { op = obj.persisted and "set" or "create", path = path, data = data, obj = obj }
 end
 
@@ -420,18 +423,12 @@ function Sched:flush(sync)
   self.dirty = {}
   if #extra > 0 then self.extra_ops = {} end
   local store = self.store
+  -- apply_op's fallbacks inline: this loop runs once per changed object
+  -- per turn, and an op table (and options tables) per object cost more
+  -- than the write into the embedded store.
   for i = 1, #d do
     local obj = d[i]
-    obj.dirty = false
-    local path, data
-    if obj.task then
-      path = obj.path
-      local ok, res = pcall(ti_json, obj)
-      data = ok and res or encode(ti_record(obj), path)
-    else
-      path = self:run_path(obj)
-      data = encode(run_record(obj), path)
-    end
+    local path, data = self:encoded(obj)
     if obj.persisted then
       local ok, err = store:set(path, data)
       if not ok and err == "ZNONODE" then obj.persisted = false end
