@@ -459,80 +459,71 @@ local function serve(ctx, dir, with_sched, with_api, with_worker)
     end
     ctx.dags = dir
     local st = ctx:store(true)
-    local s, parts
+    -- provider: the DAGs the API lists; status: what /api/v1/health
+    -- reports of the scheduler (the scheduler itself when it runs here).
+    local provider, status, log_dir
     if on_zk then
+        local folder = dir
         if not is_dir(dir) then
             -- A cluster member may live on pushed DAGs alone.
             warn("no DAG folder '" .. dir .. "': only the DAGs pushed to "
                  .. "ZooKeeper (zkflow dags push) run here")
-            dir = nil
+            folder = nil
         end
-        parts = serve_cluster(ctx, dir, { scheduler = with_sched, worker = with_worker })
-        -- The API asks the leader's scheduler when it is this process.
-        s = {
-            dags = function()
-                local h = parts.scheduler
-                if h and h.s then
-                    return { dags = h.s.dags, errors = h.s.import_errors or {} }
-                end
-                return nil
-            end,
-        }
-        local scan = dags_provider(ctx, nil, dir or ctx.dags)
-        local provider = function()
-            local r = s.dags()
-            return r or scan()
-        end
+        local parts = serve_cluster(ctx, folder, { scheduler = with_sched, worker = with_worker })
         running.parts = parts
-        if with_api then
-            -- /api/v1/health tells whether this process leads.
-            local status = parts.scheduler and {
-                status = function()
-                    local h = parts.scheduler
-                    return { status = h.leader and "leader" or "standby",
-                             id = h.id, leader = h.leader }
-                end,
-            } or nil
-            local h = api().new {
-                store = st, root = ctx.root, dags = provider, scheduler = status,
-                log_dir = cluster_logs(ctx),
-            }
-            running.url = start_api(h, ctx.opts.api or "127.0.0.1:8080") or "none"
-            running.api = h
+        -- The API answers from the scheduler's DAGs while this process
+        -- leads, from a scan of the folder (and /dags) otherwise.
+        local scan = dags_provider(ctx, nil, dir)
+        provider = function()
+            local sh = parts.scheduler and parts.scheduler.s
+            if sh then return { dags = sh.dags, errors = sh.import_errors or {} } end
+            return scan()
         end
-        running.ctx, running.store = ctx, st
-        return provider, running.url or "none"
-    end
-    if with_sched then
-        local sched = need("zkflow.scheduler")
-        s = sched.new {
-            store    = st,
-            root     = ctx.root,
-            dags_dir = dir,
-            log_dir  = ctx:logs_dir(),
-            on_event = function(kind, obj)
-                core.log("info", event_line(kind, obj))
+        -- /api/v1/health tells whether this process leads.
+        local h = parts.scheduler
+        status = h and {
+            status = function()
+                return { status = h.leader and "leader" or "standby", id = h.id,
+                         leader = h.leader }
             end,
         }
-        -- /config before the first runs start, then live.
-        local first = true
-        need("zkflow.cluster").watch_config(st, ctx.root, function(cfg)
-            need("zkflow.cluster").apply_sched_config(s, cfg, first)
-            first = false
-        end)
-        s:start()
+        log_dir = cluster_logs(ctx)
+    else
+        if with_sched then
+            local sched = need("zkflow.scheduler")
+            local sc = sched.new {
+                store    = st,
+                root     = ctx.root,
+                dags_dir = dir,
+                log_dir  = ctx:logs_dir(),
+                on_event = function(kind, obj)
+                    core.log("info", event_line(kind, obj))
+                end,
+            }
+            -- /config before the first runs start, then live.
+            local cluster, first = need("zkflow.cluster"), true
+            cluster.watch_config(st, ctx.root, function(cfg)
+                cluster.apply_sched_config(sc, cfg, first)
+                first = false
+            end)
+            sc:start()
+            running.scheduler = sc
+            status = sc   -- the API asks the scheduler itself
+        end
+        provider = dags_provider(ctx, status, dir)
+        log_dir = ctx:logs_dir()
     end
-    local provider = dags_provider(ctx, s, dir)
     local url = "none"
     if with_api then
         local h = api().new {
-            store = st, root = ctx.root, dags = provider, scheduler = s,
-            log_dir = ctx:logs_dir(),
+            store = st, root = ctx.root, dags = provider, scheduler = status,
+            log_dir = log_dir,
         }
         url = start_api(h, ctx.opts.api or "127.0.0.1:8080") or "none"
         running.api = h
     end
-    running.ctx, running.scheduler, running.store = ctx, s, st
+    running.ctx, running.store = ctx, st
     return provider, url
 end
 
