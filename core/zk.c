@@ -607,11 +607,19 @@ static void flush_held(zkf_zk *zk)
 static void expire(zkf_zk *zk)
 {
     zwatch *w;
+    req *r;
     msg *m;
 
     close_handle(zk);
     for (w = zk->watches; w; w = w->next)
         w->lost = 1;
+    /* A request held for a session (not sent yet) keeps its watch: it goes
+     * to the new handle with the request.  Lost, deliver_lost() freed it
+     * while the request still pointed at it, and the new handle then fired
+     * (or a failed request freed) a freed watch. */
+    for (r = zk->reqs; r; r = r->next)
+        if (r->held && r->w)
+            r->w->lost = 0;
     m = calloc(1, sizeof *m);
     if (m) {
         m->kind = M_LOST;
