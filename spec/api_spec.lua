@@ -157,8 +157,8 @@ describe("zkflow.api", function()
         before_each(function()
             assert(S:trigger({ id = "etl" }, { run_id = "r1" }))
             S:update_run("etl", "r1", { state = "success" })
-            log = dir .. "/logs/etl/r1/extract/1.log"
-            assert(os.execute("mkdir -p '" .. dir .. "/logs/etl/r1/extract'"))
+            log = dir .. "/logs/etl/r1/extract.1.log"
+            assert(os.execute("mkdir -p '" .. dir .. "/logs/etl/r1'"))
             write(log, "hello from extract\n")
             S:put_ti("etl", "r1", { task_id = "extract", state = "success",
                                     try_number = 1, xcom = 1, log = log })
@@ -219,6 +219,51 @@ describe("zkflow.api", function()
             assert.equal(404, (call("GET",
                 "/api/v1/dags/etl/runs/r1/tasks/extract/logs", nil,
                 { try = "3" })))
+        end)
+
+        -- Probe 1 of the hardening issue: ids decoded after the split
+        -- went into the log path unchecked, and a NUL cut its suffix.
+        it("refuses ids that climb out of the log folder (400, no file read)", function()
+            write(dir .. "/secret", "root:x:0:0\n")
+            for _, path in ipairs {
+                "/api/v1/dags/etl/runs/r1/tasks/..%2F..%2F..%2F..%2Fsecret%00/logs",
+                "/api/v1/dags/etl/runs/r1/tasks/..%2F..%2F..%2F..%2F..%2F..%2Fetc%2Fpasswd%00/logs",
+                "/api/v1/dags/etl/runs/..%2F..%2F..%2Fsecret%00/tasks/extract/logs",
+                "/api/v1/dags/..%2F..%2Fsecret%00/runs/r1/tasks/extract/logs",
+                "/api/v1/dags/etl/runs/r1/tasks/ex%00tract/logs",
+                "/api/v1/dags/etl/runs/r1/tasks/../logs",
+            } do
+                local status, v, body = call("GET", path, nil, { try = "1" })
+                assert.equal(400, status, path)
+                assert.matches("invalid id", v.error, 1, true)
+                assert.is_nil(body:find("root:", 1, true), path)
+            end
+        end)
+
+        it("reads a recorded log path only inside the log folder", function()
+            write(dir .. "/secret", "root:x:0:0\n")
+            os.remove(log)
+            for _, forged in ipairs {
+                dir .. "/secret",
+                dir .. "/logs/../secret",
+                dir .. "/logs/etl/r1/../../../secret",
+                "/etc/passwd",
+            } do
+                S:put_ti("etl", "r1", { task_id = "extract", state = "success",
+                                        try_number = 1, log = forged })
+                local status, _, body = call("GET",
+                    "/api/v1/dags/etl/runs/r1/tasks/extract/logs")
+                assert.equal(404, status, forged)
+                assert.is_nil(body:find("root:", 1, true), forged)
+            end
+        end)
+
+        it("answers 400 for a run id that would nest inside another run", function()
+            local status, v = call("POST", "/api/v1/dags/etl/runs",
+                                   '{"dag_run_id": "r1/extract/x"}')
+            assert.equal(400, status)
+            assert.matches("dag_run_id", v.error, 1, true)
+            assert.is_nil(S:get_run("etl", "r1/extract/x"))
         end)
 
         it("queues a clear request with the downstream tasks", function()

@@ -458,7 +458,26 @@ if [ $HAVE_API = 1 ] && command -v curl >/dev/null; then
     jexpect "API trigger answers a run id" "$T/out" "v.dag_id" "hello"
     code=$(curl -s -o /dev/null -w '%{http_code}' "http://127.0.0.1:$PORT/api/v1/nope")
     if [ "$code" = 404 ]; then ok "API unknown path is 404"; else bad "API unknown path is 404" "$code"; fi
+    # Hardening probe 1: an id decoded after the split climbed out of the
+    # log folder and a NUL cut the suffix (it answered /etc/passwd).
+    for probe in "tasks/..%2F..%2F..%2F..%2F..%2F..%2F..%2F..%2Fetc%2Fpasswd%00/logs?try=1" \
+                 "tasks/..%2F..%2F..%2F..%2F..%2F..%2F..%2F..%2Fproc%2Fself%2Fenviron%00/logs?try=1" \
+                 "tasks/..%2F..%2F..%2Fzkflow.db%00/logs?try=1"; do
+        code=$(curl -s --path-as-is -o "$T/out" -w '%{http_code}' \
+               "http://127.0.0.1:$PORT/api/v1/dags/hello/runs/live/$probe")
+        if [ "$code" = 400 ] && ! grep -qaE 'root:|PATH=|SQLite' "$T/out"; then
+            ok "API refuses a log path that climbs out ($probe)"
+        else
+            bad "API refuses a log path that climbs out ($probe)" "$code $(head -c 100 "$T/out")"
+        fi
+    done
+    code=$(curl -s -o "$T/out" -w '%{http_code}' -X POST -H 'Content-Type: application/json' \
+           -d '{"dag_run_id":"live/c/x"}' "http://127.0.0.1:$PORT/api/v1/dags/hello/runs")
+    if [ "$code" = 400 ]; then ok "API refuses a run id with '/' (400)"; else bad "API refuses a run id with '/'" "$code $(head -c 200 "$T/out")"; fi
 fi
+expect "CLI refuses a task id that climbs out" 2 tasks logs hello live ../../../../etc/passwd
+has "the CLI names the field and the rule" "$T/err" "task_id: invalid id"
+expect "CLI refuses a run id with '/'" 2 dags trigger hello --run-id a/b/c
 # /config applies live: a pool's size set while the standalone runs.
 # (An earlier test left log_level=warn, which the standalone applies too.)
 expect "config unset log_level while the standalone runs" 0 config unset log_level

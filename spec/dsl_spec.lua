@@ -428,6 +428,15 @@ describe("validation", function()
         assert.matches("missing 'tasks'", e, 1, true)
     end)
 
+    it("refuses ids that would name a path outside their folder (zkflow.ids)", function()
+        local e = build_error { id = "..", tasks = function() end }
+        assert.matches("dag: invalid id \"..\"", e, 1, true)
+        e = build_error { id = "a..b", tasks = function() end }
+        assert.matches("not containing '..'", e, 1, true)
+        e = build_error { id = "ok", tasks = function(t) t.empty { id = ".." } end }
+        assert.matches("invalid task id \"..\"", e, 1, true)
+    end)
+
     it("points at the task's line from a spec file too", function()
         local line = here(2)
         local e = build_error { id = "l", tasks = function(t)

@@ -14,6 +14,7 @@
 
 local core  = require "zkflow.core"
 local state = require "zkflow.state"
+local idrule = require "zkflow.ids"
 
 local _M = {}
 
@@ -174,20 +175,79 @@ function _M.run_summary(r)
     }
 end
 
--- Where the log of a try is: the task instance's `log` for its last try,
--- the same folder for another try, else <log_dir>/<dag>/<run>/<task>/<try>.log.
--- o: dag_id, run_id, task_id, try (nil: the last), log_dir.
-function _M.log_path(ti, o)
-    local last = ti and tonumber(ti.try_number)
-    local try = o.try or last
-    if ti and type(ti.log) == "string" and ti.log ~= "" then
-        if not o.try or o.try == last then
-            return ti.log
-        end
-        local other, n = ti.log:gsub("%.%d+%.log$", "." .. try .. ".log")
-        if n == 1 then return other end
+-- An absolute, lexically clean form of `p` ("a/./b//c" -> "<cwd>/a/b/c"),
+-- or nil when it climbs with "..": the log rules compare paths, never
+-- follow them.
+local function clean_path(p)
+    if p:sub(1, 1) ~= "/" then
+        p = (os.getenv("PWD") or ".") .. "/" .. p
     end
-    if not try or try < 1 or not o.log_dir then
+    local out = {}
+    for seg in p:gmatch("[^/]+") do
+        if seg == ".." then
+            return nil
+        elseif seg ~= "." then
+            out[#out + 1] = seg
+        end
+    end
+    return "/" .. concat(out, "/")
+end
+
+local function valid_ti_ids(o)
+    return idrule.valid("dag_id", o.dag_id) and idrule.valid("run_id", o.run_id)
+        and idrule.valid("task_id", o.task_id)
+end
+
+-- True when `path` is the log file of try `try` of the task instance
+-- o.dag_id/o.run_id/o.task_id, inside o.log_dir when that is given:
+-- ".../<dag>/<run>/<task>.<try>.log", no NUL, no "..".  A recorded path
+-- comes from the store, which other processes write; it is read only when
+-- it passes, so neither a forged record nor a forged id reads another
+-- file.
+local function log_path_ok(path, o, try)
+    if type(path) ~= "string" or path:find("\0", 1, true) then
+        return false
+    end
+    local p = clean_path(path)
+    local tail = "/" .. o.dag_id .. "/" .. o.run_id .. "/" .. o.task_id
+                 .. "." .. math.tointeger(try) .. ".log"
+    if not p or p:sub(-#tail) ~= tail then
+        return false
+    end
+    if o.log_dir then
+        local dir = clean_path(o.log_dir)
+        if not dir or p:sub(1, #dir + 1) ~= (dir == "/" and "/" or dir .. "/") then
+            return false
+        end
+    end
+    return true
+end
+
+-- Where the log of a try is: the task instance's `log` for its last try,
+-- the same folder for another try, else <log_dir>/<dag>/<run>/<task>.<try>.log.
+-- o: dag_id, run_id, task_id, try (nil: the last), log_dir.  Returns nil
+-- unless the ids pass zkflow.ids and the path stays inside log_dir (when
+-- given) and names that try's file.
+function _M.log_path(ti, o)
+    if not valid_ti_ids(o) then
+        return nil
+    end
+    local last = ti and math.tointeger(tonumber(ti.try_number))
+    local try = o.try or last
+    if not try or try < 1 or try % 1 ~= 0 then
+        return nil
+    end
+    if ti and type(ti.log) == "string" and ti.log ~= "" then
+        local path = ti.log
+        if o.try and o.try ~= last then
+            local other, n = ti.log:gsub("%.%d+%.log$", "." .. math.tointeger(try) .. ".log")
+            path = n == 1 and other or nil
+        end
+        if path and log_path_ok(path, o, try) then
+            return path
+        end
+    end
+    if not o.log_dir then
         return nil
     end
     return fmt("%s/%s/%s/%s.%d.log", o.log_dir, o.dag_id, o.run_id,
@@ -199,6 +259,9 @@ end
 -- (<task instance node>/log.<try>, zkflow.cluster).  o: as log_path, and
 -- S (a zkflow.state).  Returns the text, or nil.
 function _M.read_log(S, ti, o)
+    if not valid_ti_ids(o) then
+        return nil
+    end
     local path = _M.log_path(ti, o)
     local f = path and io.open(path, "rb")
     if f then
@@ -446,6 +509,12 @@ route("POST", "/api/v1/dags/{dag_id}/runs", function(self, p, req)
     if not is_null(run_id) and type(run_id) ~= "string" then
         http_error(400, "'run_id' must be a string")
     end
+    if not is_null(run_id) then
+        local ok, err = idrule.check("run_id", run_id)
+        if not ok then
+            http_error(400, (b.dag_run_id and "dag_" or "") .. err)
+        end
+    end
     local run, err = self.S:trigger(dag, {
         conf = conf, logical_date = ld,
         run_id = not is_null(run_id) and run_id or nil,
@@ -664,6 +733,20 @@ for _, r in ipairs(routes) do
     r.parts = split(r.pattern)
 end
 
+-- Path parameters are ids (dag_id, run_id, task_id): each is checked
+-- against zkflow.ids after URL-decoding, so "..%2F" or "%00" never reaches
+-- a store path or a file name.
+local function check_params(params)
+    for name, v in pairs(params) do
+        if idrule.kind(name) then
+            local ok, err = idrule.check(name, v)
+            if not ok then
+                http_error(400, err)
+            end
+        end
+    end
+end
+
 -- Returns the routes whose pattern matches, with their parameters.
 local function match(path)
     local segs = split(path)
@@ -719,6 +802,7 @@ function _M.handle(a, b)
         for _, f in ipairs(found) do
             local m = f.route.method
             if m == method or (method == "HEAD" and m == "GET") then
+                check_params(f.params)
                 local st, hd, bd = f.route.fn(self, f.params, req)
                 if method == "HEAD" then bd = "" end
                 return st, hd, bd

@@ -1916,6 +1916,46 @@ local function parse(ctx, argv)
     return cmd, args, path
 end
 
+-- Ids enter here as positional arguments named DAG_ID, RUN_ID or TASK_ID
+-- in the command's usage (and --run-id): each is checked against
+-- zkflow.ids, the rule the API and the DSL use, before a command builds a
+-- store path or a file name from it.
+local ID_ARGS = { DAG_ID = "dag_id", RUN_ID = "run_id", TASK_ID = "task_id" }
+
+local function check_ids(cmd, args, opts, path)
+    local idrule = require "zkflow.ids"
+    local words, i = {}, 0
+    for w in cmd.usage:gmatch("%S+") do
+        if w:sub(1, 2) == "--" or w:sub(1, 3) == "[--" then
+            break
+        end
+        i = i + 1
+        if i > #path then
+            words[#words + 1] = w
+        end
+    end
+    for n, a in ipairs(args) do
+        local w = words[n] or words[#words]
+        local many = w and w:find("%.%.%.%]?$")
+        if not words[n] and not many then
+            break
+        end
+        local kind = w and ID_ARGS[w:gsub("[%[%]]", ""):gsub("%.%.%.$", "")]
+        if kind then
+            local ok, err = idrule.check(kind, a)
+            if not ok then
+                usage_error(err, path)
+            end
+        end
+    end
+    if opts["run-id"] then
+        local ok, err = idrule.check("run_id", opts["run-id"])
+        if not ok then
+            usage_error("--run-id: " .. err, path)
+        end
+    end
+end
+
 -- Runs the command line `argv` (the arguments after the program name).
 -- `defaults` may carry db, dags, root, zk, db_sync, log_dir (the engine's
 -- options).  Returns the exit code, or _M.KEEP_RUNNING when the command
@@ -1946,6 +1986,7 @@ function _M.main(argv, defaults)
         if #args > max then
             usage_error("too many arguments: usage: zkflow " .. cmd.usage, path)
         end
+        check_ids(cmd, args, ctx.opts, path)
         ctx.path = path
         local rc = cmd.fn(ctx, args)
         if rc == nil then rc = 0 end

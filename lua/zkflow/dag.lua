@@ -39,6 +39,8 @@
 -- with type one of string number integer boolean function table list
 -- (of strings) any, alternatives joined by "|".
 
+local ids = require "zkflow.ids"
+
 local _M = {}
 
 local type, pairs, ipairs, tostring, error, pcall = type, pairs, ipairs, tostring, error, pcall
@@ -86,7 +88,7 @@ _M.PRESETS = {
     ["@annually"] = "0 0 1 1 *",
 }
 
-local ID_MAX = 250
+local ID_MAX = ids.MAX
 
 ------------------------------------------------------------------------------
 -- Small helpers
@@ -162,9 +164,9 @@ local function show(v)
 end
 _M.show = show
 
+-- One rule for ids, zkflow.ids; DAG and task ids share it.
 local function valid_id(s)
-    return type(s) == "string" and #s > 0 and #s <= ID_MAX
-        and s:find("^[%w_%.%-]+$") ~= nil
+    return ids.valid("dag_id", s)
 end
 _M.valid_id = valid_id
 
@@ -755,8 +757,8 @@ function Build:new_task(opname, spec, file, line)
         problem(self, file, line, sfmt("t.%s: missing task 'id'", opname))
     elseif not valid_id(id) then
         task.id = tostring(id)
-        problem(self, file, line, sfmt("t.%s: invalid task id %s: must be 1-%d characters of [A-Za-z0-9_.-]",
-            opname, show(id), ID_MAX))
+        problem(self, file, line, sfmt("t.%s: invalid task id %s: must be 1-%d characters of "
+            .. "[A-Za-z0-9_.-], not containing '..'", opname, show(id), ID_MAX))
     else
         task.id = id
     end
@@ -1401,8 +1403,8 @@ function _M.new(spec, opts)
         problem(b, file, line, "dag: missing 'id'")
     elseif not valid_id(spec.id) then
         dag.id = tostring(spec.id)
-        problem(b, file, line, sfmt("dag: invalid id %s: must be 1-%d characters of [A-Za-z0-9_.-]",
-            show(spec.id), ID_MAX))
+        problem(b, file, line, sfmt("dag: invalid id %s: must be 1-%d characters of "
+            .. "[A-Za-z0-9_.-], not containing '..'", show(spec.id), ID_MAX))
     else
         dag.id = spec.id
     end
