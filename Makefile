@@ -32,6 +32,7 @@ CLI_OBJ  := $(CLI_SRC:core/cli/%.c=$(B)/obj/cli/%.o)
 LUAMOD_SRC := $(wildcard plugins/lua/*.c)
 LUAMOD_OBJ := $(LUAMOD_SRC:plugins/lua/%.c=$(B)/obj/luamod/%.o)
 LUA_SRC  := $(shell find lua -name '*.lua' 2>/dev/null | sort)
+WEB_SRC  := $(shell find web -type f 2>/dev/null | sort)
 CTEST_SRC := $(wildcard spec/c/test_*.c)
 CTESTS   := $(CTEST_SRC:spec/c/%.c=$(B)/test/%)
 HOSTS    := $(patsubst examples/host/%.c,$(B)/examples/%,$(wildcard examples/host/*.c))
@@ -77,10 +78,10 @@ $(B)/obj/luamod/%.o: plugins/lua/%.c $(wildcard core/*.h core/include/*.h)
 	$(Q)$(CC) $(ALL_CFLAGS) -c -o $@ $<
 
 # The Lua standard library, compiled into the library as strings.
-$(B)/gen/lua_bundle.c: $(LUA_SRC) tools/bundle.lua
+$(B)/gen/lua_bundle.c: $(LUA_SRC) $(WEB_SRC) tools/bundle.lua
 	@mkdir -p $(dir $@)
 	@$(if $(Q),echo "  GEN   $@")
-	$(Q)$(LUA) tools/bundle.lua $@ $(LUA_SRC)
+	$(Q)$(LUA) tools/bundle.lua $@ $(LUA_SRC) $(WEB_SRC)
 
 $(B)/obj/lua_bundle.o: $(B)/gen/lua_bundle.c
 	@mkdir -p $(dir $@)
@@ -151,6 +152,8 @@ install: all
 	install -m 755 $(B)/zkflow.so $(DESTDIR)$(PREFIX)/lib/lua/5.4/zkflow/core.so
 	cd lua && find zkflow -name '*.lua' -exec install -D -m 644 {} \
 	    $(DESTDIR)$(PREFIX)/share/lua/5.4/{} \;
+	$(LUA) tools/bundle.lua --assets \
+	    $(DESTDIR)$(PREFIX)/share/lua/5.4/zkflow/web_assets.lua $(WEB_SRC)
 
 clean:
 	rm -rf build

@@ -62,6 +62,18 @@ else
     bad "plain lua5.4 runs a DAG from the installed modules" "$out $(tail -3 "$T/lua.err")"
 fi
 
+# The page (web/) comes with the installed modules, not from a checkout.
+out=$(cd "$T" && LUA_PATH="$staged_lpath" LUA_CPATH="$staged_cpath" $LUA -e '
+  local api = require "zkflow.api"
+  local st = require("zkflow.core").store("p.db")
+  local status, _, body = api.new{ store = st }:handle{ method = "GET", path = "/" }
+  print(status, body:match("<title>(.-)</title>"))' 2>"$T/lua.err")
+if [ "$out" = "200	zkflow" ]; then
+    ok "the installed modules serve the page at /"
+else
+    bad "the installed modules serve the page at /" "$out $(tail -3 "$T/lua.err")"
+fi
+
 if "$D$PREFIX/bin/zkflow" --help > /dev/null 2>&1; then ok "the installed zkflow runs"; else bad "the installed zkflow runs" "exit $?"; fi
 
 # A host built against the installed header and shared library only.

@@ -1,4 +1,4 @@
--- zkflow.api: the HTTP API router and the page at "/".
+-- zkflow.api: the HTTP API router (the page it serves at "/" is web/, zkflow.web).
 --
 --   local api = require "zkflow.api"
 --   local h = api.new{store = st, root = "/zkflow", dags = fn, scheduler = s}
@@ -15,6 +15,7 @@
 local core  = require "zkflow.core"
 local state = require "zkflow.state"
 local idrule = require "zkflow.ids"
+local web    = require "zkflow.web"
 
 local _M = {}
 
@@ -710,7 +711,11 @@ route("GET", "/metrics", function(self)
 end)
 
 route("GET", "/", function()
-    return 200, HTML_TYPE, _M.PAGE
+    local page, err = web.file("index.html")
+    if not page then
+        http_error(500, err)
+    end
+    return 200, HTML_TYPE, page
 end)
 
 -- ---- matching -------------------------------------------------------------------
@@ -850,201 +855,5 @@ function _M.http(method, uri, body, reply)
     reply(status, headers and headers["content-type"] or "application/json",
           out or "")
 end
-
--- ---- the page at "/" -----------------------------------------------------------
-
--- Self-contained: no external scripts, styles or fonts; relative URLs so
--- it works under an nginx location prefix.
-_M.PAGE = [[<!DOCTYPE html>
-<html lang="en"><head><meta charset="utf-8">
-<meta name="viewport" content="width=device-width, initial-scale=1">
-<title>zkflow</title>
-<style>
-body{font:14px/1.4 system-ui,sans-serif;margin:0;color:#222;background:#fafafa}
-header{background:#24323f;color:#fff;padding:8px 16px;display:flex;gap:16px;align-items:baseline}
-header h1{font-size:18px;margin:0}header span{opacity:.7;font-size:12px}
-main{display:flex;gap:16px;padding:16px;align-items:flex-start}
-#dags{min-width:260px}table{border-collapse:collapse;background:#fff}
-td,th{padding:3px 8px;border-bottom:1px solid #eee;text-align:left;white-space:nowrap}
-tr.dag{cursor:pointer}tr.dag.sel{background:#e3f0ff}
-.err{color:#b00020;font-size:12px;white-space:pre-wrap}
-.cell{width:16px;height:16px;display:inline-block;border-radius:3px;cursor:pointer;border:1px solid #0002}
-#grid th.run{writing-mode:vertical-rl;transform:rotate(180deg);font-weight:normal;font-size:11px;max-height:160px}
-#log{white-space:pre-wrap;background:#111;color:#ddd;padding:8px;min-height:80px;
- max-height:400px;overflow:auto;font:12px monospace}
-.legend span{margin-right:8px;font-size:12px}button{font-size:12px}
-.success{background:#2e7d32}.failed{background:#c62828}.running{background:#64dd17}
-.queued{background:#9e9e9e}.scheduled{background:#d2b48c}.up_for_retry{background:#ffc107}
-.up_for_reschedule{background:#4dd0e1}.upstream_failed{background:#ff9800}
-.skipped{background:#f48fb1}.removed{background:#eee}.none{background:#fff}
-</style></head><body>
-<header><h1>zkflow</h1><span id="health">...</span><span id="members"></span></header>
-<main>
-<section id="dags"><table><thead><tr><th>DAG</th><th>schedule</th><th>paused</th></tr></thead>
-<tbody id="daglist"></tbody></table><div id="importerrors"></div></section>
-<section style="flex:1;min-width:0">
-<div id="title"></div>
-<div class="legend" id="legend"></div>
-<div style="overflow:auto"><table id="grid"></table></div>
-<h3 id="logtitle">log</h3><div id="log">click a cell to read its log</div>
-</section></main>
-<script>
-"use strict";
-var sel = null, selCell = null;
-var STATES = ["success","failed","running","queued","scheduled","up_for_retry",
-  "up_for_reschedule","upstream_failed","skipped","removed","none"];
-function el(tag, attrs, text) {
-  var e = document.createElement(tag);
-  for (var k in attrs || {}) e.setAttribute(k, attrs[k]);
-  if (text !== undefined) e.textContent = text;
-  return e;
-}
-function get(url, asText) {
-  return fetch(url, {cache: "no-store"}).then(function (r) {
-    if (!r.ok) throw new Error(r.status + " " + url);
-    return asText ? r.text() : r.json();
-  });
-}
-function enc(s) { return encodeURIComponent(s); }
-function legend() {
-  var l = document.getElementById("legend");
-  STATES.forEach(function (s) {
-    var sp = el("span"); sp.appendChild(el("i", {"class": "cell " + s}));
-    sp.appendChild(document.createTextNode(" " + s)); l.appendChild(sp);
-  });
-}
-function renderDags(data) {
-  var tb = document.getElementById("daglist"), errs = document.getElementById("importerrors");
-  tb.textContent = ""; errs.textContent = "";
-  data.dags.forEach(function (d) {
-    if (d.dag_id === null) {
-      errs.appendChild(el("div", {"class": "err"}, d.file + ": " + d.import_error));
-      return;
-    }
-    var tr = el("tr", {"class": "dag" + (d.dag_id === sel ? " sel" : "")});
-    tr.appendChild(el("td", {}, d.dag_id));
-    tr.appendChild(el("td", {}, d.schedule === null ? "-" : d.schedule));
-    var td = el("td"), b = el("button", {}, d.paused ? "paused" : "active");
-    b.onclick = function (ev) {
-      ev.stopPropagation();
-      fetch("api/v1/dags/" + enc(d.dag_id), {method: "PATCH",
-        headers: {"content-type": "application/json"},
-        body: JSON.stringify({is_paused: !d.paused})}).then(refresh);
-    };
-    td.appendChild(b); tr.appendChild(td);
-    tr.onclick = function () { sel = d.dag_id; selCell = null; saveHash(); refresh(); };
-    tb.appendChild(tr);
-    if (d.import_error !== null)
-      errs.appendChild(el("div", {"class": "err"}, d.file + ": " + d.import_error));
-  });
-  if (sel === null && data.dags.length && data.dags[0].dag_id !== null) {
-    sel = data.dags[0].dag_id;
-  }
-}
-// The address names what is shown (#dag=ID&run=RUN&task=TASK), so a link
-// to a task's log can be shared; the page opens on what it names.
-function saveHash() {
-  var h = sel === null ? "" : "dag=" + enc(sel);
-  if (selCell) h += "&run=" + enc(selCell[1]) + "&task=" + enc(selCell[2]);
-  if (history.replaceState) history.replaceState(null, "", h ? "#" + h : location.pathname);
-}
-function readHash() {
-  var q = {};
-  location.hash.replace(/^#/, "").split("&").forEach(function (kv) {
-    var i = kv.indexOf("=");
-    if (i > 0) q[decodeURIComponent(kv.slice(0, i))] = decodeURIComponent(kv.slice(i + 1));
-  });
-  if (q.dag) sel = q.dag;
-  if (q.dag && q.run && q.task) {
-    selCell = [q.dag, q.run, q.task];
-    document.getElementById("logtitle").textContent = q.task + " - " + q.run;
-  }
-}
-function showLog(dag, run, task, state) {
-  selCell = [dag, run, task];
-  document.getElementById("logtitle").textContent = task + " - " + run + " (" + state + ")";
-  saveHash();
-  loadLog();
-}
-function loadLog() {
-  if (!selCell) return;
-  var u = "api/v1/dags/" + enc(selCell[0]) + "/runs/" + enc(selCell[1]) +
-          "/tasks/" + enc(selCell[2]) + "/logs";
-  get(u, true).then(function (t) {
-    var lg = document.getElementById("log"), bottom =
-      lg.scrollTop + lg.clientHeight >= lg.scrollHeight - 4;
-    lg.textContent = t || "(empty log)";
-    if (bottom) lg.scrollTop = lg.scrollHeight;
-  }, function () { document.getElementById("log").textContent = "(no log yet)";
-  });
-}
-function renderGrid(dag, detail, runs) {
-  var g = document.getElementById("grid"); g.textContent = "";
-  var title = document.getElementById("title"); title.textContent = "";
-  title.appendChild(el("h2", {}, dag));
-  var trig = el("button", {}, "trigger run");
-  trig.onclick = function () {
-    fetch("api/v1/dags/" + enc(dag) + "/runs", {method: "POST",
-      headers: {"content-type": "application/json"}, body: "{}"}).then(refresh);
-  };
-  title.appendChild(trig);
-  var head = el("tr"); head.appendChild(el("th", {}, "task"));
-  runs.forEach(function (r) {
-    var th = el("th", {"class": "run", title: r.run_id}, r.run_id.replace(/__/, " "));
-    var s = el("span", {"class": "cell " + (r.state || "none")});
-    th.appendChild(s); head.appendChild(th);
-  });
-  g.appendChild(head);
-  var tasks = detail.tasks.map(function (t) { return t.task_id; });
-  runs.forEach(function (r) {
-    Object.keys(r.tasks || {}).forEach(function (t) {
-      if (tasks.indexOf(t) < 0) tasks.push(t);
-    });
-  });
-  tasks.forEach(function (t) {
-    var tr = el("tr"); tr.appendChild(el("td", {}, t));
-    runs.forEach(function (r) {
-      var ti = (r.tasks || {})[t], st = ti && ti.state ? ti.state : "none";
-      var td = el("td"), c = el("span", {"class": "cell " + st,
-        title: t + " " + st + (ti ? " try " + ti.try_number : "")});
-      c.onclick = function () { showLog(dag, r.run_id, t, st); };
-      td.appendChild(c); tr.appendChild(td);
-    });
-    g.appendChild(tr);
-  });
-}
-function refresh() {
-  get("api/v1/health").then(function (h) {
-    document.getElementById("health").textContent =
-      "status " + h.status + ", " + h.dags + " dags, store " + h.store;
-  }, function (e) {
-    document.getElementById("health").textContent = "unreachable: " + e.message;
-  });
-  get("api/v1/members").then(function (m) {
-    var lead = m.schedulers.filter(function (s) { return s.leader; })
-                           .map(function (s) { return s.id; });
-    var running = 0;
-    m.workers.forEach(function (w) { running += (w.running || []).length; });
-    document.getElementById("members").textContent =
-      m.schedulers.length + " scheduler(s)" + (lead.length ? ", leader " + lead.join(",") : "") +
-      (m.workers.length ? ", " + m.workers.length + " worker(s), " + running + " running" : "");
-  }, function () {});
-  get("api/v1/dags").then(function (data) {
-    renderDags(data);
-    if (sel === null) return;
-    var d = sel;
-    Promise.all([get("api/v1/dags/" + enc(d)),
-                 get("api/v1/dags/" + enc(d) + "/runs?limit=25&tasks=1")])
-      .then(function (res) { if (d === sel) renderGrid(d, res[0], res[1].dag_runs); },
-            function () {});
-    loadLog();
-  }, function () {});
-}
-legend();
-readHash();
-refresh();
-setInterval(refresh, 2000);
-</script></body></html>
-]]
 
 return _M
