@@ -304,15 +304,91 @@ describe("zkflow.api", function()
         assert.is_nil(body:find("<script src", 1, true))
     end)
 
-    it("answers 500 instead of raising when a part fails", function()
+    -- Hardening probe 5: a failing part answered its message and a path
+    -- with invalid UTF-8 a Lua stack trace.  The trace goes to the log.
+    it("answers 500 without internals when a part fails, and logs the trace", function()
         local bad = api.new {
             store = st, dags = function() error("boom") end,
         }
+        local log = spy.on(core, "log")
         local status, headers, body = bad:handle { method = "GET",
                                                    path = "/api/v1/dags" }
+        core.log:revert()
         assert.equal(500, status)
         assert.equal("application/json", headers["content-type"])
-        assert.matches("boom", body)
+        assert.is_nil(body:find("boom", 1, true))
+        assert.is_nil(body:find("%.lua"))
+        assert.equal("internal error (the server's log has the details)",
+                     core.json_decode(body).error)
+        assert.spy(log).was_called_with("error", match.has_match("boom"))
+        assert.spy(log).was_called_with("error", match.has_match("stack traceback"))
+    end)
+
+    it("answers a path with invalid UTF-8 with a 4xx naming the bytes", function()
+        for _, path in ipairs { "/api/v1/dags/\xff\xfe", "/api/v1/no\xffpe",
+                                "/api/v1/dags/etl/runs/r\xff/tasks" } do
+            local status, v, body = call("GET", path)
+            assert.is_true(status == 400 or status == 404, path)
+            assert.matches("\\xFF", v.error, 1, true)
+            assert.is_nil(body:find("traceback", 1, true))
+        end
+    end)
+
+    -- Hardening probe 4: a body field of the wrong type was read as
+    -- "nothing given"; {"task_ids": {"a": 1}} cleared every task.
+    describe("checks every field of a body", function()
+        before_each(function()
+            assert(S:trigger({ id = "etl" }, { run_id = "r1" }))
+        end)
+
+        local function problem(method, path, body, status)
+            local st_, v = call(method, path, body)
+            assert.equal(status or 400, st_, body:sub(1, 80))
+            assert.equal(st_, v.status)
+            assert.is_string(v.title)
+            return v.detail
+        end
+
+        it("refuses an object where task_ids is a list, and clears nothing", function()
+            local d = problem("POST", "/api/v1/dags/etl/runs/r1/clear",
+                              '{"task_ids": {"a": 1}}')
+            assert.matches("'task_ids': expected a list", d, 1, true)
+            assert.equal(0, #S:list_requests())
+            d = problem("POST", "/api/v1/dags/etl/runs/r1/clear",
+                        '{"task_ids": ["extract", 3]}')
+            assert.matches("item 2 is number", d, 1, true)
+        end)
+
+        it("names an unknown field and the ones the request takes", function()
+            local d = problem("POST", "/api/v1/dags/etl/runs", '{"conf": {}, "cnof": 1}')
+            assert.matches("'cnof': unknown field", d, 1, true)
+            assert.matches("conf, dag_run_id, logical_date, run_id", d, 1, true)
+        end)
+
+        it("names a field of the wrong type", function()
+            assert.matches("'conf': expected an object, got a string",
+                           problem("POST", "/api/v1/dags/etl/runs", '{"conf": "x"}'), 1, true)
+            assert.matches("'conf': expected an object, got a list",
+                           problem("POST", "/api/v1/dags/etl/runs", '{"conf": [1]}'), 1, true)
+            assert.matches("'is_paused': expected a boolean, got a string",
+                           problem("PATCH", "/api/v1/dags/etl", '{"is_paused": "yes"}'), 1, true)
+            assert.matches("'downstream': expected a boolean",
+                           problem("POST", "/api/v1/dags/etl/runs/r1/clear",
+                                   '{"downstream": 1}'), 1, true)
+            assert.matches("expected an object, got a list",
+                           problem("POST", "/api/v1/dags/etl/runs", '[1]'), 1, true)
+        end)
+
+        it("answers 413 naming conf when it is over the limit", function()
+            local big = '{"conf": {"x": "' .. ("x"):rep(api.MAX_CONF) .. '"}}'
+            local d = problem("POST", "/api/v1/dags/etl/runs", big, 413)
+            assert.matches("'conf': %d+ bytes encoded, over the limit of " .. api.MAX_CONF, d)
+        end)
+
+        it("checks the query of the run list", function()
+            assert.equal(400, (call("GET", "/api/v1/dags/etl/runs", nil, { limit = "abc" })))
+            assert.equal(400, (call("GET", "/api/v1/dags/etl/runs", nil, { state = "sucess" })))
+        end)
     end)
 
     it("serves through the module-level handle and http entries", function()

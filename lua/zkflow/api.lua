@@ -333,8 +333,33 @@ local function reply_json(status, v)
     return status, JSON_TYPE, json_encode(v, JSON_OPTS)
 end
 
+-- Text that is safe in a JSON answer: a message may quote what a client
+-- sent (a path with invalid UTF-8), which JSON cannot carry as is.
+local function printable(msg)
+    msg = tostring(msg)
+    if utf8.len(msg) then
+        return msg
+    end
+    return (msg:gsub("[\128-\255]", function(c)
+        return fmt("\\x%02X", c:byte())
+    end))
+end
+
+local TITLES = {
+    [400] = "Bad Request", [403] = "Forbidden", [404] = "Not Found",
+    [405] = "Method Not Allowed", [409] = "Conflict",
+    [413] = "Request Entity Too Large", [415] = "Unsupported Media Type",
+    [500] = "Internal Server Error", [503] = "Service Unavailable",
+}
+
+-- An error answer: Airflow's problem object (title, status, detail, type)
+-- plus "error", the message zkflow's clients have always read.
 local function reply_error(status, msg)
-    return reply_json(status, { error = msg })
+    msg = printable(msg)
+    return reply_json(status, {
+        error = msg, detail = msg, status = status,
+        title = TITLES[status] or "Error", type = "about:blank",
+    })
 end
 
 -- Raised inside a route to answer with an error status.
@@ -342,7 +367,56 @@ local function http_error(status, msg)
     error({ http_status = status, msg = msg }, 0)
 end
 
-local function body_json(req, need_object)
+local function is_array(v)
+    local mt = type(v) == "table" and getmetatable(v)
+    return mt and mt.__jsontype == "array" or false
+end
+
+local function is_object(v)
+    return type(v) == "table" and not is_array(v)
+end
+
+-- The largest `conf` a run accepts, encoded: it lives in the run's record,
+-- which ZooKeeper caps at 1 MiB with everything else the run holds.
+_M.MAX_CONF = 256 * 1024
+
+-- Field checkers of request bodies: each returns nil when `v` is fine,
+-- else what was expected.  null means "not given" for every field.
+local FIELD = {
+    boolean = function(v)
+        if type(v) ~= "boolean" then return "a boolean" end
+    end,
+    string = function(v)
+        if type(v) ~= "string" then return "a string" end
+    end,
+    object = function(v)
+        if not is_object(v) then return "an object" end
+    end,
+    task_ids = function(v)
+        if not is_array(v) then return "a list of task ids" end
+        for i, id in ipairs(v) do
+            if type(id) ~= "string" then
+                return "a list of task ids (item " .. i .. " is "
+                       .. (type(id) == "table" and "a " .. (is_array(id) and "list" or "object")
+                           or type(id)) .. ")"
+            end
+        end
+    end,
+}
+
+local function json_type(v)
+    if v == core.null then return "null" end
+    if type(v) == "table" then return is_array(v) and "a list" or "an object" end
+    if type(v) == "string" then return "a string" end
+    return type(v) == "boolean" and "a boolean" or "a number"
+end
+
+-- The JSON body of `req` checked against `schema` ({field = FIELD kind}):
+-- an object, every field of the expected type, no field the route does
+-- not know (a typo would otherwise be ignored, and a wrong type act as
+-- "everything": {"task_ids": {"a": 1}} once cleared a whole run).
+-- Returns the object ({} for an empty body); null fields read as nil.
+local function body_json(req, schema)
     local b = req.body
     if b == nil or b:match("^%s*$") then
         return {}
@@ -351,12 +425,31 @@ local function body_json(req, need_object)
     if v == nil then
         http_error(400, "bad JSON body: " .. tostring(err))
     end
-    local mt = type(v) == "table" and getmetatable(v)
-    if need_object ~= false
-            and (type(v) ~= "table" or (mt and mt.__jsontype == "array")) then
-        http_error(400, "bad JSON body: expected an object")
+    if not is_object(v) then
+        http_error(400, "bad JSON body: expected an object, got " .. json_type(v))
     end
-    return v
+    local out, names = {}, {}
+    for k in pairs(v) do names[#names + 1] = k end
+    sort(names)
+    for _, k in ipairs(names) do
+        local kind = schema[k]
+        if not kind then
+            local known = {}
+            for n in pairs(schema) do known[#known + 1] = n end
+            sort(known)
+            http_error(400, fmt("'%s': unknown field (this request takes %s)",
+                                k, concat(known, ", ")))
+        end
+        if v[k] ~= core.null then
+            local want = FIELD[kind](v[k])
+            if want then
+                http_error(400, fmt("'%s': expected %s, got %s", k, want,
+                                    json_type(v[k])))
+            end
+            out[k] = v[k]
+        end
+    end
+    return out
 end
 
 -- ---- the router ---------------------------------------------------------------
@@ -414,6 +507,8 @@ end
 
 local routes = {}
 
+local RUN_STATES = { queued = true, running = true, success = true, failed = true }
+
 local function route(method, pattern, fn)
     routes[#routes + 1] = { method = method, pattern = pattern, fn = fn }
 end
@@ -455,20 +550,28 @@ end)
 
 route("PATCH", "/api/v1/dags/{dag_id}", function(self, p, req)
     local dag, cur = self:dag(p.dag_id)
-    local b = body_json(req)
+    local b = body_json(req, { is_paused = "boolean", paused = "boolean" })
     local paused = b.is_paused
     if paused == nil then paused = b.paused end
-    if type(paused) ~= "boolean" then
-        http_error(400, "expected {\"is_paused\": true|false}")
+    if paused == nil then
+        http_error(400, "'is_paused': required (true or false)")
     end
     self.S:set_paused(dag.id, paused)
     return reply_json(200, _M.dag_entry(dag, self.S, cur.errors))
 end)
 
 route("GET", "/api/v1/dags/{dag_id}/runs", function(self, p, req)
-    local runs = self.S:list_runs(p.dag_id,
-                                  { state = req.query and req.query.state })
-    local limit = tonumber(req.query and req.query.limit)
+    local q = req.query or {}
+    local limit = q.limit and math.tointeger(tonumber(q.limit))
+    if q.limit and (not limit or limit < 0) then
+        http_error(400, "'limit': expected a whole number >= 0, got '"
+                        .. q.limit .. "'")
+    end
+    if q.state and not RUN_STATES[q.state] then
+        http_error(400, "'state': expected one of queued, running, success, "
+                        .. "failed, got '" .. q.state .. "'")
+    end
+    local runs = self.S:list_runs(p.dag_id, { state = q.state })
     local first = 1
     if limit and limit >= 0 and #runs > limit then
         first = #runs - limit + 1
@@ -493,32 +596,29 @@ end)
 
 route("POST", "/api/v1/dags/{dag_id}/runs", function(self, p, req)
     local dag = self:dag(p.dag_id)
-    local b = body_json(req)
-    local conf = b.conf
-    if is_null(conf) then conf = {} end
-    local mt = type(conf) == "table" and getmetatable(conf)
-    if type(conf) ~= "table" or (mt and mt.__jsontype == "array") then
-        http_error(400, "'conf' must be an object")
+    local b = body_json(req, { conf = "object", logical_date = "string",
+                               dag_run_id = "string", run_id = "string" })
+    local conf = b.conf or {}
+    local size = #json_encode(conf)
+    if size > _M.MAX_CONF then
+        http_error(413, fmt("'conf': %d bytes encoded, over the limit of %d",
+                            size, _M.MAX_CONF))
     end
     local ld
-    if not is_null(b.logical_date) then
+    if b.logical_date then
         local err
         ld, err = state.parse_time(b.logical_date)
-        if not ld then http_error(400, "logical_date: " .. err) end
+        if not ld then http_error(400, "'logical_date': " .. err) end
     end
     local run_id = b.dag_run_id or b.run_id
-    if not is_null(run_id) and type(run_id) ~= "string" then
-        http_error(400, "'run_id' must be a string")
-    end
-    if not is_null(run_id) then
+    if run_id then
         local ok, err = idrule.check("run_id", run_id)
         if not ok then
             http_error(400, (b.dag_run_id and "dag_" or "") .. err)
         end
     end
     local run, err = self.S:trigger(dag, {
-        conf = conf, logical_date = ld,
-        run_id = not is_null(run_id) and run_id or nil,
+        conf = conf, logical_date = ld, run_id = run_id,
     })
     if not run then
         http_error(409, err)
@@ -585,14 +685,14 @@ end)
 
 route("POST", "/api/v1/dags/{dag_id}/runs/{run_id}/clear",
       function(self, p, req)
-    local b = body_json(req)
+    local b = body_json(req, { task_ids = "task_ids", downstream = "boolean",
+                               include_downstream = "boolean" })
     local obj = self:run_object(p.dag_id, p.run_id)
     local wanted = {}
-    if not is_null(b.task_ids) then
-        if type(b.task_ids) ~= "table" then
-            http_error(400, "'task_ids' must be a list")
-        end
-        for i, id in ipairs(b.task_ids) do wanted[i] = id end
+    for i, id in ipairs(b.task_ids or {}) do
+        local ok, err = idrule.check("task_id", id)
+        if not ok then http_error(400, "'task_ids': " .. err) end
+        wanted[i] = id
     end
     local downstream = b.downstream == true or b.include_downstream == true
     local dag = self:current().dags[p.dag_id]
@@ -792,7 +892,7 @@ function _M.handle(a, b)
     if not self then
         return reply_error(503, "the API is not serving")
     end
-    local ok, status, headers, body = pcall(function()
+    local ok, status, headers, body = xpcall(function()
         if type(req) ~= "table" or type(req.path) ~= "string" then
             http_error(400, "bad request")
         end
@@ -819,6 +919,9 @@ function _M.handle(a, b)
         hd = { ["content-type"] = hd["content-type"],
                allow = concat(allowed, ", ") }
         return st, hd, bd
+    end, function(e)
+        if type(e) == "table" then return e end
+        return debug.traceback(tostring(e), 2)
     end)
     if ok then
         return status, headers, body
@@ -827,8 +930,12 @@ function _M.handle(a, b)
     if type(e) == "table" and e.http_status then
         return reply_error(e.http_status, e.msg)
     end
-    core.log("error", "api: " .. tostring(e))
-    return reply_error(500, tostring(e))
+    -- A bug, not the client's fault: the trace goes to the log, the
+    -- client gets no internals (file names, lines, store paths).
+    core.log("error", "api: " .. (type(req) == "table" and tostring(req.method) or "?") .. " "
+             .. printable(type(req) == "table" and req.path or "?") .. ": "
+             .. printable(tostring(e)))
+    return reply_error(500, "internal error (the server's log has the details)")
 end
 
 Api.handle = _M.handle
