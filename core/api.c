@@ -6,6 +6,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/queue.h>
 
 #include <event2/buffer.h>
 #include <event2/event.h>
@@ -56,17 +57,33 @@ static void on_reply(void *ud, int status, const char *ctype,
         evbuffer_free(buf);
 }
 
+/* The router reads a few headers (Origin, Sec-Fetch-Site, Content-Type,
+ * Host); more than MAX_HEADERS are not passed on. */
+#define MAX_HEADERS 64
+
 static void on_request(struct evhttp_request *req, void *arg)
 {
     struct zkf_api *api = arg;
     struct evbuffer *in = evhttp_request_get_input_buffer(req);
-    size_t len = evbuffer_get_length(in);
+    struct evkeyvalq *hq = evhttp_request_get_input_headers(req);
+    struct evkeyval *kv;
+    const char *headers[2 * MAX_HEADERS + 1];
+    size_t len = evbuffer_get_length(in), n = 0;
     const char *body = NULL;
 
+    TAILQ_FOREACH(kv, hq, next) {
+        if (n == 2 * MAX_HEADERS)
+            break;
+        headers[n++] = kv->key;
+        headers[n++] = kv->value;
+    }
+    headers[n] = NULL;
     if (len > 0)
         body = (const char *)evbuffer_pullup(in, -1);
-    zkf_engine_http(api->e, method_name(evhttp_request_get_command(req)),
-                    evhttp_request_get_uri(req), body, len, on_reply, req);
+    zkf_engine_http_headers(api->e,
+                            method_name(evhttp_request_get_command(req)),
+                            evhttp_request_get_uri(req), headers, body, len,
+                            on_reply, req);
 }
 
 struct zkf_api *zkf_api_listen(zkf_engine *e, const char *addr, int port,

@@ -473,6 +473,42 @@ int zkf_engine_http(zkf_engine *e, const char *method, const char *uri,
                     const char *body, size_t len, zkf_reply_fn reply,
                     void *ud)
 {
+    return zkf_engine_http_headers(e, method, uri, NULL, body, len, reply,
+                                   ud);
+}
+
+/* The headers as a Lua table {lower-case name = value}; a repeated header
+ * keeps its values joined by ", " as RFC 9110 allows. */
+static void push_headers(lua_State *L, const char *const *headers)
+{
+    luaL_Buffer name;
+
+    lua_newtable(L);
+    for (size_t i = 0; headers != NULL && headers[i] != NULL; i += 2) {
+        const char *n = headers[i], *v = headers[i + 1] ? headers[i + 1] : "";
+
+        luaL_buffinit(L, &name);
+        for (const char *c = n; *c; c++)
+            luaL_addchar(&name, (char)((*c >= 'A' && *c <= 'Z') ? *c + 32 : *c));
+        luaL_pushresult(&name);
+        lua_pushvalue(L, -1);
+        if (lua_rawget(L, -3) == LUA_TSTRING) {
+            lua_pushliteral(L, ", ");
+            lua_pushstring(L, v);
+            lua_concat(L, 3);
+        } else {
+            lua_pop(L, 1);
+            lua_pushstring(L, v);
+        }
+        lua_rawset(L, -3);
+    }
+}
+
+int zkf_engine_http_headers(zkf_engine *e, const char *method,
+                            const char *uri, const char *const *headers,
+                            const char *body, size_t len, zkf_reply_fn reply,
+                            void *ud)
+{
     lua_State *L = e->L;
     reply_box *b;
     int rc;
@@ -501,8 +537,9 @@ int zkf_engine_http(zkf_engine *e, const char *method, const char *uri,
     lua_pushvalue(L, -1);
     lua_insert(L, -6);   /* keep a reference below the call */
     lua_pushcclosure(L, l_reply, 1);
+    push_headers(L, headers);
     e->depth++;
-    rc = call(e, 4, 0);
+    rc = call(e, 5, 0);
     e->depth--;
     b = lua_touserdata(L, -1);
     if (rc != ZKF_OK) {

@@ -334,6 +334,56 @@ describe("zkflow.api", function()
         end
     end)
 
+    -- Hardening probe 3: a page on another site could post a run with a
+    -- simple request (text/plain, no preflight).
+    describe("refuses cross-site requests that change state", function()
+        local function req(method, path, headers, body)
+            local status, hd, out = h:handle { method = method, path = path,
+                                               query = {}, headers = headers, body = body }
+            return status, hd["content-type"] == "application/json" and core.json_decode(out) or out
+        end
+
+        it("refuses a text/plain POST from another origin and creates no run", function()
+            local status, v = req("POST", "/api/v1/dags/etl/runs",
+                { origin = "http://evil.example", host = "127.0.0.1:8080",
+                  ["content-type"] = "text/plain" }, "{}")
+            assert.equal(403, status)
+            assert.matches("Origin: http://evil.example", v.error, 1, true)
+            assert.same({}, S:list_runs("etl"))
+        end)
+
+        it("refuses by Sec-Fetch-Site, a null origin and a non-JSON type", function()
+            assert.equal(403, (req("POST", "/api/v1/dags/etl/runs",
+                { ["sec-fetch-site"] = "cross-site" })))
+            assert.equal(403, (req("POST", "/api/v1/dags/etl/runs",
+                { ["sec-fetch-site"] = "same-site" })))
+            assert.equal(403, (req("PATCH", "/api/v1/dags/etl",
+                { origin = "null", ["content-type"] = "application/json" },
+                '{"is_paused": true}')))
+            assert.equal(415, (req("POST", "/api/v1/dags/etl/runs",
+                { ["content-type"] = "application/x-www-form-urlencoded" }, "a=1")))
+            assert.equal(415, (req("POST", "/api/v1/dags/etl/runs",
+                { ["content-type"] = "multipart/form-data; boundary=x" }, "")))
+            assert.same({}, S:list_runs("etl"))
+        end)
+
+        it("takes same-origin JSON requests, default ports included", function()
+            assert.equal(201, (req("POST", "/api/v1/dags/etl/runs",
+                { origin = "http://127.0.0.1:8080", host = "127.0.0.1:8080",
+                  ["content-type"] = "application/json; charset=utf-8",
+                  ["sec-fetch-site"] = "same-origin" }, '{"dag_run_id": "a"}')))
+            assert.equal(201, (req("POST", "/api/v1/dags/etl/runs",
+                { origin = "http://zk.example", host = "zk.example:80",
+                  ["content-type"] = "application/json" }, '{"dag_run_id": "b"}')))
+            assert.equal(201, (req("POST", "/api/v1/dags/etl/runs", {}, nil)))
+        end)
+
+        it("lets reads through from anywhere", function()
+            assert.equal(200, (req("GET", "/api/v1/dags",
+                { origin = "http://evil.example", ["sec-fetch-site"] = "cross-site" })))
+        end)
+    end)
+
     -- Hardening probe 4: a body field of the wrong type was read as
     -- "nothing given"; {"task_ids": {"a": 1}} cleared every task.
     describe("checks every field of a body", function()

@@ -454,7 +454,7 @@ has "the log has the task's output" "$T/out" "hello from c"
 if [ $HAVE_API = 1 ] && command -v curl >/dev/null; then
     curl -s "http://127.0.0.1:$PORT/api/v1/health" >"$T/out"
     jexpect "API health answers ok" "$T/out" "v.status" "ok"
-    curl -s -X POST -d '{"conf":{"k":1}}' "http://127.0.0.1:$PORT/api/v1/dags/hello/runs" >"$T/out"
+    curl -s -X POST -H 'Content-Type: application/json' -d '{"conf":{"k":1}}' "http://127.0.0.1:$PORT/api/v1/dags/hello/runs" >"$T/out"
     jexpect "API trigger answers a run id" "$T/out" "v.dag_id" "hello"
     code=$(curl -s -o /dev/null -w '%{http_code}' "http://127.0.0.1:$PORT/api/v1/nope")
     if [ "$code" = 404 ]; then ok "API unknown path is 404"; else bad "API unknown path is 404" "$code"; fi
@@ -474,6 +474,30 @@ if [ $HAVE_API = 1 ] && command -v curl >/dev/null; then
     code=$(curl -s -o "$T/out" -w '%{http_code}' -X POST -H 'Content-Type: application/json' \
            -d '{"dag_run_id":"live/c/x"}' "http://127.0.0.1:$PORT/api/v1/dags/hello/runs")
     if [ "$code" = 400 ]; then ok "API refuses a run id with '/' (400)"; else bad "API refuses a run id with '/'" "$code $(head -c 200 "$T/out")"; fi
+fi
+# Hardening probe 3: a page on another site posted a run with a simple
+# (preflight-free) request.  Count the runs before and after.
+if [ $HAVE_API = 1 ] && command -v curl >/dev/null; then
+    run runs list hello --json
+    before=$(json_get "$T/out" "#v.dag_runs")
+    code=$(curl -s -o "$T/out" -w '%{http_code}' -X POST -H 'Content-Type: text/plain' \
+           -H 'Origin: http://evil.example' -d '{}' "http://127.0.0.1:$PORT/api/v1/dags/hello/runs")
+    if [ "$code" = 403 ]; then ok "API refuses a cross-site text/plain POST (403)"; else bad "API refuses a cross-site text/plain POST" "$code $(head -c 200 "$T/out")"; fi
+    code=$(curl -s -o "$T/out" -w '%{http_code}' -X POST -H 'Origin: http://evil.example' \
+           "http://127.0.0.1:$PORT/api/v1/dags/hello/runs")
+    if [ "$code" = 403 ]; then ok "API refuses a cross-site POST without a body (403)"; else bad "API refuses a cross-site POST without a body" "$code"; fi
+    code=$(curl -s -o "$T/out" -w '%{http_code}' -X POST -H 'Content-Type: application/x-www-form-urlencoded' \
+           -d 'conf=1' "http://127.0.0.1:$PORT/api/v1/dags/hello/runs")
+    if [ "$code" = 415 ]; then ok "API refuses a form-encoded POST (415)"; else bad "API refuses a form-encoded POST" "$code"; fi
+    code=$(curl -s -o "$T/out" -w '%{http_code}' -X PATCH -H 'Sec-Fetch-Site: cross-site' \
+           -H 'Content-Type: application/json' -d '{"is_paused":true}' "http://127.0.0.1:$PORT/api/v1/dags/hello")
+    if [ "$code" = 403 ]; then ok "API refuses a PATCH a browser marks cross-site (403)"; else bad "API refuses a cross-site PATCH" "$code"; fi
+    run runs list hello --json
+    after=$(json_get "$T/out" "#v.dag_runs")
+    if [ "$before" = "$after" ]; then ok "no forged request created a run"; else bad "no forged request created a run" "$before -> $after"; fi
+    code=$(curl -s -o "$T/out" -w '%{http_code}' -X POST -H "Origin: http://127.0.0.1:$PORT" \
+           -H 'Content-Type: application/json' -d '{"dag_run_id":"same_origin"}' "http://127.0.0.1:$PORT/api/v1/dags/hello/runs")
+    if [ "$code" = 201 ]; then ok "API takes a same-origin JSON POST (201)"; else bad "API takes a same-origin JSON POST" "$code $(head -c 200 "$T/out")"; fi
 fi
 expect "CLI refuses a task id that climbs out" 2 tasks logs hello live ../../../../etc/passwd
 has "the CLI names the field and the rule" "$T/err" "task_id: invalid id"

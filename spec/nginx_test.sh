@@ -274,10 +274,16 @@ fi
 all_ok=1
 for i in 1 2 3 4; do
     code=$(curl -s -o "$T/trig$i" -w '%{http_code}' -X POST \
+           -H 'Content-Type: application/json' \
            -d '{"conf":{"n":1}}' "$URL/api/v1/dags/hello/runs")
     [ "$code" = 201 ] || all_ok=0
 done
 if [ "$all_ok" -eq 1 ]; then ok "POST /api/v1/dags/hello/runs: 201"; else bad "trigger" "$code $(cat "$T/trig4")"; fi
+# The module passes the request's headers: a forged cross-site POST (the
+# hardening issue's probe 3) is refused here as by the evhttp front door.
+code=$(curl -s -o "$T/forged" -w '%{http_code}' -X POST -H 'Content-Type: text/plain' \
+       -H 'Origin: http://evil.example' -d '{}' "$URL/api/v1/dags/hello/runs")
+if [ "$code" = 403 ]; then ok "nginx: a cross-site text/plain POST is refused (403)"; else bad "nginx: a cross-site POST is refused" "$code $(head -c 200 "$T/forged")"; fi
 run_id=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["run_id"])' "$T/trig1" 2>/dev/null)
 state=
 for _ in $(seq 100); do

@@ -31,7 +31,8 @@
 extern "C" {
 #endif
 
-#define ZKF_API_VERSION 1
+/* 1: the first release; 2: zkf_engine_http_headers(). */
+#define ZKF_API_VERSION 2
 #define ZKF_VERSION "0.1.0"
 
 typedef struct zkf_engine zkf_engine;
@@ -140,6 +141,16 @@ typedef void (*zkf_reply_fn)(void *ud, int status, const char *content_type,
 int zkf_engine_http(zkf_engine *e, const char *method, const char *uri,
                     const char *body, size_t len, zkf_reply_fn reply,
                     void *ud);
+
+/* As zkf_engine_http(), with the request's headers, which the router reads
+ * to refuse cross-site requests (Origin, Sec-Fetch-Site, Content-Type):
+ * `headers` is NULL or an array of name, value strings ended by a NULL
+ * name; names in any case.  Copies them.  zkf_engine_http() is this with
+ * no headers: a request the host vouches for, such as its own. */
+int zkf_engine_http_headers(zkf_engine *e, const char *method,
+                            const char *uri, const char *const *headers,
+                            const char *body, size_t len, zkf_reply_fn reply,
+                            void *ud);
 
 /* The detail of the last failure on `e`.  Borrowed; valid until the next
  * call on `e`. */

@@ -838,6 +838,61 @@ for _, r in ipairs(routes) do
     r.parts = split(r.pattern)
 end
 
+-- ---- cross-site requests -------------------------------------------------------
+
+local SAFE_METHODS = { GET = true, HEAD = true, OPTIONS = true }
+
+-- "http://Host:80" -> "host"; "https://h:8443" -> "h:8443": the form a
+-- Host header has, to compare an Origin with it.
+local function origin_host(origin)
+    local scheme, hostport = origin:lower():match("^(%a[%w+.-]*)://([^/]+)/?$")
+    if not hostport then
+        return nil
+    end
+    if (scheme == "http" and hostport:sub(-3) == ":80")
+            or (scheme == "https" and hostport:sub(-4) == ":443") then
+        hostport = hostport:gsub(":%d+$", "")
+    end
+    return hostport
+end
+
+local function bare_host(host)
+    host = host:lower()
+    return (host:gsub(":80$", ""))
+end
+
+-- A request that changes state must come from this site, and in JSON:
+-- a browser sends any page's form or no-cors fetch cross-site with a
+-- simple content type (text/plain, a form) and no preflight, so such a
+-- request is refused by its Origin (or Sec-Fetch-Site) and by its content
+-- type.  A request without those headers (curl, the CLI, a host's own
+-- call with zkf_engine_http) is not a browser's cross-site request.
+local function check_csrf(method, req)
+    if SAFE_METHODS[method] then
+        return
+    end
+    local h = req.headers or {}
+    local site = h["sec-fetch-site"]
+    if site and site ~= "same-origin" and site ~= "none" then
+        http_error(403, "cross-site request refused (Sec-Fetch-Site: "
+                        .. site .. ")")
+    end
+    local origin = h.origin
+    if origin and origin ~= "null" and h.host then
+        local oh = origin_host(origin)
+        if not oh or oh ~= bare_host(h.host) then
+            http_error(403, "cross-origin request refused (Origin: " .. origin
+                            .. " is not " .. h.host .. ")")
+        end
+    elseif origin == "null" then
+        http_error(403, "cross-origin request refused (Origin: null)")
+    end
+    local ctype = h["content-type"]
+    if ctype and not ctype:lower():find("^%s*application/json%s*;?") then
+        http_error(415, "Content-Type: expected application/json, got " .. ctype)
+    end
+end
+
 -- Path parameters are ids (dag_id, run_id, task_id): each is checked
 -- against zkflow.ids after URL-decoding, so "..%2F" or "%00" never reaches
 -- a store path or a file name.
@@ -907,6 +962,7 @@ function _M.handle(a, b)
         for _, f in ipairs(found) do
             local m = f.route.method
             if m == method or (method == "HEAD" and m == "GET") then
+                check_csrf(method, req)
                 check_params(f.params)
                 local st, hd, bd = f.route.fn(self, f.params, req)
                 if method == "HEAD" then bd = "" end
@@ -954,12 +1010,13 @@ end
 
 -- The engine's entry: method, raw uri, body; answers through
 -- reply(status, content_type, body).  Uses the served router.
-function _M.http(method, uri, body, reply)
+function _M.http(method, uri, body, reply, headers)
     local path, query = _M.parse_uri(uri or "/")
-    local status, headers, out = _M.handle({
+    local status, hd, out = _M.handle({
         method = method, path = path, query = query, body = body,
+        headers = headers,
     })
-    reply(status, headers and headers["content-type"] or "application/json",
+    reply(status, hd and hd["content-type"] or "application/json",
           out or "")
 end
 

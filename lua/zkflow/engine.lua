@@ -39,14 +39,15 @@ function _M.main(argv, done, options)
 end
 
 -- One HTTP request; reply(status, content_type, body) exactly once.
-function _M.http(method, uri, body, reply)
+-- headers: {lower-case name = value} (zkf_engine_http_headers), or empty.
+function _M.http(method, uri, body, reply, headers)
   local api = require "zkflow.api"
   local z = started and started.zk
   if z and z.connecting then
     return connecting_reply(z, uri, reply)
   end
   async.spawn(function()
-    api.http(method, uri, body, reply)
+    api.http(method, uri, body, reply, headers)
   end, function(ok, err)
     if not ok then
       core.log("error", "api: " .. tostring(err))

@@ -287,6 +287,56 @@ ngx_http_zkflow_body_handler(ngx_http_request_t *r)
 }
 
 
+/* The request's headers as name, value C strings ended by a NULL name,
+ * from the request pool, for zkf_engine_http_headers() (the router reads
+ * Origin, Sec-Fetch-Site, Content-Type and Host from them). */
+static const char **
+ngx_http_zkflow_headers(ngx_http_request_t *r)
+{
+    ngx_uint_t        i, n;
+    ngx_list_part_t  *part;
+    ngx_table_elt_t  *h;
+    const char      **out;
+
+    n = 0;
+
+    for (part = &r->headers_in.headers.part; part; part = part->next) {
+        n += part->nelts;
+    }
+
+    out = ngx_pnalloc(r->pool, (2 * n + 1) * sizeof(char *));
+
+    if (out == NULL) {
+        return NULL;
+    }
+
+    n = 0;
+
+    for (part = &r->headers_in.headers.part; part; part = part->next) {
+        h = part->elts;
+
+        for (i = 0; i < part->nelts; i++) {
+            out[n] = (const char *) ngx_pnalloc(r->pool, h[i].key.len + 1);
+            out[n + 1] = (const char *) ngx_pnalloc(r->pool,
+                                                    h[i].value.len + 1);
+
+            if (out[n] == NULL || out[n + 1] == NULL) {
+                return NULL;
+            }
+
+            ngx_cpystrn((u_char *) out[n], h[i].key.data, h[i].key.len + 1);
+            ngx_cpystrn((u_char *) out[n + 1], h[i].value.data,
+                        h[i].value.len + 1);
+            n += 2;
+        }
+    }
+
+    out[n] = NULL;
+
+    return out;
+}
+
+
 /* Hands the request to the engine.  Returns what the handler returns: the
  * result of sending a reply that came at once, an error status, or
  * NGX_DONE when the reply will come from the event loop. */
@@ -299,6 +349,7 @@ ngx_http_zkflow_dispatch(ngx_http_request_t *r)
     ngx_str_t                     path;
     ngx_chain_t                  *cl;
     const char                   *body;
+    const char                  **headers;
     ngx_pool_cleanup_t           *cln;
     ngx_http_zkflow_ctx_t        *ctx;
     ngx_http_zkflow_loc_conf_t   *zlcf;
@@ -378,8 +429,15 @@ ngx_http_zkflow_dispatch(ngx_http_request_t *r)
     ctx->posted.data = ctx;
     ctx->posted.log = r->connection->log;
 
-    if (zkf_engine_http(zmcf->worker->engine, (char *) method, (char *) uri,
-                        body, len, ngx_http_zkflow_reply, ctx)
+    headers = ngx_http_zkflow_headers(r);
+
+    if (headers == NULL) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    if (zkf_engine_http_headers(zmcf->worker->engine, (char *) method,
+                                (char *) uri, headers, body, len,
+                                ngx_http_zkflow_reply, ctx)
         == ZKF_ERECURSIVE)
     {
         /* cannot happen from a request handler; the reply never comes */
