@@ -25,10 +25,12 @@ else
 Q := @
 endif
 
-CORE_SRC := $(wildcard core/*.c)
+# core/<concern>/*.c, one folder per concern; core/cli is the binary's.
+CORE_SRC := $(filter-out core/cli/%,$(wildcard core/*/*.c))
 CORE_OBJ := $(CORE_SRC:core/%.c=$(B)/obj/%.o) $(B)/obj/lua_bundle.o
+CORE_HDR := $(wildcard core/*/*.h)
 CLI_SRC  := $(wildcard core/cli/*.c)
-CLI_OBJ  := $(CLI_SRC:core/cli/%.c=$(B)/obj/cli/%.o)
+CLI_OBJ  := $(CLI_SRC:core/%.c=$(B)/obj/%.o)
 LUAMOD_SRC := $(wildcard plugins/lua/*.c)
 LUAMOD_OBJ := $(LUAMOD_SRC:plugins/lua/%.c=$(B)/obj/luamod/%.o)
 LUA_SRC  := $(shell find lua -name '*.lua' 2>/dev/null | sort)
@@ -62,17 +64,12 @@ deps:
 	    libzookeeper-mt-dev zookeeper python3-kazoo default-jre-headless \
 	    nginx nginx-dev libnginx-mod-http-lua chromium
 
-$(B)/obj/%.o: core/%.c $(wildcard core/*.h core/include/*.h)
+$(B)/obj/%.o: core/%.c $(CORE_HDR)
 	@mkdir -p $(dir $@)
 	@$(if $(Q),echo "  CC    $<")
 	$(Q)$(CC) $(ALL_CFLAGS) -c -o $@ $<
 
-$(B)/obj/cli/%.o: core/cli/%.c $(wildcard core/*.h core/include/*.h core/cli/*.h)
-	@mkdir -p $(dir $@)
-	@$(if $(Q),echo "  CC    $<")
-	$(Q)$(CC) $(ALL_CFLAGS) -c -o $@ $<
-
-$(B)/obj/luamod/%.o: plugins/lua/%.c $(wildcard core/*.h core/include/*.h)
+$(B)/obj/luamod/%.o: plugins/lua/%.c $(CORE_HDR)
 	@mkdir -p $(dir $@)
 	@$(if $(Q),echo "  CC    $<")
 	$(Q)$(CC) $(ALL_CFLAGS) -c -o $@ $<

@@ -1,7 +1,7 @@
 #!/usr/bin/python3
-"""Cross-checks zkflow's cron (core/cron.c) against croniter.
+"""Cross-checks zkflow's cron (core/cron/cron.c) against croniter.
 
-Builds spec/c/cron_cli.c with gcc against core/cron.c, feeds it a fixed list
+Builds spec/c/cron_cli.c with gcc against core/cron/cron.c, feeds it a fixed list
 of expressions x start times (deterministic: seeded), and compares every
 answer with croniter's get_next().  Prints each differing case, ends with
 "N passed, N failed" and exits 1 when anything differs.
@@ -224,7 +224,7 @@ def build(cc):
                            "-Wextra", "-Werror", "-I" + os.path.join(ROOT, "core"),
                            "-o", exe,
                            os.path.join(ROOT, "spec/c/cron_cli.c"),
-                           os.path.join(ROOT, "core/cron.c")])
+                           os.path.join(ROOT, "core/cron/cron.c")])
     return exe
 
 

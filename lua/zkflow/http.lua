@@ -16,7 +16,7 @@
 -- coroutine: a task, `zkflow lua`, flow.run or flow.spawn; the loop goes on
 -- meanwhile.  `timeout` bounds the whole exchange (connect, send, receive).
 -- A host name is resolved with a blocking getaddrinfo() (see
--- core/lbind_net.c): give an address where that matters.  Replies are
+-- core/lua/net.c): give an address where that matters.  Replies are
 -- limited to 16 MiB.
 --
 -- Errors are returned, not raised: nil and "connect 127.0.0.1:1:

@@ -5,7 +5,7 @@
 #include <lua.h>
 #include <lauxlib.h>
 
-#include "lbind.h"
+#include "lua/lbind.h"
 
 int luaopen_zkflow_core(lua_State *L);
 

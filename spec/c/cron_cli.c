@@ -11,7 +11,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "cron.h"
+#include "cron/cron.h"
 
 int main(void)
 {

@@ -6,7 +6,7 @@
  *   int main(void) { RUN(test_cron_parses_steps); return test_report(); }
  *
  * Each binary prints "ok NAME" / "FAIL NAME: file:line: detail" lines and
- * ends with "N passed, N failed"; spec/run-c.sh sums them.
+ * ends with "N passed, N failed"; spec/run-all.sh sums them.
  */
 #ifndef ZKF_TEST_H
 #define ZKF_TEST_H

@@ -1,11 +1,11 @@
 /*
- * test_cron.c - core/cron.c: parsing, errors, and next fire times across
+ * test_cron.c - core/cron/cron.c: parsing, errors, and next fire times across
  * month, year and leap-year ends.  spec/croniter_check.py compares many
  * more answers with croniter.
  */
 #include <stdint.h>
 
-#include "cron.h"
+#include "cron/cron.h"
 #include "test.h"
 
 /* Epoch seconds of a UTC date and time, through cron.c's own calendar. */

@@ -8,7 +8,7 @@
 
 #include <event2/event.h>
 
-#include "loop.h"
+#include "loop/loop.h"
 #include "test.h"
 
 /* A poll host and its loop, the pair every test needs. */

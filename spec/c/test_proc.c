@@ -8,8 +8,8 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-#include "loop.h"
-#include "proc.h"
+#include "loop/loop.h"
+#include "proc/proc.h"
 #include "test.h"
 
 typedef struct env {

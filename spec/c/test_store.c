@@ -7,8 +7,8 @@
  * valgrind to report in a forked copy.
  */
 #include "test.h"
-#include "store.h"
-#include "loop.h"
+#include "store/store.h"
+#include "loop/loop.h"
 
 #include <stdint.h>
 #include <sys/wait.h>
@@ -902,7 +902,7 @@ static void test_store_opens_while_another_handle_writes(void)
 }
 
 /* A run of creates under one parent reads and writes the parent once
- * (store_sqlite.c's parent cache); everything a reader sees in between must
+ * (store/sqlite.c's parent cache); everything a reader sees in between must
  * be as if each create had updated it. */
 static void test_store_creates_under_one_parent_keep_its_stat(void)
 {

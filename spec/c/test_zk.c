@@ -1,13 +1,13 @@
 /*
- * test_zk.c - the ZooKeeper client (zk.c) and the zk store (store_zk.c)
+ * test_zk.c - the ZooKeeper client (zk/zk.c) and the zk store (store/zk.c)
  * against a real server: ZKFLOW_TEST_ZK=127.0.0.1:PORT, as
  * spec/zk_test.sh starts it.  Without it every test reports itself
  * skipped, so the plain c/asan/valgrind suites pass on a machine with no
  * server.
  */
 #include "test.h"
-#include "zk.h"
-#include "loop.h"
+#include "zk/zk.h"
+#include "loop/loop.h"
 
 #include <stdint.h>
 #include <time.h>

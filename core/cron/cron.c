@@ -6,7 +6,7 @@
  * gmtime/timegm: those read the process time zone database on some
  * platforms and cannot be trusted to be free of hidden state.
  */
-#include "cron.h"
+#include "cron/cron.h"
 
 #include <ctype.h>
 #include <stdarg.h>

@@ -1,5 +1,5 @@
 /*
- * lbind_loop.c - the loop and child processes in `zkflow.core`:
+ * lua/loop.c - the loop and child processes in `zkflow.core`:
  * now mono timer spawn run stop (docs/internals.md has the contract).
  *
  * Handles (zkflow.Timer, zkflow.Proc) are userdata that hold their C state
@@ -15,8 +15,8 @@
 #include <signal.h>
 #include <string.h>
 
-#include "lbind.h"
-#include "proc.h"
+#include "lua/lbind.h"
+#include "proc/proc.h"
 
 #define TIMER_MT "zkflow.Timer"
 #define PROC_MT "zkflow.Proc"

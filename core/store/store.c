@@ -3,7 +3,7 @@
  */
 #include <string.h>
 
-#include "store.h"
+#include "store/store.h"
 
 /* ZooKeeper's PathUtils.validatePath.  `seq`: a sequential create, whose
  * path may end in '/' because the sequence completes it. */

@@ -1,5 +1,5 @@
 /*
- * zk.c - the asynchronous ZooKeeper client (see zk.h).
+ * zk/zk.c - the asynchronous ZooKeeper client (see zk.h).
  *
  * libzookeeper_mt calls completions and watchers on its own threads.  Each
  * of those callbacks fills a message that was allocated before the request
@@ -20,7 +20,7 @@
 
 #include <zookeeper/zookeeper.h>
 
-#include "zk.h"
+#include "zk/zk.h"
 
 #define DEFAULT_SESSION_MS 10000
 

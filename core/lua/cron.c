@@ -1,11 +1,11 @@
 /*
- * lbind_cron.c - `core.cron(expr)`: a parsed cron expression as a Lua
+ * lua/cron.c - `core.cron(expr)`: a parsed cron expression as a Lua
  * userdata whose `next(t)` gives the first fire time after `t`.
  */
 #include <string.h>
 
-#include "cron.h"
-#include "lbind.h"
+#include "cron/cron.h"
+#include "lua/lbind.h"
 
 #define CRON_MT "zkflow.Cron"
 

@@ -1,5 +1,5 @@
 /*
- * loop_event.c - the libevent host: one persistent `struct event` per
+ * loop/event.c - the libevent host: one persistent `struct event` per
  * watched fd and one timer event, all on the embedder's event_base.  There
  * is no loop here; the embedder runs event_base_dispatch() (curl's
  * docs/examples/hiperfifo.c is the same adapter for libcurl).
@@ -9,7 +9,7 @@
 
 #include <event2/event.h>
 
-#include "loop.h"
+#include "loop/loop.h"
 
 struct zkf_evhost {
     zkf_loop_hooks hooks;

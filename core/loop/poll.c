@@ -1,8 +1,8 @@
 /*
- * loop_poll.c - the smallest host: poll() over the watched fds, with the
+ * loop/poll.c - the smallest host: poll() over the watched fds, with the
  * loop's single timer as poll()'s timeout.  Used by plain lua5.4
  * (core.run()) and by the command line tools; the engine proper runs on
- * whatever loop its embedder has (loop_event.c for libevent).
+ * whatever loop its embedder has (loop/event.c for libevent).
  */
 #include <errno.h>
 #include <math.h>
@@ -10,7 +10,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "loop.h"
+#include "loop/loop.h"
 
 struct zkf_pollhost {
     zkf_loop_hooks hooks;

@@ -17,10 +17,10 @@
 #include <lauxlib.h>
 #include <lualib.h>
 
-#include "bundle.h"
-#include "engine_internal.h"
-#include "lbind.h"
-#include "loop.h"
+#include "engine/bundle.h"
+#include "engine/engine.h"
+#include "lua/lbind.h"
+#include "loop/loop.h"
 
 #define ENGINE_KEY "zkflow.engine"
 #define LOOP_KEY "zkflow.loop"

@@ -16,7 +16,7 @@
 #include <time.h>
 #include <unistd.h>
 
-#include "proc.h"
+#include "proc/proc.h"
 
 #ifndef P_PIDFD
 #define P_PIDFD 3

@@ -1,6 +1,6 @@
 /*
  * zk.h - an asynchronous ZooKeeper client on the engine's loop, over
- * libzookeeper_mt, and the store backend built on it (store_zk.c).
+ * libzookeeper_mt, and the store backend built on it (store/zk.c).
  *
  * Threads: libzookeeper_mt runs its I/O and every completion and watcher
  * on threads of its own.  Those callbacks only copy their results into a
@@ -27,8 +27,8 @@
 #define ZKF_ZK_H
 
 #include <stddef.h>
-#include "loop.h"
-#include "store.h"
+#include "loop/loop.h"
+#include "store/store.h"
 
 typedef struct zkf_zk zkf_zk;
 
@@ -146,7 +146,7 @@ int zkf_zk_multi(zkf_zk *zk, const zkf_store_op *ops, size_t n,
  * of its callbacks.  NULL is a no-op. */
 void zkf_zk_free(zkf_zk *zk);
 
-/* The store over ZooKeeper (store_zk.c).  Returns a new store; free it
+/* The store over ZooKeeper (store/zk.c).  Returns a new store; free it
  * with zkf_store_free().  `loop` is borrowed and must outlive it; `hosts`
  * and `opts` (may be NULL) are copied; opts->on_session receives the
  * client.  On error returns NULL with a message in `err`. */

@@ -1,5 +1,5 @@
 /*
- * engine_internal.h - what the rest of core/ may ask of the engine.
+ * engine/engine.h - what the rest of core/ may ask of the engine.
  * Loop thread only.
  */
 #ifndef ZKF_ENGINE_INTERNAL_H
@@ -8,7 +8,7 @@
 #include <stddef.h>
 #include <lua.h>
 #include "zkflow.h"
-#include "loop.h"
+#include "loop/loop.h"
 
 /* The engine that owns `L`, or NULL in plain Lua.  Borrowed. */
 zkf_engine *zkf_engine_from_lua(lua_State *L);

@@ -19,7 +19,7 @@
 #include <time.h>
 #include <unistd.h>
 
-#include "loop.h"
+#include "loop/loop.h"
 
 #define NOT_IN_HEAP SIZE_MAX
 

@@ -1,7 +1,7 @@
 /*
- * lua.c - `zkflow.core`, the C module the engine's Lua state and plain
+ * lua/module.c - `zkflow.core`, the C module the engine's Lua state and plain
  * lua5.4 share: the module table, the loop it is bound to, and the helpers
- * the lbind_*.c files use to call back into Lua.
+ * the other files of lua/ use to call back into Lua.
  *
  * Inside the engine, engine.c stores the engine's loop in the registry
  * before the module is opened.  In plain Lua the module makes its own loop
@@ -16,8 +16,8 @@
 #include <signal.h>
 #include <unistd.h>
 
-#include "lbind.h"
-#include "engine_internal.h"
+#include "lua/lbind.h"
+#include "engine/engine.h"
 
 #define LOOP_KEY "zkflow.loop"          /* lightuserdata zkf_loop */
 #define POLLHOST_KEY "zkflow.pollhost"  /* lightuserdata zkf_pollhost */

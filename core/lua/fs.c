@@ -1,5 +1,5 @@
 /*
- * lbind_fs.c - the file helpers Lua's io library lacks: core.listdir,
+ * lua/fs.c - the file helpers Lua's io library lacks: core.listdir,
  * core.stat, core.mkdirs, core.read_file and core.write_file (atomic).
  *
  * Failures return nil, "<path>: <strerror>", errno, as io.open does: a
@@ -13,7 +13,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-#include "lbind.h"
+#include "lua/lbind.h"
 
 #define HANDLE_MT "zkflow.FsHandle"
 

@@ -1,14 +1,14 @@
 /*
- * store_zk.c - the store (store.h) over a real ZooKeeper ensemble.
+ * store/zk.c - the store (store.h) over a real ZooKeeper ensemble.
  *
- * Most operations are one request of zk.c.  Two are not, because
+ * Most operations are one request of zk/zk.c.  Two are not, because
  * ZooKeeper has no such request: a create with ZKF_STORE_PARENTS makes the
  * missing ancestors one by one (ignoring ZNODEEXISTS from a racing
  * creator), and a recursive delete walks the subtree children first,
  * listing a node again when a delete finds it not empty.  Neither is one
  * transaction here, unlike the SQLite backend.
  *
- * Watches outlive a session expiry: zk.c reports each lost watch, and the
+ * Watches outlive a session expiry: zk/zk.c reports each lost watch, and the
  * store sets it again on the new session, comparing what it sees with what
  * the watch was set on (existence, mzxid, pzxid), and fires at once when
  * the node changed in between.
@@ -17,7 +17,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "zk.h"
+#include "zk/zk.h"
 
 #define MAX_DATA 1048576
 #define DELETE_RETRIES 20
@@ -32,7 +32,7 @@ typedef struct zstore {
 
 enum { W_GET, W_EXISTS, W_CHILDREN };
 
-/* One store watch.  The zk.c watch that carries it calls back exactly
+/* One store watch.  The zk/zk.c watch that carries it calls back exactly
  * once; after a user event has fired (`fired`) that call only frees it. */
 typedef struct swatch {
     zstore *s;
@@ -263,7 +263,7 @@ static void simple_done(zkf_zk *zk, const zkf_zk_result *r, void *arg)
                 w->zxid = w->kind == W_CHILDREN ? r->stat->pzxid
                                                 : r->stat->mzxid;
         } else if (!(o->exists_op && r->rc == ZKF_ZNONODE)) {
-            sw_free(w);   /* zk.c never calls a watch it did not set */
+            sw_free(w);   /* zk/zk.c never calls a watch it did not set */
         }
     }
     finish(o, r, r->rc);

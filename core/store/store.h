@@ -2,9 +2,9 @@
  * store.h - the store: znodes, as ZooKeeper has them, behind one interface.
  *
  * The scheduler persists through this interface and nothing else.  Two
- * backends implement it: store_sqlite.c (one machine, SQLite in WAL mode,
- * the default) and, later, store_zk.c (a real ensemble).  Both must pass
- * spec/store_spec.lua.
+ * backends implement it: store/sqlite.c (one machine, SQLite in WAL mode,
+ * the default) and store/zk.c (a real ensemble, over zk/zk.c).  Both must
+ * pass spec/store_spec.lua.
  *
  * Every operation takes a completion `cb(result, arg)`.  When the operation
  * function returns ZKF_ZOK the completion is called exactly once: with the
@@ -34,7 +34,7 @@
 
 #include <stddef.h>
 #include <stdint.h>
-#include "loop.h"
+#include "loop/loop.h"
 
 typedef struct zkf_store zkf_store;
 

@@ -1,5 +1,5 @@
 /*
- * store_sqlite.c - the embedded store: znodes in one SQLite file.
+ * store/sqlite.c - the embedded store: znodes in one SQLite file.
  *
  * One row per znode, keyed by its path; the stat columns are ZooKeeper's.
  * A global zxid lives in `meta`.  Several processes may open the same file:
@@ -11,7 +11,7 @@
  * writes ten thousand nodes pays for one fsync (or none, see
  * docs/durability.md).  Every operation completes synchronously.
  */
-#include "store.h"
+#include "store/store.h"
 
 #include <errno.h>
 #include <signal.h>

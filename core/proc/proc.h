@@ -24,7 +24,7 @@
 #include <stddef.h>
 #include <sys/types.h>
 
-#include "loop.h"
+#include "loop/loop.h"
 
 typedef struct zkf_proc zkf_proc;
 

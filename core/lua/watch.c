@@ -1,5 +1,5 @@
 /*
- * lbind_watch.c - `core.watch_tree(dir, fn [, quiet_ms])`: a folder and its
+ * lua/watch.c - `core.watch_tree(dir, fn [, quiet_ms])`: a folder and its
  * subfolders watched with inotify, for hot reload of DAG files.
  *
  * Changes are collected and delivered as one call fn({path, ...}) after
@@ -20,7 +20,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-#include "lbind.h"
+#include "lua/lbind.h"
 
 #define WATCH_MT "zkflow.TreeWatch"
 #define MASK (IN_CREATE | IN_DELETE | IN_MODIFY | IN_CLOSE_WRITE | \

@@ -1,9 +1,9 @@
 /*
- * lbind.h - how the pieces of `zkflow.core` (the C module shared by the
+ * lua/lbind.h - how the pieces of `zkflow.core` (the C module shared by the
  * engine's Lua state and plain lua5.4) are put together.
  *
- * lua.c creates the module table and calls each zkf_lua_open_*() with that
- * table on top of the stack; each adds its functions and metatables and
+ * lua/module.c creates the module table and calls each zkf_lua_open_*()
+ * with that table on top of the stack; each adds its functions and metatables and
  * leaves the stack as it found it.  Loop thread only.
  */
 #ifndef ZKF_LBIND_H
@@ -11,7 +11,7 @@
 
 #include <lua.h>
 #include <lauxlib.h>
-#include "loop.h"
+#include "loop/loop.h"
 
 /* The loop the module in `L` is bound to: the engine's when the engine
  * created the state, otherwise one created on first use with a poll() host
@@ -33,13 +33,13 @@ int zkf_lua_pcall(lua_State *L, int nargs);
  * engine's log callback (stderr in plain Lua). */
 void zkf_lua_log(lua_State *L, const char *level, const char *msg);
 
-void zkf_lua_open_loop(lua_State *L);   /* lbind_loop.c: now mono timer spawn run stop */
-void zkf_lua_open_store(lua_State *L);  /* lbind_store.c: store */
-void zkf_lua_open_cron(lua_State *L);   /* lbind_cron.c: cron */
-void zkf_lua_open_json(lua_State *L);   /* lbind_json.c: json_encode json_decode null base64_* */
-void zkf_lua_open_fs(lua_State *L);     /* lbind_fs.c: listdir stat mkdirs read_file write_file */
-void zkf_lua_open_watch(lua_State *L);  /* lbind_watch.c: watch_tree (inotify) */
-void zkf_lua_open_net(lua_State *L);    /* lbind_net.c: tcp_request */
+void zkf_lua_open_loop(lua_State *L);   /* lua/loop.c: now mono timer spawn run stop */
+void zkf_lua_open_store(lua_State *L);  /* lua/store.c: store */
+void zkf_lua_open_cron(lua_State *L);   /* lua/cron.c: cron */
+void zkf_lua_open_json(lua_State *L);   /* json/json.c: json_encode json_decode null base64_* */
+void zkf_lua_open_fs(lua_State *L);     /* lua/fs.c: listdir stat mkdirs read_file write_file */
+void zkf_lua_open_watch(lua_State *L);  /* lua/watch.c: watch_tree (inotify) */
+void zkf_lua_open_net(lua_State *L);    /* lua/net.c: tcp_request */
 
 /* The whole module: returns 1 (the table).  luaopen_zkflow_core calls it. */
 int zkf_lua_open_core(lua_State *L);

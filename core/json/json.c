@@ -1,5 +1,5 @@
 /*
- * lbind_json.c - JSON and base64 for Lua: core.json_encode and
+ * json/json.c - JSON and base64 for Lua: core.json_encode and
  * core.json_decode (which write and read the text directly, in jansson's
  * dialect), core.null, core.base64_encode, core.base64_decode, and the
  * jansson conversions json.h declares for C code.
@@ -11,8 +11,8 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "json.h"
-#include "lbind.h"
+#include "json/json.h"
+#include "lua/lbind.h"
 
 const char zkf_json_null_sentinel = 0;
 

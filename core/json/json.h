@@ -1,7 +1,7 @@
 /*
  * json.h - Lua values <-> JSON (jansson) and base64, for C code that
  * serves JSON from Lua tables (the HTTP API, zk dump/restore) and for
- * lbind_json.c, which is their Lua face (core.json_encode ...; those
+ * json/json.c, which is their Lua face (core.json_encode ...; those
  * two read and write text directly, with the same mapping).
  *
  * Mapping: nil and core.null (ZKF_JSON_NULL) are null; integers stay

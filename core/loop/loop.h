@@ -6,7 +6,7 @@
  * anything itself: like libcurl's multi socket interface, it tells its host
  * which descriptors to watch (hooks.watch_fd) and when its single timer must
  * fire (hooks.set_timer); the host calls zkf_loop_on_fd()/zkf_loop_on_timer()
- * back.  loop_event.c adapts it to libevent, loop_poll.c to plain poll().
+ * back.  loop/event.c adapts it to libevent, loop/poll.c to plain poll().
  *
  * Thread: every function here is for the loop thread only, except
  * zkf_loop_wake(), which any thread may call.

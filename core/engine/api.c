@@ -13,7 +13,7 @@
 #include <event2/http.h>
 #include <event2/keyvalq_struct.h>
 
-#include "engine_internal.h"
+#include "engine/engine.h"
 
 #define MAX_BODY (8 * 1024 * 1024)
 

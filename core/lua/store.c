@@ -1,10 +1,10 @@
 /*
- * lbind_store.c - `core.store(path [, opts])` and `core.store_zk(hosts
+ * lua/store.c - `core.store(path [, opts])` and `core.store_zk(hosts
  * [, opts])`: the store as Lua sees it.
  *
  * Results come back as return values.  The SQLite backend completes
  * before its call returns; the completion pushes them straight onto the
- * caller's stack (store_sqlite.c calls it last, with its state consistent,
+ * caller's stack (store/sqlite.c calls it last, with its state consistent,
  * so a memory error raised while pushing unwinds safely).  The ZooKeeper
  * backend completes on a later loop turn: a caller inside a coroutine
  * yields (lua_yieldk) and the completion pushes the results onto the
@@ -17,9 +17,9 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "lbind.h"
-#include "store.h"
-#include "zk.h"
+#include "lua/lbind.h"
+#include "store/store.h"
+#include "zk/zk.h"
 
 #define STORE_MT "zkflow.Store"
 

@@ -1,5 +1,5 @@
 /*
- * lbind_net.c - a one-shot TCP exchange in `zkflow.core`:
+ * lua/net.c - a one-shot TCP exchange in `zkflow.core`:
  *
  *   core.tcp_request(host, port, bytes, timeout, cb) -> r
  *
@@ -25,7 +25,7 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
-#include "lbind.h"
+#include "lua/lbind.h"
 
 #define REQ_MT "zkflow.TcpRequest"
 
