@@ -9,14 +9,14 @@ B       ?= build
 LUA     ?= lua5.4
 BUSTED  ?= busted --lua=$(LUA)
 
-PKGS     := lua5.4 libevent sqlite3 jansson
+PKGS     := lua5.4 libevent sqlite3
 PKG_CFLAGS := $(shell pkg-config --cflags $(PKGS) 2>/dev/null)
 WARN     := -Wall -Wextra -Werror -Wshadow -Wstrict-prototypes \
             -Wmissing-prototypes -Wwrite-strings
 CFLAGS   ?= -O2 -g
 ALL_CFLAGS := -std=c11 -D_GNU_SOURCE -fPIC $(WARN) $(CFLAGS) \
             -Icore -Icore/include $(PKG_CFLAGS)
-LIBS_NOLUA := -levent -lsqlite3 -ljansson -lzookeeper_mt -lm -lpthread
+LIBS_NOLUA := -levent -lsqlite3 -lzookeeper_mt -lm -lpthread
 LIBS     := -llua5.4 $(LIBS_NOLUA)
 
 ifeq ($(V),1)

@@ -1,8 +1,7 @@
 /*
- * json/json.c - JSON and base64 for Lua: core.json_encode and
- * core.json_decode (which write and read the text directly, in jansson's
- * dialect), core.null, core.base64_encode, core.base64_decode, and the
- * jansson conversions json.h declares for C code.
+ * json/json.c - the JSON codec between text and Lua values (jansson's
+ * dialect, without a jansson tree), and base64.  lua/json.c makes it
+ * core.json_encode, core.json_decode and core.base64_*.
  */
 #include <errno.h>
 #include <limits.h>
@@ -12,13 +11,11 @@
 #include <string.h>
 
 #include "json/json.h"
-#include "lua/lbind.h"
+#include <lauxlib.h>
 
 const char zkf_json_null_sentinel = 0;
 
 #define ARRAY_MT "zkflow.JsonArray"
-
-/* ---- Lua -> JSON ------------------------------------------------------- */
 
 /* One step of the path to the value being converted, for error messages:
  * a string key (borrowed from the Lua stack, where lua_next keeps it while
@@ -30,14 +27,6 @@ typedef struct path_step {
     lua_Integer index;
     int named;
 } path_step;
-
-typedef struct encoder {
-    lua_State *L;
-    int depth;
-    path_step path[ZKF_JSON_MAX_DEPTH + 1];
-    char *err;
-    size_t errlen;
-} encoder;
 
 /* Writes "json: $.a.b[2]: reason" into `out`. */
 static void format_error(const path_step *path, int depth, const char *reason,
@@ -67,14 +56,6 @@ static void format_error(const path_step *path, int depth, const char *reason,
     if (out && outlen)
         snprintf(out, outlen, "json: %s: %s", where, reason);
 }
-
-static int enc_fail(encoder *e, const char *reason)
-{
-    format_error(e->path, e->depth, reason, e->err, e->errlen);
-    return -1;
-}
-
-static json_t *enc_value(encoder *e, int idx);
 
 /* How the table at `idx` encodes: 1 array, 0 object, or -1 with the
  * reason in *why.  *n is the number of keys. */
@@ -127,189 +108,6 @@ static int table_kind(lua_State *L, int idx, lua_Integer *n, const char **why)
         return 1;
     }
     return count > 0 && !strings && max == count;
-}
-
-static json_t *enc_array(encoder *e, int idx, lua_Integer n)
-{
-    json_t *a = json_array();
-    lua_Integer i;
-
-    if (!a) {
-        enc_fail(e, "out of memory");
-        return NULL;
-    }
-    for (i = 1; i <= n; i++) {
-        json_t *v;
-
-        e->path[e->depth - 1].key = NULL;
-        e->path[e->depth - 1].index = i;
-        lua_rawgeti(e->L, idx, i);
-        v = enc_value(e, lua_gettop(e->L));
-        lua_pop(e->L, 1);
-        if (!v || json_array_append_new(a, v) != 0) {
-            json_decref(a);
-            return NULL;
-        }
-    }
-    return a;
-}
-
-static json_t *enc_object(encoder *e, int idx)
-{
-    lua_State *L = e->L;
-    json_t *o = json_object();
-
-    if (!o) {
-        enc_fail(e, "out of memory");
-        return NULL;
-    }
-    lua_pushnil(L);
-    while (lua_next(L, idx) != 0) {
-        char buf[32];
-        const char *key;
-        size_t keylen;
-        json_t *v;
-
-        if (lua_type(L, -2) == LUA_TSTRING) {
-            key = lua_tolstring(L, -2, &keylen);
-        } else {
-            /* an integer, table_kind() checked; never lua_tostring() the
-             * key itself, that would confuse lua_next */
-            keylen = (size_t)snprintf(buf, sizeof buf, "%lld",
-                                      (long long)lua_tointeger(L, -2));
-            key = buf;
-        }
-        e->path[e->depth - 1].key = key;
-        e->path[e->depth - 1].keylen = keylen;
-        if (json_object_getn(o, key, keylen)) {
-            lua_pop(L, 2);
-            json_decref(o);
-            enc_fail(e, "key appears both as an integer and as a string");
-            return NULL;
-        }
-        v = enc_value(e, lua_gettop(L));
-        lua_pop(L, 1);
-        if (!v) {
-            lua_pop(L, 1);
-            json_decref(o);
-            return NULL;
-        }
-        if (json_object_setn_new(o, key, keylen, v) != 0) {
-            lua_pop(L, 1);
-            json_decref(o);
-            enc_fail(e, "key is not valid UTF-8");
-            return NULL;
-        }
-    }
-    return o;
-}
-
-static json_t *enc_table(encoder *e, int idx)
-{
-    lua_Integer n = 0;
-    const char *why = NULL;
-    json_t *j;
-    int kind;
-
-    if (e->depth >= ZKF_JSON_MAX_DEPTH) {
-        enc_fail(e, "nested deeper than 200 (a cycle?)");
-        return NULL;
-    }
-    if (!lua_checkstack(e->L, 6)) {
-        enc_fail(e, "out of Lua stack");
-        return NULL;
-    }
-    kind = table_kind(e->L, idx, &n, &why);
-    if (kind < 0) {
-        enc_fail(e, why);
-        return NULL;
-    }
-    e->path[e->depth].key = NULL;
-    e->path[e->depth].index = 0;
-    e->path[e->depth].named = 0;
-    e->depth++;
-    j = kind ? enc_array(e, idx, n) : enc_object(e, idx);
-    e->depth--;
-    return j;
-}
-
-static json_t *enc_value(encoder *e, int idx)
-{
-    lua_State *L = e->L;
-    json_t *j = NULL;
-
-    switch (lua_type(L, idx)) {
-    case LUA_TNIL:
-        j = json_null();
-        break;
-    case LUA_TBOOLEAN:
-        j = json_boolean(lua_toboolean(L, idx));
-        break;
-    case LUA_TNUMBER:
-        if (lua_isinteger(L, idx)) {
-            j = json_integer((json_int_t)lua_tointeger(L, idx));
-        } else {
-            double d = (double)lua_tonumber(L, idx);
-
-            if (!isfinite(d)) {
-                enc_fail(e, "cannot encode NaN or infinity");
-                return NULL;
-            }
-            j = json_real(d);
-        }
-        break;
-    case LUA_TSTRING: {
-        size_t len;
-        const char *s = lua_tolstring(L, idx, &len);
-
-        j = json_stringn(s, len);
-        if (!j) {
-            enc_fail(e, "string is not valid UTF-8");
-            return NULL;
-        }
-        break;
-    }
-    case LUA_TLIGHTUSERDATA:
-        if (lua_touserdata(L, idx) == ZKF_JSON_NULL) {
-            j = json_null();
-            break;
-        }
-        enc_fail(e, "cannot encode a light userdata");
-        return NULL;
-    case LUA_TTABLE:
-        return enc_table(e, idx);
-    default: {
-        char reason[64];
-
-        snprintf(reason, sizeof reason, "cannot encode a %s",
-                 luaL_typename(L, idx));
-        enc_fail(e, reason);
-        return NULL;
-    }
-    }
-    if (!j)
-        enc_fail(e, "out of memory");
-    return j;
-}
-
-json_t *zkf_json_from_lua(lua_State *L, int idx, char *err, size_t errlen)
-{
-    encoder *e;
-    json_t *j;
-
-    idx = lua_absindex(L, idx);
-    /* the path is too big for the C stack of a coroutine-heavy host;
-     * a Lua userdata keeps it collectable if Lua raises under us */
-    e = lua_newuserdatauv(L, sizeof *e, 0);
-    e->L = L;
-    e->depth = 0;
-    e->err = err;
-    e->errlen = errlen;
-    if (err && errlen)
-        err[0] = '\0';
-    j = enc_value(e, idx);
-    lua_pop(L, 1);
-    return j;
 }
 
 /* ---- Lua -> JSON text -------------------------------------------------- */
@@ -1473,10 +1271,8 @@ static int r_value(reader *r)
     return 0;
 }
 
-/* Pushes the value of the JSON text `s` and returns 0, or pushes nothing
- * and returns -1 with the message in `err`. */
-static int decode_text(lua_State *L, const char *s, size_t len, char *err,
-                       size_t errlen)
+int zkf_json_decode(lua_State *L, const char *s, size_t len, char *err,
+                    size_t errlen)
 {
     reader r;
     int top = lua_gettop(L);
@@ -1504,123 +1300,6 @@ static int decode_text(lua_State *L, const char *s, size_t len, char *err,
     lua_settop(L, top);
     snprintf(err, errlen, "%s", r.err);
     return -1;
-}
-
-/* ---- JSON -> Lua ------------------------------------------------------- */
-
-static int push_value(lua_State *L, const json_t *j, int depth, char *err,
-                      size_t errlen)
-{
-    int container = json_is_object(j) || json_is_array(j);
-
-    if (container && depth >= ZKF_JSON_MAX_DEPTH) {
-        if (err && errlen)
-            snprintf(err, errlen, "json: nested deeper than %d",
-                     ZKF_JSON_MAX_DEPTH);
-        return -1;
-    }
-    if (!lua_checkstack(L, 4)) {
-        if (err && errlen)
-            snprintf(err, errlen, "json: out of Lua stack");
-        return -1;
-    }
-    switch (json_typeof(j)) {
-    case JSON_OBJECT: {
-        const char *key;
-        size_t keylen;
-        json_t *v;
-
-        lua_createtable(L, 0, (int)json_object_size(j));
-        json_object_keylen_foreach((json_t *)j, key, keylen, v) {
-            lua_pushlstring(L, key, keylen);
-            if (push_value(L, v, depth + 1, err, errlen) != 0) {
-                lua_pop(L, 2);
-                return -1;
-            }
-            lua_rawset(L, -3);
-        }
-        break;
-    }
-    case JSON_ARRAY: {
-        size_t i, n = json_array_size(j);
-
-        lua_createtable(L, n > 1000000 ? 1000000 : (int)n, 0);
-        for (i = 0; i < n; i++) {
-            if (push_value(L, json_array_get(j, i), depth + 1, err,
-                           errlen) != 0) {
-                lua_pop(L, 1);
-                return -1;
-            }
-            lua_rawseti(L, -2, (lua_Integer)i + 1);
-        }
-        luaL_setmetatable(L, ARRAY_MT);
-        break;
-    }
-    case JSON_STRING:
-        lua_pushlstring(L, json_string_value(j), json_string_length(j));
-        break;
-    case JSON_INTEGER:
-        lua_pushinteger(L, (lua_Integer)json_integer_value(j));
-        break;
-    case JSON_REAL:
-        lua_pushnumber(L, (lua_Number)json_real_value(j));
-        break;
-    case JSON_TRUE:
-        lua_pushboolean(L, 1);
-        break;
-    case JSON_FALSE:
-        lua_pushboolean(L, 0);
-        break;
-    default:
-        lua_pushlightuserdata(L, ZKF_JSON_NULL);
-        break;
-    }
-    return 0;
-}
-
-int zkf_json_push(lua_State *L, const json_t *j, char *err, size_t errlen)
-{
-    /* the array metatable must exist in states that never opened us */
-    if (luaL_newmetatable(L, ARRAY_MT)) {
-        lua_pushliteral(L, "array");
-        lua_setfield(L, -2, "__jsontype");
-    }
-    lua_pop(L, 1);
-    return push_value(L, j, 0, err, errlen);
-}
-
-/* ---- the Lua functions ------------------------------------------------- */
-
-static int l_json_encode(lua_State *L)
-{
-    int flags = 0;
-
-    luaL_checkany(L, 1);
-    if (!lua_isnoneornil(L, 2)) {
-        luaL_checktype(L, 2, LUA_TTABLE);
-        if (lua_getfield(L, 2, "pretty") != LUA_TNIL && lua_toboolean(L, -1))
-            flags |= ZKF_JSON_PRETTY;
-        if (lua_getfield(L, 2, "sort_keys") != LUA_TNIL
-            && lua_toboolean(L, -1))
-            flags |= ZKF_JSON_SORT_KEYS;
-        lua_pop(L, 2);
-    }
-    zkf_json_encode(L, 1, flags);
-    return 1;
-}
-
-static int l_json_decode(lua_State *L)
-{
-    size_t len;
-    const char *s = luaL_checklstring(L, 1, &len);
-    char err[256];
-
-    if (decode_text(L, s, len, err, sizeof err) != 0) {
-        lua_pushnil(L);
-        lua_pushstring(L, err);
-        return 2;
-    }
-    return 1;
 }
 
 /* ---- base64 ------------------------------------------------------------ */
@@ -1720,57 +1399,4 @@ bad_pad:
     if (err && errlen)
         snprintf(err, errlen, "base64: bad length or padding");
     return -1;
-}
-
-static int l_base64_encode(lua_State *L)
-{
-    size_t n;
-    const char *s = luaL_checklstring(L, 1, &n);
-    luaL_Buffer b;
-    char *out;
-
-    out = luaL_buffinitsize(L, &b, zkf_base64_len(n));
-    zkf_base64_encode((const unsigned char *)s, n, out);
-    luaL_pushresultsize(&b, zkf_base64_len(n));
-    return 1;
-}
-
-static int l_base64_decode(lua_State *L)
-{
-    size_t n;
-    const char *s = luaL_checklstring(L, 1, &n);
-    char err[96];
-    luaL_Buffer b;
-    unsigned char *out;
-    long long len;
-
-    out = (unsigned char *)luaL_buffinitsize(L, &b, n / 4 * 3 + 3);
-    len = zkf_base64_decode(s, n, out, err, sizeof err);
-    if (len < 0) {
-        lua_pushnil(L);
-        lua_pushstring(L, err);
-        return 2;
-    }
-    luaL_pushresultsize(&b, (size_t)len);
-    return 1;
-}
-
-static const luaL_Reg json_funcs[] = {
-    { "json_encode", l_json_encode },
-    { "json_decode", l_json_decode },
-    { "base64_encode", l_base64_encode },
-    { "base64_decode", l_base64_decode },
-    { NULL, NULL }
-};
-
-void zkf_lua_open_json(lua_State *L)
-{
-    if (luaL_newmetatable(L, ARRAY_MT)) {
-        lua_pushliteral(L, "array");
-        lua_setfield(L, -2, "__jsontype");
-    }
-    lua_pop(L, 1);
-    luaL_setfuncs(L, json_funcs, 0);
-    lua_pushlightuserdata(L, ZKF_JSON_NULL);
-    lua_setfield(L, -2, "null");
 }

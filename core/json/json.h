@@ -1,8 +1,9 @@
 /*
- * json.h - Lua values <-> JSON (jansson) and base64, for C code that
- * serves JSON from Lua tables (the HTTP API, zk dump/restore) and for
- * json/json.c, which is their Lua face (core.json_encode ...; those
- * two read and write text directly, with the same mapping).
+ * json/json.h - the JSON codec between text and Lua values, and base64.
+ * Its Lua face is core.json_encode, core.json_decode, core.null and
+ * core.base64_* (zkf_lua_open_json); the HTTP API, the store records and
+ * zk dump/restore all go through it from Lua.  The text is jansson's
+ * dialect (see json.c), checked against jansson by spec/c/test_json.c.
  *
  * Mapping: nil and core.null (ZKF_JSON_NULL) are null; integers stay
  * integers and floats stay reals; a table whose keys are exactly 1..n
@@ -15,7 +16,6 @@
 #define ZKF_JSON_H
 
 #include <stddef.h>
-#include <jansson.h>
 #include <lua.h>
 
 #define ZKF_JSON_MAX_DEPTH 200
@@ -29,20 +29,19 @@ extern const char zkf_json_null_sentinel;
 #define ZKF_JSON_SORT_KEYS 2    /* object keys in byte order (slower) */
 
 /* Pushes the JSON text of the Lua value at `idx` (compact, object keys in
- * lua_next() order unless `flags` say otherwise): the same text
- * json_dumps() writes for zkf_json_from_lua()'s tree, without building
- * it.  Raises "json: $.path: reason" on a value JSON cannot carry (and
- * leaks nothing when it does: a long text is built in a userdata). */
+ * lua_next() order unless `flags` say otherwise), the text json_dumps()
+ * writes for the same value.  Raises "json: $.path: reason" on a value JSON
+ * cannot carry (and leaks nothing when it does: a long text is built in a
+ * userdata). */
 void zkf_json_encode(lua_State *L, int idx, int flags);
 
-/* Converts the Lua value at `idx` to JSON.  Returns a new reference (free
- * it with json_decref()), or NULL with "json: $.path: reason" in `err`.
- * Raises a Lua error only when Lua runs out of memory. */
-json_t *zkf_json_from_lua(lua_State *L, int idx, char *err, size_t errlen);
-
-/* Pushes `j` (borrowed) as a Lua value and returns 0, or pushes nothing
- * and returns -1 with "json: ..." in `err` when it nests too deep. */
-int zkf_json_push(lua_State *L, const json_t *j, char *err, size_t errlen);
+/* Pushes the value of the JSON text `s` (`len` bytes, NULs included) and
+ * returns 0, or pushes nothing and returns -1 with "json: line L column C:
+ * reason" in `err`.  Arrays get the metatable that marks them as arrays
+ * (created in `L` on first use).  Raises a Lua error only when Lua runs out
+ * of memory. */
+int zkf_json_decode(lua_State *L, const char *s, size_t len, char *err,
+                    size_t errlen);
 
 /* Base64 (RFC 4648, standard alphabet, padded).  zkf_base64_encode()
  * writes exactly zkf_base64_len(n) bytes (no NUL) into `out`.
