@@ -17,6 +17,13 @@ CFLAGS   ?= -O2 -g
 ALL_CFLAGS := -std=c11 -D_GNU_SOURCE -fPIC $(WARN) $(CFLAGS) \
             -Icore -Icore/include $(PKG_CFLAGS)
 LIBS_NOLUA := -levent -lsqlite3 -lzookeeper_mt -lm -lpthread
+# The library exports what zkflow.h marks ZKF_EXPORT and nothing else.
+CORE_CFLAGS := -fvisibility=hidden
+# libzkflow.so.0.<minor>, SONAME libzkflow.so.0, from ZKF_VERSION "0.<minor>.x"
+SO_MINOR := $(shell sed -n 's/^\#define ZKF_VERSION "0\.\([0-9]*\)\..*/\1/p' \
+              core/include/zkflow.h)
+SONAME   := libzkflow.so.0
+SOFILE   := $(SONAME).$(SO_MINOR)
 LIBS     := -llua5.4 $(LIBS_NOLUA)
 
 ifeq ($(V),1)
@@ -67,7 +74,7 @@ deps:
 $(B)/obj/%.o: core/%.c $(CORE_HDR)
 	@mkdir -p $(dir $@)
 	@$(if $(Q),echo "  CC    $<")
-	$(Q)$(CC) $(ALL_CFLAGS) -c -o $@ $<
+	$(Q)$(CC) $(ALL_CFLAGS) $(CORE_CFLAGS) -c -o $@ $<
 
 $(B)/obj/luamod/%.o: plugins/lua/%.c $(CORE_HDR)
 	@mkdir -p $(dir $@)
@@ -82,26 +89,30 @@ $(B)/gen/lua_bundle.c: $(LUA_SRC) $(WEB_SRC) tools/bundle.lua
 
 $(B)/obj/lua_bundle.o: $(B)/gen/lua_bundle.c
 	@mkdir -p $(dir $@)
-	$(Q)$(CC) $(ALL_CFLAGS) -c -o $@ $<
+	$(Q)$(CC) $(ALL_CFLAGS) $(CORE_CFLAGS) -c -o $@ $<
 
 $(B)/libzkflow.a: $(CORE_OBJ)
 	@$(if $(Q),echo "  AR    $@")
 	$(Q)rm -f $@ && ar rcs $@ $^
 
-$(B)/libzkflow.so: $(CORE_OBJ)
+$(B)/$(SOFILE): $(CORE_OBJ)
 	@$(if $(Q),echo "  LD    $@")
-	$(Q)$(CC) -shared -o $@ $^ $(LIBS)
+	$(Q)$(CC) -shared -Wl,-soname,$(SONAME) -o $@ $^ $(LIBS)
+
+$(B)/libzkflow.so: $(B)/$(SOFILE)
+	$(Q)ln -sf $(SOFILE) $(B)/$(SONAME) && ln -sf $(SOFILE) $@
 
 $(B)/zkflow: $(CLI_OBJ) $(B)/libzkflow.a
 	@$(if $(Q),echo "  LD    $@")
 	$(Q)$(CC) -o $@ $(CLI_OBJ) $(B)/libzkflow.a $(LIBS)
 
 # The Lua C module: no liblua here, the interpreter provides the symbols.
+# It exports luaopen_zkflow_core only (--exclude-libs hides the archive's).
 $(B)/zkflow.so: $(LUAMOD_OBJ) $(B)/libzkflow.a
 	@mkdir -p $(dir $@)
 	@$(if $(Q),echo "  LD    $@")
 	$(Q)$(CC) -shared -o $@ $(LUAMOD_OBJ) -Wl,--whole-archive $(B)/libzkflow.a \
-	    -Wl,--no-whole-archive $(LIBS_NOLUA)
+	    -Wl,--no-whole-archive -Wl,--exclude-libs,ALL $(LIBS_NOLUA)
 
 $(B)/test/%: spec/c/%.c spec/c/test.h $(B)/libzkflow.a
 	@mkdir -p $(dir $@)
@@ -119,7 +130,7 @@ test: all
 	$(Q)B=$(B) LUA=$(LUA) sh spec/run-all.sh
 
 test-c: all
-	$(Q)B=$(B) SUITES="c asan valgrind" sh spec/run-all.sh
+	$(Q)B=$(B) SUITES="c abi asan valgrind" sh spec/run-all.sh
 
 test-lua: all
 	$(Q)B=$(B) LUA=$(LUA) SUITES="busted lint" sh spec/run-all.sh
@@ -144,7 +155,9 @@ install: all
 	    $(DESTDIR)$(PREFIX)/lib/lua/5.4/zkflow
 	install -m 755 $(B)/zkflow $(DESTDIR)$(PREFIX)/bin/zkflow
 	install -m 644 $(B)/libzkflow.a $(DESTDIR)$(PREFIX)/lib/
-	install -m 755 $(B)/libzkflow.so $(DESTDIR)$(PREFIX)/lib/
+	install -m 755 $(B)/$(SOFILE) $(DESTDIR)$(PREFIX)/lib/
+	ln -sf $(SOFILE) $(DESTDIR)$(PREFIX)/lib/$(SONAME)
+	ln -sf $(SOFILE) $(DESTDIR)$(PREFIX)/lib/libzkflow.so
 	install -m 644 core/include/zkflow.h $(DESTDIR)$(PREFIX)/include/
 	install -m 755 $(B)/zkflow.so $(DESTDIR)$(PREFIX)/lib/lua/5.4/zkflow/core.so
 	cd lua && find zkflow -name '*.lua' -exec install -D -m 644 {} \

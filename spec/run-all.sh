@@ -6,7 +6,7 @@
 #   SUITES="c busted" sh spec/run-all.sh     runs only some suites
 B=${B:-build}
 LUA=${LUA:-lua5.4}
-SUITES=${SUITES:-"c asan valgrind croniter busted zk cluster cli page examples recovery install nginx lint"}
+SUITES=${SUITES:-"c abi asan valgrind croniter busted zk cluster cli page examples recovery install nginx lint"}
 LOGS=$B/test-logs
 mkdir -p "$LOGS"
 export LUA_PATH="lua/?.lua;lua/?/init.lua;;"
@@ -54,6 +54,10 @@ for s in $SUITES; do
     case $s in
     c)
         run_c c "$B/test" ""
+        ;;
+    abi)
+        B=$B sh spec/c/abi_test.sh > "$LOGS/abi.log" 2>&1
+        set -- $(sum_lines "$LOGS/abi.log"); add abi "$1" "$2"
         ;;
     asan)
         if make -s asan > "$LOGS/asan-build.log" 2>&1; then

@@ -146,11 +146,6 @@ zkf_engine *zkf_engine_from_lua(lua_State *L)
     return e;
 }
 
-zkf_loop *zkf_engine_loop(zkf_engine *e)
-{
-    return e->loop;
-}
-
 struct event_base *zkf_engine_base(zkf_engine *e)
 {
     return e->base;

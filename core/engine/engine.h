@@ -24,9 +24,7 @@ size_t zkf_engine_mem_used(const zkf_engine *e);
  * callback sees them (/config's log_level). */
 void zkf_engine_log_min(zkf_engine *e, int level);
 
-/* The engine's loop and, for libevent engines, its event base (else
- * NULL).  Borrowed. */
-zkf_loop *zkf_engine_loop(zkf_engine *e);
+/* The event base of a libevent engine, else NULL.  Borrowed. */
 struct event_base *zkf_engine_base(zkf_engine *e);
 
 /* Adds the engine-only functions (api_listen, ...) to the `zkflow.core`

@@ -35,6 +35,15 @@ extern "C" {
 #define ZKF_API_VERSION 2
 #define ZKF_VERSION "0.1.0"
 
+/* The library is built with -fvisibility=hidden: the functions declared
+ * here are the only symbols libzkflow.so exports (spec/c/abi_test.sh
+ * checks it).  Its SONAME is libzkflow.so.0. */
+#if defined(__GNUC__) && __GNUC__ >= 4
+#define ZKF_EXPORT __attribute__((visibility("default")))
+#else
+#define ZKF_EXPORT
+#endif
+
 typedef struct zkf_engine zkf_engine;
 
 typedef enum {
@@ -49,7 +58,7 @@ typedef enum {
 } zkf_code;
 
 /* Static text for `rc`.  Never NULL. */
-const char *zkf_strerror(int rc);
+ZKF_EXPORT const char *zkf_strerror(int rc);
 
 /* Interest sets for zkf_host.watch_fd and zkf_engine_on_fd(). */
 enum { ZKF_WATCH_IN = 1, ZKF_WATCH_OUT = 2, ZKF_WATCH_REMOVE = 4 };
@@ -69,16 +78,17 @@ struct event_base;
 /* Returns a new engine on libevent `base` (borrowed: it must outlive the
  * engine); free it with zkf_engine_free().  NULL on failure, with the reason
  * in `err` (may be NULL). */
-zkf_engine *zkf_engine_new(struct event_base *base, char *err, size_t errlen);
+ZKF_EXPORT zkf_engine *zkf_engine_new(struct event_base *base, char *err,
+                                      size_t errlen);
 
 /* Returns a new engine driven by `host` (copied); free it with
  * zkf_engine_free().  NULL on failure, with the reason in `err`. */
-zkf_engine *zkf_engine_new_host(const zkf_host *host, char *err,
-                                size_t errlen);
+ZKF_EXPORT zkf_engine *zkf_engine_new_host(const zkf_host *host, char *err,
+                                           size_t errlen);
 
 /* Host callbacks for zkf_engine_new_host() engines. */
-int zkf_engine_on_fd(zkf_engine *e, int fd, int events);
-int zkf_engine_on_timer(zkf_engine *e);
+ZKF_EXPORT int zkf_engine_on_fd(zkf_engine *e, int fd, int events);
+ZKF_EXPORT int zkf_engine_on_timer(zkf_engine *e);
 
 /* Sets option `name` to `value` (both copied) before zkf_engine_start():
  *   "dags"      DAG folder                     (default "./dags")
@@ -107,30 +117,31 @@ int zkf_engine_on_timer(zkf_engine *e);
  *               default with zk_auth), "open" (without), "read", or
  *               "scheme:id:perms,..." (perms from "rwcda")
  * Returns ZKF_EINVAL for an unknown name. */
-int zkf_engine_setopt(zkf_engine *e, const char *name, const char *value);
+ZKF_EXPORT int zkf_engine_setopt(zkf_engine *e, const char *name,
+                                const char *value);
 
 /* Log messages from the engine go to `fn` (level 0 debug .. 3 error); the
  * message is borrowed for the call.  Without it the engine is silent. */
 typedef void (*zkf_log_fn)(void *ud, int level, const char *msg);
-void zkf_engine_set_log(zkf_engine *e, zkf_log_fn fn, void *ud);
+ZKF_EXPORT void zkf_engine_set_log(zkf_engine *e, zkf_log_fn fn, void *ud);
 
 /* Opens the store, loads the DAGs and starts scheduling on the loop.
  * Returns at once; ZKF_OK or an error with zkf_errmsg(). */
-int zkf_engine_start(zkf_engine *e);
+ZKF_EXPORT int zkf_engine_start(zkf_engine *e);
 
 /* Runs the command line `argv` (as `zkflow` takes it, argv[0] excluded) as a
  * coroutine on the loop.  When it finishes, `done(ud, exit_code)` is called
  * from the loop; a command that keeps running (standalone) calls it only
  * when it stops.  Copies argv. */
 typedef void (*zkf_done_fn)(void *ud, int code);
-int zkf_engine_main(zkf_engine *e, int argc, char **argv, zkf_done_fn done,
-                    void *ud);
+ZKF_EXPORT int zkf_engine_main(zkf_engine *e, int argc, char **argv,
+                               zkf_done_fn done, void *ud);
 
 /* Asks a running engine to stop its work (standalone, scheduler): no new
  * task starts, running tasks are terminated, the store is flushed, and the
  * pending zkf_engine_main() completes.  Safe from a signal-handling
  * callback of the host, not from a signal handler. */
-int zkf_engine_shutdown(zkf_engine *e);
+ZKF_EXPORT int zkf_engine_shutdown(zkf_engine *e);
 
 /* One HTTP request for the API router (every front door calls this: the
  * evhttp server, the nginx module).  `reply(ud, status, content_type, body,
@@ -138,9 +149,9 @@ int zkf_engine_shutdown(zkf_engine *e);
  * are borrowed for the call.  Copies its arguments. */
 typedef void (*zkf_reply_fn)(void *ud, int status, const char *content_type,
                              const char *body, size_t len);
-int zkf_engine_http(zkf_engine *e, const char *method, const char *uri,
-                    const char *body, size_t len, zkf_reply_fn reply,
-                    void *ud);
+ZKF_EXPORT int zkf_engine_http(zkf_engine *e, const char *method,
+                               const char *uri, const char *body, size_t len,
+                               zkf_reply_fn reply, void *ud);
 
 /* As zkf_engine_http(), with the request's headers, which the router reads
  * to refuse cross-site requests (Origin, Sec-Fetch-Site, Content-Type):
@@ -154,12 +165,12 @@ int zkf_engine_http_headers(zkf_engine *e, const char *method,
 
 /* The detail of the last failure on `e`.  Borrowed; valid until the next
  * call on `e`. */
-const char *zkf_errmsg(const zkf_engine *e);
+ZKF_EXPORT const char *zkf_errmsg(const zkf_engine *e);
 
 /* Kills every task process group still running (SIGKILL), commits the store
  * and frees the engine.  Runs left unfinished resume when an engine starts
  * again on the same store. */
-void zkf_engine_free(zkf_engine *e);
+ZKF_EXPORT void zkf_engine_free(zkf_engine *e);
 
 #ifdef __cplusplus
 }

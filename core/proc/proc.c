@@ -52,8 +52,6 @@ struct zkf_proc {
     zkf_io *in_io;
     char *in_data;          /* a copy of opts->stdin_data */
     size_t in_len, in_off;
-
-    zkf_proc *next, **pprev;    /* on opts->list */
 };
 
 static void proc_step(zkf_proc *p);
@@ -418,17 +416,6 @@ static void proc_step(zkf_proc *p)
 
 /* ---- public ---------------------------------------------------------- */
 
-static void list_unlink(zkf_proc *p)
-{
-    if (!p->pprev)
-        return;
-    *p->pprev = p->next;
-    if (p->next)
-        p->next->pprev = p->pprev;
-    p->pprev = NULL;
-    p->next = NULL;
-}
-
 zkf_proc *zkf_proc_spawn(zkf_loop *loop, const zkf_proc_opts *opts,
                          zkf_proc_exit_cb cb, void *arg, char *err,
                          size_t errlen)
@@ -588,13 +575,6 @@ zkf_proc *zkf_proc_spawn(zkf_loop *loop, const zkf_proc_opts *opts,
                 goto fail_nomem;
         }
     }
-    if (opts->list) {
-        p->next = opts->list->head;
-        if (p->next)
-            p->next->pprev = &p->next;
-        opts->list->head = p;
-        p->pprev = &opts->list->head;
-    }
     return p;
 
 fail_nomem:
@@ -631,11 +611,6 @@ pid_t zkf_proc_pid(const zkf_proc *p)
     return p ? p->pid : -1;
 }
 
-int zkf_proc_done(const zkf_proc *p)
-{
-    return p ? p->done : 0;
-}
-
 const char *zkf_proc_output(const zkf_proc *p, size_t *len)
 {
     if (!p || !p->buf) {
@@ -666,15 +641,6 @@ void zkf_proc_free(zkf_proc *p)
     stop_output(p);
     stop_input(p);
     close_fd(&p->log_fd);
-    list_unlink(p);
     free(p->buf);
     free(p);
-}
-
-void zkf_proc_list_kill(zkf_proc_list *list, int sig)
-{
-    if (!list)
-        return;
-    for (zkf_proc *p = list->head; p; p = p->next)
-        zkf_proc_kill(p, sig);
 }

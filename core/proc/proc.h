@@ -28,13 +28,6 @@
 
 typedef struct zkf_proc zkf_proc;
 
-/* Live children of one owner, so that the owner can kill every group when
- * it closes.  Embed it by value and zero-initialise it; a proc spawned with
- * opts.list set is on the list from spawn until zkf_proc_free(). */
-typedef struct zkf_proc_list {
-    zkf_proc *head;
-} zkf_proc_list;
-
 /* Without a log file, the last ZKF_PROC_OUTPUT_MAX bytes of output are kept
  * (the tail: that is where the error, and a BashOperator's xcom, is). */
 #define ZKF_PROC_OUTPUT_MAX (1024 * 1024)
@@ -58,7 +51,6 @@ typedef struct zkf_proc_opts {
     /* Fed to stdin, which is then closed; NULL: stdin is /dev/null. */
     const char *stdin_data;
     size_t stdin_len;
-    zkf_proc_list *list;        /* NULL or the owner's list (borrowed) */
 } zkf_proc_opts;
 
 /* `code` is the exit status (0..255) when the child exited, -1 when a
@@ -83,9 +75,6 @@ int zkf_proc_kill(zkf_proc *p, int sig);
 /* The child's pid, which is also its process group id. */
 pid_t zkf_proc_pid(const zkf_proc *p);
 
-/* 1 once the exit callback has fired. */
-int zkf_proc_done(const zkf_proc *p);
-
 /* The output kept in memory (no log file): the last ZKF_PROC_OUTPUT_MAX
  * bytes, `*len` set, not NUL-terminated.  Borrowed; valid until
  * zkf_proc_free().  Empty when a log file was given. */
@@ -95,9 +84,5 @@ const char *zkf_proc_output(const zkf_proc *p, size_t *len);
  * SIGKILL and the child is reaped (waitpid blocks for that moment); its
  * exit callback is not called.  Safe from inside the exit callback. */
 void zkf_proc_free(zkf_proc *p);
-
-/* Sends `sig` to the group of every proc on `list` whose exit callback has
- * not fired yet: what an engine calls before it closes. */
-void zkf_proc_list_kill(zkf_proc_list *list, int sig);
 
 #endif

@@ -1351,11 +1351,6 @@ fail:
     return NULL;
 }
 
-int zkf_zk_state(const zkf_zk *zk)
-{
-    return zk->state;
-}
-
 long long zkf_zk_session_id(const zkf_zk *zk)
 {
     return zk->session_id;

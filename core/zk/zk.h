@@ -93,9 +93,6 @@ typedef struct zkf_zk_opts {
 zkf_zk *zkf_zk_new(zkf_loop *loop, const char *hosts,
                    const zkf_zk_opts *opts, char *err, size_t errlen);
 
-/* The state last seen on the loop (ZKF_ZK_*). */
-int zkf_zk_state(const zkf_zk *zk);
-
 /* The current session id, 0 before the first connection. */
 long long zkf_zk_session_id(const zkf_zk *zk);
 
