@@ -119,6 +119,12 @@ $(B)/test/%: spec/c/%.c spec/c/test.h $(B)/libzkflow.a
 	@$(if $(Q),echo "  CC    $<")
 	$(Q)$(CC) $(ALL_CFLAGS) -o $@ $< $(B)/libzkflow.a $(LIBS)
 
+# The JSON reader's differential test links jansson, the library does not.
+$(B)/test/test_json: spec/c/test_json.c spec/c/test.h $(B)/libzkflow.a
+	@mkdir -p $(dir $@)
+	@$(if $(Q),echo "  CC    $<")
+	$(Q)$(CC) $(ALL_CFLAGS) -o $@ $< $(B)/libzkflow.a $(LIBS) -ljansson
+
 $(B)/examples/%: examples/host/%.c $(B)/libzkflow.a
 	@mkdir -p $(dir $@)
 	@$(if $(Q),echo "  CC    $<")
