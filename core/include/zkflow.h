@@ -158,10 +158,11 @@ ZKF_EXPORT int zkf_engine_http(zkf_engine *e, const char *method,
  * `headers` is NULL or an array of name, value strings ended by a NULL
  * name; names in any case.  Copies them.  zkf_engine_http() is this with
  * no headers: a request the host vouches for, such as its own. */
-int zkf_engine_http_headers(zkf_engine *e, const char *method,
-                            const char *uri, const char *const *headers,
-                            const char *body, size_t len, zkf_reply_fn reply,
-                            void *ud);
+ZKF_EXPORT int zkf_engine_http_headers(zkf_engine *e, const char *method,
+                                       const char *uri,
+                                       const char *const *headers,
+                                       const char *body, size_t len,
+                                       zkf_reply_fn reply, void *ud);
 
 /* The detail of the last failure on `e`.  Borrowed; valid until the next
  * call on `e`. */
