@@ -18,7 +18,9 @@
 -- Airflow semantics kept here (spec/sched_*_spec.lua, spec/scheduler_spec.lua
 -- show each): trigger rules decided as TriggerRuleDep does, including the
 -- skipped / upstream_failed end of a rule that can no longer be met; the
--- run's state from its leaves; depends_on_past deadlocks fail the run;
+-- run's state from its leaves; a depends_on_past task whose previous
+-- instance did not succeed waits (the run stays running) until that one is
+-- cleared and succeeds;
 -- dagrun_timeout fails it and skips what had not ended; retries with
 -- retry_delay doubled per try by retry_exponential_backoff (no jitter, so
 -- delays are predictable) and capped by max_retry_delay; pools with
@@ -129,7 +131,6 @@ function _M.new(opts)
     known_runs = {},        -- dag_id -> {run_id = true}
     ready = pq_new(),       -- queue of scheduled task instances
     work = {},              -- task instances to evaluate
-    deadlock_check = {},    -- runs to check for a depends_on_past deadlock
     counts = rules.new_counts(0),
     dirty = {},             -- list of task instances / runs to write
     running = 0,
@@ -214,6 +215,7 @@ local function ti_record(ti)
     pid = ti.pid,
     error = ti.error,
     lost = ti.lost,
+    waiting_for = ti.waiting_for,
   }
 end
 
@@ -301,10 +303,10 @@ local function ti_json(ti)
   local xcom = ti.xcom
   local op = task.operator and jstr_cached(task.operator) or "null"
   local worker = ti.worker and jstr_cached(ti.worker) or "null"
-  local first, nta, xcoms, pid, err, lost =
-    ti.first_start, ti.next_try_at, ti.xcoms, ti.pid, ti.error, ti.lost
+  local first, nta, xcoms, pid, err, lost, wait =
+    ti.first_start, ti.next_try_at, ti.xcoms, ti.pid, ti.error, ti.lost, ti.waiting_for
   if sd and ed and first and nta == nil and xcoms == nil and pid == nil and err == nil
-      and lost == nil and math_type(ti.try_number) == "integer"
+      and lost == nil and wait == nil and math_type(ti.try_number) == "integer"
       and math_type(ti.max_tries) == "integer" then
     local si, sus = iso_parts(sd)
     local ei, eus = iso_parts(ed)
@@ -321,6 +323,7 @@ local function ti_json(ti)
   if pid then parts[#parts + 1] = ',"pid":' .. jnum(pid) end
   if err then parts[#parts + 1] = ',"error":' .. jstr(err) end
   if lost then parts[#parts + 1] = ',"lost":' .. jnum(lost) end
+  if wait then parts[#parts + 1] = ',"waiting_for":' .. jstr(wait) end
   parts[#parts + 1] = "}"
   return concat(parts)
 end
@@ -917,7 +920,7 @@ end
 -- Ends a run.  Its state comes from its leaves, as Airflow's
 -- DagRun.update_state decides: failed when a leaf failed or is
 -- upstream_failed, else success (every leaf succeeded or was skipped).
--- `forced` ("failed") ends it regardless: a deadlock or dagrun_timeout.
+-- `forced` ("failed") ends it regardless: dagrun_timeout.
 function Sched:finish_run(run, forced)
   if run.state == "success" or run.state == "failed" then return end
   local failed = forced == "failed"
@@ -985,14 +988,14 @@ function Sched:push_work(ti)
 end
 
 local DONE_FOR_PAST = { success = true, skipped = true }
-local ACTIVE = { scheduled = true, queued = true, running = true, up_for_retry = true,
-                 up_for_reschedule = true }
 
 -- depends_on_past (Airflow's PrevDagrunDep): the same task in the previous
 -- run by logical date must have succeeded or been skipped; no previous run,
--- or a previous run without this task, allows it.  Returns "run", "wait"
--- (the previous instance has not ended: it wakes this one when it does) or
--- "blocked" (it ended otherwise: this instance can never run).  Only
+-- or a previous run without this task, allows it.  Returns "run" or "wait".
+-- A previous instance that ended otherwise (failed, upstream_failed) makes
+-- this one wait too, as Airflow does (its deadlock check passes over
+-- depends_on_past tasks): the run stays running until that instance is
+-- cleared and succeeds.  ti.waiting_for says what it waits for.  Only
 -- depends_on_past tasks come here, so reading the store is affordable.
 function Sched:past_allows(ti)
   local run = ti.run
@@ -1015,27 +1018,45 @@ function Sched:past_allows(ti)
       end
     end
   end
+  local prev_id
   if best and (not stored_best_ld or best.logical_date >= stored_best_ld) then
     local pti = best.tis[ti.task_id]
-    if not pti or DONE_FOR_PAST[pti.state] then return "run" end
-    if FINISHED[pti.state] then return "blocked" end
-    pti.past_waiters = pti.past_waiters or {}
-    pti.past_waiters[#pti.past_waiters + 1] = ti
-    return "wait"
-  end
-  if stored_best_id then
+    if not pti or DONE_FOR_PAST[pti.state] then return self:past_waits(ti, nil) end
+    -- Woken when that instance ends (Sched:finish), and whenever a run of
+    -- this DAG ends: a failed one may be cleared and succeed.
+    local pw = pti.past_waiters or {}
+    pti.past_waiters = pw
+    local listed = false
+    for i = 1, #pw do if pw[i] == ti then listed = true end end
+    if not listed then pw[#pw + 1] = ti end
+    if FINISHED[pti.state] then ti.past_blocked = true end
+    prev_id = best.run_id
+  elseif stored_best_id then
     local rec = self.st:get_ti(run.dag_id, stored_best_id, ti.task_id)
-    if rec and not DONE_FOR_PAST[rec.state] then
-      if FINISHED[rec.state] then return "blocked" end
-      -- A previous run that is not ours (queued, or another scheduler's):
-      -- look again whenever a run of this DAG ends.
-      ti.past_blocked = true
-      return "wait"
-    end
+    if not rec or DONE_FOR_PAST[rec.state] then return self:past_waits(ti, nil) end
+    -- A previous run that is not in memory (ended, queued, or another
+    -- scheduler's): look again whenever a run of this DAG ends or is
+    -- cleared.
+    ti.past_blocked = true
+    prev_id = stored_best_id
+  else
+    return self:past_waits(ti, nil)
+  end
+  self:past_waits(ti, ("waiting for %s of %s"):format(ti.task_id, prev_id))
+  return "wait"
+end
+
+-- Records why `ti` waits (nil: it does not); written only when it changes.
+function Sched:past_waits(ti, why)
+  if ti.waiting_for ~= why then
+    ti.waiting_for = why
+    self:mark(ti)
   end
   return "run"
 end
 
+-- A run of the DAG ended or was cleared: the instances waiting on a past
+-- that was not in memory look again.
 function Sched:wake_past_waiters(run)
   for _, r in ipairs(self.runs_by_dag[run.dag_id] or {}) do
     if r.has_past_blocked then
@@ -1048,17 +1069,6 @@ function Sched:wake_past_waiters(run)
       end
     end
   end
-end
-
--- Airflow's deadlock rule: a running run in which nothing is left that can
--- ever run (every unfinished instance waits on a past that failed) fails.
-function Sched:check_deadlock(run)
-  if run.state ~= "running" or run.unfinished <= 0 then return end
-  for _, ti in pairs(run.tis) do
-    if ACTIVE[ti.state] or (ti.state == "none" and ti.past_blocked) then return end
-  end
-  log("error", ("run %s %s: deadlock, no task can run (depends_on_past)"):format(run.dag_id, run.run_id))
-  self:finish_run(run, "failed")
 end
 
 function Sched:evaluate(ti)
@@ -1082,13 +1092,8 @@ function Sched:evaluate(ti)
   local verdict = rules.decide(task.trigger_rule or "all_success", c)
   if verdict == "run" then
     if task.depends_on_past then
-      local past = self:past_allows(ti)
-      if past ~= "run" then
+      if self:past_allows(ti) ~= "run" then
         if ti.past_blocked then run.has_past_blocked = true end
-        if past == "blocked" then
-          local dl = self.deadlock_check
-          dl[#dl + 1] = run
-        end
         return
       end
     end
@@ -1178,11 +1183,7 @@ function Sched:process()
       elseif self.ready.n > 0 and budget > 0 then
         local started = self:start_ready(budget)
         budget = budget - started
-        if started == 0 and #self.work == 0 and #self.deadlock_check == 0 then break end
-      elseif #self.deadlock_check > 0 then
-        local dl = self.deadlock_check
-        self.deadlock_check = {}
-        for i = 1, #dl do self:check_deadlock(dl[i]) end
+        if started == 0 and #self.work == 0 then break end
       else
         break
       end
@@ -1695,12 +1696,25 @@ function Sched:branch_targets(ti, res) -- luacheck: ignore 212/self
   return follow
 end
 
--- Skips the direct downstream tasks a branch did not choose (Airflow's
--- SkipMixin.skip_all_except); what lies after them follows its own
--- trigger rule.
+-- Skips the direct downstream tasks of a branch that are neither chosen
+-- nor downstream of a chosen one, as Airflow's SkipMixin.skip_all_except
+-- does: in branch >> {a, join}, a >> join, choosing a leaves join to its
+-- trigger rule.  What lies after a skipped task follows its own rule.
 function Sched:follow_branch(ti, follow)
+  local tis = ti.run.tis
+  local stack = {}
+  for id in pairs(follow) do stack[#stack + 1] = id end
+  while #stack > 0 do
+    local t = tis[table.remove(stack)].task
+    for _, did in ipairs(t.downstream) do
+      if not follow[did] then
+        follow[did] = true
+        stack[#stack + 1] = did
+      end
+    end
+  end
   for _, did in ipairs(ti.task.downstream) do
-    local d = ti.run.tis[did]
+    local d = tis[did]
     if not follow[did] and d.state == "none" then
       self:finish(d, "skipped")
     end
