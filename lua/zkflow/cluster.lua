@@ -1044,7 +1044,7 @@ function CW:abandon()
   local keys = {}
   for key, slot in pairs(self.running) do
     keys[#keys + 1] = key
-    if slot.ti and slot.ti.attempt then pcall(s.abort_try, s, slot.ti) end
+    if slot.ti then pcall(s.abort_try, s, slot.ti) end
   end
   for _, key in ipairs(keys) do
     self.running[key] = nil
@@ -1079,7 +1079,7 @@ function CW:stop()
   if self.member_timer then self.member_timer:cancel(); self.member_timer = nil end
   local s = self.s
   for key, slot in pairs(self.running) do
-    if slot.ti and slot.ti.attempt then pcall(s.abort_try, s, slot.ti) end
+    if slot.ti then pcall(s.abort_try, s, slot.ti) end
     self.store:delete(self.st:path("claims", key))
   end
   self.running, self.nrunning = {}, 0
