@@ -1082,7 +1082,7 @@ function Sched:past_allows(ti)
   local prev_id
   if best and (not stored_best_ld or best.logical_date >= stored_best_ld) then
     local pti = best.tis[ti.task_id]
-    if not pti or DONE_FOR_PAST[pti.state] then return self:past_waits(ti, nil) end
+    if not pti or DONE_FOR_PAST[pti.state] then return self:note_wait(ti, nil) end
     -- Woken when that instance ends (Sched:finish), and whenever a run of
     -- this DAG ends: a failed one may be cleared and succeed.
     local pw = pti.past_waiters or {}
@@ -1094,21 +1094,22 @@ function Sched:past_allows(ti)
     prev_id = best.run_id
   elseif stored_best_id then
     local rec = self.st:get_ti(run.dag_id, stored_best_id, ti.task_id)
-    if not rec or DONE_FOR_PAST[rec.state] then return self:past_waits(ti, nil) end
+    if not rec or DONE_FOR_PAST[rec.state] then return self:note_wait(ti, nil) end
     -- A previous run that is not in memory (ended, queued, or another
-    -- scheduler's): look again whenever a run of this DAG ends or is
-    -- cleared.
+    -- scheduler's): look again whenever a run of this DAG ends (one that
+    -- is cleared runs again here, and ends).
     ti.past_blocked = true
     prev_id = stored_best_id
   else
-    return self:past_waits(ti, nil)
+    return self:note_wait(ti, nil)
   end
-  self:past_waits(ti, ("waiting for %s of %s"):format(ti.task_id, prev_id))
+  self:note_wait(ti, ("waiting for %s of %s"):format(ti.task_id, prev_id))
   return "wait"
 end
 
--- Records why `ti` waits (nil: it does not); written only when it changes.
-function Sched:past_waits(ti, why)
+-- Records why `ti` waits (nil: it does not), written only when it changes;
+-- returns "run" for past_allows.
+function Sched:note_wait(ti, why)
   if ti.waiting_for ~= why then
     ti.waiting_for = why
     self:mark(ti)
@@ -1116,8 +1117,8 @@ function Sched:past_waits(ti, why)
   return "run"
 end
 
--- A run of the DAG ended or was cleared: the instances waiting on a past
--- that was not in memory look again.
+-- A run of the DAG ended: the instances waiting on a past that was not in
+-- memory, or that had failed, look again.
 function Sched:wake_past_waiters(run)
   for _, r in ipairs(self.runs_by_dag[run.dag_id] or {}) do
     if r.has_past_blocked then
