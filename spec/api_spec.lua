@@ -194,6 +194,16 @@ describe("zkflow.api", function()
             assert.equal(core.null, v.tasks.load.xcom)
         end)
 
+        it("says why a task instance waits (waiting_for, else null)", function()
+            S:put_ti("etl", "r1", { task_id = "later", state = "none", try_number = 0,
+                                    waiting_for = "waiting for later of r0" })
+            local status, v = call("GET", "/api/v1/dags/etl/runs/r1/tasks/later")
+            assert.equal(200, status)
+            assert.equal("waiting for later of r0", v.waiting_for)
+            local _, t = call("GET", "/api/v1/dags/etl/runs/r1/tasks/extract")
+            assert.equal(core.null, t.waiting_for)
+        end)
+
         it("decodes escaped run ids in the path", function()
             assert(S:trigger({ id = "etl" },
                              { run_id = "manual__2026-01-01T00:00:00+00:00" }))

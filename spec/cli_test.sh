@@ -223,6 +223,13 @@ jexpect "runs show --json: conf" "$T/out" "v.conf.who" "cli"
 expect "runs show of an unknown run exits 1" 1 runs show hello nope
 expect "tasks state of a task not started" 0 tasks state hello r1 a
 has "tasks state prints none" "$T/out" "none"
+expect "zk set of a waiting instance" 0 zk set /zkflow/runs/hello/r1/a \
+    '{"task_id":"a","state":"none","try_number":0,"waiting_for":"waiting for a of r0"}'
+expect "tasks state of a waiting task" 0 tasks state hello r1 a
+has "tasks state says why it waits" "$T/out" "none (waiting for a of r0)"
+expect "tasks state --json of a waiting task" 0 tasks state hello r1 a --json
+jexpect "tasks state --json: waiting_for" "$T/out" "v.waiting_for" "waiting for a of r0"
+expect "zk rm of the waiting instance" 0 zk rm /zkflow/runs/hello/r1/a
 expect "dags pause" 0 dags pause hello
 expect "dags list --json after pause" 0 dags list --json
 jexpect "paused shows in dags list" "$T/out" "v.dags[2].paused" "true"

@@ -229,4 +229,47 @@ describe("trigger rules in a run", function()
       assert.equal("success", res.state)
     end)
   end)
+
+  describe("a branch, as Airflow's skip_all_except", function()
+    it("runs a join that is downstream of the chosen task too", function()
+      -- branch >> {task1, join}, task1 >> join
+      local res = H.test(flow.dag {
+        id = "branch_join",
+        tasks = function(t)
+          local br = t.branch { id = "branch", run = function() return "task1" end }
+          local task1 = H.ok(t, "task1", { after = { br } })
+          H.ok(t, "join", { after = { br, task1 }, trigger_rule = "none_failed_min_one_success" })
+        end,
+      })
+      assert.same({ branch = "success", task1 = "success", join = "success" }, H.states(res))
+      assert.equal("success", res.state)
+    end)
+
+    it("does not skip a direct downstream task that a chosen task leads to", function()
+      -- branch >> b1 >> b2, branch >> b2
+      local res = H.test(flow.dag {
+        id = "branch_chain",
+        tasks = function(t)
+          local br = t.branch { id = "branch", run = function() return "b1" end }
+          local b1 = H.ok(t, "b1", { after = { br } })
+          H.ok(t, "b2", { after = { br, b1 } })
+        end,
+      })
+      assert.same({ branch = "success", b1 = "success", b2 = "success" }, H.states(res))
+    end)
+
+    it("still skips what no chosen task leads to", function()
+      local res = H.test(flow.dag {
+        id = "branch_other",
+        tasks = function(t)
+          local br = t.branch { id = "branch", run = function() return "task1" end }
+          local task1 = H.ok(t, "task1", { after = { br } })
+          local other = H.ok(t, "other", { after = { br } })
+          H.ok(t, "join", { after = { task1, other }, trigger_rule = "none_failed_min_one_success" })
+        end,
+      })
+      assert.same({ branch = "success", task1 = "success", other = "skipped", join = "success" },
+                  H.states(res))
+    end)
+  end)
 end)

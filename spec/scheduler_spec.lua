@@ -184,22 +184,39 @@ describe("depends_on_past", function()
     assert.is_true(starts["free2026-01-02"] < ends["2026-01-01"])
   end)
 
-  it("fails the next run as a deadlock when the previous instance failed", function()
+  it("waits, with the run running, while the previous instance has failed", function()
+    local fail_first = true
     local d = flow.dag {
-      id = "dop_fail", max_active_runs = 1,
+      id = "dop_fail", max_active_runs = 2,
       tasks = function(t)
-        t.lua { id = "a", depends_on_past = true,
-                run = function(ctx) if ctx.ds == "2026-01-01" then error("bad day") end end }
+        t.lua { id = "a", depends_on_past = true, run = function(ctx)
+          if ctx.ds == "2026-01-01" and fail_first then error("bad day") end
+        end }
         t.lua { id = "b", run = function() end }
       end,
     }
-    with_scheduler({ d }, { schedule = false }, function(s)
+    with_scheduler({ d }, { schedule = false }, function(s, st)
       local r1 = s:create_run(d, { logical_date = 1767225600 })
       local r2 = s:create_run(d, { logical_date = 1767312000 })
       s:process()
-      assert.same({ "failed", "failed" }, s:wait_runs({ r1, r2 }))
+      assert.same({ "failed" }, s:wait_runs({ r1 }))
+      assert.is_true(H.wait_until(function() return r2.tis.b.state == "success" end))
+      flow.sleep(0.1)
+      -- Airflow's deadlock check passes over depends_on_past: r2 waits.
+      assert.equal("running", r2.state)
       assert.equal("none", r2.tis.a.state)
-      assert.equal("success", r2.tis.b.state)
+      local why = "waiting for a of " .. r1.run_id
+      assert.equal(why, r2.tis.a.waiting_for)
+      assert.equal(why, st:get_ti("dop_fail", r2.run_id, "a").waiting_for)
+      assert.equal(why, st:run_object("dop_fail", r2.run_id).tasks.a.waiting_for)
+      -- The earlier instance cleared and successful: the waiting one runs.
+      fail_first = false
+      s:clear("dop_fail", r1.run_id, { "a" })
+      s:process()
+      assert.same({ "success", "success" }, s:wait_runs({ r1, r2 }))
+      assert.equal("success", r2.tis.a.state)
+      assert.is_nil(r2.tis.a.waiting_for)
+      assert.equal(core.null, st:run_object("dop_fail", r2.run_id).tasks.a.waiting_for)
     end)
   end)
 

@@ -1062,9 +1062,11 @@ local function cmd_tasks_state(ctx, args)
     local st = t and not is_null(t.state) and t.state or "none"
     if ctx.json then
         json_out({ dag_id = dag_id, run_id = run_id, task_id = task_id,
-                   state = st, try_number = t and t.try_number or 0 })
+                   state = st, try_number = t and t.try_number or 0,
+                   waiting_for = t and t.waiting_for or core.null })
     else
-        out(st)
+        local why = t and not is_null(t.waiting_for) and t.waiting_for
+        out(why and (st .. " (" .. why .. ")") or st)
     end
     return 0
 end

@@ -2,10 +2,13 @@
 --
 -- Schedulers contend for leadership with the election recipe at
 -- <root>/election/scheduler (kazoo's lock naming); the leader runs a
--- zkflow.scheduler in cluster mode, which sends each try to a queue
--- instead of running it; the standbys wait, and the one that wins next
--- resumes every run from the store.  Workers take tries from the queues and
--- run them with the same executors as a standalone scheduler.
+-- zkflow.scheduler whose executor is the queue
+-- (zkflow.cluster.queue_executor): each try goes to a queue instead of
+-- running here; the standbys wait, and the one that wins next resumes every
+-- run from the store.  Workers take tries from the queues and run them with
+-- a zkflow.scheduler composed for it (the in-process executor, no records,
+-- each try's end reported to the leader).  Both are compositions of
+-- scheduler.new's options; this file writes no field of a scheduler.
 --
 -- A try moves through three places, each move one transaction, so at any
 -- moment it is in exactly one of them (or nowhere: lost):
@@ -20,7 +23,7 @@
 --                             the leader deletes it in the transaction that
 --                             writes the instance's new state
 --
--- <key> is <dag_id>~<run_id>~<task_id>~<try> (zkflow.scheduler.ti_key).
+-- <key> is <dag_id>~<run_id>~<task_id>~<try> (queue_executor.ti_key).
 -- A claim that vanishes without a result (the worker's session ended) makes
 -- the leader run the try again, on any worker, without costing a retry.  A
 -- worker whose session expires stops its tries: their claims are gone, so
@@ -30,6 +33,7 @@
 local core = require "zkflow.core"
 local async = require "zkflow.async"
 local sched = require "zkflow.scheduler"
+local queue_executor = require "zkflow.cluster.queue_executor"
 local state = require "zkflow.state"
 local zk = require "zkflow.zk"
 local pushed = require "zkflow.pushed"
@@ -180,26 +184,28 @@ function CS:lead()
   local gen = self.gen
   log("info", "scheduler " .. self.id .. " is the leader")
   local o = self.opts
-  local s = sched.new {
-    store = self.store, root = self.root, dags_dir = o.dags_dir, log_dir = o.log_dir,
-    on_event = o.on_event, hot_reload = o.hot_reload, remote = true,
-    async_store = o.async_store ~= false, register = false,
-  }
-  s.worker_id = self.id
-  s.leader = true
-  self.s = s
-  if self.on_lead then self.on_lead(s) end
   -- The election node fences the leader's writes (Sched:flush_async) and
   -- its deletion ends the leadership at once.
   local fence = self.lock and self.lock.node and (self.election_path .. "/" .. self.lock.node)
+  local function lost()
+    if gen ~= self.gen or self.stopped then return end
+    self:step_down("its election node " .. fence .. " is gone")
+    self:contend()
+  end
+  local q = queue_executor.new { store = self.store, root = self.root }
+  local s = sched.new {
+    store = self.store, root = self.root, dags_dir = o.dags_dir, log_dir = o.log_dir,
+    on_event = o.on_event, hot_reload = o.hot_reload, id = self.id,
+    executor = q, async_store = o.async_store ~= false, register = false,
+    fence = fence, on_fence_lost = fence and lost or nil,
+    -- Every version the leader loads is published
+    -- (/dags/<id>/versions/<hash>) for the workers: a run keeps its
+    -- version even where their files change.
+    on_reload = function() if gen == self.gen then self:publish_versions() end end,
+  }
+  self.s, self.q = s, q
+  if self.on_lead then self.on_lead(s) end
   if fence then
-    s.fence = fence
-    local function lost()
-      if gen ~= self.gen or self.stopped then return end
-      self:step_down("its election node " .. fence .. " is gone")
-      self:contend()
-    end
-    s.on_fence_lost = lost
     local function watch(ev)
       if gen ~= self.gen then return end
       if ev and ev.type == "deleted" then return lost() end
@@ -215,13 +221,6 @@ function CS:lead()
   ensure(self.store, self.st:path("claims"))
   ensure(self.store, self.st:path("results"))
   ensure(self.store, self.st:path("queue"))
-  -- Every version the leader loads is published (/dags/<id>/versions/<hash>)
-  -- for the workers: a run keeps its version even where their files change.
-  local reload = s.reload
-  s.reload = function(sc)
-    reload(sc)
-    if gen == self.gen then self:publish_versions() end
-  end
   s:start()
   if gen ~= self.gen then return end
   self:publish_versions()
@@ -237,7 +236,7 @@ end
 function CS:publish_versions()
   local s = self.s
   self.published = self.published or {}
-  for id, dag in pairs(s and s.dags or {}) do
+  for id, dag in pairs(s and s:loaded_dags() or {}) do
     local hash, file = dag.source_hash, dag.file
     local k = id .. "@" .. tostring(hash)
     if hash and not self.published[k] and type(file) == "string" and file:sub(1, 3) ~= "zk:" then
@@ -265,14 +264,13 @@ function CS:step_down(why)
   self.gen = self.gen + 1
   if self.sweep_timer then self.sweep_timer:cancel(); self.sweep_timer = nil end
   local s = self.s
-  self.s = nil
+  self.s, self.q = nil, nil
   if self.lock then pcall(self.lock.cancel, self.lock) end
   if not self.leader then return end
   self.leader = false
   log("warn", "scheduler " .. self.id .. " stops leading: " .. why)
   if s then
-    s.dirty, s.extra_ops = {}, {}
-    s.mark = function() end
+    s:reset_pending()
     s:stop()
   end
   if not self.expired then
@@ -301,7 +299,7 @@ function CS:stop()
   self.gen = self.gen + 1
   if self.sweep_timer then self.sweep_timer:cancel(); self.sweep_timer = nil end
   local s = self.s
-  self.s = nil
+  self.s, self.q = nil, nil
   if s then s:stop() end
   if self.lock then
     pcall(self.lock.cancel, self.lock)
@@ -334,24 +332,15 @@ end
 -- order a try moves in, so a try that moves meanwhile is still seen), or
 -- it is lost and runs again.
 function CS:reconcile()
-  local s = self.s
-  local pending = {}
-  for _, run in pairs(s.runs) do
-    for _, ti in pairs(run.tis) do
-      if ti.remote_pending then
-        ti.remote_pending = nil
-        s:track_remote(ti)
-        pending[#pending + 1] = ti
-      end
-    end
-  end
+  local q = self.q
+  local pending = q:adopted()
   local queued = self:queued_keys()
   local claims = set_of(self.store:children(self.st:path("claims")))
   local results = set_of(self.store:children(self.st:path("results")))
   -- What the pending tries' claims and results say, read together.
   local paths = {}
-  for _, ti in ipairs(pending) do
-    local key = ti.remote_key
+  for _, e in ipairs(pending) do
+    local key = e.key
     if results[key] then
       paths[#paths + 1] = self.st:path("results", key)
     elseif claims[key] then
@@ -359,34 +348,32 @@ function CS:reconcile()
     end
   end
   local got = get_all(self.store, paths)
-  for _, ti in ipairs(pending) do
-    local key = ti.remote_key
+  for _, e in ipairs(pending) do
+    local key = e.key
     if results[key] then
       local p = self.st:path("results", key)
       self.handled[key] = true
-      s:remote_result(key, decode(got[p]), p)
+      q:result(key, decode(got[p]), p)
     elseif claims[key] then
-      local claim = decode(got[self.st:path("claims", key)])
-      ti.state = "queued"
-      s:remote_started(key, claim)
+      q:started(key, decode(got[self.st:path("claims", key)]), true)
     elseif queued[key] then
-      ti.queue_node = queued[key]
-      if ti.state ~= "queued" then ti.state = "queued"; s:mark(ti) end
+      q:queued(key, queued[key])
     else
-      s:remote_lost(key, "not found in the queue, the claims or the results after a scheduler change")
+      q:lost(key, "not found in the queue, the claims or the results after a scheduler change")
     end
   end
   -- Results no run waits for: a try that was cleared or whose run ended.
+  local s = self.s
   for key in pairs(results) do
-    if not s.remote_tis[key] then
-      s.extra_ops[#s.extra_ops + 1] = { op = "delete", path = self.st:path("results", key) }
+    if not q:entry(key) then
+      s:store_op({ op = "delete", path = self.st:path("results", key) })
     end
   end
-  s:mark_extra()
+  s:store_op(nil, true)
 end
 
 function CS:watch_results()
-  local gen, s = self.gen, self.s
+  local gen, q = self.gen, self.q
   local dir = self.st:path("results")
   local list = self.store:children(dir, function()
     if gen ~= self.gen then return end
@@ -409,7 +396,7 @@ function CS:watch_results()
   if gen ~= self.gen then return end
   for _, p in ipairs(fresh) do
     local data = got[p]
-    if data then s:remote_result(p:match("([^/]+)$"), decode(data), p) end
+    if data then q:result(p:match("([^/]+)$"), decode(data), p) end
   end
   for key in pairs(self.handled) do
     if not seen[key] then self.handled[key] = nil end
@@ -419,7 +406,7 @@ end
 -- A claim that appears: the try runs ("running", with its worker); one that
 -- goes: its result is there, or the try is lost.
 function CS:watch_claims()
-  local gen, s = self.gen, self.s
+  local gen, s, q = self.gen, self.s, self.q
   local dir = self.st:path("claims")
   local list = self.store:children(dir, function()
     if gen ~= self.gen then return end
@@ -429,27 +416,27 @@ function CS:watch_claims()
   end)
   if gen ~= self.gen or not list then return end
   local present = set_of(list)
-  local fresh, tis = {}, {}
+  local fresh, entries = {}, {}
   for _, key in ipairs(list) do
-    local ti = s.remote_tis[key]
-    if ti and not ti.claimed then
-      ti.claimed = true       -- seen: its going is noticed from now on
+    local e = q:entry(key)
+    if e and not e.claimed then
+      e.claimed = true        -- seen: its going is noticed from now on
       fresh[#fresh + 1] = dir .. "/" .. key
-      tis[#tis + 1] = ti
+      entries[#entries + 1] = e
     end
   end
   local got = get_all(self.store, fresh)
   if gen ~= self.gen then return end
   for i, p in ipairs(fresh) do
     local key = p:match("([^/]+)$")
-    if s.remote_tis[key] == tis[i] then
-      tis[i].claimed = nil
-      s:remote_started(key, decode(got[p]))
+    if q:entry(key) == entries[i] then
+      entries[i].claimed = nil
+      q:started(key, decode(got[p]))
     end
   end
   local gone = {}
-  for key, ti in pairs(s.remote_tis) do
-    if ti.claimed and not present[key] then gone[#gone + 1] = key end
+  for key, e in pairs(q.tries) do
+    if e.claimed and not present[key] then gone[#gone + 1] = key end
   end
   self:settle(gone)
   s:process()
@@ -457,25 +444,23 @@ end
 
 -- Tries whose claim is gone: their result, or lost.
 function CS:settle(keys)
-  local gen, s = self.gen, self.s
-  local paths, tis = {}, {}
+  local gen, q = self.gen, self.q
+  local paths, entries = {}, {}
   for i, key in ipairs(keys) do
     paths[i] = self.st:path("results", key)
-    tis[i] = s.remote_tis[key]
+    entries[i] = q:entry(key)
   end
   local got = get_all(self.store, paths)
   if gen ~= self.gen then return end
   for i, key in ipairs(keys) do
-    local ti, p = tis[i], paths[i]
+    local e, p = entries[i], paths[i]
     local data = got[p]
-    if ti then
-      if s.remote_tis[key] == ti then
-        if data then
-          self.handled[key] = true
-          s:remote_result(key, decode(data), p)
-        else
-          s:remote_lost(key, "worker " .. tostring(ti.worker or "?") .. " went away")
-        end
+    if e and q:entry(key) == e then
+      if data then
+        self.handled[key] = true
+        q:result(key, decode(data), p)
+      else
+        q:lost(key, "worker " .. tostring(e.ti.worker or "?") .. " went away")
       end
     end
   end
@@ -496,17 +481,17 @@ function CS:arm_sweep()
 end
 
 function CS:sweep()
-  local gen, s = self.gen, self.s
+  local gen, s, q = self.gen, self.s, self.q
   local candidates = {}
-  for key, ti in pairs(s.remote_tis) do
-    if ti.queue_node and not ti.claimed then candidates[#candidates + 1] = key end
+  for key, e in pairs(q.tries) do
+    if e.queue_node and not e.claimed then candidates[#candidates + 1] = key end
   end
   if #candidates == 0 then return end
   local qnodes = {}
   local qroot = self.st:path("queue")
-  for _, q in ipairs(self.store:children(qroot) or {}) do
-    for _, name in ipairs(self.store:children(qroot .. "/" .. q) or {}) do
-      qnodes[qroot .. "/" .. q .. "/" .. name] = true
+  for _, qname in ipairs(self.store:children(qroot) or {}) do
+    for _, name in ipairs(self.store:children(qroot .. "/" .. qname) or {}) do
+      qnodes[qroot .. "/" .. qname .. "/" .. name] = true
     end
   end
   local claims = set_of(self.store:children(self.st:path("claims")))
@@ -514,15 +499,15 @@ function CS:sweep()
   if gen ~= self.gen then return end
   local gone = {}
   for _, key in ipairs(candidates) do
-    local ti = s.remote_tis[key]
-    if ti and ti.queue_node and not ti.claimed and not qnodes[ti.queue_node]
+    local e = q:entry(key)
+    if e and e.queue_node and not e.claimed and not qnodes[e.queue_node]
         and not claims[key] then
       if results[key] then
         self.handled[key] = true
         local p = self.st:path("results", key)
-        s:remote_result(key, decode((self.store:get(p))), p)
+        q:result(key, decode((self.store:get(p))), p)
       else
-        ti.claimed = true
+        e.claimed = true
         gone[#gone + 1] = key
       end
     end
@@ -542,8 +527,6 @@ end
 local CW = {}
 CW.__index = CW
 
-local NO_POOL = { slots = math.huge, used = 0, blocked = { n = 0, buckets = {}, weights = {} } }
-
 -- cluster.worker(opts) inside a coroutine: registers the worker and takes
 -- tries from its queues.  opts: store, root, dags_dir, log_dir, queues
 -- ({"default"}), slots (4), id.
@@ -562,23 +545,17 @@ function _M.worker(opts)
   self.st = state.new(self.store, self.root)
   self.member_path = self.st:path("members", "workers", self.id)
   self.started = state.iso(now(), true)
+  -- The worker's scheduler runs tries in process and writes nothing to
+  -- the runs' records (the leader owns them): a try's end is reported
+  -- (CW:ended), a new process group listed (CW:noted_pid), and a push to
+  -- /dags only reads the DAGs again.
   local s = sched.new {
     store = self.store, root = self.root, dags_dir = opts.dags_dir,
-    log_dir = opts.log_dir, schedule = false, hot_reload = false,
+    log_dir = opts.log_dir, schedule = false, hot_reload = false, id = self.id,
+    records = false, reload = "dags",
+    on_try_end = function(ti, ok, res, extra) self:ended(ti, ok, res, extra) end,
+    on_pid = function(ti) self:noted_pid(ti) end,
   }
-  s.no_persist = true
-  -- A worker writes nothing to the run's records; the one thing it keeps
-  -- of a mark is a new process group (rt.spawn), for record_groups().
-  s.mark = function(_, ti)
-    if ti.pid and ti.remote_key and ti.pid ~= ti.noted_pid then
-      ti.noted_pid = ti.pid
-      self:record_groups()
-    end
-  end
-  s.worker_id = self.id
-  s.try_ended = function(_, ti, ok, res, extra) self:ended(ti, ok, res, extra) end
-  -- A push to /dags: the worker only needs the DAGs themselves.
-  s.reload = function(sc) if not self.stopped then sc:load_dags() end end
   self.s = s
   s:load_dags()
   if opts.dags_dir and opts.hot_reload ~= false and core.watch_tree then
@@ -723,8 +700,6 @@ function CW:claim(node)
   return true
 end
 
-local function run_key(dag_id, run_id) return dag_id .. "\0" .. run_id end
-
 -- The task and everything upstream of it, transitively: the instances whose
 -- XComs a try may pull (a task that is not an ancestor may not have run).
 local function ancestors(dag, task_id)
@@ -753,10 +728,10 @@ function CW:run(rec)
   self.nrunning = self.nrunning + 1
   self:member_changed()
   local s = self.s
-  local run_path = s.st:path("runs", rec.dag_id, rec.run_id)
+  local run_path = self.st:path("runs", rec.dag_id, rec.run_id)
   local ti_path = run_path .. "/" .. rec.task_id
   local result_path = self.st:path("results", key)
-  local dag = s.dags[rec.dag_id]
+  local dag = s:dag(rec.dag_id)
   local ids = dag and dag.tasks[rec.task_id] and ancestors(dag, rec.task_id) or {}
   -- The run, the try's own record, its result if any and the records of
   -- the task's ancestors, read together.
@@ -816,18 +791,12 @@ function CW:run(rec)
       local r = decode(got[run_path .. "/" .. id])
       if r then r.task_id = r.task_id or id; tis[id] = r end
     end
-    local run = s:adopt_run(dag, rrec, tis)
-    s.runs[run_key(rec.dag_id, rec.run_id)] = nil
-    run.state = "running"
-    local ti = run.tis[rec.task_id]
-    if not ti then error("task '" .. rec.task_id .. "' is not in DAG " .. rec.dag_id, 0) end
-    ti.try_number = rec.try_number - 1
-    ti.state = "scheduled"
-    ti.remote_key = key
+    local ti, terr = s:prepare_try(dag, rrec, tis, rec.task_id, rec.try_number)
+    if not ti then error(terr, 0) end
     slot.ti = ti
     log("info", ("worker %s: %s.%s try %d of run %s started"):format(
       self.id, rec.dag_id, rec.task_id, rec.try_number, rec.run_id))
-    s:start_ti(ti, NO_POOL, 1)
+    s:start_try(ti)
   end)
   if not ok then
     log("error", "worker: " .. key .. ": " .. tostring(err))
@@ -859,13 +828,28 @@ function CW:dag_version(id, hash)
   return d
 end
 
--- The try ended here (Sched:try_ended on the worker).
+-- The slot of the try `ti` runs in, and its key; nil when it has none.
+function CW:slot_of(ti)
+  for key, slot in pairs(self.running) do
+    if slot.ti == ti then return slot, key end
+  end
+end
+
+-- A try's process started (the scheduler's on_pid): its group is listed
+-- for the workers of this host (record_groups).
+function CW:noted_pid(ti)
+  local slot = self:slot_of(ti)
+  if slot and ti.pid and ti.pid ~= slot.noted_pid then
+    slot.noted_pid = ti.pid
+    self:record_groups()
+  end
+end
+
+-- The try ended here (the scheduler's on_try_end; its slot is free there).
 function CW:ended(ti, ok, res, extra)
   local s = self.s
-  s:release(ti)
-  local key = ti.remote_key
-  local slot = key and self.running[key]
-  if not slot or slot.ti ~= ti then return end
+  local slot, key = self:slot_of(ti)
+  if not slot then return end
   if not ok then
     local msg = type(res) == "table" and tostring(res.msg or res.message or "error") or tostring(res)
     s:task_log(ti, "failed: " .. msg)
@@ -875,7 +859,7 @@ function CW:ended(ti, ok, res, extra)
   log(ok and "info" or "warn", ("worker %s: %s.%s try %d of run %s %s%s"):format(
     self.id, ti.run.dag_id, ti.task_id, ti.try_number, ti.run.run_id,
     ok and "succeeded" or "failed", ok and "" or (": " .. tostring(result.msg or result):match("^[^\n]*"))))
-  self:copy_log(ti)
+  self:copy_log(ti, slot)
   self:report(key, {
     ok = ok and true or false,
     result = result,
@@ -889,7 +873,7 @@ end
 -- that `zkflow tasks logs`, the API and the page on any machine read it.
 -- Written before the result: when the leader sees the result, the log is
 -- there.
-function CW:copy_log(ti)
+function CW:copy_log(ti, slot)
   local path = ti.log
   local f = path and io.open(path, "rb")
   if not f then return end
@@ -903,7 +887,7 @@ function CW:copy_log(ti)
       skip, self.id, path) .. data
   end
   local node = ti.path .. "/log." .. ti.try_number
-  ti.log_copy = { node = node, data = data }
+  slot.log_copy = { node = node, data = data }
 end
 
 -- Writes a try's result and gives its claim up, in one transaction; then
@@ -919,7 +903,7 @@ function CW:report(key, r, rec)
     data = json_encode(r)
   end
   local slot = self.running[key]
-  local copy = slot and slot.ti and slot.ti.log_copy
+  local copy = slot and slot.log_copy
   spawn("worker result", function()
     local rpath = self.st:path("results", key)
     local cpath = self.st:path("claims", key)
@@ -1046,7 +1030,7 @@ function CW:free(key)
   if not self.running[key] then return end
   local slot = self.running[key]
   self.running[key] = nil
-  if slot.ti and slot.ti.noted_pid then self:record_groups() end
+  if slot.noted_pid then self:record_groups() end
   self.nrunning = self.nrunning - 1
   self:member_changed()
   if not self.stopped and not self.expired then
@@ -1060,7 +1044,7 @@ function CW:abandon()
   local keys = {}
   for key, slot in pairs(self.running) do
     keys[#keys + 1] = key
-    if slot.ti and slot.ti.attempt then pcall(s.abort_try, s, slot.ti) end
+    if slot.ti then pcall(s.abort_try, s, slot.ti) end
   end
   for _, key in ipairs(keys) do
     self.running[key] = nil
@@ -1095,12 +1079,12 @@ function CW:stop()
   if self.member_timer then self.member_timer:cancel(); self.member_timer = nil end
   local s = self.s
   for key, slot in pairs(self.running) do
-    if slot.ti and slot.ti.attempt then pcall(s.abort_try, s, slot.ti) end
+    if slot.ti then pcall(s.abort_try, s, slot.ti) end
     self.store:delete(self.st:path("claims", key))
   end
   self.running, self.nrunning = {}, 0
   self:record_groups()
-  s.stopped = true
+  s:stop()
   self.store:delete(self.member_path)
 end
 

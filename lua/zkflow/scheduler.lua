@@ -18,7 +18,9 @@
 -- Airflow semantics kept here (spec/sched_*_spec.lua, spec/scheduler_spec.lua
 -- show each): trigger rules decided as TriggerRuleDep does, including the
 -- skipped / upstream_failed end of a rule that can no longer be met; the
--- run's state from its leaves; depends_on_past deadlocks fail the run;
+-- run's state from its leaves; a depends_on_past task whose previous
+-- instance did not succeed waits (the run stays running) until that one is
+-- cleared and succeeds;
 -- dagrun_timeout fails it and skips what had not ended; retries with
 -- retry_delay doubled per try by retry_exponential_backoff (no jitter, so
 -- delays are predictable) and capped by max_retry_delay; pools with
@@ -26,6 +28,44 @@
 -- priority_weight first, FIFO among equals.  The in-process executor
 -- starts a task the moment it leaves the ready queue, so "queued" is never
 -- observed here.
+--
+-- The seams.  Every mode is this one scheduler composed from the options
+-- of scheduler.new; nothing outside this file writes its fields or
+-- methods.  What varies is named there:
+--
+--   executor     where a ready try goes: the in-process executor below
+--                (default), or the cluster queue
+--                (zkflow.cluster.queue_executor) on a cluster leader.  An
+--                executor is an object with
+--                  bind(s)       once, from scheduler.new
+--                  start(ti)     run the next try of `ti`; its slots are
+--                                taken (Sched:take_slots).  It raises
+--                                ti.try_number, sets ti.state (running or
+--                                queued) and marks it; the try's end comes
+--                                back as s:try_ended(ti, ok, res, extra)
+--                                (or s:end_try / s:try_lost from the queue)
+--                  abort(ti)     stop the try in flight (ti.attempt); the
+--                                scheduler gives the slots back
+--                  adopt(ti, r)  a record `r` says the try was in flight when
+--                                the last scheduler stopped: true when the
+--                                executor settles it itself, false to run it
+--                                again (the old process group is killed)
+--                  logs_elsewhere  true: tries log on other machines
+--   records      false: nothing is written to the store (a worker: the
+--                leader owns the records)
+--   on_try_end   a try's end goes to this callback instead of being applied
+--                (a worker reports it to the leader)
+--   on_pid       a try's process started (a worker lists process groups)
+--   clock        {now=, mono=}: the time stamps and deadlines read
+--   reload       "dags": a change of the DAG folder or /dags only reads the
+--                DAGs again, nothing is scheduled (a worker); on_reload(s)
+--                follows each reload (the leader publishes versions)
+--   fence, on_fence_lost   a leader's election node, checked by each write
+--
+-- and the methods others call: take_slots, end_try, try_lost, store_op,
+-- reset_pending (a leader that steps down drops its unwritten writes),
+-- prepare_try/start_try (a worker runs one try of a run it does not own),
+-- loaded_dags, dag.  docs/internals.md draws the same seam.
 local core = require "zkflow.core"
 local async = require "zkflow.async"
 local rules = require "zkflow.rules"
@@ -52,6 +92,8 @@ Sched.__index = Sched
 local function log(level, msg)
   core.log(level, msg)
 end
+
+local function no_mark() end
 
 -- ---- queues of ready task instances (priority desc, then FIFO) ----------
 --
@@ -108,10 +150,30 @@ end
 -- opts: store (required), root ("/zkflow"), dags_dir, dags ({[id]=dag},
 -- instead of a folder), log_dir, parallelism (32), schedule (true: create
 -- scheduled runs; false in `dags test`), on_event(kind, obj), kill_grace
--- (seconds between SIGTERM and SIGKILL when a shell task times out, 5).
+-- (seconds between SIGTERM and SIGKILL when a shell task times out, 5),
+-- id (the member id, "standalone-<pid>"), hot_reload (false: the DAG
+-- folder is not watched), pushed (false: DAGs pushed to /dags are not
+-- loaded), register (false: no member record), async_store (true: store
+-- calls complete on a later turn, as ZooKeeper's: writes are pipelined
+-- from coroutines), and the seams of the header: executor (the in-process
+-- one), records (true), on_try_end(ti, ok, res, extra), on_pid(ti), clock
+-- ({now=core.now, mono=core.mono}), reload ("full" or "dags"),
+-- on_reload(s), fence (a node path) and on_fence_lost().
 function _M.new(opts)
   assert(opts and opts.store, "scheduler.new: 'store' is required")
+  local clock = opts.clock or {}
   local self = setmetatable({
+    now = clock.now or now,
+    mono = clock.mono or mono,
+    worker_id = opts.id,
+    executor = opts.executor or _M.inprocess_executor(),
+    records = opts.records ~= false,
+    on_try_end = opts.on_try_end,
+    on_pid = opts.on_pid,
+    reload_dags_only = opts.reload == "dags",
+    on_reload = opts.on_reload,
+    fence = opts.fence,
+    on_fence_lost = opts.on_fence_lost,
     store = opts.store,
     root = opts.root or "/zkflow",
     dags_dir = opts.dags_dir,
@@ -129,7 +191,6 @@ function _M.new(opts)
     known_runs = {},        -- dag_id -> {run_id = true}
     ready = pq_new(),       -- queue of scheduled task instances
     work = {},              -- task instances to evaluate
-    deadlock_check = {},    -- runs to check for a depends_on_past deadlock
     counts = rules.new_counts(0),
     dirty = {},             -- list of task instances / runs to write
     running = 0,
@@ -144,12 +205,6 @@ function _M.new(opts)
     run_waiters = {},       -- run key -> {fn, ...}
     processing = false,
     stopped = false,
-    -- Cluster mode (zkflow.cluster): tries go to the ZooKeeper queue for
-    -- workers instead of running here; remote_tis maps a try's key to its
-    -- instance while a worker has it.
-    remote = opts.remote,
-    remote_tis = {},
-    queues_made = {},
     -- A store whose calls complete on a later turn (ZooKeeper): writes go
     -- out pipelined from a coroutine, one flush in flight at a time, and
     -- watch callbacks read inside coroutines, so the loop never waits.
@@ -162,7 +217,18 @@ function _M.new(opts)
     pushed_armed = {},
   }, Sched)
   self.st = state.new(self.store, self.root)
+  if not self.records then self.mark = no_mark end
+  self.executor:bind(self)
   return self
+end
+
+-- The DAGs loaded now, {[dag_id] = dag}: borrowed, replaced on reload.
+function Sched:loaded_dags()
+  return self.dags
+end
+
+function Sched:dag(dag_id)
+  return self.dags[dag_id]
 end
 
 function Sched:emit(kind, obj)
@@ -214,6 +280,7 @@ local function ti_record(ti)
     pid = ti.pid,
     error = ti.error,
     lost = ti.lost,
+    waiting_for = ti.waiting_for,
   }
 end
 
@@ -301,10 +368,10 @@ local function ti_json(ti)
   local xcom = ti.xcom
   local op = task.operator and jstr_cached(task.operator) or "null"
   local worker = ti.worker and jstr_cached(ti.worker) or "null"
-  local first, nta, xcoms, pid, err, lost =
-    ti.first_start, ti.next_try_at, ti.xcoms, ti.pid, ti.error, ti.lost
+  local first, nta, xcoms, pid, err, lost, wait =
+    ti.first_start, ti.next_try_at, ti.xcoms, ti.pid, ti.error, ti.lost, ti.waiting_for
   if sd and ed and first and nta == nil and xcoms == nil and pid == nil and err == nil
-      and lost == nil and math_type(ti.try_number) == "integer"
+      and lost == nil and wait == nil and math_type(ti.try_number) == "integer"
       and math_type(ti.max_tries) == "integer" then
     local si, sus = iso_parts(sd)
     local ei, eus = iso_parts(ed)
@@ -321,6 +388,7 @@ local function ti_json(ti)
   if pid then parts[#parts + 1] = ',"pid":' .. jnum(pid) end
   if err then parts[#parts + 1] = ',"error":' .. jstr(err) end
   if lost then parts[#parts + 1] = ',"lost":' .. jnum(lost) end
+  if wait then parts[#parts + 1] = ',"waiting_for":' .. jstr(wait) end
   parts[#parts + 1] = "}"
   return concat(parts)
 end
@@ -602,6 +670,7 @@ end
 -- being scheduled (their runs in progress go on).
 function Sched:reload()
   if self.stopped or (not self.dags_dir and not self.watch_pushed) then return end
+  if self.reload_dags_only then return self:load_dags() end
   local ok, res = pcall(self.scan_dags, self)
   if not ok then
     log("error", "reload of " .. tostring(self.dags_dir) .. ": " .. tostring(res))
@@ -653,6 +722,7 @@ function Sched:reload()
       if not self.paused[id] then self:tick_dag(dag) end
     end
   end
+  if self.on_reload then self.on_reload(self) end
   self:process()
 end
 
@@ -687,7 +757,7 @@ function Sched:adopt_run(dag, rec, tis)
     dag = dag,
     state = rec.state or "queued",
     run_type = rec.run_type or "manual",
-    logical_date = rec.logical_date_epoch or state.parse_time(rec.logical_date) or now(),
+    logical_date = rec.logical_date_epoch or state.parse_time(rec.logical_date) or self.now(),
     conf = rec.conf or {},
     version = rec.version or dag.source_hash,
     external_trigger = rec.external_trigger,
@@ -699,7 +769,7 @@ function Sched:adopt_run(dag, rec, tis)
     or (rec.data_interval_start and state.parse_time(rec.data_interval_start)) or run.logical_date
   run.data_interval_end = rec.data_interval_end_epoch
     or (rec.data_interval_end and state.parse_time(rec.data_interval_end)) or run.logical_date
-  run.queued_at = rec.queued_at and state.parse_time(rec.queued_at) or now()
+  run.queued_at = rec.queued_at and state.parse_time(rec.queued_at) or self.now()
   run.start_date = rec.start_date and rec.start_date ~= null and state.parse_time(rec.start_date) or nil
   for _, tid in ipairs(dag.order) do
     local task = dag.tasks[tid]
@@ -719,19 +789,20 @@ function Sched:adopt_run(dag, rec, tis)
       ti.end_date = r.end_date and r.end_date ~= null and state.parse_time(r.end_date) or nil
       if not FINISHED[ti.state] then
         -- A try that was in flight when the last scheduler died did not
-        -- finish: it runs again, without costing a retry.
-        if (ti.state == "running" or ti.state == "queued") and self.remote then
-          -- A worker may have this try: zkflow.cluster looks for it in
-          -- the queue, the claims and the results before deciding.
-          ti.remote_pending = true
-          ti.worker = r.worker ~= null and r.worker or nil
-        elseif ti.state == "running" or ti.state == "queued" then
-          -- The dead scheduler's child lives on in its own process group.
-          if r.pid and r.pid ~= null and not self.no_persist then core.killpg(r.pid, 9) end
-          ti.lost = (ti.lost or 0) + 1
-          ti.max_tries = ti.max_tries + 1
+        -- finish: it runs again, without costing a retry, unless the
+        -- executor settles it (a worker may have it).
+        local adopted = false
+        if ti.state == "running" or ti.state == "queued" then
+          adopted = self.executor:adopt(ti, r)
+          if not adopted then
+            -- The dead scheduler's child lives on in its own process group
+            -- (a worker, which owns no records, reads its own try's).
+            if r.pid and r.pid ~= null and self.records then core.killpg(r.pid, 9) end
+            ti.lost = (ti.lost or 0) + 1
+            ti.max_tries = ti.max_tries + 1
+          end
         end
-        if ti.remote_pending then
+        if adopted then
           ti.first_start = r.first_start
         elseif (ti.state == "up_for_retry" or ti.state == "up_for_reschedule")
             and type(r.next_try_at) == "number" then
@@ -767,7 +838,7 @@ end
 -- Creates a new run (queued) and starts it when max_active_runs allows.
 -- opts: run_type, logical_date, data_interval_start/end, conf, run_id.
 function Sched:create_run(dag, opts)
-  local ld = opts.logical_date or now()
+  local ld = opts.logical_date or self.now()
   local run_type = opts.run_type or "manual"
   local rec = {
     run_id = opts.run_id or state.run_id(run_type, ld),
@@ -834,7 +905,7 @@ end
 
 function Sched:begin_run(run)
   run.state = "running"
-  run.start_date = run.start_date or now()
+  run.start_date = run.start_date or self.now()
   self:mark(run)
   if self.on_event then self:emit("run_started", run) end
   if run.unfinished == 0 then
@@ -842,7 +913,7 @@ function Sched:begin_run(run)
     return
   end
   local dag = run.dag
-  local t = now()
+  local t = self.now()
   local ids = dag.topo or dag.order
   if run.fresh then
     -- Nothing has happened in a new run: every task with upstreams waits
@@ -882,15 +953,8 @@ end
 -- Stops a try in flight: its process group gets SIGTERM then SIGKILL, a
 -- Lua task's coroutine is closed; the slot is given back.
 function Sched:abort_try(ti)
-  local a = ti.attempt
-  if not a then return end
-  if a.proc then a.proc:kill(15); a.proc:kill(9) end
-  if a.co then async.cancel(a.co) end
-  if a.remote and ti.remote_key then
-    -- The worker's try goes on; its result will find no taker.
-    self.remote_tis[ti.remote_key] = nil
-    ti.remote_key, ti.claimed = nil, nil
-  end
+  if not ti.attempt then return end
+  self.executor:abort(ti)
   self:release(ti)
 end
 
@@ -906,7 +970,7 @@ function Sched:run_timed_out(run)
       if ti.wait_timer then ti.wait_timer:cancel(); ti.wait_timer = nil end
       self:abort_try(ti)
       ti.state = "skipped"
-      ti.end_date = now()
+      ti.end_date = self.now()
       run.unfinished = run.unfinished - 1
       self:mark(ti)
     end
@@ -917,7 +981,7 @@ end
 -- Ends a run.  Its state comes from its leaves, as Airflow's
 -- DagRun.update_state decides: failed when a leaf failed or is
 -- upstream_failed, else success (every leaf succeeded or was skipped).
--- `forced` ("failed") ends it regardless: a deadlock or dagrun_timeout.
+-- `forced` ("failed") ends it regardless: dagrun_timeout.
 function Sched:finish_run(run, forced)
   if run.state == "success" or run.state == "failed" then return end
   local failed = forced == "failed"
@@ -929,7 +993,7 @@ function Sched:finish_run(run, forced)
   end
   if run.timeout_timer then run.timeout_timer:cancel(); run.timeout_timer = nil end
   run.state = failed and "failed" or "success"
-  run.end_date = now()
+  run.end_date = self.now()
   self:mark(run)
   local key = run_key(run.dag_id, run.run_id)
   self.runs[key] = nil
@@ -985,14 +1049,14 @@ function Sched:push_work(ti)
 end
 
 local DONE_FOR_PAST = { success = true, skipped = true }
-local ACTIVE = { scheduled = true, queued = true, running = true, up_for_retry = true,
-                 up_for_reschedule = true }
 
 -- depends_on_past (Airflow's PrevDagrunDep): the same task in the previous
 -- run by logical date must have succeeded or been skipped; no previous run,
--- or a previous run without this task, allows it.  Returns "run", "wait"
--- (the previous instance has not ended: it wakes this one when it does) or
--- "blocked" (it ended otherwise: this instance can never run).  Only
+-- or a previous run without this task, allows it.  Returns "run" or "wait".
+-- A previous instance that ended otherwise (failed, upstream_failed) makes
+-- this one wait too, as Airflow does (its deadlock check passes over
+-- depends_on_past tasks): the run stays running until that instance is
+-- cleared and succeeds.  ti.waiting_for says what it waits for.  Only
 -- depends_on_past tasks come here, so reading the store is affordable.
 function Sched:past_allows(ti)
   local run = ti.run
@@ -1015,27 +1079,46 @@ function Sched:past_allows(ti)
       end
     end
   end
+  local prev_id
   if best and (not stored_best_ld or best.logical_date >= stored_best_ld) then
     local pti = best.tis[ti.task_id]
-    if not pti or DONE_FOR_PAST[pti.state] then return "run" end
-    if FINISHED[pti.state] then return "blocked" end
-    pti.past_waiters = pti.past_waiters or {}
-    pti.past_waiters[#pti.past_waiters + 1] = ti
-    return "wait"
-  end
-  if stored_best_id then
+    if not pti or DONE_FOR_PAST[pti.state] then return self:note_wait(ti, nil) end
+    -- Woken when that instance ends (Sched:finish), and whenever a run of
+    -- this DAG ends: a failed one may be cleared and succeed.
+    local pw = pti.past_waiters or {}
+    pti.past_waiters = pw
+    local listed = false
+    for i = 1, #pw do if pw[i] == ti then listed = true end end
+    if not listed then pw[#pw + 1] = ti end
+    if FINISHED[pti.state] then ti.past_blocked = true end
+    prev_id = best.run_id
+  elseif stored_best_id then
     local rec = self.st:get_ti(run.dag_id, stored_best_id, ti.task_id)
-    if rec and not DONE_FOR_PAST[rec.state] then
-      if FINISHED[rec.state] then return "blocked" end
-      -- A previous run that is not ours (queued, or another scheduler's):
-      -- look again whenever a run of this DAG ends.
-      ti.past_blocked = true
-      return "wait"
-    end
+    if not rec or DONE_FOR_PAST[rec.state] then return self:note_wait(ti, nil) end
+    -- A previous run that is not in memory (ended, queued, or another
+    -- scheduler's): look again whenever a run of this DAG ends (one that
+    -- is cleared runs again here, and ends).
+    ti.past_blocked = true
+    prev_id = stored_best_id
+  else
+    return self:note_wait(ti, nil)
+  end
+  self:note_wait(ti, ("waiting for %s of %s"):format(ti.task_id, prev_id))
+  return "wait"
+end
+
+-- Records why `ti` waits (nil: it does not), written only when it changes;
+-- returns "run" for past_allows.
+function Sched:note_wait(ti, why)
+  if ti.waiting_for ~= why then
+    ti.waiting_for = why
+    self:mark(ti)
   end
   return "run"
 end
 
+-- A run of the DAG ended: the instances waiting on a past that was not in
+-- memory, or that had failed, look again.
 function Sched:wake_past_waiters(run)
   for _, r in ipairs(self.runs_by_dag[run.dag_id] or {}) do
     if r.has_past_blocked then
@@ -1048,17 +1131,6 @@ function Sched:wake_past_waiters(run)
       end
     end
   end
-end
-
--- Airflow's deadlock rule: a running run in which nothing is left that can
--- ever run (every unfinished instance waits on a past that failed) fails.
-function Sched:check_deadlock(run)
-  if run.state ~= "running" or run.unfinished <= 0 then return end
-  for _, ti in pairs(run.tis) do
-    if ACTIVE[ti.state] or (ti.state == "none" and ti.past_blocked) then return end
-  end
-  log("error", ("run %s %s: deadlock, no task can run (depends_on_past)"):format(run.dag_id, run.run_id))
-  self:finish_run(run, "failed")
 end
 
 function Sched:evaluate(ti)
@@ -1082,13 +1154,8 @@ function Sched:evaluate(ti)
   local verdict = rules.decide(task.trigger_rule or "all_success", c)
   if verdict == "run" then
     if task.depends_on_past then
-      local past = self:past_allows(ti)
-      if past ~= "run" then
+      if self:past_allows(ti) ~= "run" then
         if ti.past_blocked then run.has_past_blocked = true end
-        if past == "blocked" then
-          local dl = self.deadlock_check
-          dl[#dl + 1] = run
-        end
         return
       end
     end
@@ -1114,7 +1181,7 @@ function Sched:finish(ti, s, err)
   local run = ti.run
   local was_finished = FINISHED[ti.state]
   ti.state = s
-  ti.end_date = ti.end_date or now()
+  ti.end_date = ti.end_date or self.now()
   if err then ti.error = tostring(err) end
   self:mark(ti)
   if not was_finished then
@@ -1178,11 +1245,7 @@ function Sched:process()
       elseif self.ready.n > 0 and budget > 0 then
         local started = self:start_ready(budget)
         budget = budget - started
-        if started == 0 and #self.work == 0 and #self.deadlock_check == 0 then break end
-      elseif #self.deadlock_check > 0 then
-        local dl = self.deadlock_check
-        self.deadlock_check = {}
-        for i = 1, #dl do self:check_deadlock(dl[i]) end
+        if started == 0 and #self.work == 0 then break end
       else
         break
       end
@@ -1271,7 +1334,7 @@ end
 function Sched:task_log(ti, msg)
   local path = ti.log
   -- A cluster leader's tries log on their workers' machines.
-  if not path or self.remote then return end
+  if not path or self.executor.logs_elsewhere then return end
   local f = io.open(path, "a")
   if not f and not ti.log_ready then
     -- First line of the run's first log: make the folder, once.
@@ -1281,44 +1344,92 @@ function Sched:task_log(ti, msg)
   end
   ti.log_ready = true
   if f then
-    f:write(("[%s] %s\n"):format(iso(now(), true), msg))
+    f:write(("[%s] %s\n"):format(iso(self.now(), true), msg))
     f:close()
   end
 end
 
+-- Starts the next try of `ti` through the executor, its slots taken.
 function Sched:start_ti(ti, pool, slots)
-  if self.remote then return self:queue_try(ti, pool, slots) end
-  local run, task = ti.run, ti.task
+  self:take_slots(ti, pool, slots)
+  return self.executor:start(ti)
+end
+
+-- Counts a try against parallelism, max_active_tasks and `pool` (nil: the
+-- task's own; false: none, a worker's try whose leader counted it) until
+-- Sched:release.
+function Sched:take_slots(ti, pool, slots)
+  local dag_id = ti.run.dag_id
+  self.running = self.running + 1
+  self.running_by_dag[dag_id] = (self.running_by_dag[dag_id] or 0) + 1
+  if pool == nil then
+    local name = ti.task.pool or "default_pool"
+    pool = self.pools[name] or self:pool(name)
+    slots = ti.task.pool_slots or 1
+  end
+  if pool then
+    pool.used = pool.used + slots
+    ti.slot_pool, ti.slot_n = pool, slots
+  end
+end
+
+-- ---- the in-process executor: a try runs here, as a coroutine ---------------------
+
+local Inproc = {}
+Inproc.__index = Inproc
+
+-- The default executor (the header has the interface).
+function _M.inprocess_executor()
+  return setmetatable({}, Inproc)
+end
+
+function Inproc:bind(s)
+  self.s = s
+end
+
+-- The dead scheduler's tries run again here.
+function Inproc.adopt()
+  return false
+end
+
+-- Stops a try in flight: its process group gets SIGTERM then SIGKILL, a
+-- Lua task's coroutine is closed.
+function Inproc.abort(_, ti)
+  local a = ti.attempt
+  if a.proc then a.proc:kill(15); a.proc:kill(9) end
+  if a.co then async.cancel(a.co) end
+end
+
+function Inproc:start(ti)
+  local s = self.s
+  local task = ti.task
   ti.try_number = ti.try_number + 1
   ti.state = "running"
-  ti.start_date = now()
+  ti.start_date = s.now()
   ti.end_date = nil
   ti.first_start = ti.first_start or ti.start_date
-  ti.log = self:log_path(ti)
+  ti.log = s:log_path(ti)
   ti.log_ready = false
-  ti.worker = self.worker_id
+  ti.worker = s.worker_id
   ti.error = nil
-  self:mark(ti)
-  self.running = self.running + 1
-  self.running_by_dag[run.dag_id] = (self.running_by_dag[run.dag_id] or 0) + 1
-  pool.used = pool.used + slots
-  ti.slot_pool, ti.slot_n = pool, slots
+  s:mark(ti)
   local attempt = {}
   ti.attempt = attempt
-  if self.on_event then self:emit("ti_started", ti) end
+  if s.on_event then s:emit("ti_started", ti) end
 
   local exe = task.exe
   if not exe then
     exe = executors.find(task)
     task.exe = exe
   end
-  local ctx = self:context(ti)
+  local ctx = s:context(ti)
   -- The built-in Lua operators never look at the runtime.
-  local rt = not executors.pure[exe] and self:runtime(ti, attempt) or nil
-  local deadline = task.execution_timeout and (mono() + task.execution_timeout)
+  local rt = not executors.pure[exe] and s:runtime(ti, attempt) or nil
+  local smono = s.mono
+  local deadline = task.execution_timeout and (smono() + task.execution_timeout)
   attempt.deadline = deadline
 
-  if task.on_execute then self:callback(ti, task.on_execute) end
+  if task.on_execute then s:callback(ti, task.on_execute) end
   local function on_done(ok, res, extra)
     if ti.attempt ~= attempt then return end    -- this try already ended
     if attempt.expired then
@@ -1326,7 +1437,7 @@ function Sched:start_ti(ti, pool, slots)
       ok, res = false, { zkflow_timeout = true,
                          msg = "execution timeout after " .. task.execution_timeout .. "s" }
     end
-    self:try_ended(ti, ok, res, extra)
+    s:try_ended(ti, ok, res, extra)
   end
   local co
   if not deadline then
@@ -1339,7 +1450,7 @@ function Sched:start_ti(ti, pool, slots)
       -- the error with pcall cannot keep going; async.spawn removes it when
       -- the function has ended.
       local function hook()
-        if attempt.expired or mono() > deadline then
+        if attempt.expired or smono() > deadline then
           if not attempt.expired then
             attempt.expired = true
             debug.sethook(hook, "", 1)
@@ -1362,140 +1473,45 @@ function Sched:start_ti(ti, pool, slots)
   end
 end
 
-function Sched:timeout(ti, attempt)
+function Inproc:timeout(ti, attempt)
+  local s = self.s
   local msg = "execution timeout after " .. ti.task.execution_timeout .. "s"
-  self:task_log(ti, msg)
+  s:task_log(ti, msg)
   if attempt.proc then
     attempt.timed_out = true
     attempt.proc:kill(15)
     local p = attempt.proc
-    attempt.kill_timer = core.timer(self.kill_grace, function() p:kill(9) end)
+    attempt.kill_timer = core.timer(s.kill_grace, function() p:kill(9) end)
     return
   end
   if attempt.co then async.cancel(attempt.co) end
-  self:try_ended(ti, false, { zkflow_timeout = true, msg = msg })
+  s:try_ended(ti, false, { zkflow_timeout = true, msg = msg })
 end
 
--- ---- cluster mode: tries that workers run (zkflow.cluster drives these) -----------
+-- ---- what executors and the cluster call ----------------------------------------------
 
--- A try's name in the queue, the claims and the results:
--- <dag_id>~<run_id>~<task_id>~<try>, each part with what a znode name
--- cannot hold (and '~' and '%') written as %XX.
-local function key_part(v)
-  return (tostring(v):gsub("[^%w_.:+-]", function(c) return ("%%%02X"):format(c:byte()) end))
-end
-function _M.ti_key(dag_id, run_id, task_id, try_number)
-  return ("%s~%s~%s~%d"):format(key_part(dag_id), key_part(run_id), key_part(task_id), try_number)
-end
-
--- Counts a try that a worker holds against parallelism, max_active_tasks
--- and its pool, as a local one is, and remembers it by key.
-function Sched:track_remote(ti, pool, slots)
-  local run = ti.run
-  self.running = self.running + 1
-  self.running_by_dag[run.dag_id] = (self.running_by_dag[run.dag_id] or 0) + 1
-  if not pool then
-    local name = ti.task.pool or "default_pool"
-    pool = self.pools[name] or self:pool(name)
-    slots = ti.task.pool_slots or 1
+-- A try has ended: applied here, or handed to on_try_end (a worker reports
+-- it to its leader) with the try's slots given back.
+function Sched:try_ended(ti, ok, res, extra)
+  local on_end = self.on_try_end
+  if on_end then
+    self:release(ti)
+    return on_end(ti, ok, res, extra)
   end
-  pool.used = pool.used + slots
-  ti.slot_pool, ti.slot_n = pool, slots
-  ti.attempt = { remote = true }
-  ti.remote_key = _M.ti_key(run.dag_id, run.run_id, ti.task_id, ti.try_number)
-  self.remote_tis[ti.remote_key] = ti
-end
-
--- The queue record of a try: what a worker needs to find it.
-function Sched:queue_op(ti)
-  local run, task = ti.run, ti.task
-  local q = task.queue or "default"
-  local path = self.st:path("queue", q)
-  if not self.queues_made[q] then
-    -- The parent of the sequential nodes: once per queue and process.
-    self.queues_made[q] = true
-    self.extra_ops[#self.extra_ops + 1] = { op = "create", path = path, data = "" }
-  end
-  local extra = self.extra_ops
-  extra[#extra + 1] = {
-    op = "create", path = path .. "/ti-", flags = { sequential = true },
-    data = json_encode({ key = ti.remote_key, dag_id = run.dag_id, run_id = run.run_id,
-                         task_id = ti.task_id, try_number = ti.try_number, queue = q,
-                         priority_weight = task.priority_weight or 1,
-                         version = run.version or null }),
-    on_done = function(p) if p and ti.remote_key then ti.queue_node = p end end,
-  }
-end
-
--- start_ti in cluster mode: the try goes to its queue ("queued"); a worker
--- claims it ("running", Sched:remote_started) and reports its end
--- (Sched:remote_result).  The instance's record is written before the
--- queue node, in the same transaction.
-function Sched:queue_try(ti, pool, slots)
-  ti.try_number = ti.try_number + 1
-  ti.state = "queued"
-  ti.start_date, ti.end_date = nil, nil
-  ti.first_start = ti.first_start or now()
-  ti.log, ti.worker, ti.error, ti.pid = nil, nil, nil, nil
-  ti.queued_at = now()
-  self:mark(ti)
-  self:track_remote(ti, pool, slots)
-  self:queue_op(ti)
-  if self.on_event then self:emit("ti_queued", ti) end
-end
-
--- A worker claimed the try `key` (claim: {worker=, started=}).
-function Sched:remote_started(key, claim)
-  local ti = self.remote_tis[key]
-  if not ti or ti.state ~= "queued" then return end
-  ti.state = "running"
-  ti.claimed = true
-  ti.worker = claim and claim.worker or ti.worker
-  ti.start_date = claim and tonumber(claim.started) or now()
-  ti.log = claim and claim.log or ti.log
-  self:mark(ti)
-  if self.on_event then self:emit("ti_started", ti) end
-end
-
--- A worker's report of a try's end (its /results node, deleted in the
--- transaction that writes the instance's new state).
-function Sched:remote_result(key, rec, path)
-  if path then self.extra_ops[#self.extra_ops + 1] = { op = "delete", path = path } end
-  local ti = self.remote_tis[key]
-  if not ti or type(rec) ~= "table" or rec.try_number ~= ti.try_number then
-    if path then self:mark_extra() end
-    return false
-  end
-  self.remote_tis[key] = nil
-  ti.remote_key, ti.claimed, ti.queue_node = nil, nil, nil
-  ti.worker = rec.worker or ti.worker
-  ti.log = rec.log or ti.log
-  if type(rec.xcoms) == "table" then ti.xcoms = rec.xcoms end
-  if type(rec.start_date) == "number" then ti.start_date = rec.start_date end
-  local res = rec.result
-  if res == null then res = nil end
-  local extra = rec.skip and { skip = rec.skip } or nil
-  self:end_try(ti, rec.ok == true, res, extra)
-  if type(rec.end_date) == "number" then ti.end_date = rec.end_date end
+  self:end_try(ti, ok, res, extra)
   self:process()
-  return true
 end
 
--- The try `key` has no worker any more (its claim went with the worker's
--- session, and it left no result): it runs again, on some worker, without
+-- A try that has no end (its worker went away): it runs again without
 -- costing a retry, as a try lost by a dead scheduler does.
-function Sched:remote_lost(key, why)
-  local ti = self.remote_tis[key]
-  if not ti then return end
-  self.remote_tis[key] = nil
-  ti.remote_key, ti.claimed, ti.queue_node = nil, nil, nil
+function Sched:try_lost(ti, why)
   log("warn", ("task %s.%s try %d lost: %s"):format(ti.run.dag_id, ti.task_id, ti.try_number,
                                                    tostring(why)))
   self:release(ti)
   ti.lost = (ti.lost or 0) + 1
   ti.max_tries = ti.max_tries + 1
   ti.error = tostring(why)
-  ti.end_date = now()
+  ti.end_date = self.now()
   if ti.run.state ~= "running" then
     self:mark(ti)
     return
@@ -1503,6 +1519,18 @@ function Sched:remote_lost(key, why)
   self:set_state(ti, "scheduled")
   self:enqueue(ti)
   self:process()
+end
+
+-- `op` (a raw store op: {op=, path=, data=, flags=, on_done=}) is written
+-- after this turn's records, in the same transaction on a remote store.
+-- `soon`: flush on the next turn even if nothing else changes.
+function Sched:store_op(op, soon)
+  if self.mark == no_mark then return end
+  if op then
+    local extra = self.extra_ops
+    extra[#extra + 1] = op
+  end
+  if soon then self:mark_extra() end
 end
 
 -- Something for the store with no dirty object: flush on the next turn.
@@ -1515,11 +1543,32 @@ function Sched:mark_extra()
   end
 end
 
--- A try has ended here; a worker (zkflow.cluster) replaces this to report
--- the end to the scheduler instead.
-function Sched:try_ended(ti, ok, res, extra)
-  self:end_try(ti, ok, res, extra)
-  self:process()
+-- Drops the writes not made yet and makes no more: a leader that lost its
+-- place steps down this way (another may lead already), then stops.
+function Sched:reset_pending()
+  self.dirty, self.extra_ops = {}, {}
+  self.mark = no_mark
+end
+
+-- A worker runs one try of a run it does not own: the run is made from its
+-- record `rec` and the records `tis` of the task's ancestors (their
+-- XComs), and stays out of this scheduler's runs, so nothing else of it is
+-- scheduled here.  Returns the instance, ready for start_try; nil and an
+-- error when the DAG has no such task.
+function Sched:prepare_try(dag, rec, tis, task_id, try_number)
+  local run = self:adopt_run(dag, rec, tis)
+  self.runs[run_key(dag.id, rec.run_id)] = nil
+  run.state = "running"
+  local ti = run.tis[task_id]
+  if not ti then return nil, "task '" .. task_id .. "' is not in DAG " .. dag.id end
+  ti.try_number = try_number - 1
+  ti.state = "scheduled"
+  return ti
+end
+
+-- Starts a try that prepare_try made: its leader counted it in its pool.
+function Sched:start_try(ti)
+  self:start_ti(ti, false, 0)
 end
 
 function Sched:release(ti)
@@ -1574,7 +1623,7 @@ end
 function Sched:end_try(ti, ok, res, extra)
   local task = ti.task
   self:release(ti)
-  ti.end_date = now()
+  ti.end_date = self.now()
   local op = task.op
   local follow
   if ok then
@@ -1583,7 +1632,7 @@ function Sched:end_try(ti, ok, res, extra)
       -- as in Airflow the poke is not a try.
       ti.state = "up_for_reschedule"
       ti.try_number = ti.try_number - 1
-      ti.next_try_at = now() + res.zkflow_reschedule
+      ti.next_try_at = self.now() + res.zkflow_reschedule
       self:mark(ti)
       self:later(ti, res.zkflow_reschedule)
       return
@@ -1635,7 +1684,7 @@ function Sched:end_try(ti, ok, res, extra)
     ti.state = "up_for_retry"
     ti.error = msg
     local delay = self:retry_delay(ti)
-    ti.next_try_at = now() + delay
+    ti.next_try_at = self.now() + delay
     self:mark(ti)
     self:task_log(ti, ("up for retry in %gs (try %d of %d)"):format(delay, ti.try_number, ti.max_tries + 1))
     self:emit("ti_retry", ti)
@@ -1695,12 +1744,25 @@ function Sched:branch_targets(ti, res) -- luacheck: ignore 212/self
   return follow
 end
 
--- Skips the direct downstream tasks a branch did not choose (Airflow's
--- SkipMixin.skip_all_except); what lies after them follows its own
--- trigger rule.
+-- Skips the direct downstream tasks of a branch that are neither chosen
+-- nor downstream of a chosen one, as Airflow's SkipMixin.skip_all_except
+-- does: in branch >> {a, join}, a >> join, choosing a leaves join to its
+-- trigger rule.  What lies after a skipped task follows its own rule.
 function Sched:follow_branch(ti, follow)
+  local tis = ti.run.tis
+  local stack = {}
+  for id in pairs(follow) do stack[#stack + 1] = id end
+  while #stack > 0 do
+    local t = tis[table.remove(stack)].task
+    for _, did in ipairs(t.downstream) do
+      if not follow[did] then
+        follow[did] = true
+        stack[#stack + 1] = did
+      end
+    end
+  end
   for _, did in ipairs(ti.task.downstream) do
-    local d = ti.run.tis[did]
+    local d = tis[did]
     if not follow[did] and d.state == "none" then
       self:finish(d, "skipped")
     end
@@ -1884,6 +1946,7 @@ function Sched:runtime(ti, attempt)
       attempt.proc = p
       ti.pid = p.pid
       sched:mark(ti)
+      if sched.on_pid then sched.on_pid(ti) end
     end)
     attempt.proc = nil
     if attempt.timed_out then
@@ -2014,7 +2077,7 @@ function Sched:tick_dag(dag)
   if not self.schedule_runs or self.stopped then return end
   local sch = dag.schedule
   if sch == nil then return end
-  local t = now()
+  local t = self.now()
   local meta = self:dag_meta(dag.id)
   if sch == "@once" then
     if meta.last_logical then return end
@@ -2067,7 +2130,7 @@ function Sched:tick_dag(dag)
   end
   if s and e and (not dag.end_date or s <= dag.end_date)
       and not self.tick_blocked[dag.id] then
-    local delay = max(0, e - now())
+    local delay = max(0, e - self.now())
     self.timers[dag.id] = core.timer(delay, function()
       self.timers[dag.id] = nil
       self:task(function()
@@ -2240,7 +2303,7 @@ function Sched:register_member()
   local path = self.st:path("members", "schedulers", self.worker_id)
   local rec = json_encode({
     id = self.worker_id, host = hostname(), pid = core.getpid(),
-    version = core.version, started = iso(now(), true), leader = self.leader ~= false,
+    version = core.version, started = iso(self.now(), true), leader = self.leader ~= false,
     role = self.member_role or "standalone",
   })
   self.store:delete(path)
@@ -2296,8 +2359,7 @@ function Sched:stop()
       if a then
         if a.timer then a.timer:cancel() end
         if a.kill_timer then a.kill_timer:cancel() end
-        if a.proc then a.proc:kill(15); a.proc:kill(9) end
-        if a.co then async.cancel(a.co) end
+        self.executor:abort(ti)
         ti.attempt = nil
       end
     end
@@ -2412,9 +2474,8 @@ function _M.test(what, opts)
   ld = ld or now()
   local s = _M.new { store = store, dags = { [dag.id] = dag }, schedule = false,
                      log_dir = opts.log_dir or ((dir or db:match("^(.*)/[^/]*$") or ".") .. "/logs"),
-                     root = opts.root }
+                     root = opts.root, id = "test" }
   s.db_path = db
-  s.worker_id = "test"
   -- A manual run's data interval, as Airflow infers it: the last complete
   -- interval of the schedule at the logical date.
   local s_, e_ = last_interval(dag, ld)

@@ -365,6 +365,8 @@ function S:run_object(dag_id, run_id)
             duration   = nullable(ti.duration),
             operator   = nullable(ti.operator),
             error      = nullable(ti.error),
+            -- why a task that may run does not (depends_on_past)
+            waiting_for = nullable(ti.waiting_for),
         }
     end
     return {
