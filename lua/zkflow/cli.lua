@@ -683,7 +683,7 @@ local function cmd_dags_test(ctx, args)
              .. "' to find a DAG of that id in")
     end
     local sched = need("zkflow.scheduler")
-    local ok, res, err = pcall(sched.test, target, opts)
+    local ok, res, err = pcall(need("zkflow.node").test, target, opts)
     if not ok then
         fail(type(res) == "table" and (res.msg or core.json_encode(res))
              or tostring(res))
@@ -822,6 +822,20 @@ local function cmd_dags_backfill(ctx, args)
     local ivs, err = intervals(dag, first, last)
     if not ivs then fail(err) end
     local S = ctx:state(true)
+    -- One owner per store: a live scheduler on it (a standalone, an nginx
+    -- worker, a cluster's leader) gets the runs; otherwise this process
+    -- owns the store until its runs end.
+    local node = need("zkflow.node")
+    local lock, owner
+    if ctx.zk and ctx.zk ~= "" then
+        if node.zk_owner(ctx:store(true), ctx.root) then
+            owner = "a scheduler leads on ZooKeeper"
+        end
+    else
+        local busy
+        lock, owner, busy = node.own(ctx.db)
+        if not lock and not busy then fail(owner) end
+    end
     local runs = {}
     for _, iv in ipairs(ivs) do
         local rid = state.run_id("backfill", iv[1])
@@ -846,9 +860,25 @@ local function cmd_dags_backfill(ctx, args)
         return n, failed
     end
     local total = #runs
-    if total > 0 and finished() < total then
+    local async = need("zkflow.async")
+    local function progress(last_n)
+        local n = finished()
+        if n ~= last_n then
+            stderr:write(fmt("backfill: %d/%d runs done\n", n, total))
+        end
+        return n
+    end
+    if total > 0 and finished() < total and owner then
+        -- The store's owner runs them, as it runs a triggered run.
+        stderr:write("backfill: " .. owner .. "; that scheduler runs these runs\n")
+        local last_n
+        while true do
+            last_n = progress(last_n)
+            if last_n >= total then break end
+            async.sleep(0.5)
+        end
+    elseif total > 0 and finished() < total then
         local sched = need("zkflow.scheduler")
-        local async = need("zkflow.async")
         local s = sched.new {
             store    = ctx:store(true),
             root     = ctx.root,
@@ -862,11 +892,7 @@ local function cmd_dags_backfill(ctx, args)
         async.spawn(function()
             local last_n
             while not done do
-                local n = finished()
-                if n ~= last_n then
-                    stderr:write(fmt("backfill: %d/%d runs done\n", n, total))
-                    last_n = n
-                end
+                last_n = progress(last_n)
                 async.sleep(0.5)
             end
         end)
@@ -874,6 +900,7 @@ local function cmd_dags_backfill(ctx, args)
         done = true
         s:stop()
     end
+    if lock then lock:close() end
     local n, failed = finished()
     stderr:write(fmt("backfill: %d/%d runs done, %d failed\n", n, total, failed))
     local list = {}

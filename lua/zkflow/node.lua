@@ -53,14 +53,15 @@ end
 
 -- Takes the scheduler lock of the embedded store `db`: the lock handle
 -- (release it with :close(); the process's end releases it too), or nil and
--- a message naming the owner when a live process holds it.  The owner's pid
+-- a message naming the owner and true when a live process holds it (nil
+-- and a message alone when the lock file cannot be opened).  The owner's pid
 -- is written into the lock file for that message (the nginx module writes
 -- none).
 function _M.own(db)
   local path = _M.lock_path(db)
   local h, err = core.lock_file(path)
   if h == false then
-    return nil, fmt("store %s is scheduled by %s (it holds %s)", db, holder(path), path)
+    return nil, fmt("store %s is scheduled by %s (it holds %s)", db, holder(path), path), true
   end
   if not h then return nil, "store " .. db .. ": " .. tostring(err) end
   local f = io.open(path, "w")
@@ -78,6 +79,25 @@ function _M.zk_owner(store, root)
   local path = state.new(store, root):path("election", "scheduler")
   local ok, kids = pcall(store.children, store, path)
   return ok and type(kids) == "table" and #kids > 0
+end
+
+-- `dags test` / flow.test on a given store (opts.db) owns it while the
+-- run lasts: a live scheduler would otherwise pick the test's run up too.
+-- Without opts.db the test's store is a temporary one of its own.
+function _M.test(what, opts)
+  local sched = require "zkflow.scheduler"
+  if not (opts and opts.db) then
+    return sched.test(what, opts)
+  end
+  local lock, err = _M.own(opts.db)
+  if not lock then
+    error(err .. ": a test runs its own scheduler; without --db it uses a "
+          .. "temporary store, and 'zkflow dags trigger' hands a run to that one", 0)
+  end
+  local res = table.pack(pcall(sched.test, what, opts))
+  lock:close()
+  if not res[1] then error(res[2], 0) end
+  return table.unpack(res, 2, res.n)
 end
 
 -- ---- /config, watched -----------------------------------------------------------
