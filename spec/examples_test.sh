@@ -215,6 +215,19 @@ check_host() {
         "$2" "$D/dags" "$D/zkflow.db" 60 >"$T/out" 2>"$T/err" &
         HOST_PID=$!
         sleep 1.5
+        # /config reaches the C host's scheduler live, as it reaches a
+        # zkflow standalone's (zkflow.node assembles both).
+        "$ZKFLOW" --db "$D/zkflow.db" config set pools.hostpool 1 >/dev/null 2>&1
+        applied=0
+        for _ in $(seq 20); do
+            grep -q "config: pool hostpool has 1 slots" "$T/err" && { applied=1; break; }
+            sleep 0.1
+        done
+        if [ "$applied" -eq 1 ]; then
+            ok "$1: applies /config within two seconds"
+        else
+            bad "$1: applies /config within two seconds" "$(tail -3 "$T/err")"
+        fi
         kill -TERM "$HOST_PID"
         t0=$(now_ms)
         for _ in $(seq 50); do

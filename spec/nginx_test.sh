@@ -298,6 +298,32 @@ else
     bad "triggered runs succeed" "state $state, $(runs_in success hello) of 4 succeeded"
 fi
 
+# ---- /config and the store's owner ------------------------------------------
+
+# The scheduling worker's engine watches /config as zkflow standalone does.
+ZKFLOW_CLI=${ZKFLOW:-$PWD/${B:-build}/zkflow}
+"$ZKFLOW_CLI" --db "$T/data/zkflow.db" config set pools.ngx 1 > /dev/null 2>&1
+applied=0
+for _ in $(seq 20); do
+    grep -q "config: pool ngx has 1 slots" "$T/logs/error.log" && { applied=1; break; }
+    sleep 0.1
+done
+if [ "$applied" -eq 1 ]; then
+    ok "the nginx-hosted scheduler applies /config within two seconds"
+else
+    bad "nginx applies /config" "$(grep zkflow "$T/logs/error.log" | tail -3)"
+fi
+"$ZKFLOW_CLI" --db "$T/data/zkflow.db" config unset pools > /dev/null 2>&1
+# Its engine owns the store: a zkflow standalone on it does not schedule.
+(cd "$T" && timeout -s KILL 20 "$ZKFLOW_CLI" --db "$T/data/zkflow.db" \
+    standalone "$T/dags" --no-api) > "$T/sa.out" 2>&1
+rc=$?
+if [ "$rc" -eq 1 ] && grep -q "is scheduled by process" "$T/sa.out"; then
+    ok "a zkflow standalone on the nginx's store is refused"
+else
+    bad "standalone on the nginx's store" "exit $rc: $(head -c 300 "$T/sa.out")"
+fi
+
 # ---- every(1) across reload --------------------------------------------
 
 sleep 3

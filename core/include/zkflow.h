@@ -99,7 +99,11 @@ ZKF_EXPORT int zkf_engine_on_timer(zkf_engine *e);
  *               with "zk": "./logs")
  *   "scheduler" "off": serve the API from the store without scheduling
  *               (another engine on the same store schedules; the nginx
- *               module runs one scheduler among its workers this way)
+ *               module runs one scheduler among its workers this way).
+ *               Otherwise the engine schedules the "db" store while it
+ *               owns it (an flock on "<db>.scheduler.lock"); while another
+ *               process does, it serves the API and takes over when that
+ *               one ends
  *   "zk"        HOST:PORT[,HOST:PORT...][/chroot]: a ZooKeeper ensemble
  *               instead of "db".  The engine is a cluster member: its
  *               scheduler contends for leadership with every zkflow

@@ -1,6 +1,7 @@
 /*
  * lua/fs.c - the file helpers Lua's io library lacks: core.listdir,
- * core.stat, core.mkdirs, core.read_file and core.write_file (atomic).
+ * core.stat, core.mkdirs, core.read_file, core.write_file (atomic) and
+ * core.lock_file (who schedules a store).
  *
  * Failures return nil, "<path>: <strerror>", errno, as io.open does: a
  * missing file is an answer, not a bug.
@@ -10,6 +11,7 @@
 #include <fcntl.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/file.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -293,7 +295,36 @@ static int l_write_file(lua_State *L)
     return 1;
 }
 
+/* core.lock_file(path): an exclusive flock(2) on `path` (created 0600),
+ * held until the handle's close() or collection: the handle, or false when
+ * another open file holds it, or nil, message, errno.  flock, not fcntl: the
+ * lock belongs to this open file, so the nginx module's and the CLI's
+ * exclude each other even inside one process, and closing some other
+ * descriptor of the file does not drop it.  CLOEXEC: a task process must
+ * not keep the lock after us. */
+static int l_lock_file(lua_State *L)
+{
+    const char *path = luaL_checkstring(L, 1);
+    fs_handle *h = new_handle(L);
+    int err;
+
+    h->fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0600);
+    if (h->fd < 0)
+        return fail_errno(L, path, errno);
+    if (flock(h->fd, LOCK_EX | LOCK_NB) == 0)
+        return 1;
+    err = errno;
+    close(h->fd);
+    h->fd = -1;
+    if (err == EWOULDBLOCK) {
+        lua_pushboolean(L, 0);
+        return 1;
+    }
+    return fail_errno(L, path, err);
+}
+
 static const luaL_Reg fs_funcs[] = {
+    { "lock_file", l_lock_file },
     { "listdir", l_listdir },
     { "stat", l_stat },
     { "mkdirs", l_mkdirs },
@@ -307,6 +338,12 @@ void zkf_lua_open_fs(lua_State *L)
     if (luaL_newmetatable(L, HANDLE_MT)) {
         lua_pushcfunction(L, handle_close);
         lua_setfield(L, -2, "__gc");
+        lua_pushcfunction(L, handle_close);
+        lua_setfield(L, -2, "__close");
+        lua_newtable(L);
+        lua_pushcfunction(L, handle_close);
+        lua_setfield(L, -2, "close");
+        lua_setfield(L, -2, "__index");
     }
     lua_pop(L, 1);
     luaL_setfuncs(L, fs_funcs, 0);

@@ -332,29 +332,6 @@ local function event_line(kind, obj)
     return line
 end
 
--- The current DAGs for the API: the scheduler's when it says, otherwise a
--- scan of the folder at most every two seconds.
-local function dags_provider(ctx, s, dir)
-    local cache, at = nil, -math.huge
-    return function()
-        if s and type(s.dags) == "function" then
-            local a, b = s:dags()
-            if type(a) == "table" and a.dags then return a end
-            return { dags = a or {}, errors = b or {} }
-        end
-        if s and type(s.dags) == "table" then
-            return { dags = s.dags, errors = s.import_errors or s.errors or {} }
-        end
-        local now = core.mono()
-        if not cache or now - at > 2 then
-            local ok, res = pcall(ctx.scan, ctx, dir)
-            cache = ok and res or { dags = {}, errors = {} }
-            at = now
-        end
-        return cache
-    end
-end
-
 local function count_dags(provider)
     local n = 0
     for _ in pairs(provider().dags) do n = n + 1 end
@@ -418,39 +395,8 @@ local function queue_list(ctx)
     return list
 end
 
-local function serve_cluster(ctx, dir, what)
-    local st = ctx:store(true)
-    local cluster = need("zkflow.cluster")
-    local parts = {}
-    local function on_event(kind, obj)
-        core.log("info", event_line(kind, obj))
-    end
-    if what.scheduler then
-        local h = cluster.scheduler {
-            store = st, root = ctx.root, dags_dir = dir,
-            log_dir = cluster_logs(ctx), on_event = on_event,
-            id = ctx.opts.id,
-        }
-        parts.scheduler = h
-        insert(ctx.session_listeners, function(st_) h:session(st_) end)
-        cluster.configure_scheduler(h)
-    end
-    if what.worker then
-        local slots = positive_int(ctx, "slots")
-        local queues = queue_list(ctx)
-        local h = cluster.worker {
-            store = st, root = ctx.root, dags_dir = dir,
-            log_dir = cluster_logs(ctx), queues = queues,
-            slots = slots, id = what.scheduler and ctx.opts.id
-                and (ctx.opts.id .. "-worker") or ctx.opts.id,
-        }
-        parts.worker = h
-        insert(ctx.session_listeners, function(st_) h:session(st_) end)
-        if not slots then cluster.configure_worker(h) end
-    end
-    return parts
-end
-
+-- Builds what a serving command runs through the composition root
+-- (zkflow.node), the same assembly as the embedded engine's.
 local function serve(ctx, dir, with_sched, with_api, with_worker)
     dir = dir or ctx.dags
     local on_zk = ctx.zk and ctx.zk ~= ""
@@ -459,72 +405,41 @@ local function serve(ctx, dir, with_sched, with_api, with_worker)
     end
     ctx.dags = dir
     local st = ctx:store(true)
-    -- provider: the DAGs the API lists; status: what /api/v1/health
-    -- reports of the scheduler (the scheduler itself when it runs here).
-    local provider, status, log_dir
-    if on_zk then
-        local folder = dir
-        if not is_dir(dir) then
-            -- A cluster member may live on pushed DAGs alone.
-            warn("no DAG folder '" .. dir .. "': only the DAGs pushed to "
-                 .. "ZooKeeper (zkflow dags push) run here")
-            folder = nil
-        end
-        local parts = serve_cluster(ctx, folder, { scheduler = with_sched, worker = with_worker })
-        running.parts = parts
-        -- The API answers from the scheduler's DAGs while this process
-        -- leads, from a scan of the folder (and /dags) otherwise.
-        local scan = dags_provider(ctx, nil, dir)
-        provider = function()
-            local sh = parts.scheduler and parts.scheduler.s
-            if sh then return { dags = sh.dags, errors = sh.import_errors or {} } end
-            return scan()
-        end
-        -- /api/v1/health tells whether this process leads.
-        local h = parts.scheduler
-        status = h and {
-            status = function()
-                return { status = h.leader and "leader" or "standby", id = h.id,
-                         leader = h.leader }
-            end,
-        }
-        log_dir = cluster_logs(ctx)
-    else
-        if with_sched then
-            local sched = need("zkflow.scheduler")
-            local sc = sched.new {
-                store    = st,
-                root     = ctx.root,
-                dags_dir = dir,
-                log_dir  = ctx:logs_dir(),
-                on_event = function(kind, obj)
-                    core.log("info", event_line(kind, obj))
-                end,
-            }
-            -- /config before the first runs start, then live.
-            local cluster, first = need("zkflow.cluster"), true
-            cluster.watch_config(st, ctx.root, function(cfg)
-                cluster.apply_sched_config(sc, cfg, first)
-                first = false
-            end)
-            sc:start()
-            running.scheduler = sc
-            status = sc   -- the API asks the scheduler itself
-        end
-        provider = dags_provider(ctx, status, dir)
-        log_dir = ctx:logs_dir()
+    local folder = dir
+    if on_zk and not is_dir(dir) then
+        -- A cluster member may live on pushed DAGs alone.
+        warn("no DAG folder '" .. dir .. "': only the DAGs pushed to "
+             .. "ZooKeeper (zkflow dags push) run here")
+        folder = nil
     end
+    local slots = with_worker and positive_int(ctx, "slots")
+    local n, err = need("zkflow.node").start {
+        store = st, zk = on_zk, db = ctx.db, root = ctx.root,
+        dags_dir = folder,
+        log_dir = on_zk and cluster_logs(ctx) or ctx:logs_dir(),
+        scheduler = with_sched, busy = "fail",
+        worker = with_worker, slots = slots or nil,
+        queues = with_worker and queue_list(ctx) or nil,
+        id = ctx.opts.id,
+        worker_id = with_sched and ctx.opts.id and (ctx.opts.id .. "-worker")
+            or ctx.opts.id,
+        on_event = function(kind, obj)
+            core.log("info", event_line(kind, obj))
+        end,
+        listen = function(fn) insert(ctx.session_listeners, fn) end,
+        api = with_api,
+    }
+    if not n then
+        fail(err .. ": stop it, or give this one its own --db "
+             .. "(zkflow api serves the API of that store)")
+    end
+    running.node = n
     local url = "none"
     if with_api then
-        local h = api().new {
-            store = st, root = ctx.root, dags = provider, scheduler = status,
-            log_dir = log_dir,
-        }
-        url = start_api(h, ctx.opts.api or "127.0.0.1:8080") or "none"
-        running.api = h
+        url = start_api(n.api, ctx.opts.api or "127.0.0.1:8080") or "none"
     end
     running.ctx, running.store = ctx, st
-    return provider, url
+    return n.dags, url
 end
 
 local function store_name(ctx)
@@ -567,7 +482,7 @@ local function cmd_worker(ctx)
     positive_int(ctx, "slots")
     queue_list(ctx)
     local provider = serve(ctx, ctx.dags, false, false, true)
-    local w = running.parts.worker
+    local w = running.node.parts.worker
     stdout:write(fmt("zkflow worker %s: %d dags loaded from %s, queues %s, "
                      .. "%d slots, store %s\n", w.id, count_dags(provider),
                      ctx.dags, concat(w.queues, ","), w.slots, store_name(ctx)))
@@ -577,12 +492,7 @@ end
 
 -- Stops what a serving command started; the engine's shutdown calls it.
 function _M.shutdown()
-    if running.scheduler and running.scheduler.stop then
-        pcall(running.scheduler.stop, running.scheduler)
-    end
-    for _, part in pairs(running.parts or {}) do
-        pcall(part.stop, part)
-    end
+    if running.node then running.node:stop() end
     if core.api_close then pcall(core.api_close) end
     if running.ctx then running.ctx:close() end
     running = {}
@@ -773,7 +683,7 @@ local function cmd_dags_test(ctx, args)
              .. "' to find a DAG of that id in")
     end
     local sched = need("zkflow.scheduler")
-    local ok, res, err = pcall(sched.test, target, opts)
+    local ok, res, err = pcall(need("zkflow.node").test, target, opts)
     if not ok then
         fail(type(res) == "table" and (res.msg or core.json_encode(res))
              or tostring(res))
@@ -912,6 +822,20 @@ local function cmd_dags_backfill(ctx, args)
     local ivs, err = intervals(dag, first, last)
     if not ivs then fail(err) end
     local S = ctx:state(true)
+    -- One owner per store: a live scheduler on it (a standalone, an nginx
+    -- worker, a cluster's leader) gets the runs; otherwise this process
+    -- owns the store until its runs end.
+    local node = need("zkflow.node")
+    local lock, owner
+    if ctx.zk and ctx.zk ~= "" then
+        if node.zk_owner(ctx:store(true), ctx.root) then
+            owner = "a scheduler leads on ZooKeeper"
+        end
+    else
+        local busy
+        lock, owner, busy = node.own(ctx.db)
+        if not lock and not busy then fail(owner) end
+    end
     local runs = {}
     for _, iv in ipairs(ivs) do
         local rid = state.run_id("backfill", iv[1])
@@ -936,9 +860,25 @@ local function cmd_dags_backfill(ctx, args)
         return n, failed
     end
     local total = #runs
-    if total > 0 and finished() < total then
+    local async = need("zkflow.async")
+    local function progress(last_n)
+        local n = finished()
+        if n ~= last_n then
+            stderr:write(fmt("backfill: %d/%d runs done\n", n, total))
+        end
+        return n
+    end
+    if total > 0 and finished() < total and owner then
+        -- The store's owner runs them, as it runs a triggered run.
+        stderr:write("backfill: " .. owner .. "; that scheduler runs these runs\n")
+        local last_n
+        while true do
+            last_n = progress(last_n)
+            if last_n >= total then break end
+            async.sleep(0.5)
+        end
+    elseif total > 0 and finished() < total then
         local sched = need("zkflow.scheduler")
-        local async = need("zkflow.async")
         local s = sched.new {
             store    = ctx:store(true),
             root     = ctx.root,
@@ -952,11 +892,7 @@ local function cmd_dags_backfill(ctx, args)
         async.spawn(function()
             local last_n
             while not done do
-                local n = finished()
-                if n ~= last_n then
-                    stderr:write(fmt("backfill: %d/%d runs done\n", n, total))
-                    last_n = n
-                end
+                last_n = progress(last_n)
                 async.sleep(0.5)
             end
         end)
@@ -964,6 +900,7 @@ local function cmd_dags_backfill(ctx, args)
         done = true
         s:stop()
     end
+    if lock then lock:close() end
     local n, failed = finished()
     stderr:write(fmt("backfill: %d/%d runs done, %d failed\n", n, total, failed))
     local list = {}

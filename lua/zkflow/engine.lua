@@ -1,4 +1,4 @@
--- zkflow.engine: the Lua side of the embedding API (core/engine.c).
+-- zkflow.engine: the Lua side of the embedding API (core/engine/engine.c).
 --
 -- engine.c calls these on the loop thread: main (zkf_engine_main), http
 -- (zkf_engine_http), start (zkf_engine_start), shutdown
@@ -9,7 +9,7 @@ local async = require "zkflow.async"
 local _M = {}
 
 local pending_done      -- done(code) of a main() that keeps running
-local started           -- what start() made: {store=, scheduler=} or {zk=}
+local started           -- what start() made: {store=, node=} or {zk=}
 local serving = false   -- main() returned KEEP_RUNNING
 local connecting_reply  -- the API's answer until ZooKeeper is there
 
@@ -56,34 +56,6 @@ function _M.http(method, uri, body, reply, headers)
   end)
 end
 
--- The DAGs an engine without a scheduler answers with: a scan of the
--- folder, at most one a second, so that a request storm does not load every
--- file once per request.  On ZooKeeper (`store`) the DAGs pushed to
--- <root>/dags are part of it and win over the folder's, as for `zkflow api`.
-local function scanned_dags(dir, store, root)
-  local loader = require "zkflow.loader"
-  local cache, at = nil, -math.huge
-  return function()
-    local now = core.mono()
-    if not cache or now - at >= 1 then
-      at = now
-      local ok, res = pcall(loader.scan, dir)
-      res = ok and res or { dags = {}, errors = {} }
-      if store then
-        local pushed = require "zkflow.pushed"
-        local pok, p = pcall(pushed.load, store, root, { dags_dir = dir })
-        if pok and p then
-          pushed.merge(res, p)
-        else
-          core.log("warn", "pushed DAGs: " .. tostring(p))
-        end
-      end
-      cache = res
-    end
-    return cache
-  end
-end
-
 -- ---- on ZooKeeper ---------------------------------------------------------------
 
 -- Seconds between two attempts to reach the ensemble.  One attempt waits
@@ -108,47 +80,17 @@ local function check_hosts(hosts)
 end
 
 -- Once the session is there: the scheduler (elected among every zkflow
--- scheduler on the ensemble) and a worker, or only the API.
+-- scheduler on the ensemble) and a worker, or only the API; assembled by
+-- the composition root as `zkflow standalone --zk` is.
 local function serve_zk(z, store, options)
-  local api = require "zkflow.api"
-  local cluster = require "zkflow.cluster"
-  local root = options.root or "/zkflow"
-  local dags_dir = options.dags or "./dags"
-  local log_dir = z.log_dir
   require("zkflow.zk").set_default(store, { root = "/" })
-  local scan = scanned_dags(dags_dir, store, root)
-  local status
-  if options.scheduler ~= "off" then
-    local h = cluster.scheduler {
-      store = store, root = root, dags_dir = dags_dir, log_dir = log_dir,
-    }
-    z.scheduler = h
-    z.listeners[#z.listeners + 1] = function(st) h:session(st) end
-    cluster.configure_scheduler(h, function() return z.stopped end)
-    local w = cluster.worker {
-      store = store, root = root, dags_dir = dags_dir, log_dir = log_dir,
-    }
-    z.worker = w
-    z.listeners[#z.listeners + 1] = function(st) w:session(st) end
-    cluster.configure_worker(w, function() return z.stopped end)
-    status = {
-      status = function()
-        return { status = h.leader and "leader" or "standby", id = h.id,
-                 leader = h.leader, worker = w.id }
-      end,
-    }
-  end
-  local h = api.new {
-    store = store, root = root, scheduler = status, log_dir = log_dir,
-    dags = function()
-      local sh = z.scheduler
-      if sh and sh.s then
-        return { dags = sh.s.dags, errors = sh.s.import_errors or {} }
-      end
-      return scan()
-    end,
+  local on = options.scheduler ~= "off"
+  z.node = require("zkflow.node").start {
+    store = store, zk = true, root = options.root or "/zkflow",
+    dags_dir = options.dags or "./dags", log_dir = z.log_dir,
+    scheduler = on, worker = on, api = true,
+    listen = function(fn) z.listeners[#z.listeners + 1] = fn end,
   }
-  api.serve(h)
 end
 
 -- What the API answers until the session is there: 503, with the reason.
@@ -229,7 +171,6 @@ end
 -- scheduler contends for leadership there, a worker takes tries from the
 -- queue, and the connection is made without blocking (see start_zk).
 function _M.start(options)
-  local api = require "zkflow.api"
   if options.zk then
     if options.db then
       error("zk: give either 'zk' or 'db', not both", 0)
@@ -242,28 +183,16 @@ function _M.start(options)
   -- DAG code that asks for zk.default() works on the engine's own store.
   require("zkflow.zk").set_default(store, { root = "/" })
   local dir = db:match("^(.*)/[^/]*$") or "."
-  local log_dir = options.log_dir or (dir .. "/logs")
-  local dags_dir = options.dags or "./dags"
-  local s, dags
-  if options.scheduler ~= "off" then
-    local sched = require "zkflow.scheduler"
-    s = sched.new {
-      store = store, root = options.root or "/zkflow",
-      dags_dir = dags_dir, log_dir = log_dir,
-    }
-    s:start()
-    dags = function()
-      return { dags = s.dags, errors = s.import_errors, files = s.files }
-    end
-  else
-    dags = scanned_dags(dags_dir)
-  end
-  local h = api.new {
-    store = store, root = options.root or "/zkflow", scheduler = s,
-    log_dir = log_dir, dags = dags,
+  -- A store that another process schedules (a `zkflow standalone`, the
+  -- engine of another nginx worker) makes this one a standby: it serves
+  -- the API and takes the store over when the owner ends.
+  local n = require("zkflow.node").start {
+    store = store, db = db, root = options.root or "/zkflow",
+    dags_dir = options.dags or "./dags",
+    log_dir = options.log_dir or (dir .. "/logs"),
+    scheduler = options.scheduler ~= "off", busy = "standby", api = true,
   }
-  api.serve(h)
-  started = { store = store, scheduler = s }
+  started = { store = store, node = n }
 end
 
 local function stop_all()
@@ -274,13 +203,10 @@ local function stop_all()
     if z then
       -- The members go first (their nodes are deleted), then the session.
       z.stopped = true
-      if z.worker then pcall(z.worker.stop, z.worker) end
-      if z.scheduler then pcall(z.scheduler.stop, z.scheduler) end
+      if z.node then z.node:stop() end
       if z.store then pcall(z.store.close, z.store) end
     end
-    if started.scheduler then
-      pcall(started.scheduler.stop, started.scheduler)
-    end
+    if started.node then started.node:stop() end
     if started.store then pcall(started.store.close, started.store) end
     started = nil
   end

@@ -61,7 +61,7 @@ end
 
 --- Runs one DAG run to its end; returns the `dags test --json` table.
 function _M.test(file_or_dag, opts)
-    return require("zkflow.scheduler").test(file_or_dag, opts)
+    return require("zkflow.node").test(file_or_dag, opts)
 end
 
 -- Control-flow errors raised inside tasks.  They are tables so that the

@@ -15,9 +15,11 @@
  *
  * Every worker opens an engine (core/include/zkflow.h) on the same store and
  * answers the HTTP API from it.  Exactly one worker - the one holding an
- * flock on "<db>.scheduler.lock" (on ZooKeeper: "<log dir>/zkflow.scheduler.
+ * flock on "<db>.nginx.lock" (on ZooKeeper: "<log dir>/zkflow.scheduler.
  * lock") - runs the scheduler; the others retry the lock every second, so a
- * crashed worker's replacement or the workers of a reload take over.  On
+ * crashed worker's replacement or the workers of a reload take over.  Its
+ * engine schedules while it owns the store ("<db>.scheduler.lock", taken
+ * by the engine as by every zkflow scheduler).  On
  * ZooKeeper that worker's engine is a cluster member: its scheduler contends
  * with every other zkflow scheduler on the ensemble, and a zkflow worker
  * beside it runs tries from the queue.  The engine connects on its own time:
@@ -1497,9 +1499,13 @@ ngx_http_zkflow_init_process(ngx_cycle_t *cycle)
     w->lock_timer.log = cycle->log;
     w->lock_timer.cancelable = 1;
 
-    /* "<db>.scheduler.lock"; a ZooKeeper cluster elects its scheduler in
-     * ZooKeeper, but the workers of this nginx still take one lock, in the
-     * log folder (which they must be able to write anyway) */
+    /* "<db>.nginx.lock" picks the worker whose engine schedules; that
+     * engine then owns the store through "<db>.scheduler.lock", the lock
+     * every zkflow scheduler takes (zkflow.node), and stands by while
+     * another process (a zkflow standalone) holds it.  A ZooKeeper cluster
+     * elects its scheduler in ZooKeeper, but the workers of this nginx
+     * still take one lock, in the log folder (which they must be able to
+     * write anyway) */
 
     base = zmcf->db.len ? &zmcf->db : &zmcf->log_dir;
 
@@ -1511,8 +1517,7 @@ ngx_http_zkflow_init_process(ngx_cycle_t *cycle)
 
     if (zmcf->db.len) {
         p = ngx_cpymem(w->lock_path, base->data, base->len);
-        ngx_cpystrn(p, (u_char *) ".scheduler.lock",
-                    sizeof(".scheduler.lock"));
+        ngx_cpystrn(p, (u_char *) ".nginx.lock", sizeof(".nginx.lock"));
 
     } else {
         p = ngx_cpymem(w->lock_path, base->data, base->len);
