@@ -34,7 +34,8 @@
 --   a time without a UTC offset is UTC.
 --
 -- Operators are modules returning { name, fields = {f = decl}, templated =
--- {f...}, sensor, branch, short_circuit, execute?, poke? }; a field decl is
+-- {f...}, sensor, branch, short_circuit, execute or poke, runtime? }
+-- (zkflow.operator says what execute, poke and runtime are); a field decl is
 -- "type", "type?" (optional) or { type=, default=, one_of=, required= }
 -- with type one of string number integer boolean function table list
 -- (of strings) any, alternatives joined by "|".

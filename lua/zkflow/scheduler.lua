@@ -32,7 +32,7 @@ local rules = require "zkflow.rules"
 local state = require "zkflow.state"
 local records = require "zkflow.records"
 local time = require "zkflow.time"
-local executors = require "zkflow.executors"
+local operator = require "zkflow.operator"
 
 local json_encode, json_decode, null = core.json_encode, core.json_decode, core.null
 local now, mono = core.now, core.mono
@@ -1154,12 +1154,12 @@ function Sched:start_ti(ti, pool, slots)
 
   local exe = task.exe
   if not exe then
-    exe = executors.find(task)
+    exe = operator.executor(task)
     task.exe = exe
   end
   local ctx = self:context(ti)
-  -- The built-in Lua operators never look at the runtime.
-  local rt = not executors.pure[exe] and self:runtime(ti, attempt) or nil
+  -- Operators that say runtime = false (lua, empty) never look at it.
+  local rt = operator.needs_runtime(exe) and self:runtime(ti, attempt) or nil
   local deadline = task.execution_timeout and (mono() + task.execution_timeout)
   attempt.deadline = deadline
 
