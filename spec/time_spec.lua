@@ -83,3 +83,27 @@ describe("time formats", function()
     end
   end)
 end)
+
+describe("a schedule's intervals", function()
+  local DAY = 86400
+  local jan1 = 1767225600
+
+  it("walks an every schedule from start_date", function()
+    local dag = { schedule = { every = 3600 }, start_date = jan1 }
+    assert.same({ jan1, jan1 + 3600 }, { time.next_interval(dag, jan1 - 5 * DAY) })
+    assert.same({ jan1 + 3600, jan1 + 7200 }, { time.next_interval(dag, jan1 + 1) })
+    assert.same({ jan1 + 3600, jan1 + 7200 }, { time.last_interval(dag, jan1 + 7200 + 5) })
+  end)
+
+  it("walks a cron schedule, the last complete interval as Airflow infers it", function()
+    local dag = { schedule = { cron = "0 0 * * *" } }
+    assert.same({ jan1, jan1 + DAY }, { time.next_interval(dag, jan1) })
+    assert.same({ jan1 + DAY, jan1 + 2 * DAY }, { time.next_interval(dag, jan1 + 1) })
+    assert.same({ jan1 - DAY, jan1 }, { time.last_interval(dag, jan1 + 3600) })
+  end)
+
+  it("has none without a periodic schedule", function()
+    assert.is_nil(time.next_interval({ schedule = "@once" }, jan1))
+    assert.is_nil(time.last_interval({}, jan1))
+  end)
+end)

@@ -1782,69 +1782,9 @@ end
 
 -- ---- schedules ----------------------------------------------------------------------
 
--- The interval after `t` for a schedule: returns start, end of the first
--- interval whose start is >= t.
-local function next_interval(dag, t)
-  local sch = dag.schedule
-  if type(sch) ~= "table" then return nil end
-  if sch.every then
-    local base = dag.start_date or 0
-    local k = math.ceil((t - base) / sch.every)
-    if k < 0 then k = 0 end
-    local s = base + k * sch.every
-    return s, s + sch.every
-  end
-  if sch.cron then
-    local c = dag.cron_obj
-    if not c then
-      c = core.cron(sch.cron)
-      dag.cron_obj = c
-    end
-    local s = c:next(t - 1)
-    if not s or s < 0 then return nil end
-    return s, c:next(s)
-  end
-  return nil
-end
-_M.next_interval = next_interval
-
--- The last complete interval at `t`: start, end with end <= t (Airflow's
--- infer_manual_data_interval), or nil without a periodic schedule.
-local function last_interval(dag, t)
-  local sch = dag.schedule
-  if type(sch) ~= "table" then return nil end
-  if sch.every then
-    local base = dag.start_date or 0
-    local e = base + floor((t - base) / sch.every) * sch.every
-    return e - sch.every, e
-  end
-  if not sch.cron then return nil end
-  local c = dag.cron_obj
-  if not c then
-    c = core.cron(sch.cron)
-    dag.cron_obj = c
-  end
-  -- cron has no "previous": walk forward from ever farther back until a
-  -- fire time <= t shows up; the first window with one holds few.
-  local function last_fire(before)
-    for _, span in ipairs({ 60, 3600, 86400, 7 * 86400, 32 * 86400, 367 * 86400, 3660 * 86400 }) do
-      local f = c:next(before - span - 1)
-      if f and f <= before then
-        while true do
-          local nf = c:next(f)
-          if not nf or nf > before then return f end
-          f = nf
-        end
-      end
-    end
-    return nil
-  end
-  local e = last_fire(t)
-  local st = e and last_fire(e - 1)
-  if not st then return nil end
-  return st, e
-end
-_M.last_interval = last_interval
+-- A schedule's intervals are zkflow.time's.
+local next_interval, last_interval = time.next_interval, time.last_interval
+_M.next_interval, _M.last_interval = next_interval, last_interval
 
 function Sched:dag_meta(dag_id)
   return self.st:read(self.st:path("dags", dag_id, "meta")) or {}

@@ -6,6 +6,7 @@
 --   time.iso(t)          --> "2026-01-01T04:30:00+00:00"       (Airflow's ts)
 --   time.iso(t, true)    --> "2026-01-01T04:30:00.000000+00:00"
 --   time.ds(t)           --> "2026-01-01"                      (Airflow's ds)
+--   time.last_interval(dag, t)   --> the last complete data interval at t
 --
 -- Times are UTC epoch seconds (a number, fractions kept).  The arithmetic
 -- is done here rather than by os.time/os.date, which depend on the C
@@ -19,7 +20,7 @@
 
 local _M = {}
 
-local floor, tonumber, type, tostring = math.floor, tonumber, type, tostring
+local floor, tonumber, type, ipairs = math.floor, tonumber, type, ipairs
 local sfmt = string.format
 
 -- ---- calendar ------------------------------------------------------------
@@ -202,11 +203,73 @@ function _M.ts_nodash(t)
     return (seconds_text(floor(t)):gsub("[-:]", ""))
 end
 
---- An ISO text for a value that may already be one: numbers are
---- formatted, strings returned as they are, anything else as tostring.
-function _M.text(v)
-    if type(v) == "number" then return _M.iso(v) end
-    return tostring(v)
+-- ---- a schedule's intervals -----------------------------------------------
+
+-- The DAG's cron object, made once (dag.cron_obj).
+local function cron_of(dag)
+    local c = dag.cron_obj
+    if not c then
+        c = require("zkflow.core").cron(dag.schedule.cron)
+        dag.cron_obj = c
+    end
+    return c
+end
+
+--- The first data interval of `dag`'s schedule whose start is >= `t`:
+--- returns start, end (epoch seconds), or nil without a periodic schedule
+--- ({cron=} or {every=}; an `every` schedule counts from start_date).
+function _M.next_interval(dag, t)
+    local sch = dag.schedule
+    if type(sch) ~= "table" then return nil end
+    if sch.every then
+        local base = dag.start_date or 0
+        local k = math.ceil((t - base) / sch.every)
+        if k < 0 then k = 0 end
+        local s = base + k * sch.every
+        return s, s + sch.every
+    end
+    if sch.cron then
+        local c = cron_of(dag)
+        local s = c:next(t - 1)
+        if not s or s < 0 then return nil end
+        return s, c:next(s)
+    end
+    return nil
+end
+
+--- The last complete data interval at `t`: start, end with end <= t
+--- (Airflow's infer_manual_data_interval), or nil without a periodic
+--- schedule.
+function _M.last_interval(dag, t)
+    local sch = dag.schedule
+    if type(sch) ~= "table" then return nil end
+    if sch.every then
+        local base = dag.start_date or 0
+        local e = base + floor((t - base) / sch.every) * sch.every
+        return e - sch.every, e
+    end
+    if not sch.cron then return nil end
+    local c = cron_of(dag)
+    -- cron has no "previous": walk forward from ever farther back until a
+    -- fire time <= t shows up; the first window with one holds few.
+    local function last_fire(before)
+        for _, span in ipairs({ 60, 3600, 86400, 7 * 86400, 32 * 86400, 367 * 86400,
+                                3660 * 86400 }) do
+            local f = c:next(before - span - 1)
+            if f and f <= before then
+                while true do
+                    local nf = c:next(f)
+                    if not nf or nf > before then return f end
+                    f = nf
+                end
+            end
+        end
+        return nil
+    end
+    local e = last_fire(t)
+    local st = e and last_fire(e - 1)
+    if not st then return nil end
+    return st, e
 end
 
 return _M
