@@ -11,7 +11,7 @@ local encode, decode, null, mono = core.json_encode, core.json_decode, core.null
 
 local budget = tonumber(arg and arg[1]) or 0.2
 
--- As scheduler.lua's ti_record() builds it for a finished try.
+-- A task-instance record of a finished try, as zkflow.records writes it.
 local function ti_record()
   local start = 1767225600.123456
   return {

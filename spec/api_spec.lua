@@ -139,6 +139,17 @@ describe("zkflow.api", function()
         assert.equal("spec", run.conf.who)
     end)
 
+    it("answers 400 naming logical_date for a date that does not exist", function()
+        local status, v = call("POST", "/api/v1/dags/etl/runs",
+                               '{"logical_date": "2026-02-30T00:00:00Z"}')
+        assert.equal(400, status)
+        assert.equal("'logical_date': '2026-02-30T00:00:00Z' is not a valid date: "
+                     .. "2026-02 has days 01-28", v.error)
+        assert.same({}, S:run_ids("etl"))
+        status = call("POST", "/api/v1/dags/etl/runs", '{"logical_date": "2026-03-02T00:00:00Z"}')
+        assert.equal(201, status)
+    end)
+
     it("triggers without a body", function()
         local status, v = call("POST", "/api/v1/dags/etl/runs")
         assert.equal(201, status)

@@ -148,6 +148,15 @@ expect "usage: option without value" 2 dags list --dags
 expect "usage: bad --conf" 2 dags trigger hello --conf '[1,'
 expect "usage: --conf must be an object" 2 dags trigger hello --conf '[1]'
 expect "usage: bad --date" 2 dags trigger hello --date yesterday
+# A date that does not exist is refused, not rolled into the next month.
+expect "usage: --date 2026-02-30 is refused" 2 dags trigger hello --date 2026-02-30
+has "usage: --date names the option and the reason" "$T/err" "zkflow: --date: '2026-02-30' is not a valid date: 2026-02 has days 01-28"
+expect "usage: --date 2026-13-01 is refused" 2 dags trigger hello --date 2026-13-01
+expect "usage: --date 24:00 is refused" 2 dags trigger hello --date 2026-01-01T24:00:00Z
+expect "usage: dags test --date 2025-02-29 is refused" 2 dags test hello --date 2025-02-29
+has "usage: dags test --date names the option" "$T/err" "--date: '2025-02-29' is not a valid date"
+expect "usage: backfill --start 2026-02-30 is refused" 2 dags backfill hello --start 2026-02-30 --end 2026-03-02
+has "usage: backfill names --start" "$T/err" "zkflow: --start: '2026-02-30' is not a valid date"
 expect "usage: bad --db-sync" 2 --db-sync sometimes dags list
 expect "--zk: an unreachable ensemble fails after the timeout" 1 --zk 127.0.0.1:1 --session-timeout 1 zk ls /
 has "--zk: says it cannot connect" "$T/err" "cannot connect to ZooKeeper at 127.0.0.1:1: ZCONNECTIONLOSS"

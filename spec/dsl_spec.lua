@@ -176,6 +176,18 @@ describe("flow.dag", function()
         end
     end)
 
+    it("refuses a start_date that does not exist, naming the file and line", function()
+        local src = 'local flow = require "zkflow"\n'
+            .. 'return flow.dag {\n'
+            .. '  id = "feb", start_date = "2026-02-30",\n'
+            .. '  tasks = function(t) t.empty { id = "a" } end,\n'
+            .. '}\n'
+        local dags, err = loader.load_source(src, "dags/feb.lua")
+        assert.is_nil(dags)
+        assert.matches("dags/feb.lua:2: dag 'feb': 'start_date': '2026-02-30' is not a valid date: "
+                       .. "2026-02 has days 01-28", err, 1, true)
+    end)
+
     it("applies default_args, task values winning", function()
         local d = simple(function(t)
             t.shell { id = "a", cmd = "true" }

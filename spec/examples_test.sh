@@ -130,6 +130,16 @@ jcheck "file_sensor: soft_fail skips on timeout" "$T/file_sensor.json" \
 jcheck "file_sensor: none_failed goes on after a skip" "$T/file_sensor.json" \
     'd["tasks"]["consume"]["state"] == "success" and d["tasks"]["consume"]["xcom"] == "ready"'
 
+J=$T/custom_operator.json
+jcheck "custom_operator: the folder's line_count operator counts the lines" "$J" \
+    'd["tasks"]["count"]["state"] == "success" and d["tasks"]["count"]["xcom"] == 3'
+jcheck "custom_operator: its XCom reaches the next task" "$J" 'd["tasks"]["check"]["xcom"] == "3 lines"'
+if ls /tmp/zkflow-line-count-*2026-01-01*.txt >/dev/null 2>&1; then
+    bad "custom_operator: the file is removed" "$(ls /tmp/zkflow-line-count-*2026-01-01*.txt)"
+else
+    ok "custom_operator: the file is removed"
+fi
+
 J=$T/trigger_rules.json
 jcheck "trigger_rules: risky fails without retry" "$J" \
     'd["tasks"]["risky"]["state"] == "failed" and d["tasks"]["risky"]["try_number"] == 1'

@@ -2,64 +2,9 @@
 -- processes see them, and a scheduler that resumes runs from the store.
 local flow = require "zkflow"
 local core = require "zkflow.core"
-local sched = require "zkflow.scheduler"
 local H = dofile("spec/fixtures/sched/helpers.lua")
 
 local RUN = "manual__2026-01-01T00:00:00+00:00"
-
-describe("task instance records", function()
-  local function same_as_generic(ti)
-    local fast = core.json_decode(sched.ti_json(ti))
-    -- the generic encoder's record, as before hand-encoding
-    local null = core.null
-    local iso = require("zkflow.state").iso
-    local rec = {
-      task_id = ti.task_id, state = ti.state, try_number = ti.try_number, max_tries = ti.max_tries,
-      operator = ti.task.operator or null,
-      start_date = ti.start_date and iso(ti.start_date, true) or null,
-      end_date = ti.end_date and iso(ti.end_date, true) or null,
-      duration = (ti.start_date and ti.end_date) and (ti.end_date - ti.start_date) or null,
-      first_start = ti.first_start, next_try_at = ti.next_try_at,
-      xcom = ti.xcom == nil and null or ti.xcom, xcoms = ti.xcoms,
-      log = ti.log or null, worker = ti.worker or null, pid = ti.pid, error = ti.error, lost = ti.lost,
-    }
-    local generic = core.json_decode(core.json_encode(rec))
-    -- times are kept to the microsecond
-    for _, k in ipairs({ "duration", "first_start", "next_try_at" }) do
-      if type(generic[k]) == "number" then
-        assert.is_true(math.abs(generic[k] - fast[k]) < 1e-6, k)
-        generic[k], fast[k] = nil, nil
-      end
-    end
-    assert.same(generic, fast)
-  end
-
-  it("encodes a plain record as the generic encoder does", function()
-    same_as_generic { task_id = "a", state = "success", try_number = 1, max_tries = 0,
-                      task = { operator = "lua" }, start_date = 1767225600.25, end_date = 1767225601.5,
-                      first_start = 1767225600.25, log = "/tmp/logs/d/r/a/1.log", worker = "w-1" }
-  end)
-
-  it("encodes values that need escaping and optional fields", function()
-    same_as_generic { task_id = "b.x-y", state = "up_for_retry", try_number = 2, max_tries = 3,
-                      task = { operator = "shell" }, start_date = 1767225600, end_date = 1767225600.000001,
-                      next_try_at = 1767225700.5, pid = 4242, lost = 1,
-                      error = 'line "one"\nline\ttwo \\ é', xcom = { rows = { 1, 2, 3 }, name = "ü" },
-                      xcoms = { k = "v" }, log = '/tmp/we"ird/\nlog', worker = "w" }
-  end)
-
-  it("keeps times to the microsecond", function()
-    same_as_generic { task_id = "m", state = "success", try_number = 1, max_tries = 2,
-                      task = { operator = "lua" }, start_date = 1767225600.1234567,
-                      end_date = 1767225600.9876543, first_start = 1767225599.0000004,
-                      log = "/l", worker = "w", xcom = "x" }
-  end)
-
-  it("encodes a record that never started", function()
-    same_as_generic { task_id = "c", state = "upstream_failed", try_number = 0, max_tries = 0,
-                      task = { operator = "lua" }, end_date = 1767225600.5 }
-  end)
-end)
 
 describe("states in the store", function()
   it("shows running, scheduled, up_for_retry and the final states while a run goes on", function()

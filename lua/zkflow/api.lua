@@ -14,6 +14,7 @@
 
 local core  = require "zkflow.core"
 local state = require "zkflow.state"
+local time  = require "zkflow.time"
 local idrule = require "zkflow.ids"
 local web    = require "zkflow.web"
 
@@ -72,7 +73,7 @@ end
 
 local function iso_or_null(t)
     if is_null(t) then return core.null end
-    if type(t) == "number" then return state.iso(t) end
+    if type(t) == "number" then return time.iso(t) end
     return tostring(t)
 end
 
@@ -607,7 +608,7 @@ route("POST", "/api/v1/dags/{dag_id}/runs", function(self, p, req)
     local ld
     if b.logical_date then
         local err
-        ld, err = state.parse_time(b.logical_date)
+        ld, err = time.parse(b.logical_date)
         if not ld then http_error(400, "'logical_date': " .. err) end
     end
     local run_id = b.dag_run_id or b.run_id

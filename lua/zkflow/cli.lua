@@ -11,6 +11,7 @@
 
 local core  = require "zkflow.core"
 local state = require "zkflow.state"
+local time  = require "zkflow.time"
 
 local _M = {}
 
@@ -261,7 +262,7 @@ function Ctx:dag(id)
 end
 
 local function parse_date(s, what)
-    local t, err = state.parse_time(s)
+    local t, err = time.parse(s)
     if not t then
         usage_error(what .. ": " .. err)
     end

@@ -34,12 +34,14 @@
 --   a time without a UTC offset is UTC.
 --
 -- Operators are modules returning { name, fields = {f = decl}, templated =
--- {f...}, sensor, branch, short_circuit, execute?, poke? }; a field decl is
+-- {f...}, sensor, branch, short_circuit, execute or poke, runtime? }
+-- (zkflow.operator says what execute, poke and runtime are); a field decl is
 -- "type", "type?" (optional) or { type=, default=, one_of=, required= }
 -- with type one of string number integer boolean function table list
 -- (of strings) any, alternatives joined by "|".
 
 local ids = require "zkflow.ids"
+local time = require "zkflow.time"
 
 local _M = {}
 
@@ -267,116 +269,18 @@ local function copy(t)
 end
 
 ------------------------------------------------------------------------------
--- Time: ISO 8601 <-> UTC epoch seconds (no dependency on the C library's
--- timezone handling, which varies by platform and TZ).
+-- Time: zkflow.time's rules, under the names the DSL has always exported
 ------------------------------------------------------------------------------
 
--- Days since 1970-01-01 of a proleptic Gregorian date (H. Hinnant).
-local function days_from_civil(y, m, d)
-    if m <= 2 then y = y - 1 end
-    local era = (y >= 0 and y or y - 399) // 400
-    local yoe = y - era * 400
-    local mp = (m + 9) % 12
-    local doy = (153 * mp + 2) // 5 + d - 1
-    local doe = yoe * 365 + yoe // 4 - yoe // 100 + doy
-    return era * 146097 + doe - 719468
-end
+--- An ISO 8601 string or epoch seconds as whole UTC epoch seconds, or nil
+--- and a reason (zkflow.time.epoch).
+_M.parse_time = time.epoch
 
-local function civil_from_days(z)
-    z = z + 719468
-    local era = (z >= 0 and z or z - 146096) // 146097
-    local doe = z - era * 146097
-    local yoe = (doe - doe // 1460 + doe // 36524 - doe // 146096) // 365
-    local y = yoe + era * 400
-    local doy = doe - (365 * yoe + yoe // 4 - yoe // 100)
-    local mp = (5 * doy + 2) // 153
-    local d = doy - (153 * mp + 2) // 5 + 1
-    local m = mp < 10 and mp + 3 or mp - 9
-    if m <= 2 then y = y + 1 end
-    return y, m, d
-end
+--- "2026-01-01T00:00:00+00:00" (Airflow's `ts`; zkflow.time.iso).
+_M.iso = time.iso
 
-local MDAYS = { 31, 28, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31 }
-
-local function leap(y)
-    return (y % 4 == 0 and y % 100 ~= 0) or y % 400 == 0
-end
-
---- Parses an ISO 8601 date or date-time ("2026-01-01", "2026-01-01T00:00:00Z",
---- "2026-01-01 06:30:00+02:00", fractions of seconds ignored) or an epoch
---- number.  A time without an offset is UTC, as Airflow's default timezone.
---- Returns integer UTC epoch seconds, or nil and a reason.
-function _M.parse_time(s)
-    if type(s) == "number" then
-        if s ~= s or s == math.huge or s == -math.huge then
-            return nil, "not a finite number"
-        end
-        return floor(s)
-    end
-    if type(s) ~= "string" then
-        return nil, "expected an ISO 8601 string or epoch seconds"
-    end
-    local y, mo, d, rest = s:match("^(%d%d%d%d)%-(%d%d)%-(%d%d)(.*)$")
-    if not y then
-        return nil, "expected YYYY-MM-DD[THH:MM[:SS]][Z|+HH:MM]"
-    end
-    y, mo, d = tonumber(y), tonumber(mo), tonumber(d)
-    local h, mi, sec, off = 0, 0, 0, 0
-    if rest ~= "" then
-        local hh, mm, tail = rest:match("^[T ](%d%d):(%d%d)(.*)$")
-        if not hh then
-            return nil, "bad time part '" .. rest .. "'"
-        end
-        h, mi = tonumber(hh), tonumber(mm)
-        local ss, tail2 = tail:match("^:(%d%d)(.*)$")
-        if ss then
-            sec, tail = tonumber(ss), tail2
-            tail = tail:gsub("^[%.,]%d+", "", 1)
-        end
-        if tail == "Z" or tail == "z" or tail == "" then
-            off = 0
-        else
-            local sign, oh, om = tail:match("^([%+%-])(%d%d):?(%d%d)$")
-            if not sign then
-                sign, oh = tail:match("^([%+%-])(%d%d)$")
-                om = "00"
-            end
-            if not sign then
-                return nil, "bad UTC offset '" .. tail .. "'"
-            end
-            off = (tonumber(oh) * 3600 + tonumber(om) * 60) * (sign == "-" and -1 or 1)
-        end
-    end
-    local mdays = MDAYS[mo]
-    if not mdays then
-        return nil, "month out of range"
-    end
-    if mo == 2 and leap(y) then mdays = 29 end
-    if d < 1 or d > mdays then
-        return nil, "day out of range"
-    end
-    if h > 23 or mi > 59 or sec > 60 then
-        return nil, "time out of range"
-    end
-    return days_from_civil(y, mo, d) * 86400 + h * 3600 + mi * 60 + sec - off
-end
-
---- Formats UTC epoch seconds as "2026-01-01T00:00:00+00:00" (Airflow's
---- `ts`).  Fractions are dropped.
-function _M.iso(t)
-    t = floor(t)
-    local days = t // 86400
-    local secs = t - days * 86400
-    local y, m, d = civil_from_days(days)
-    return sfmt("%04d-%02d-%02dT%02d:%02d:%02d+00:00", y, m, d,
-        secs // 3600, secs % 3600 // 60, secs % 60)
-end
-
---- "2026-01-01" for UTC epoch seconds (Airflow's `ds`).
-function _M.ds(t)
-    local y, m, d = civil_from_days(floor(t) // 86400)
-    return sfmt("%04d-%02d-%02d", y, m, d)
-end
+--- "2026-01-01" (Airflow's `ds`; zkflow.time.ds).
+_M.ds = time.ds
 
 ------------------------------------------------------------------------------
 -- Option schemas
@@ -1425,8 +1329,11 @@ function _M.new(spec, opts)
     -- dates
     for _, k in ipairs({ "start_date", "end_date" }) do
         if spec[k] ~= nil then
-            local t, err = _M.parse_time(spec[k])
-            if not t then
+            local t, err = time.epoch(spec[k])
+            if not t and type(spec[k]) == "string" then
+                -- the message quotes the value already
+                b:dag_problem(sfmt("'%s': %s", k, err))
+            elseif not t then
                 b:dag_problem(sfmt("'%s' %s: %s", k, show(spec[k]), err))
             end
             dag[k] = t
@@ -1434,7 +1341,7 @@ function _M.new(spec, opts)
     end
     if dag.start_date and dag.end_date and dag.start_date > dag.end_date then
         b:dag_problem(sfmt("'start_date' (%s) is after 'end_date' (%s)",
-            _M.iso(dag.start_date), _M.iso(dag.end_date)))
+            time.iso(dag.start_date), time.iso(dag.end_date)))
     end
 
     for _, k in ipairs(DAGV_ORDER) do

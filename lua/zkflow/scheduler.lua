@@ -70,14 +70,16 @@ local core = require "zkflow.core"
 local async = require "zkflow.async"
 local rules = require "zkflow.rules"
 local state = require "zkflow.state"
-local executors = require "zkflow.executors"
+local records = require "zkflow.records"
+local time = require "zkflow.time"
+local operator = require "zkflow.operator"
 
 local json_encode, json_decode, null = core.json_encode, core.json_decode, core.null
 local now, mono = core.now, core.mono
 local floor, min, max = math.floor, math.min, math.max
 local pairs, ipairs, type, tostring, pcall = pairs, ipairs, type, tostring, pcall
 local sort, concat = table.sort, table.concat
-local iso = state.iso
+local iso = time.iso
 
 local _M = {}
 
@@ -261,165 +263,7 @@ function Sched:mark(obj)
   end
 end
 
-local function ti_record(ti)
-  return {
-    task_id = ti.task_id,
-    state = ti.state,
-    try_number = ti.try_number,
-    max_tries = ti.max_tries,
-    operator = ti.task.operator,
-    start_date = ti.start_date and iso(ti.start_date, true) or null,
-    end_date = ti.end_date and iso(ti.end_date, true) or null,
-    duration = (ti.start_date and ti.end_date) and (ti.end_date - ti.start_date) or null,
-    first_start = ti.first_start or nil,
-    next_try_at = ti.next_try_at,
-    xcom = ti.xcom == nil and null or ti.xcom,
-    xcoms = ti.xcoms,
-    log = ti.log or null,
-    worker = ti.worker or null,
-    pid = ti.pid,
-    error = ti.error,
-    lost = ti.lost,
-    waiting_for = ti.waiting_for,
-  }
-end
-
--- The same record as ti_record, encoded by hand: this runs once per task
--- instance per turn, and a generic encoder (a table, then jansson) costs
--- several times more.  Values that are not plain go through json_encode.
-local find, sfmt, math_type = string.find, string.format, math.type
-local last_sec, last_iso
-
--- jansson quotes a string faster than a Lua pattern can check that it
--- needs no quoting.
-local jstr = json_encode
-
--- Encoded strings that stay the same for many records (task ids, operator
--- names, log paths, the worker id), so that each is scanned once.
-local jcache = setmetatable({}, { __mode = "k" })
-local jcached, JCACHE_MAX = 0, 100000
-local function jstr_cached(v)
-  local e = jcache[v]
-  if e then return e end
-  e = jstr(v)
-  if jcached >= JCACHE_MAX then jcache, jcached = setmetatable({}, { __mode = "k" }), 0 end
-  jcache[v] = e
-  jcached = jcached + 1
-  return e
-end
-
-local function jtime(t)
-  if not t then return "null" end
-  local sec = floor(t)
-  if sec ~= last_sec then
-    last_sec, last_iso = sec, os.date("!%Y-%m-%dT%H:%M:%S", sec)
-  end
-  local us = floor((t - sec) * 1e6 + 0.5)
-  if us >= 1000000 then us = 999999 end
-  return sfmt('"%s.%06d+00:00"', last_iso, us)
-end
-
-local function jnum(v)
-  if v == nil then return "null" end
-  if math_type(v) == "integer" then return sfmt("%d", v) end
-  if v ~= v or v == math.huge or v == -math.huge then return "null" end
-  return sfmt("%.17g", v)
-end
-
-local TI_FMT = '{"task_id":%s,"state":"%s","try_number":%d,"max_tries":%d,"operator":%s,'
-  .. '"start_date":%s,"end_date":%s,"duration":%s,"xcom":%s,"log":%s,"worker":%s'
-
--- The common record (started and ended, no optional field but
--- first_start) in one format call: the dates' and numbers' text is made by
--- that one call instead of one call (and one string) each.
-local TI_FMT_DONE = '{"task_id":%s,"state":"%s","try_number":%d,"max_tries":%d,"operator":%s,'
-  .. '"start_date":"%s.%06d+00:00","end_date":"%s.%06d+00:00","duration":%.6f,"xcom":%s,'
-  .. '"log":%s,"worker":%s,"first_start":%.6f}'
-
--- The seconds part of an ISO date (cached: consecutive records mostly
--- fall in the same second) and the microseconds.
-local function iso_parts(t)
-  local sec = floor(t)
-  if sec ~= last_sec then
-    last_sec, last_iso = sec, os.date("!%Y-%m-%dT%H:%M:%S", sec)
-  end
-  local us = floor((t - sec) * 1e6 + 0.5)
-  if us >= 1000000 then us = 999999 end
-  return last_iso, us
-end
-
-local function ti_json(ti)
-  local task = ti.task
-  local ij = task.id_json
-  if not ij then
-    ij = jstr(ti.task_id)
-    task.id_json = ij
-  end
-  local logp = ti.log
-  local lj = "null"
-  if logp then
-    lj = ti.log_json
-    if not lj or ti.log_json_of ~= logp then
-      lj = jstr(logp)
-      ti.log_json, ti.log_json_of = lj, logp
-    end
-  end
-  local sd, ed = ti.start_date, ti.end_date
-  local xcom = ti.xcom
-  local op = task.operator and jstr_cached(task.operator) or "null"
-  local worker = ti.worker and jstr_cached(ti.worker) or "null"
-  local first, nta, xcoms, pid, err, lost, wait =
-    ti.first_start, ti.next_try_at, ti.xcoms, ti.pid, ti.error, ti.lost, ti.waiting_for
-  if sd and ed and first and nta == nil and xcoms == nil and pid == nil and err == nil
-      and lost == nil and wait == nil and math_type(ti.try_number) == "integer"
-      and math_type(ti.max_tries) == "integer" then
-    local si, sus = iso_parts(sd)
-    local ei, eus = iso_parts(ed)
-    return sfmt(TI_FMT_DONE, ij, ti.state, ti.try_number, ti.max_tries, op, si, sus, ei, eus,
-                ed - sd, xcom == nil and "null" or json_encode(xcom), lj, worker, first)
-  end
-  local head = sfmt(TI_FMT, ij, ti.state, ti.try_number, ti.max_tries, op,
-                    jtime(sd), jtime(ed), (sd and ed) and jnum(ed - sd) or "null",
-                    xcom == nil and "null" or json_encode(xcom), lj, worker)
-  local parts = { head }
-  if first then parts[#parts + 1] = ',"first_start":' .. jnum(first) end
-  if nta then parts[#parts + 1] = ',"next_try_at":' .. jnum(nta) end
-  if xcoms ~= nil then parts[#parts + 1] = ',"xcoms":' .. json_encode(xcoms) end
-  if pid then parts[#parts + 1] = ',"pid":' .. jnum(pid) end
-  if err then parts[#parts + 1] = ',"error":' .. jstr(err) end
-  if lost then parts[#parts + 1] = ',"lost":' .. jnum(lost) end
-  if wait then parts[#parts + 1] = ',"waiting_for":' .. jstr(wait) end
-  parts[#parts + 1] = "}"
-  return concat(parts)
-end
-_M.ti_json = ti_json
-
-local function run_record(run)
-  return {
-    dag_id = run.dag_id,
-    run_id = run.run_id,
-    state = run.state,
-    run_type = run.run_type,
-    logical_date = iso(run.logical_date),
-    data_interval_start = iso(run.data_interval_start),
-    data_interval_end = iso(run.data_interval_end),
-    conf = run.conf or {},
-    version = run.version or null,
-    queued_at = run.queued_at and iso(run.queued_at, true) or null,
-    start_date = run.start_date and iso(run.start_date, true) or null,
-    end_date = run.end_date and iso(run.end_date, true) or null,
-    external_trigger = run.external_trigger and true or false,
-  }
-end
-
-local function encode(rec, what)
-  local ok, data = pcall(json_encode, rec)
-  if ok then return data end
-  -- An XCom that JSON cannot carry must not lose the state change.
-  log("error", what .. ": " .. tostring(data))
-  rec.xcom, rec.xcoms = null, nil
-  return json_encode(rec)
-end
+local find = string.find
 
 local PARENTS = { parents = true }
 
@@ -456,12 +300,11 @@ end
 function Sched:encoded(obj)
   obj.dirty = false
   if obj.task then
-    local path = obj.path
-    local ok, res = pcall(ti_json, obj)
-    return path, ok and res or encode(ti_record(obj), path)
+    local data, err = records.encode_ti(obj)
+    if err then log("error", obj.path .. ": " .. err) end
+    return obj.path, data
   end
-  local path = self:run_path(obj)
-  return path, encode(run_record(obj), path)
+  return self:run_path(obj), records.encode_run(obj)
 end
 
 -- The write of one dirty object: {op=, path=, data=, obj=}.
@@ -757,7 +600,7 @@ function Sched:adopt_run(dag, rec, tis)
     dag = dag,
     state = rec.state or "queued",
     run_type = rec.run_type or "manual",
-    logical_date = rec.logical_date_epoch or state.parse_time(rec.logical_date) or self.now(),
+    logical_date = rec.logical_date_epoch or records.date(rec.logical_date) or self.now(),
     conf = rec.conf or {},
     version = rec.version or dag.source_hash,
     external_trigger = rec.external_trigger,
@@ -766,27 +609,27 @@ function Sched:adopt_run(dag, rec, tis)
     persisted = rec.persisted ~= false,
   }
   run.data_interval_start = rec.data_interval_start_epoch
-    or (rec.data_interval_start and state.parse_time(rec.data_interval_start)) or run.logical_date
+    or records.date(rec.data_interval_start) or run.logical_date
   run.data_interval_end = rec.data_interval_end_epoch
-    or (rec.data_interval_end and state.parse_time(rec.data_interval_end)) or run.logical_date
-  run.queued_at = rec.queued_at and state.parse_time(rec.queued_at) or self.now()
-  run.start_date = rec.start_date and rec.start_date ~= null and state.parse_time(rec.start_date) or nil
+    or records.date(rec.data_interval_end) or run.logical_date
+  run.queued_at = records.date(rec.queued_at) or self.now()
+  run.start_date = records.date(rec.start_date)
   for _, tid in ipairs(dag.order) do
     local task = dag.tasks[tid]
     local ti = new_ti(self, run, task)
-    local r = tis and tis[tid]
+    local r = tis and tis[tid] and records.decode_ti(tis[tid])
     if r then
       ti.persisted = true
       ti.state = r.state or "none"
       ti.try_number = r.try_number or 0
       ti.max_tries = r.max_tries or ti.max_tries
-      ti.xcom = r.xcom ~= null and r.xcom or nil
+      ti.xcom = r.xcom
       ti.xcoms = r.xcoms
-      ti.log = r.log ~= null and r.log or nil
+      ti.log = r.log
       ti.first_start = r.first_start
       ti.lost = r.lost
-      ti.start_date = r.start_date and r.start_date ~= null and state.parse_time(r.start_date) or nil
-      ti.end_date = r.end_date and r.end_date ~= null and state.parse_time(r.end_date) or nil
+      ti.start_date = r.start_date
+      ti.end_date = r.end_date
       if not FINISHED[ti.state] then
         -- A try that was in flight when the last scheduler died did not
         -- finish: it runs again, without costing a retry, unless the
@@ -797,7 +640,7 @@ function Sched:adopt_run(dag, rec, tis)
           if not adopted then
             -- The dead scheduler's child lives on in its own process group
             -- (a worker, which owns no records, reads its own try's).
-            if r.pid and r.pid ~= null and self.records then core.killpg(r.pid, 9) end
+            if r.pid and self.records then core.killpg(r.pid, 9) end
             ti.lost = (ti.lost or 0) + 1
             ti.max_tries = ti.max_tries + 1
           end
@@ -841,7 +684,7 @@ function Sched:create_run(dag, opts)
   local ld = opts.logical_date or self.now()
   local run_type = opts.run_type or "manual"
   local rec = {
-    run_id = opts.run_id or state.run_id(run_type, ld),
+    run_id = opts.run_id or records.run_id(run_type, ld),
     state = "queued",
     run_type = run_type,
     logical_date_epoch = ld,
@@ -1073,7 +916,7 @@ function Sched:past_allows(ti)
   for _, rid in ipairs(self.st:run_ids(run.dag_id)) do
     if rid ~= run.run_id and not (best and rid == best.run_id) then
       local rec = self.st:get_run(run.dag_id, rid)
-      local ld = rec and state.parse_time(rec.logical_date)
+      local ld = rec and records.date(rec.logical_date)
       if ld and ld < run.logical_date and (not stored_best_ld or ld > stored_best_ld) then
         stored_best_ld, stored_best_id = ld, rid
       end
@@ -1324,7 +1167,7 @@ function Sched:log_path(ti)
   -- every shell try a mkdir.
   local path = prefix .. ti.task_id .. "." .. ti.try_number .. ".log"
   -- Task ids are [%w_.-]: the path needs no JSON escaping when the
-  -- prefix needs none; ti_json then skips scanning it.
+  -- prefix needs none; records.encode_ti then skips scanning it.
   if run.log_prefix_plain then
     ti.log_json, ti.log_json_of = '"' .. path .. '"', path
   end
@@ -1419,12 +1262,12 @@ function Inproc:start(ti)
 
   local exe = task.exe
   if not exe then
-    exe = executors.find(task)
+    exe = operator.executor(task)
     task.exe = exe
   end
   local ctx = s:context(ti)
-  -- The built-in Lua operators never look at the runtime.
-  local rt = not executors.pure[exe] and s:runtime(ti, attempt) or nil
+  -- Operators that say runtime = false (lua, empty) never look at it.
+  local rt = operator.needs_runtime(exe) and s:runtime(ti, attempt) or nil
   local smono = s.mono
   local deadline = task.execution_timeout and (smono() + task.execution_timeout)
   attempt.deadline = deadline
@@ -1797,7 +1640,7 @@ end
 
 -- ---- the task context -------------------------------------------------------------
 
-local function ds(t) return os.date("!%Y-%m-%d", floor(t)) end
+local ds = time.ds
 
 function Sched:variables()
   local st, root = self.store, self.st:path("variables")
@@ -1825,7 +1668,7 @@ function Sched:run_base(run)
     ds = d,
     ds_nodash = (d:gsub("-", "")),
     ts = iso(ld),
-    ts_nodash = os.date("!%Y%m%dT%H%M%S", floor(ld)),
+    ts_nodash = time.ts_nodash(ld),
     logical_date = iso(ld),
     data_interval_start = iso(run.data_interval_start),
     data_interval_end = iso(run.data_interval_end),
@@ -1984,7 +1827,7 @@ function Sched:runtime(ti, attempt)
     end
     for _, rid in ipairs(sched.st:run_ids(dag_id)) do
       local rec = sched.st:get_run(dag_id, rid)
-      if rec and state.parse_time(rec.logical_date) == logical_date then
+      if rec and records.date(rec.logical_date) == logical_date then
         if not task_id then return rec.state end
         local t = sched.st:get_ti(dag_id, rid, task_id)
         return t and t.state
@@ -2000,69 +1843,9 @@ end
 
 -- ---- schedules ----------------------------------------------------------------------
 
--- The interval after `t` for a schedule: returns start, end of the first
--- interval whose start is >= t.
-local function next_interval(dag, t)
-  local sch = dag.schedule
-  if type(sch) ~= "table" then return nil end
-  if sch.every then
-    local base = dag.start_date or 0
-    local k = math.ceil((t - base) / sch.every)
-    if k < 0 then k = 0 end
-    local s = base + k * sch.every
-    return s, s + sch.every
-  end
-  if sch.cron then
-    local c = dag.cron_obj
-    if not c then
-      c = core.cron(sch.cron)
-      dag.cron_obj = c
-    end
-    local s = c:next(t - 1)
-    if not s or s < 0 then return nil end
-    return s, c:next(s)
-  end
-  return nil
-end
-_M.next_interval = next_interval
-
--- The last complete interval at `t`: start, end with end <= t (Airflow's
--- infer_manual_data_interval), or nil without a periodic schedule.
-local function last_interval(dag, t)
-  local sch = dag.schedule
-  if type(sch) ~= "table" then return nil end
-  if sch.every then
-    local base = dag.start_date or 0
-    local e = base + floor((t - base) / sch.every) * sch.every
-    return e - sch.every, e
-  end
-  if not sch.cron then return nil end
-  local c = dag.cron_obj
-  if not c then
-    c = core.cron(sch.cron)
-    dag.cron_obj = c
-  end
-  -- cron has no "previous": walk forward from ever farther back until a
-  -- fire time <= t shows up; the first window with one holds few.
-  local function last_fire(before)
-    for _, span in ipairs({ 60, 3600, 86400, 7 * 86400, 32 * 86400, 367 * 86400, 3660 * 86400 }) do
-      local f = c:next(before - span - 1)
-      if f and f <= before then
-        while true do
-          local nf = c:next(f)
-          if not nf or nf > before then return f end
-          f = nf
-        end
-      end
-    end
-    return nil
-  end
-  local e = last_fire(t)
-  local st = e and last_fire(e - 1)
-  if not st then return nil end
-  return st, e
-end
-_M.last_interval = last_interval
+-- A schedule's intervals are zkflow.time's.
+local next_interval, last_interval = time.next_interval, time.last_interval
+_M.next_interval, _M.last_interval = next_interval, last_interval
 
 function Sched:dag_meta(dag_id)
   return self.st:read(self.st:path("dags", dag_id, "meta")) or {}
@@ -2467,7 +2250,7 @@ function _M.test(what, opts)
   zk.set_default(store, { root = "/" })
   local ld = opts.date
   if type(ld) == "string" then
-    local t, perr = state.parse_time(ld)
+    local t, perr = time.parse(ld)
     if not t then error("dags test: --date: " .. perr, 2) end
     ld = t
   end

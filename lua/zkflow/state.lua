@@ -12,12 +12,13 @@
 -- can work around.
 
 local core = require "zkflow.core"
+local time = require "zkflow.time"
+local records = require "zkflow.records"
 
 local _M = {}
 
 local json_encode, json_decode = core.json_encode, core.json_decode
 local concat, sort, insert = table.concat, table.sort, table.insert
-local floor, fmt = math.floor, string.format
 
 -- Run states in which the scheduler has nothing left to do.
 _M.RUN_FINISHED = { success = true, failed = true }
@@ -50,73 +51,11 @@ function _M.array(t)
     return setmetatable(t or {}, ARRAY)
 end
 
--- "2026-11-25T12:00:00+00:00", or with `micro` the six fraction digits of
--- Airflow's manual run ids ("2026-11-25T12:00:00.123456+00:00").
-function _M.iso(t, micro)
-    local sec = floor(t)
-    local s = os.date("!%Y-%m-%dT%H:%M:%S", sec)
-    if micro then
-        local us = floor((t - sec) * 1e6 + 0.5)
-        if us >= 1000000 then us = 999999 end
-        s = s .. fmt(".%06d", us)
-    end
-    return s .. "+00:00"
-end
+-- Dates are zkflow.time's: these names stay for the modules that have
+-- always found them here.
+_M.iso = time.iso
+_M.parse_time = time.parse
 
--- Parses ISO 8601 ("2026-01-01", "2026-01-01T10:00", "...Z", "...+02:00",
--- fractions) into UTC epoch seconds; nil and a message when it is not one.
-function _M.parse_time(s)
-    if type(s) ~= "string" then
-        return nil, "not a date: " .. tostring(s)
-    end
-    local y, mo, d, rest = s:match("^(%d%d%d%d)%-(%d%d)%-(%d%d)(.*)$")
-    if not y then
-        return nil, "not an ISO 8601 date: '" .. s .. "'"
-    end
-    local h, mi, sec, frac, tz = 0, 0, 0, 0, rest
-    if rest ~= "" then
-        local hh, mm, tail = rest:match("^[T ](%d%d):(%d%d)(.*)$")
-        if not hh then
-            return nil, "not an ISO 8601 date: '" .. s .. "'"
-        end
-        h, mi, tz = tonumber(hh), tonumber(mm), tail
-        local ss, tail2 = tz:match("^:(%d%d)(.*)$")
-        if ss then
-            sec, tz = tonumber(ss), tail2
-            local f, tail3 = tz:match("^[.,](%d+)(.*)$")
-            if f then
-                frac, tz = tonumber("0." .. f), tail3
-            end
-        end
-    end
-    local off = 0
-    if tz ~= "" and tz ~= "Z" and tz ~= "z" then
-        local sign, oh, om = tz:match("^([+-])(%d%d):?(%d%d)$")
-        if not sign then
-            return nil, "not an ISO 8601 date: '" .. s .. "'"
-        end
-        off = (tonumber(oh) * 3600 + tonumber(om) * 60)
-        if sign == "-" then off = -off end
-    end
-    y, mo, d = tonumber(y), tonumber(mo), tonumber(d)
-    if mo < 1 or mo > 12 or d < 1 or d > 31 or h > 23 or mi > 59
-            or sec > 60 then
-        return nil, "not a valid date: '" .. s .. "'"
-    end
-    -- Days from civil (Howard Hinnant): no dependence on the local zone,
-    -- which os.time() would drag in.
-    local yy = y - (mo <= 2 and 1 or 0)
-    local era = floor(yy / 400)
-    local yoe = yy - era * 400
-    local mp = (mo + 9) % 12
-    local doy = floor((153 * mp + 2) / 5) + d - 1
-    local doe = yoe * 365 + floor(yoe / 4) - floor(yoe / 100) + doy
-    local days = era * 146097 + doe - 719468
-    return days * 86400 + h * 3600 + mi * 60 + sec + frac - off
-end
-
--- The run id Airflow would give: "manual__<iso with microseconds>",
--- "scheduled__<iso>", "backfill__<iso>".
 -- This machine's name (members' records), read once.
 local host_name
 function _M.hostname()
@@ -129,12 +68,8 @@ function _M.hostname()
     return host_name
 end
 
-function _M.run_id(run_type, logical_date)
-    if run_type == "manual" then
-        return "manual__" .. _M.iso(logical_date, true)
-    end
-    return run_type .. "__" .. _M.iso(logical_date)
-end
+-- The run id Airflow would give (zkflow.records).
+_M.run_id = records.run_id
 
 -- ---- paths ---------------------------------------------------------------
 
@@ -393,26 +328,7 @@ end
 -- run_type ("manual"), data_interval_start/end (epoch; default the
 -- logical date).  Returns the run, or nil and a message.
 function _M.new_run(dag, opts)
-    opts = opts or {}
-    local run_type = opts.run_type or "manual"
-    local now = core.now()
-    local ld = opts.logical_date or now
-    local run = {
-        dag_id              = dag.id or dag.dag_id,
-        run_id              = opts.run_id or _M.run_id(run_type, ld),
-        state               = "queued",
-        run_type            = run_type,
-        logical_date        = _M.iso(ld),
-        data_interval_start = _M.iso(opts.data_interval_start or ld),
-        data_interval_end   = _M.iso(opts.data_interval_end or ld),
-        conf                = opts.conf or {},
-        version             = nullable(dag.source_hash or dag.version),
-        queued_at           = _M.iso(now, true),
-        start_date          = core.null,
-        end_date            = core.null,
-        external_trigger    = run_type == "manual",
-    }
-    return run
+    return records.new_run(dag, opts or {}, core.now())
 end
 
 function S:trigger(dag, opts)

@@ -11,20 +11,17 @@
 -- and on a cluster.
 local core = require "zkflow.core"
 local async = require "zkflow.async"
-local template = require "zkflow.template"
+local operator = require "zkflow.operator"
 local zkdump = require "zkflow.zkdump"
 
 local _M = {}
 
-local type, tostring, tonumber, error, ipairs, pairs, setmetatable =
-      type, tostring, tonumber, error, ipairs, pairs, setmetatable
+local type, tostring, tonumber, error, ipairs, pairs =
+      type, tostring, tonumber, error, ipairs, pairs
 local fmt, concat = string.format, table.concat
 
--- A task's fields with its templated ones rendered (as executors.lua).
-function _M.rendered(task, ctx)
-    local r = template.render_task(task, ctx)
-    return setmetatable(r, { __index = task })
-end
+-- A task's fields with its templated ones rendered (zkflow.operator's).
+_M.rendered = operator.rendered
 
 -- Raises a ZooKeeper error named first: "ZNONODE: /a/b".
 function _M.raise(err, what)

@@ -8,4 +8,9 @@ return {
     templated = {},
     sensor    = false,
     branch    = true,
+    runtime   = false,
+    -- the scheduler reads the returned ids (Sched:branch_targets)
+    execute   = function(task, ctx)
+        return task.run(ctx)
+    end,
 }

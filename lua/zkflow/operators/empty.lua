@@ -4,4 +4,6 @@ return {
     fields    = {},
     templated = {},
     sensor    = false,
+    runtime   = false,
+    execute   = function() return nil end,
 }

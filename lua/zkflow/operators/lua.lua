@@ -1,5 +1,5 @@
 -- The `lua` operator: runs `run(ctx)` as a coroutine; its return value is
--- the task's XCom.  Schema only; execution lives in the scheduler.
+-- the task's XCom.
 return {
     name      = "lua",
     fields    = {
@@ -7,4 +7,8 @@ return {
     },
     templated = {},
     sensor    = false,
+    runtime   = false,
+    execute   = function(task, ctx)
+        return task.run(ctx)
+    end,
 }

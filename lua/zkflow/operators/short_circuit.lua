@@ -11,4 +11,9 @@ return {
     templated     = {},
     sensor        = false,
     short_circuit = true,
+    runtime       = false,
+    -- the scheduler reads the returned value
+    execute       = function(task, ctx)
+        return task.run(ctx)
+    end,
 }
