@@ -108,9 +108,11 @@ describe("a task instance record", function()
                  task = { operator = "shell" }, start_date = 1767225600, end_date = 1767225600.000001,
                  first_start = 1767225500, next_try_at = 1767225700.5, pid = 4242, lost = 1,
                  error = 'line "one"\nline\ttwo \\ é', xcom = { rows = { 1, 2, 3 }, name = "ü" },
-                 xcoms = { k = "v" }, log = '/tmp/we"ird/\nlog', worker = "w" }
+                 xcoms = { k = "v" }, log = '/tmp/we"ird/\nlog', worker = "w",
+                 waiting_for = "waiting for a of r0" }
     local rec = stored(ti)
     assert.same(sorted(records.TI_FIELDS), keys(rec))
+    assert.equal("waiting for a of r0", rec.waiting_for)
     assert.equal('line "one"\nline\ttwo \\ é', rec.error)
     assert.equal('/tmp/we"ird/\nlog', rec.log)
     assert.same({ rows = { 1, 2, 3 }, name = "ü" }, rec.xcom)
