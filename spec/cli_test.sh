@@ -515,6 +515,17 @@ if [ $HAVE_API = 1 ] && command -v curl >/dev/null; then
            -H 'Content-Type: application/json' -d '{"dag_run_id":"same_origin"}' "http://127.0.0.1:$PORT/api/v1/dags/hello/runs")
     if [ "$code" = 201 ]; then ok "API takes a same-origin JSON POST (201)"; else bad "API takes a same-origin JSON POST" "$code $(head -c 200 "$T/out")"; fi
 fi
+# Hardening probe 6: a front door under abuse (spec/http_limits.py).
+if [ $HAVE_API = 1 ]; then
+    /usr/bin/python3 spec/http_limits.py "$PORT" "$SA_PID" > "$T/limits" 2>&1
+    while IFS= read -r line; do
+        case "$line" in
+        "ok "*) ok "API limits: ${line#ok }" ;;
+        "FAIL "*) bad "API limits" "${line#FAIL }" ;;
+        esac
+    done < "$T/limits"
+    grep -q '^ok ' "$T/limits" || bad "API limits ran" "$(tail -3 "$T/limits")"
+fi
 expect "CLI refuses a task id that climbs out" 2 tasks logs hello live ../../../../etc/passwd
 has "the CLI names the field and the rule" "$T/err" "task_id: invalid id"
 expect "CLI refuses a run id with '/'" 2 dags trigger hello --run-id a/b/c

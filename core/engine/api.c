@@ -15,7 +15,16 @@
 
 #include "engine/engine.h"
 
-#define MAX_BODY (8 * 1024 * 1024)
+/* Limits of the front door (nginx has its own: client_max_body_size,
+ * large_client_header_buffers, client_header_timeout).  A request's body
+ * is at most a run's conf (256 KiB, zkflow.api) in JSON; headers as
+ * nginx's default large buffers allow.  IO_TIMEOUT closes a client that
+ * goes quiet in the middle of a request or of its answer (or an idle
+ * keep-alive one); libevent 2.1 times each read and write, not the whole
+ * request, so the header size bounds a client that drips. */
+#define MAX_BODY (1024 * 1024)
+#define MAX_HEADERS_SIZE (32 * 1024)
+#define IO_TIMEOUT 10
 
 struct zkf_api {
     zkf_engine *e;
@@ -103,6 +112,8 @@ struct zkf_api *zkf_api_listen(zkf_engine *e, const char *addr, int port,
         return NULL;
     }
     evhttp_set_max_body_size(api->http, MAX_BODY);
+    evhttp_set_max_headers_size(api->http, MAX_HEADERS_SIZE);
+    evhttp_set_timeout(api->http, IO_TIMEOUT);
     evhttp_set_allowed_methods(api->http, EVHTTP_REQ_GET | EVHTTP_REQ_POST |
                                EVHTTP_REQ_HEAD | EVHTTP_REQ_PUT |
                                EVHTTP_REQ_DELETE | EVHTTP_REQ_PATCH |
