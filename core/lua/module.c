@@ -10,6 +10,7 @@
  * Lua finalizes in reverse order of creation, so every timer, process and
  * store is finalized while the loop still exists.
  */
+#include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -219,8 +220,102 @@ static int l_log(lua_State *L)
     return 0;
 }
 
-/* Signals a process group left by a scheduler that died (its task
- * instance recorded the pgid).  Returns true when the group existed. */
+/* Does the environment block `env` (NUL-separated, `len` bytes) hold the
+ * entry "K=V" for every pair of the table at index `marks`? */
+static int env_has_marks(lua_State *L, int marks, const char *env, size_t len)
+{
+    lua_pushnil(L);
+    while (lua_next(L, marks) != 0) {
+        size_t kl, vl;
+        const char *k = lua_tolstring(L, -2, &kl);
+        const char *v = lua_tolstring(L, -1, &vl);
+        int found = 0;
+
+        for (size_t i = 0; k != NULL && v != NULL && i < len;) {
+            const char *e = env + i;
+            size_t el = strnlen(e, len - i);
+
+            if (el == kl + 1 + vl && memcmp(e, k, kl) == 0 && e[kl] == '='
+                    && memcmp(e + kl + 1, v, vl) == 0) {
+                found = 1;
+                break;
+            }
+            i += el + 1;
+        }
+        lua_pop(L, 1);
+        if (!found) {
+            lua_pop(L, 1);
+            return 0;
+        }
+    }
+    return 1;
+}
+
+/* Is process group `pgid` still the one a try started?  A process group
+ * recorded by a scheduler that died may be long gone and its number
+ * reused by an unrelated process: the group leader's environment must
+ * carry every mark (ZKFLOW_TASK_ID=..., ...) the try was started with.  A
+ * group whose leader exited while members live cannot have had its number
+ * reused (Linux keeps a pid allocated while a group uses it as its id), so
+ * it is ours when it still exists.  Returns 1 ours, 0 not, -1 gone. */
+static int group_is_marked(lua_State *L, pid_t pgid, int marks)
+{
+    char path[64], *env = NULL;
+    size_t len = 0, cap = 0;
+    FILE *f;
+    int ours;
+
+    /* A zombie leader shows an empty environment; while it is there its
+     * number cannot be reused either. */
+    snprintf(path, sizeof(path), "/proc/%ld/stat", (long)pgid);
+    f = fopen(path, "rb");
+    if (f != NULL) {
+        char stat[256];
+        size_t n = fread(stat, 1, sizeof(stat) - 1, f);
+        const char *close;
+
+        fclose(f);
+        stat[n] = '\0';
+        close = strrchr(stat, ')');
+        if (close != NULL && close[1] == ' ' && close[2] == 'Z')
+            return kill(-pgid, 0) == 0 ? 1 : -1;
+    }
+    snprintf(path, sizeof(path), "/proc/%ld/environ", (long)pgid);
+    f = fopen(path, "rb");
+    if (f == NULL && errno != ENOENT)
+        return 0;               /* another user's process, say */
+    if (f == NULL)
+        return kill(-pgid, 0) == 0 ? 1 : -1;
+    for (;;) {
+        size_t n;
+
+        if (len == cap) {
+            char *bigger = realloc(env, cap ? cap * 2 : 4096);
+
+            if (bigger == NULL)
+                break;
+            env = bigger;
+            cap = cap ? cap * 2 : 4096;
+        }
+        n = fread(env + len, 1, cap - len, f);
+        if (n == 0)
+            break;
+        len += n;
+    }
+    fclose(f);
+    /* A leader that is not the group's (it left with setsid) or that we
+     * may not read is not ours to kill. */
+    ours = env != NULL && getpgid(pgid) == pgid
+           && env_has_marks(L, marks, env, len);
+    free(env);
+    return ours;
+}
+
+/* core.killpg(pgid [, sig [, marks]]): signals a process group left by a
+ * scheduler or worker that died (its task instance recorded the pgid).
+ * With `marks` ({NAME = value}), only when the group is still that try's
+ * (group_is_marked).  Returns true when the group was signalled, else
+ * false and why ("gone", "not the try's process"). */
 static int l_killpg(lua_State *L)
 {
     lua_Integer pgid = luaL_checkinteger(L, 1);
@@ -228,6 +323,17 @@ static int l_killpg(lua_State *L)
 
     if (pgid <= 1)
         return luaL_argerror(L, 1, "not a process group id");
+    if (!lua_isnoneornil(L, 3)) {
+        int ours;
+
+        luaL_checktype(L, 3, LUA_TTABLE);
+        ours = group_is_marked(L, (pid_t)pgid, 3);
+        if (ours != 1) {
+            lua_pushboolean(L, 0);
+            lua_pushstring(L, ours < 0 ? "gone" : "not the try's process");
+            return 2;
+        }
+    }
     lua_pushboolean(L, kill(-(pid_t)pgid, sig) == 0);
     return 1;
 }
