@@ -145,7 +145,7 @@ PY
 
 # ---- a run in progress, then ended ------------------------------------------------
 
-(cd "$T" && "$ZKFLOW" dags trigger page_demo --run-id r1 --conf '{"sleep": 3}' > /dev/null)
+(cd "$T" && "$ZKFLOW" dags trigger page_demo --run-id r1 --conf '{"sleep": 8}' > /dev/null)
 running() { [ "$("$ZKFLOW" tasks state page_demo r1 a --db "$T/zkflow.db" 2>/dev/null)" = running ]; }
 for _ in $(seq 1 30); do running && break; sleep 0.1; done
 page "#dag=page_demo" > "$T/p1.html"
@@ -158,7 +158,7 @@ check "the import error of broken.lua is shown" \
     sh -c "echo '$(dom_get "$T/p1.html" text:importerrors | tr -d "'")' | grep -q 'broken.lua'"
 
 wait_ended() {
-    for _ in $(seq 1 100); do
+    for _ in $(seq 1 200); do
         st=$("$ZKFLOW" runs show page_demo r1 --db "$T/zkflow.db" --json 2>/dev/null |
              /usr/bin/python3 -c 'import json,sys; print(json.load(sys.stdin)["state"])' 2>/dev/null)
         [ "$st" = failed ] || [ "$st" = success ] && return 0
