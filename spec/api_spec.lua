@@ -88,6 +88,20 @@ describe("zkflow.api", function()
         assert.is_string(v.dags[2].import_error)
     end)
 
+    it("lists the other DAGs when one file's text is not UTF-8", function()
+        write(dir .. "/dags/bytes.lua", 'return require("zkflow").dag { id = "bytes", '
+              .. 'description = "\xff", tasks = function(t) t.empty { id = "a" } end }')
+        local status, v = call("GET", "/api/v1/dags")
+        assert.equal(200, status)
+        local ids, errs = {}, {}
+        for _, d in ipairs(v.dags) do
+            if d.dag_id ~= core.null then ids[#ids + 1] = d.dag_id end
+            if d.import_error ~= core.null then errs[d.file] = d.import_error end
+        end
+        assert.same({ "etl" }, ids)
+        assert.matches("'description': not valid UTF-8", errs[dir .. "/dags/bytes.lua"], 1, true)
+    end)
+
     it("shows one DAG with its tasks in order", function()
         local status, v = call("GET", "/api/v1/dags/etl")
         assert.equal(200, status)

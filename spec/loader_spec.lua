@@ -149,6 +149,58 @@ describe("the per-file environment", function()
         assert(loader.load_source("table.mine = 1", "a.lua"))
         assert.is_nil(rawget(table, "mine"))
     end)
+
+    -- Hardening probe 8: what a file reached through require.
+    it("keeps require from reaching os.exit, debug and the limits' switches", function()
+        local _, err = loader.load_source('require("os").exit(7)', "exit.lua")
+        assert.matches("^exit%.lua:1: attempt to call a nil value %(field 'exit'%)", err)
+        _, err = loader.load_source('require("debug").sethook()', "dbg.lua")
+        assert.matches("^dbg%.lua:1: module 'debug' is not available in DAG files", err)
+        _, err = loader.load_source('require("zkflow.core").mem_limit(nil)', "mem.lua")
+        assert.matches("^mem%.lua:1: attempt to call a nil value", err)
+        _, err = loader.load_source('require("zkflow.zk").connect = nil', "zk.lua")
+        assert.matches("cannot change 'connect'", err, 1, true)
+        assert.is_function(require("zkflow.zk").connect)
+        assert(loader.load_source('assert(require("os").date and require("string").format)', "ok.lua"))
+    end)
+
+    it("lets no file change a metatable other files share", function()
+        local _, err = loader.load_source('getmetatable("").__index.upper = nil', "s.lua")
+        assert.matches("cannot change 'upper'", err, 1, true)
+        _, err = loader.load_source('getmetatable("").__index = {}', "s.lua")
+        assert.matches("cannot change '__index'", err, 1, true)
+        assert.equal("ABC", ("abc"):upper())
+        _, err = loader.load_source([[
+            local flow = require "zkflow"
+            return flow.dag { id = "m", tasks = function(t)
+                getmetatable(t.empty { id = "a" }).__index.retries = 9
+            end }]], "m.lua")
+        assert.matches("cannot change 'retries'", err, 1, true)
+        local dags = assert(loader.load_source([[
+            local flow = require "zkflow"
+            local mine = setmetatable({}, {})
+            getmetatable(mine).x = 1
+            return flow.dag { id = "n", tasks = function(t) t.empty { id = "a" } end }]], "n.lua"))
+        assert.equal(0, dags[1].tasks.a.retries)
+    end)
+
+    -- Hardening probe 7, in part: an empty string.rep looped in C for ever.
+    it("answers string.rep of an empty string at once", function()
+        assert(loader.load_source('assert(string.rep("", 1 << 62) == "")', "rep.lua"))
+    end)
+
+    -- Hardening probe 9: one byte 0xff in a description failed the DAG
+    -- list for every DAG.
+    it("makes text that is not UTF-8 an import error naming the field", function()
+        local _, err = loader.load_source([[
+            return require("zkflow").dag { id = "b", description = "caf\xe9",
+                tasks = function(t) t.empty { id = "a" } end }]], "b.lua")
+        assert.equal("b.lua:1: dag 'b': 'description': not valid UTF-8 (byte 0xE9 at position 4)", err)
+        _, err = loader.load_source([[
+            return require("zkflow").dag { id = "b", tasks = function(t)
+                t.empty { id = "a", pool = "p\xff" } end }]], "b.lua")
+        assert.matches("task 'a': 'pool': not valid UTF-8", err, 1, true)
+    end)
 end)
 
 describe("loader.scan", function()

@@ -148,6 +148,79 @@ for _, k in ipairs({ "string", "table", "math", "utf8", "io", "os", "coroutine" 
     VIEW_MT[k] = { __index = lib, __pairs = view_pairs, __metatable = false }
 end
 
+-- Read-only faces of what files share.  A file may read a metatable or a
+-- zkflow module but not change it: a metatable zkflow made (a task's, a
+-- DAG's, the string metatable) or a module changed by one file would
+-- change every other DAG and the engine.
+local readonly_cache = setmetatable({}, { __mode = "k" })
+
+local function refuse_write(_, k)
+    error(sfmt("cannot change '%s': DAG files share it with every other DAG "
+               .. "(see docs/dags.md, the sandbox)", tostring(k)), 2)
+end
+
+-- A read-only face of `t`, all the way down: a table read through it is
+-- read-only too (a metatable's __index is the defaults every task
+-- shares).  Keys in `hide` read as nil.  Faces without `hide` are made
+-- once per table.
+local readonly
+
+local function face_of(v)
+    if type(v) == "table" then
+        return readonly(v)
+    end
+    return v
+end
+
+function readonly(t, hide)
+    local p = not hide and readonly_cache[t]
+    if p then return p end
+    p = setmetatable({}, {
+        __index = function(_, k)
+            if hide and hide[k] then return nil end
+            return face_of(t[k])
+        end,
+        __newindex = refuse_write,
+        __pairs = function()
+            return function(_, k)
+                local nk, v = next(t, k)
+                return nk, face_of(v)
+            end, t, nil
+        end,
+        __len = function() return #t end,
+        __metatable = false,
+    })
+    if not hide then readonly_cache[t] = p end
+    return p
+end
+
+-- What `require` of a DAG file gives beyond the DAG folder's own modules:
+-- the standard libraries are the file's own views (os without exit),
+-- debug is refused (it would lift the loader's limits and reach every
+-- other file), zkflow.core comes without the switches of the limits, and
+-- every other zkflow module read-only.
+local STD_LIBS = { string = true, table = true, math = true, utf8 = true,
+                   io = true, os = true, coroutine = true }
+local CORE_HIDDEN = { mem_limit = true }
+
+local function require_shared(modname, env)
+    if STD_LIBS[modname] then
+        return env[modname]
+    end
+    if modname == "debug" then
+        error("module 'debug' is not available in DAG files: it could lift the "
+              .. "loader's limits and change other DAGs", 3)
+    end
+    local m = require(modname)
+    if modname == "zkflow.core" and type(m) == "table" then
+        return readonly(m, CORE_HIDDEN)
+    end
+    if type(m) == "table" and (modname == "zkflow" or modname:find("^zkflow%.")) then
+        return readonly(m)
+    end
+    return m
+end
+
 -- Builds the base of one file's environment: the per-file functions (the
 -- ones that must know the file: require is set by load_source, load and
 -- friends default to the file's _ENV), with everything else reached
@@ -167,10 +240,43 @@ local function make_base(env_of, hooks)
         local f = assert(loadfile(path, "t", env_of()))
         return f()
     end
+    -- Metatables the file set are its own to read and change; any other
+    -- (zkflow's, the string metatable) it sees read-only, strings with its
+    -- own view of the string library behind them.
+    local own = setmetatable({}, { __mode = "k" })
+    local string_mt
+    base.setmetatable = function(t, mt)
+        if type(mt) == "table" then own[mt] = true end
+        return setmetatable(t, mt)
+    end
+    base.getmetatable = function(o)
+        local mt = getmetatable(o)
+        if type(mt) ~= "table" or own[mt] then
+            return mt
+        end
+        if type(o) == "string" then
+            string_mt = string_mt or readonly(setmetatable({ __index = env_of().string },
+                                                           { __index = mt }))
+            return string_mt
+        end
+        return readonly(mt)
+    end
     setmetatable(base, { __index = function(t, k)
         local mt = VIEW_MT[k]
         if mt then
             local view = setmetatable({}, mt)
+            if k == "string" then
+                -- string.rep("", 1 << 62) loops inside C, where no hook
+                -- can stop it: an empty result needs no loop.
+                local rep = string.rep
+                view.rep = function(str, n, sep)
+                    if type(str) == "string" and #str == 0
+                            and (sep == nil or sep == "") and math.type(n) then
+                        return ""
+                    end
+                    return rep(str, n, sep)
+                end
+            end
             if k == "coroutine" then
                 -- coroutines get the same instruction budget as the main
                 -- code while the file loads
@@ -366,7 +472,7 @@ function load_source(src, name, opts, hash)
             collected[#collected + 1] = d
             return d
         end,
-    }, { __index = require("zkflow") })
+    }, { __index = require("zkflow"), __metatable = false })
 
     sandbox_require = function(modname)
         if type(modname) ~= "string" then
@@ -402,7 +508,8 @@ function load_source(src, name, opts, hash)
                 return m
             end
         end
-        return require(modname)
+        local m = require_shared(modname, env)
+        return m
     end
     base.require = sandbox_require
 
@@ -463,6 +570,10 @@ function load_source(src, name, opts, hash)
 
     local seen, out = {}, {}
     for _, d in ipairs(collected) do
+        local bad = _M.text_problem(d)
+        if bad then
+            return nil, sfmt("%s:%d: dag '%s': %s", name, d.line or 0, d.id, bad)
+        end
         if seen[d.id] then
             return nil, sfmt("%s:%d: dag '%s' is defined twice in this file (first at line %d)",
                 name, d.line, d.id, seen[d.id].line)
@@ -473,6 +584,46 @@ function load_source(src, name, opts, hash)
         out[#out + 1] = d
     end
     return out
+end
+
+-- The text a DAG shows (the API, `dags list --json`, the page) must be
+-- UTF-8, or one file's byte 0xff would fail the list of every DAG: such a
+-- file is an import error naming the field.  Walks strings and keys of
+-- tables; functions and other values are not shown.
+local function text_problem_in(v, field, depth)
+    if type(v) == "string" then
+        local ok, pos = utf8.len(v)
+        if not ok then
+            return sfmt("'%s': not valid UTF-8 (byte 0x%02X at position %d)",
+                        field, v:byte(pos), pos)
+        end
+    elseif type(v) == "table" and depth < 20 then
+        for k, x in pairs(v) do
+            local p = text_problem_in(k, field, depth + 1)
+                or text_problem_in(x, field .. "." .. tostring(k), depth + 1)
+            if p then return p end
+        end
+    end
+    return nil
+end
+
+local SHOWN_DAG = { "description", "doc", "tags", "params", "owner" }
+local SHOWN_TASK = { "pool", "queue", "doc", "owner", "params" }
+
+--- Why a loaded DAG cannot be shown (a field that is not UTF-8), or nil.
+function _M.text_problem(d)
+    for _, f in ipairs(SHOWN_DAG) do
+        local p = text_problem_in(rawget(d, f), f, 0)
+        if p then return p end
+    end
+    for _, id in ipairs(d.order or {}) do
+        local t = d.tasks[id]
+        for _, f in ipairs(SHOWN_TASK) do
+            local p = t and text_problem_in(rawget(t, f), f, 0)
+            if p then return sfmt("task '%s': %s", id, p) end
+        end
+    end
+    return nil
 end
 
 --- Loads the DAGs of one file; see load_source.
