@@ -3,7 +3,7 @@
 local core   = require "zkflow.core"
 local api    = require "zkflow.api"
 local state  = require "zkflow.state"
-local loader = require "zkflow.loader"
+local loader = require "zkflow.dsl.loader"
 
 local DAG = [[
 local flow = require "zkflow"

@@ -219,7 +219,7 @@ end }
 ]])
     f:close()
     flow.run(function()
-      local d = require("zkflow.loader").scan(dir .. "/dags").dags.cd
+      local d = require("zkflow.dsl.loader").scan(dir .. "/dags").dags.cd
       local s = leader(store, { cd = d })
       s:start()
       local run = s:create_run(d, { logical_date = LD })

@@ -1,8 +1,8 @@
 -- The DAG DSL: flow.dag, the task factory, dependencies and validation.
 
 local flow = require "zkflow"
-local dagmod = require "zkflow.dag"
-local loader = require "zkflow.loader"
+local dagmod = require "zkflow.dsl.dag"
+local loader = require "zkflow.dsl.loader"
 
 local FIX = "spec/fixtures/dags/"
 

@@ -1,6 +1,6 @@
 -- The DAG loader: per-file environments, limits, scanning a folder.
 
-local loader = require "zkflow.loader"
+local loader = require "zkflow.dsl.loader"
 
 local FIX = "spec/fixtures/dags/"
 local FOLDER = FIX .. "folder"

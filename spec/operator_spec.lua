@@ -2,7 +2,7 @@
 -- poke) together, found in the DAG folder's operators/ (zkflow.operator,
 -- docs/operators.md "Writing an operator").
 local flow = require "zkflow"
-local loader = require "zkflow.loader"
+local loader = require "zkflow.dsl.loader"
 local operator = require "zkflow.operator"
 
 local function tmpdir()

@@ -14,7 +14,7 @@ describe("zkflow.rules", function()
     local n = 0
     for _ in pairs(rules.NAMES) do n = n + 1 end
     assert.equal(12, n)
-    for _, r in ipairs(require("zkflow.dag").TRIGGER_RULES) do
+    for _, r in ipairs(require("zkflow.dsl.dag").TRIGGER_RULES) do
       assert.is_true(rules.NAMES[r], r)
     end
   end)

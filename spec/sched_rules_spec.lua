@@ -101,7 +101,7 @@ describe("trigger rules in a run", function()
   end
 
   it("covers every trigger rule with a case that runs and one that does not", function()
-    for _, r in ipairs(require("zkflow.dag").TRIGGER_RULES) do
+    for _, r in ipairs(require("zkflow.dsl.dag").TRIGGER_RULES) do
       local ran, not_ran = false, r == "all_done" or r == "always"
       for _, case in ipairs(cases[r] or {}) do
         if case[2] == "success" then ran = true else not_ran = true end

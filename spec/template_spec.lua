@@ -1,6 +1,6 @@
 -- Templating: `{{ expr }}` in task fields.
 
-local template = require "zkflow.template"
+local template = require "zkflow.dsl.template"
 
 describe("template.render", function()
     local ctx

@@ -231,7 +231,7 @@ function Ctx:scan(dir)
     end
     local res
     if is_dir(dir) then
-        res = need("zkflow.loader").scan(dir)
+        res = need("zkflow.dsl.loader").scan(dir)
     elseif pushed and next(pushed.files) then
         res = { dags = {}, errors = {}, files = {} }
     else
@@ -616,7 +616,7 @@ local function cmd_dags_push(ctx, args)
         end
     else
         -- Every file must load before anything is written.
-        local loader = need("zkflow.loader")
+        local loader = need("zkflow.dsl.loader")
         for _, file in ipairs(args) do
             if not is_file(file) then fail("no such file: " .. file) end
             local dags, err = loader.load_file(file, { root = is_dir(ctx.dags) and ctx.dags or nil })
@@ -1076,7 +1076,7 @@ end
 local function single_task_dag(dag, task_id)
     local task = dag.tasks[task_id]
     local downs = task.downstream or {}
-    local ok, skel = pcall(need("zkflow.dag").new, {
+    local ok, skel = pcall(need("zkflow.dsl.dag").new, {
         id = dag.id,
         tasks = function(t)
             local root = t.empty { id = task_id }
@@ -1115,7 +1115,7 @@ local function cmd_tasks_test(ctx, args)
     if not dag.tasks[task_id] then
         local ids = task_order(dag)
         fail("no task '" .. task_id .. "' in DAG '" .. dag_id .. "'"
-             .. need("zkflow.dag").suggest(task_id, ids)
+             .. need("zkflow.dsl.dag").suggest(task_id, ids)
              .. " (its tasks: " .. concat(ids, ", ") .. ")")
     end
     -- A temporary embedded store, whatever --db or --zk say: nothing of

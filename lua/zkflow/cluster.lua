@@ -244,7 +244,7 @@ function CS:publish_versions()
       local src = f and f:read("a")
       if f then f:close() end
       -- A file that changed since it was loaded is published at its reload.
-      if src and require("zkflow.loader").hash(src) == hash then
+      if src and require("zkflow.dsl.loader").hash(src) == hash then
         local ok, err = pushed.publish(self.store, self.root, id, hash, src)
         if ok then
           self.published[k] = true

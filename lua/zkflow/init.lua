@@ -1,11 +1,11 @@
 -- zkflow: the DAG-facing API (`local flow = require "zkflow"`).
 --
--- Building DAGs needs nothing but this file and zkflow.dag; the loop-driven
+-- Building DAGs needs nothing but this file and zkflow.dsl.dag; the loop-driven
 -- helpers (sleep, run, spawn, test, cron) reach for the C module and the
 -- scheduler only when they are called, so DAG files validate in plain
 -- lua5.4 without build/zkflow/core.so.
 
-local dag = require "zkflow.dag"
+local dag = require "zkflow.dsl.dag"
 
 local _M = { version = "0.1.0" }
 

@@ -203,7 +203,7 @@ end
 -- at most one a second, so that a request storm does not load every file
 -- once per request.
 local function scanner(store, root, dir)
-  local loader = require "zkflow.loader"
+  local loader = require "zkflow.dsl.loader"
   local pushed = require "zkflow.pushed"
   local cache, at = nil, -math.huge
   return function()

@@ -18,7 +18,7 @@
 -- not build one (the Lua operators start thousands of tries a second).
 -- docs/operators.md, "Writing an operator", has a whole example.
 local core = require "zkflow.core"
-local template = require "zkflow.template"
+local template = require "zkflow.dsl.template"
 
 local now = core.now
 local min, max, type, tostring, error, pcall = math.min, math.max, type, tostring, error, pcall

@@ -14,7 +14,7 @@
 -- DAG id both pushed and in a DAG folder runs the pushed version (the
 -- cluster's deploy wins over a machine's file).
 local core = require "zkflow.core"
-local loader = require "zkflow.loader"
+local loader = require "zkflow.dsl.loader"
 local state = require "zkflow.state"
 
 local json_encode, json_decode = core.json_encode, core.json_decode

@@ -465,7 +465,7 @@ end
 function Sched:scan_dags()
   local res
   if self.dags_dir then
-    res = require("zkflow.loader").scan(self.dags_dir)
+    res = require("zkflow.dsl.loader").scan(self.dags_dir)
   else
     res = { dags = {}, errors = {}, files = {} }
   end
@@ -2200,7 +2200,7 @@ end
 -- to a DAG; nil and an error message otherwise.
 local function resolve_dag(what, opts)
   if type(what) == "table" and what.tasks then return what end
-  local loader = require "zkflow.loader"
+  local loader = require "zkflow.dsl.loader"
   if type(what) == "string" and (what:match("%.lua$") or what:find("/", 1, true)) then
     local dags, err = loader.load_file(what, opts)
     if not dags then return nil, err end

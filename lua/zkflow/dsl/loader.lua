@@ -1,4 +1,4 @@
--- zkflow.loader: loads DAG files, each in its own environment and within
+-- zkflow.dsl.loader: loads DAG files, each in its own environment and within
 -- limits on the instructions and memory its loading may spend.
 --
 -- DAG files are trusted code (as in Airflow): io and os stay available.
@@ -9,7 +9,7 @@
 -- that loops or allocates forever while loading is stopped instead of
 -- stalling or exhausting the scheduler.
 
-local dag = require "zkflow.dag"
+local dag = require "zkflow.dsl.dag"
 
 local _M = {}
 

@@ -1,4 +1,4 @@
--- zkflow.dag: builds and validates DAG objects from `flow.dag{...}` specs.
+-- zkflow.dsl.dag: builds and validates DAG objects from `flow.dag{...}` specs.
 --
 -- A spec is checked completely before anything is returned: every problem
 -- found (unknown options, wrong types, unknown upstreams, cycles, ...) is

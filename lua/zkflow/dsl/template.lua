@@ -1,4 +1,4 @@
--- zkflow.template: `{{ expr }}` templating for task fields.
+-- zkflow.dsl.template: `{{ expr }}` templating for task fields.
 --
 -- An expression is a Lua expression evaluated with the task context as its
 -- environment: `{{ ds }}`, `{{ params.table }}`, `{{ xcom("extract") }}`,
