@@ -11,6 +11,10 @@
 -- nil renders as "", numbers without a trailing ".0" when integral, other
 -- values through tostring.
 
+-- A file of the DSL: its frames are skipped when the DSL looks for the
+-- DAG file's call site (zkflow.dsl.util).
+require("zkflow.dsl.util").mark_internal()
+
 local _M = {}
 
 local type, tostring, pairs, error, load, setmetatable, pcall =
