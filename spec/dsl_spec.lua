@@ -56,6 +56,27 @@ describe("zkflow module", function()
         assert.matches("task failed: bad input", tostring(err), 1, true)
         assert.is_false(flow.is_skip("task skipped"))
     end)
+
+    -- Call sites skip the frames of the DSL's own files: a file of
+    -- lua/zkflow/dsl/ that did not mark itself would become the "DAG file"
+    -- an error points at.
+    it("marks every file of the DSL as internal", function()
+        local p = assert(io.popen("ls lua/zkflow/dsl"))
+        local names = {}
+        for f in p:lines() do names[#names + 1] = f:match("^(.*)%.lua$") end
+        p:close()
+        assert.is_true(#names >= 6)
+        for _, name in ipairs(names) do
+            require("zkflow.dsl." .. name)
+            local marked = false
+            for src in pairs(dagmod.internal_sources) do
+                if src:sub(-#("zkflow/dsl/" .. name .. ".lua")) == "zkflow/dsl/" .. name .. ".lua" then
+                    marked = true
+                end
+            end
+            assert.is_true(marked, name .. ".lua is not marked internal")
+        end
+    end)
 end)
 
 describe("flow.dag", function()
