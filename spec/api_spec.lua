@@ -419,6 +419,68 @@ describe("zkflow.api", function()
         end)
     end)
 
+    -- Hardening probe 2: anyone who reached the port could trigger,
+    -- pause and clear.
+    describe("with auth on", function()
+        local A, viewer, operator
+        local auth = require "zkflow.api.auth"
+
+        before_each(function()
+            h = api.new {
+                store = st, root = "/zkflow", log_dir = dir .. "/logs", auth = true,
+                dags = function() return loader.scan(dir .. "/dags") end,
+            }
+            A = auth.new(st, "/zkflow")
+            assert(A:add_user("vic", "viewer"))
+            assert(A:add_user("ops", "operator", "operator pass"))
+            viewer = "Bearer " .. A:new_token("vic")
+            operator = "Bearer " .. A:new_token("ops")
+        end)
+
+        local function req(method, path, authz, body, extra)
+            local headers = extra or {}
+            headers.authorization = authz
+            if body then headers["content-type"] = "application/json" end
+            local status, _, out = h:handle { method = method, path = path, query = {},
+                                              headers = headers, body = body }
+            return status, out
+        end
+
+        it("asks who sent a request (401) but lets health and the page through", function()
+            local status, out = req("GET", "/api/v1/dags")
+            assert.equal(401, status)
+            assert.matches("authentication required", out, 1, true)
+            assert.equal(401, (req("GET", "/api/v1/dags", "Bearer zkf_00_11")))
+            assert.equal(200, (req("GET", "/api/v1/health")))
+            assert.equal(200, (req("GET", "/")))
+        end)
+
+        it("lets a viewer read but not trigger (403 naming the role)", function()
+            assert.equal(200, (req("GET", "/api/v1/dags", viewer)))
+            local status, out = req("POST", "/api/v1/dags/etl/runs", viewer, "{}")
+            assert.equal(403, status)
+            assert.matches("needs the role operator", out, 1, true)
+            assert.same({}, S:list_runs("etl"))
+        end)
+
+        it("lets an operator trigger with a token or HTTP basic", function()
+            assert.equal(201, (req("POST", "/api/v1/dags/etl/runs", operator, '{"dag_run_id": "t"}')))
+            local basic = "Basic " .. core.base64_encode("ops:operator pass")
+            assert.equal(201, (req("POST", "/api/v1/dags/etl/runs", basic, '{"dag_run_id": "b"}')))
+            assert.equal(401, (req("POST", "/api/v1/dags/etl/runs",
+                                   "Basic " .. core.base64_encode("ops:wrong"), "{}")))
+        end)
+
+        it("still refuses a cross-site request that carries a cookie-less basic login", function()
+            local basic = "Basic " .. core.base64_encode("ops:operator pass")
+            assert.equal(403, (req("POST", "/api/v1/dags/etl/runs", basic, "{}",
+                                   { origin = "http://evil.example", host = "h" })))
+            -- a bearer token is never sent by a browser on its own
+            assert.equal(201, (req("POST", "/api/v1/dags/etl/runs", operator, "{}",
+                                   { origin = "http://evil.example", host = "h" })))
+        end)
+    end)
+
     -- Hardening probe 4: a body field of the wrong type was read as
     -- "nothing given"; {"task_ids": {"a": 1}} cleared every task.
     describe("checks every field of a body", function()

@@ -19,6 +19,7 @@ local state = require "zkflow.state"
 local time  = require "zkflow.time"
 local idrule = require "zkflow.ids"
 local web    = require "zkflow.web"
+local auth   = require "zkflow.api.auth"
 local views  = require "zkflow.api.views"
 
 local _M = {}
@@ -175,7 +176,9 @@ Api.__index = Api
 -- Returns a router.  o.store (borrowed), o.root ("/zkflow"), o.dags: a
 -- function returning {dags = {[id] = dag}, errors = {[file] = msg}} (or the
 -- two tables), o.scheduler: the running scheduler or nil, o.log_dir: where
--- task logs are when a task instance does not say.
+-- task logs are when a task instance does not say, o.auth: true to ask
+-- every request who sent it (users and tokens of zkflow.api.auth in the
+-- same store); off by default here, the front doors decide (node.lua).
 function _M.new(o)
     o = o or {}
     if not o.store then
@@ -187,6 +190,7 @@ function _M.new(o)
         dags_fn = o.dags or function() return { dags = {}, errors = {} } end,
         scheduler = o.scheduler,
         log_dir = o.log_dir,
+        auth = o.auth and auth.new(o.store, o.root) or nil,
         started = core.now(),
     }, Api)
     return self
@@ -224,8 +228,12 @@ local routes = {}
 
 local RUN_STATES = { queued = true, running = true, success = true, failed = true }
 
-local function route(method, pattern, fn)
-    routes[#routes + 1] = { method = method, pattern = pattern, fn = fn }
+-- A route; `access`: the role it needs ("viewer" for reads, "operator"
+-- for changes by default) or "public" (no credentials: health for load
+-- balancers, the page, which then asks for a token).
+local function route(method, pattern, fn, access)
+    routes[#routes + 1] = { method = method, pattern = pattern, fn = fn,
+                            access = access }
 end
 
 route("GET", "/api/v1/health", function(self)
@@ -252,7 +260,7 @@ route("GET", "/api/v1/health", function(self)
         version = nullable(core.version),
         uptime = core.now() - self.started,
     })
-end)
+end, "public")
 
 route("GET", "/api/v1/dags", function(self)
     return reply_json(200, { dags = _M.dag_list(self:current(), self.S) })
@@ -531,7 +539,7 @@ route("GET", "/", function()
         http_error(500, err)
     end
     return 200, HTML_TYPE, page
-end)
+end, "public")
 
 -- ---- matching -------------------------------------------------------------------
 
@@ -608,6 +616,29 @@ local function check_csrf(method, req)
     end
 end
 
+-- ---- who may ------------------------------------------------------------------
+
+-- With auth on, the request's user must hold the route's role: 401 names
+-- what is missing, 403 who may not do what.  Returns true when a bearer
+-- token authenticated it (no browser sends one on its own, so such a
+-- request needs no cross-site check).
+local function check_access(self, r, method, req)
+    if not self.auth or r.access == "public" then
+        return false
+    end
+    local user, why = self.auth:authenticate(req.headers)
+    if not user then
+        http_error(401, why)
+    end
+    local need = r.access or (SAFE_METHODS[method] and "viewer" or "operator")
+    if not auth.allows(user.role, need) then
+        http_error(403, fmt("user %s (%s) may not %s %s: it needs the role %s",
+                            user.name, user.role, method, req.path, need))
+    end
+    local h = req.headers.authorization
+    return h:match("^%s*[Bb][Ee][Aa][Rr][Ee][Rr]%s") ~= nil
+end
+
 -- Path parameters are ids (dag_id, run_id, task_id): each is checked
 -- against zkflow.ids after URL-decoding, so "..%2F" or "%00" never reaches
 -- a store path or a file name.
@@ -677,7 +708,10 @@ function _M.handle(a, b)
         for _, f in ipairs(found) do
             local m = f.route.method
             if m == method or (method == "HEAD" and m == "GET") then
-                check_csrf(method, req)
+                local bearer = check_access(self, f.route, method, req)
+                if not bearer then
+                    check_csrf(method, req)
+                end
                 check_params(f.params)
                 local st, hd, bd = f.route.fn(self, f.params, req)
                 if method == "HEAD" then bd = "" end
