@@ -1,7 +1,7 @@
 /*
  * main.c - the `zkflow` command: a libevent host for one engine.
  *
- * The commands themselves are Lua (lua/zkflow/cli.lua, a git-style command
+ * The commands themselves are Lua (lua/zkflow/cli/, a git-style command
  * table); this file owns the process: the event base, signals, the log
  * sink, and the exit code.
  */

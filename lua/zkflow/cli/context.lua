@@ -1,0 +1,211 @@
+-- zkflow.cli.context: what a command runs against.
+--
+-- The context (ctx) built from the global options: the store (embedded
+-- file or ZooKeeper), its state accessor, the log folder and the DAG
+-- folder's scan; with it the helpers the command families share: file
+-- tests, date arguments, the modules required on first use and the views
+-- shared with the HTTP API.
+
+local core   = require "zkflow.core"
+local state  = require "zkflow.state"
+local time   = require "zkflow.time"
+local output = require "zkflow.cli.output"
+
+local _M = {}
+
+local concat, insert, sort = table.concat, table.insert, table.sort
+local usage_error, fail, warn = output.usage_error, output.fail, output.warn
+
+-- Modules that load DAGs or run the scheduler are required on first use,
+-- so that `--help` and the store commands work even when one of them does
+-- not load.
+local function need(name)
+    return require(name)
+end
+
+local function dirname(p)
+    local d = p:match("^(.*)/[^/]*$")
+    if d == nil then return "." end
+    if d == "" then return "/" end
+    return d
+end
+
+local function is_file(p)
+    local st = core.stat(p)
+    return st ~= nil and st.type == "file"
+end
+
+local function is_dir(p)
+    local st = core.stat(p)
+    return st ~= nil and st.type == "dir"
+end
+
+-- ---- context: global options, the store, the DAG folder -------------------
+
+local Ctx = {}
+Ctx.__index = Ctx
+
+local function new_ctx(defaults)
+    defaults = defaults or {}
+    local env = os.getenv
+    return setmetatable({
+        db      = defaults.db or env("ZKFLOW_DB") or "./zkflow.db",
+        dags    = defaults.dags or env("ZKFLOW_DAGS") or "./dags",
+        root    = defaults.root or env("ZKFLOW_ROOT") or "/zkflow",
+        zk      = defaults.zk or env("ZKFLOW_ZK"),
+        -- Digest credentials and the ACL of every node created; the
+        -- environment keeps a password out of `ps`.
+        zk_auth = defaults.zk_auth or env("ZKFLOW_ZK_AUTH"),
+        zk_acl  = defaults.zk_acl or env("ZKFLOW_ZK_ACL"),
+        db_sync = defaults.db_sync,
+        log_dir = defaults.log_dir,
+        json    = false,
+        opts    = {},
+        stores  = {},
+        session_listeners = {},
+    }, Ctx)
+end
+
+-- The store behind the commands.  With `create` false and no database file
+-- yet, returns nil: reading commands then see an empty store instead of
+-- leaving a new zkflow.db behind.
+function Ctx:store(create)
+    if self.st then return self.st end
+    if self.zk and self.zk ~= "" then
+        local hosts = self.zk:gsub("^zk://", "")
+        local ok, st, err = pcall(core.store, "zk://" .. hosts, {
+            timeout = self.session_timeout or 10,
+            auth = self.zk_auth, acl = self.zk_acl,
+            on_session = function(st_)
+                for _, fn in ipairs(self.session_listeners) do
+                    local cok, cerr = pcall(fn, st_)
+                    if not cok then core.log("error", "session: " .. tostring(cerr)) end
+                end
+            end,
+        })
+        if not ok or not st then
+            fail("cannot connect to ZooKeeper at " .. hosts .. ": "
+                 .. tostring(ok and err or st))
+        end
+        self.st = st
+        insert(self.stores, st)
+        -- zk.default() in DAG code is this store (with its session events).
+        local dc = need("zkflow.zk").set_default(st, { root = "/" })
+        insert(self.session_listeners, function(s_) dc:notify_session(s_) end)
+        return st
+    end
+    if not create and not is_file(self.db) then
+        return nil
+    end
+    local ok, st, err = pcall(core.store, self.db, { sync = self.db_sync })
+    if not ok or not st then
+        fail("cannot open store " .. self.db .. ": "
+             .. tostring(ok and err or st))
+    end
+    self.st = st
+    insert(self.stores, st)
+    need("zkflow.zk").set_default(st, { root = "/" })
+    return st
+end
+
+-- The state accessor, or nil when there is no store and `create` is false.
+function Ctx:state(create)
+    local st = self:store(create)
+    if not st then return nil end
+    self.S = self.S or state.new(st, self.root)
+    return self.S
+end
+
+function Ctx:logs_dir()
+    return self.opts["log-dir"] or self.log_dir or (dirname(self.db) .. "/logs")
+end
+
+-- Commits and closes what the command opened (a one-shot command ends
+-- before the loop turn that would commit its writes).
+function Ctx:close()
+    for _, st in ipairs(self.stores) do
+        pcall(st.flush, st)
+        pcall(st.close, st)
+    end
+    self.stores, self.st, self.S = {}, nil, nil
+end
+
+-- Scans the DAG folder: {dags = {[id] = dag}, errors = {[file] = msg}}.
+-- The DAGs pushed to the store (zkflow.pushed) are part of the scan and
+-- win over the folder's; with a store that has some, the folder may be
+-- missing.
+function Ctx:scan(dir)
+    dir = dir or self.dags
+    local st = self:store(false)
+    local pushed
+    if st then
+        local ok, p = pcall(need("zkflow.pushed").load, st, self.root, { dags_dir = dir })
+        if ok then pushed = p else warn("pushed DAGs: " .. tostring(p)) end
+    end
+    local res
+    if is_dir(dir) then
+        res = need("zkflow.dsl.loader").scan(dir)
+    elseif pushed and next(pushed.files) then
+        res = { dags = {}, errors = {}, files = {} }
+    else
+        fail("no DAG folder '" .. dir .. "' (use --dags DIR or ZKFLOW_DAGS)")
+    end
+    res.dags = res.dags or {}
+    res.errors = res.errors or {}
+    if pushed then need("zkflow.pushed").merge(res, pushed) end
+    return res
+end
+
+-- The DAG `id` from the DAG folder, or exit 1.
+function Ctx:dag(id)
+    local scan = self:scan()
+    local dag = scan.dags[id]
+    if dag then
+        return dag, scan
+    end
+    local msg = "no DAG '" .. id .. "' in " .. self.dags
+    local files = {}
+    for file in pairs(scan.errors) do files[#files + 1] = file end
+    if #files > 0 then
+        sort(files)
+        msg = msg .. " (import errors in " .. concat(files, ", ")
+              .. ": see 'zkflow dags list')"
+    end
+    fail(msg)
+end
+
+local function parse_date(s, what)
+    local t, err = time.parse(s)
+    if not t then
+        usage_error(what .. ": " .. err)
+    end
+    return t
+end
+
+-- ---- views shared with the HTTP API ---------------------------------------
+
+local function api()
+    return need("zkflow.api")
+end
+
+-- Task ids of a dag in topological order.
+local function task_order(dag)
+    local order = dag.topo or dag.order
+    if type(order) == "table" and #order > 0 then
+        local ids = {}
+        for i, v in ipairs(order) do
+            ids[i] = type(v) == "table" and v.id or v
+        end
+        return ids
+    end
+    local ids = {}
+    for id in pairs(dag.tasks or {}) do ids[#ids + 1] = id end
+    sort(ids)
+    return ids
+end
+
+_M.need, _M.new, _M.parse_date = need, new_ctx, parse_date
+_M.dirname, _M.is_file, _M.is_dir = dirname, is_file, is_dir
+_M.api, _M.task_order = api, task_order
+
+return _M
