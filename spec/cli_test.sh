@@ -526,6 +526,53 @@ if [ $HAVE_API = 1 ]; then
     done < "$T/limits"
     grep -q '^ok ' "$T/limits" || bad "API limits ran" "$(tail -3 "$T/limits")"
 fi
+# Hardening probe 2: an API beyond loopback asks who sends each request.
+expect "users add an operator" 0 users add ops --role operator
+has "users add names the role" "$T/out" "user ops (operator)"
+if (cd "$T/work" && echo "viewer pass" | timeout 30 "$ZKFLOW" users add vic --password-stdin) >"$T/out" 2>"$T/err"; then
+    ok "users add a viewer with a password from stdin"
+else
+    bad "users add a viewer with a password from stdin" "exit $?"
+fi
+expect "users add refuses an unknown role" 2 users add x --role root
+expect "users token prints a token once" 0 users token ops --label ci
+TOKEN=$(cat "$T/out")
+case "$TOKEN" in zkf_*) ok "the token has its form" ;; *) bad "the token has its form" "$TOKEN" ;; esac
+expect "users list --json" 0 users list --json
+jexpect "users list shows both, ops with one token" "$T/out" \
+    "#v.users .. ' ' .. v.users[1].name .. ' ' .. v.users[1].tokens" "2 ops 1"
+if [ $HAVE_API = 1 ] && command -v curl >/dev/null; then
+    APORT=$((PORT + 1))
+    (cd "$T/work" && exec "$ZKFLOW" api --api "0.0.0.0:$APORT") > "$T/api.out" 2> "$T/api.err" &
+    API_PID=$!
+    for _ in $(seq 1 50); do
+        curl -s -o /dev/null "http://127.0.0.1:$APORT/api/v1/health" && break
+        sleep 0.1
+    done
+    code=$(curl -s -o /dev/null -w '%{http_code}' "http://127.0.0.1:$APORT/api/v1/dags")
+    if [ "$code" = 401 ]; then ok "API on 0.0.0.0 asks for a user (401)"; else bad "API on 0.0.0.0 asks for a user" "$code"; fi
+    code=$(curl -s -o /dev/null -w '%{http_code}' "http://127.0.0.1:$APORT/api/v1/health")
+    if [ "$code" = 200 ]; then ok "health stays open for load balancers"; else bad "health stays open" "$code"; fi
+    code=$(curl -s -o /dev/null -w '%{http_code}' -u "vic:viewer pass" "http://127.0.0.1:$APORT/api/v1/dags")
+    if [ "$code" = 200 ]; then ok "a viewer reads with HTTP basic"; else bad "a viewer reads with HTTP basic" "$code"; fi
+    code=$(curl -s -o "$T/o403" -w '%{http_code}' -u "vic:viewer pass" -X POST "http://127.0.0.1:$APORT/api/v1/dags/hello/runs")
+    if [ "$code" = 403 ] && grep -q "needs the role operator" "$T/o403"; then ok "a viewer may not trigger (403)"; else bad "a viewer may not trigger" "$code"; fi
+    code=$(curl -s -o /dev/null -w '%{http_code}' -H "Authorization: Bearer $TOKEN" -X POST "http://127.0.0.1:$APORT/api/v1/dags/hello/runs")
+    if [ "$code" = 201 ]; then ok "an operator's token triggers (201)"; else bad "an operator's token triggers" "$code"; fi
+    kill "$API_PID" 2>/dev/null; wait "$API_PID" 2>/dev/null
+    (cd "$T/work" && exec "$ZKFLOW" api --api "0.0.0.0:$APORT" --no-auth) > "$T/api.out" 2> "$T/api.err" &
+    API_PID=$!
+    for _ in $(seq 1 50); do
+        curl -s -o /dev/null "http://127.0.0.1:$APORT/api/v1/health" && break
+        sleep 0.1
+    done
+    code=$(curl -s -o /dev/null -w '%{http_code}' "http://127.0.0.1:$APORT/api/v1/dags")
+    if [ "$code" = 200 ]; then ok "--no-auth serves anyone, and says so"; else bad "--no-auth serves anyone" "$code"; fi
+    has "--no-auth warns" "$T/api.err" "lets anyone who reaches it in"
+    kill "$API_PID" 2>/dev/null; wait "$API_PID" 2>/dev/null
+fi
+expect "users delete" 0 users delete ops
+expect "users delete of a missing user fails" 1 users delete ops
 expect "CLI refuses a task id that climbs out" 2 tasks logs hello live ../../../../etc/passwd
 has "the CLI names the field and the rule" "$T/err" "task_id: invalid id"
 expect "CLI refuses a run id with '/'" 2 dags trigger hello --run-id a/b/c

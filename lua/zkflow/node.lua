@@ -320,6 +320,7 @@ end
 --   o.on_event   fn(kind, obj) for the scheduler's events
 --   o.listen     fn(fn): subscribes fn to the store's session events
 --   o.api        build the API router and make it the served one
+--   o.auth       the API asks every request for a user (zkflow.api.auth)
 --   o.status     extra fields for /api/v1/health's scheduler object
 -- The node has .scheduler (embedded store), .parts.scheduler/.worker
 -- (cluster), .api, .dags() (the DAG provider), :stop().
@@ -371,7 +372,7 @@ function _M.start(o)
     end
     self.api = api.new {
       store = o.store, root = self.root, scheduler = status,
-      log_dir = o.log_dir, dags = self.dags,
+      log_dir = o.log_dir, dags = self.dags, auth = o.auth,
     }
     api.serve(self.api)
   end

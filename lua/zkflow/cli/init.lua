@@ -22,6 +22,7 @@ local dags    = require "zkflow.cli.dags"
 local runs    = require "zkflow.cli.runs"
 local config  = require "zkflow.cli.config"
 local zk      = require "zkflow.cli.zk"
+local users   = require "zkflow.cli.users"
 
 local _M = {}
 
@@ -78,13 +79,15 @@ local JSON = { "json", nil, "print JSON" }
 local commands = {
     { name = "standalone", fn = serve.standalone,
       help = "scheduler, executor and HTTP API in one process",
-      usage = "standalone [DIR] [--api ADDR:PORT] [--no-api]",
+      usage = "standalone [DIR] [--api ADDR:PORT] [--no-api] [--no-auth]",
       args = { 0, 1 },
       more = "With --zk the process joins the cluster as a scheduler (elected) "
              .. "and a worker, and serves the API.",
       opts = { { "api", "ADDR:PORT", "serve the API and page here "
                  .. "(default 127.0.0.1:8080)" },
                { "no-api", nil, "do not serve the HTTP API" },
+               { "no-auth", nil, "let the API serve anyone even beyond loopback "
+                 .. "(default: users and tokens, zkflow users)" },
                { "id", "ID", "member id with --zk (default scheduler-HOST-PID)" },
                { "log-dir", "DIR", "task logs (default: beside the store; ./logs with --zk)" } } },
     { name = "scheduler", fn = serve.scheduler,
@@ -93,8 +96,10 @@ local commands = {
       opts = { { "id", "ID", "member id with --zk (default scheduler-HOST-PID)" },
                { "log-dir", "DIR", "task logs (default: beside the store)" } } },
     { name = "api", fn = serve.api, help = "serve the HTTP API and page only",
-      usage = "api [--api ADDR:PORT]", args = { 0, 0 },
-      opts = { { "api", "ADDR:PORT", "listen here (default 127.0.0.1:8080)" } } },
+      usage = "api [--api ADDR:PORT] [--no-auth]", args = { 0, 0 },
+      opts = { { "api", "ADDR:PORT", "listen here (default 127.0.0.1:8080)" },
+               { "no-auth", nil, "let the API serve anyone even beyond loopback "
+                 .. "(default: users and tokens, zkflow users)" } } },
     { name = "worker", fn = serve.worker,
       help = "run tasks from the ZooKeeper queue (needs --zk)",
       usage = "worker [--dags DIR] [--queues Q1,Q2] [--slots N] [--id ID]", args = { 0, 0 },
@@ -209,6 +214,28 @@ local commands = {
         { name = "unset", fn = config.unset,
           help = "remove KEY (exit 1 when it is not set)",
           usage = "config unset KEY", args = { 1, 1 } },
+      } },
+    { name = "users", help = "who may use the HTTP API: users, roles, tokens",
+      more = "Roles: viewer reads; operator also triggers, pauses and clears; admin "
+             .. "also manages users and configuration.  The API asks for a user "
+             .. "(Authorization: Bearer TOKEN, or HTTP basic) whenever it listens "
+             .. "beyond loopback, unless started with --no-auth.",
+      sub = {
+        { name = "add", fn = users.add, help = "add a user with a role",
+          usage = "users add NAME [--role ROLE] [--password-stdin] [--replace] [--json]",
+          args = { 1, 1 },
+          opts = { { "role", "ROLE", "viewer (default), operator or admin" },
+                   { "password-stdin", nil, "read a password (for HTTP basic) from "
+                     .. "standard input" },
+                   { "replace", nil, "change an existing user" }, JSON } },
+        { name = "list", fn = users.list, help = "list the users",
+          usage = "users list [--json]", args = { 0, 0 }, opts = { JSON } },
+        { name = "delete", fn = users.delete, help = "delete a user and its tokens",
+          usage = "users delete NAME", args = { 1, 1 } },
+        { name = "token", fn = users.token,
+          help = "make an API token for a user (printed once; kept only as a hash)",
+          usage = "users token NAME [--label TEXT] [--json]", args = { 1, 1 },
+          opts = { { "label", "TEXT", "what the token is for" }, JSON } },
       } },
     { name = "members", fn = config.members,
       help = "list the schedulers and workers of the cluster",

@@ -72,6 +72,30 @@ local function count_dags(provider)
     return n
 end
 
+-- Is the API asked who sends each request?  Yes whenever it listens on
+-- anything but loopback, unless --no-auth says otherwise (Airflow's API
+-- has auth on by default too).  Says so, and how to make a user when
+-- there is none.
+local function api_auth(ctx, listen)
+    local addr = parse_listen(listen)
+    local loopback = addr == "localhost" or addr == "::1" or addr:find("^127%.") ~= nil
+    if ctx.opts["no-auth"] then
+        if not loopback then
+            warn("the API on " .. listen .. " lets anyone who reaches it in (--no-auth)")
+        end
+        return false
+    end
+    if loopback then
+        return false
+    end
+    local A = need("zkflow.api.auth").new(ctx:store(true), ctx.root)
+    if #A:list_users() == 0 then
+        warn("the API on " .. listen .. " asks for a user, and there is none yet: "
+             .. "zkflow users add NAME --role admin, then zkflow users token NAME")
+    end
+    return true
+end
+
 local function start_api(h, listen)
     local addr, port = parse_listen(listen)
     if not core.api_listen then
@@ -147,6 +171,8 @@ local function serve(ctx, dir, with_sched, with_api, with_worker)
         folder = nil
     end
     local slots = with_worker and positive_int(ctx, "slots")
+    local listen = ctx.opts.api or "127.0.0.1:8080"
+    local auth = with_api and api_auth(ctx, listen)
     local n, err = need("zkflow.node").start {
         store = st, zk = on_zk, db = ctx.db, root = ctx.root,
         dags_dir = folder,
@@ -161,7 +187,7 @@ local function serve(ctx, dir, with_sched, with_api, with_worker)
             core.log("info", event_line(kind, obj))
         end,
         listen = function(fn) insert(ctx.session_listeners, fn) end,
-        api = with_api,
+        api = with_api, auth = auth,
     }
     if not n then
         fail(err .. ": stop it, or give this one its own --db "
@@ -170,7 +196,7 @@ local function serve(ctx, dir, with_sched, with_api, with_worker)
     running.node = n
     local url = "none"
     if with_api then
-        url = start_api(n.api, ctx.opts.api or "127.0.0.1:8080") or "none"
+        url = start_api(n.api, listen) or "none"
     end
     running.ctx, running.store = ctx, st
     return n.dags, url
