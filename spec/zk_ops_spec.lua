@@ -1,11 +1,11 @@
--- The ZooKeeper operators (zk_create ... zk_health) and zkflow.zkdump, run
+-- The ZooKeeper operators (zk_create ... zk_health) and zkflow.zk.dump, run
 -- in real DAG runs (flow.test).  Every operator spec runs on the embedded
 -- store (hosts = "sqlite:...") and, when spec/zk_test.sh has started a
 -- server (ZKFLOW_TEST_ZK=127.0.0.1:PORT), on ZooKeeper too (#zk), each
 -- backend on a fresh tree.
 local core = require "zkflow.core"
 local flow = require "zkflow"
-local zkdump = require "zkflow.zkdump"
+local zkdump = require "zkflow.zk.dump"
 
 local function tmpname(suffix)
   local p = os.tmpname()

@@ -25,7 +25,7 @@ local function norm_path(ctx, p)
         usage_error("path must start with '/': '" .. p .. "'")
     end
     if #p > 1 then p = p:gsub("/+$", "") end
-    local problem = need("zkflow.zkdump").path_problem(p)
+    local problem = need("zkflow.zk.dump").path_problem(p)
     if problem then
         fail("ZBADARGUMENTS: path '" .. p .. "': " .. problem)
     end
@@ -91,15 +91,15 @@ local function cmd_zk_rm(ctx, args)
     return 0
 end
 
--- The dump format and the restore live in zkflow.zkdump, shared with the
+-- The dump format and the restore live in zkflow.zk.dump, shared with the
 -- zk_dump and zk_restore operators.
 local function cmd_zk_dump(ctx, args)
     local st = ctx:store(false)
     local p = norm_path(ctx, args[1])
     if not st then fail(p .. ": ZNONODE") end
-    local tree, info = need("zkflow.zkdump").dump(st, p)
+    local tree, info = need("zkflow.zk.dump").dump(st, p)
     if not tree then fail(info) end
-    local text = need("zkflow.zkdump").encode(tree)
+    local text = need("zkflow.zk.dump").encode(tree)
     if args[2] and args[2] ~= "-" then
         local ok, werr = core.write_file(args[2], text)
         if not ok then fail(tostring(werr)) end
@@ -118,7 +118,7 @@ local function cmd_zk_dump(ctx, args)
 end
 
 local function cmd_zk_restore(ctx, args)
-    local zkdump = need("zkflow.zkdump")
+    local zkdump = need("zkflow.zk.dump")
     local p = norm_path(ctx, args[1])
     local text
     local src = "stdin"
@@ -166,7 +166,7 @@ local function cmd_zk_health(ctx, args)
         usage_error("zk health needs an ensemble: --zk HOSTS, ZKFLOW_ZK or "
                     .. "HOSTS", ctx.path)
     end
-    local zkops = need("zkflow.zkops")
+    local zkops = need("zkflow.zk.ops")
     local report, problems = zkops.health(hosts, {
         timeout = tonumber(ctx.opts.timeout) or 5 })
     if not report then usage_error("zk health: " .. tostring(problems)) end

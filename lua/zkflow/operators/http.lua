@@ -51,7 +51,7 @@
 -- redirects are followed (a 3xx is a status like any other).
 local core = require "zkflow.core"
 local http = require "zkflow.http"
-local zkops = require "zkflow.zkops"
+local zkops = require "zkflow.zk.ops"
 
 local type, tostring, ipairs, pairs, error, pcall, math_type =
       type, tostring, ipairs, pairs, error, pcall, math.type

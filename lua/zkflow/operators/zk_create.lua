@@ -3,7 +3,7 @@
 -- (with its sequence suffix when sequential).  An existing node fails the
 -- task unless exist_ok.  `hosts` connects to an ensemble of its own;
 -- without it the scheduler's store is used.
-local zkops = require "zkflow.zkops"
+local zkops = require "zkflow.zk.ops"
 
 return {
     name      = "zk_create",

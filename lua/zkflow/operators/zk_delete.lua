@@ -1,7 +1,7 @@
 -- The `zk_delete` operator: deletes `path` (with its subtree when
 -- recursive; only at `version` when given).  A missing node is fine
 -- unless missing_ok = false.  XCom: true when a node was deleted.
-local zkops = require "zkflow.zkops"
+local zkops = require "zkflow.zk.ops"
 
 return {
     name      = "zk_delete",

@@ -1,11 +1,11 @@
 -- The `zk_dump` operator: writes the subtree at `path` as JSON (the format
--- of `zkflow zk dump`, see zkflow.zkdump) to the file `to` (templated;
+-- of `zkflow zk dump`, see zkflow.zk.dump) to the file `to` (templated;
 -- parent directories created; written atomically), or, without `to`,
 -- makes the dump itself the XCom.  With `to` the XCom is
 -- {path=, file=, count= (nodes), bytes= (data bytes)}.
 local core = require "zkflow.core"
-local zkdump = require "zkflow.zkdump"
-local zkops = require "zkflow.zkops"
+local zkdump = require "zkflow.zk.dump"
+local zkops = require "zkflow.zk.ops"
 
 return {
     name      = "zk_dump",

@@ -2,7 +2,7 @@
 -- when json = true).  A missing node fails the task, or gives a nil XCom
 -- with missing_ok.
 local core = require "zkflow.core"
-local zkops = require "zkflow.zkops"
+local zkops = require "zkflow.zk.ops"
 
 return {
     name      = "zk_get",

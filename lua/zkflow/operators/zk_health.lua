@@ -9,7 +9,7 @@
 -- out or empty, the ZKFLOW_ZK environment variable is used, and without
 -- that the task is skipped: there is nothing to monitor on the embedded
 -- store.  `min_ok` (default: all) is how many members must serve.
-local zkops = require "zkflow.zkops"
+local zkops = require "zkflow.zk.ops"
 
 local function execute(task, ctx, rt)
     local t = zkops.rendered(task, ctx)

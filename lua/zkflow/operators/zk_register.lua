@@ -6,7 +6,7 @@
 -- It registers, runs `run(ctx, registration)` when given, else holds for
 -- `duration` seconds, then removes the node, also when `run` fails.
 -- XCom: {path=, id=, value= (what run returned)}.
-local zkops = require "zkflow.zkops"
+local zkops = require "zkflow.zk.ops"
 
 local function service_path(service, id)
     return "/services/" .. service .. "/" .. id

@@ -4,12 +4,12 @@
 -- somewhere else than the dump's own path.  Existing nodes keep their data
 -- unless overwrite; dry_run only reports.  The whole dump is checked
 -- before anything is written, and a restore that fails half-way is undone
--- (zkflow.zkdump), so a malformed dump fails the task (without retries)
+-- (zkflow.zk.dump), so a malformed dump fails the task (without retries)
 -- and leaves the tree as it was.  XCom: {path=, created=, updated=,
 -- kept=, actions={"create /a", "update /b", "keep /c", ...}}.
 local core = require "zkflow.core"
-local zkdump = require "zkflow.zkdump"
-local zkops = require "zkflow.zkops"
+local zkdump = require "zkflow.zk.dump"
+local zkops = require "zkflow.zk.ops"
 
 return {
     name      = "zk_restore",

@@ -1,7 +1,7 @@
 -- The `zk_set` operator: sets the data of `path` (only at `version` when
 -- given; the node is created when missing and `create` is true).  XCom:
 -- the node's new version.
-local zkops = require "zkflow.zkops"
+local zkops = require "zkflow.zk.ops"
 
 return {
     name      = "zk_set",

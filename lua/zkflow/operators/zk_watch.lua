@@ -11,7 +11,7 @@
 -- modified (mtime) after the first try started.
 local core = require "zkflow.core"
 local async = require "zkflow.async"
-local zkops = require "zkflow.zkops"
+local zkops = require "zkflow.zk.ops"
 
 local now, min, max = core.now, math.min, math.max
 

@@ -1,4 +1,4 @@
--- zkflow.zkdump: a znode subtree to JSON and back, shared by `zkflow zk
+-- zkflow.zk.dump: a znode subtree to JSON and back, shared by `zkflow zk
 -- dump|restore` and the zk_dump / zk_restore operators.
 --
 -- The format (DESIGN.md): one object per node,

@@ -1,4 +1,4 @@
--- zkflow.zkops: what the ZooKeeper operators (zk_create ... zk_health) and
+-- zkflow.zk.ops: what the ZooKeeper operators (zk_create ... zk_health) and
 -- `zkflow zk health` share: the connection a task uses, errors raised the
 -- way zkflow.zk raises them ("ZNONODE: /a/b"), and the four-letter-word
 -- health check of an ensemble.
@@ -12,7 +12,7 @@
 local core = require "zkflow.core"
 local async = require "zkflow.async"
 local operator = require "zkflow.operator"
-local zkdump = require "zkflow.zkdump"
+local zkdump = require "zkflow.zk.dump"
 
 local _M = {}
 
