@@ -20,7 +20,7 @@
 # server does with the same protocol and no scheduler at all.
 # bench/cluster_raw.c (built here, like bench/zk_bench.sh builds its raw
 # libzookeeper_mt client) does each try's four transactions of
-# lua/zkflow/cluster.lua with the asynchronous C API, pipelined (at most
+# lua/zkflow/cluster/ with the asynchronous C API, pipelined (at most
 # CLUSTER_WINDOW, 256, tries in flight): queue (set record + create
 # sequential queue node), claim (create ephemeral claim + delete queue
 # node), report (create result + delete claim), apply (set record + delete

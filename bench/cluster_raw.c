@@ -2,7 +2,7 @@
  * cluster_raw.c - the ceiling for bench/cluster.sh: zkflow's cluster
  * protocol done with raw asynchronous libzookeeper_mt and nothing else.
  * Each of N tries is four transactions, one after the other, as in
- * lua/zkflow/cluster.lua:
+ * lua/zkflow/cluster/ (cluster/leader.lua, cluster/worker.lua):
  *
  *   1. the leader queues it:   multi(set its record, create queue/ti- sequential)
  *   2. a worker claims it:     multi(create claims/<key> ephemeral, delete the queue node)

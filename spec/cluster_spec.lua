@@ -40,7 +40,7 @@ local function queued(st)
   return out
 end
 
--- A leader's scheduler as cluster.lua composes it, without the election.
+-- A leader's scheduler as cluster/leader.lua composes it, without the election.
 local function leader(store, dags, opts)
   local q = queue_executor.new { store = store, root = "/zkflow" }
   local o = { store = store, dags = dags, executor = q, register = false, id = "s1",

@@ -179,10 +179,6 @@ function _M.cancel(co)
   return false
 end
 
-function _M.is_parked(co)
-  return parked[co] ~= nil
-end
-
 -- Plain Lua (and `zkflow lua`): runs fn as a coroutine and drives the loop
 -- until it returns; returns fn's results or raises its error.
 function _M.run(fn, ...)
