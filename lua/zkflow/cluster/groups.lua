@@ -41,16 +41,6 @@ function _M:record_groups()
   os.rename(tmp, file)
 end
 
--- Is process `pid` still the try of task `task_id` (not a recycled pid)?
-local function is_try_process(pid, task_id)
-  local f = io.open("/proc/" .. pid .. "/environ", "rb")
-  if not f then return false end
-  local env = f:read("a") or ""
-  f:close()
-  return env:find("\0ZKFLOW_TASK_ID=" .. task_id .. "\0", 1, true) ~= nil
-      or env:find("^ZKFLOW_TASK_ID=" .. task_id:gsub("%p", "%%%0") .. "%z") ~= nil
-end
-
 -- Kills what the workers that are gone left running on this host.
 function _M:reap()
   local dir = self.groups_dir
@@ -65,8 +55,9 @@ function _M:reap()
           for line in f:lines() do
             local pid, task_id, key = line:match("^(%d+) (%S+) (%S+)$")
             pid = tonumber(pid)
-            if pid and pid > 1 and is_try_process(pid, task_id) then
-              core.killpg(pid, 9)
+            -- Only while the group is still that try's (core.killpg
+            -- checks the leader's ZKFLOW_TASK_ID): the pid may be recycled.
+            if pid and pid > 1 and core.killpg(pid, 9, { ZKFLOW_TASK_ID = task_id }) then
               log("warn", ("worker %s: killed process group %d of %s, left by dead worker %s"):format(
                 self.id, pid, key, id))
             end
