@@ -8,7 +8,7 @@ local core = require "zkflow.core"
 local cluster = require "zkflow.cluster"
 local sched = require "zkflow.scheduler"
 local state = require "zkflow.state"
-local queue_executor = require "zkflow.cluster.queue_executor"
+local queue_executor = require "zkflow.executors.queue"
 local H = dofile("spec/fixtures/sched/helpers.lua")
 
 local LD = 1767225600   -- 2026-01-01

@@ -36,7 +36,7 @@ case ";$cpath;" in
 *) bad "lua5.4 looks in $PREFIX/lib/lua/5.4" "$cpath" ;;
 esac
 for f in bin/zkflow lib/libzkflow.a lib/libzkflow.so lib/libzkflow.so.0 include/zkflow.h \
-         share/lua/5.4/zkflow/init.lua share/lua/5.4/zkflow/scheduler.lua \
+         share/lua/5.4/zkflow/init.lua share/lua/5.4/zkflow/scheduler/init.lua \
          share/lua/5.4/zkflow/operators/shell.lua lib/lua/5.4/zkflow/core.so; do
     if [ -f "$D$PREFIX/$f" ]; then ok "installs $f"; else bad "installs $f" "missing"; fi
 done

@@ -11,7 +11,7 @@
 local core = require "zkflow.core"
 local async = require "zkflow.async"
 local sched = require "zkflow.scheduler"
-local queue_executor = require "zkflow.cluster.queue_executor"
+local queue_executor = require "zkflow.executors.queue"
 local state = require "zkflow.state"
 local zk = require "zkflow.zk"
 local pushed = require "zkflow.pushed"

@@ -1,4 +1,4 @@
--- zkflow.cluster.queue_executor: the executor of a cluster leader.  A
+-- zkflow.executors.queue: the executor of a cluster leader.  A
 -- ready try goes to its queue in the store (/queue/<queue>/ti-<seq>) for a
 -- worker instead of running here; zkflow.cluster watches the claims and the
 -- results and tells this executor what it saw.
