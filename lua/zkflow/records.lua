@@ -152,8 +152,8 @@ end
 
 -- ---- task instances ------------------------------------------------------
 
--- jansson quotes a string faster than a Lua pattern can check that it
--- needs no quoting.
+-- core.json_encode (core/json, C) quotes a string faster than a Lua
+-- pattern can check that it needs no quoting.
 local jstr = json_encode
 
 -- Encoded strings that stay the same for many records (operator names,
