@@ -95,6 +95,22 @@ check "a and b finished before the crash" \
 check "the killed instance left its shell tasks running (orphans)" \
     bash -c "for g in $old_groups; do kill -0 -- -\$g || exit 1; done"
 
+# Hardening probe 11: slow2's group ends and its number is taken by an
+# unrelated process before the restart (a recycled pid); the restart must
+# leave that process alone.
+slow2_group=$(ti_field slow2 pid)
+kill -9 -- "-$slow2_group" 2>/dev/null
+unrelated=$(sh -c 'setsid sleep 60 >/dev/null 2>&1 & echo $!')
+pids+=("$unrelated")
+lua5.4 - "$DB" "$unrelated" <<'LUA'
+local core = require "zkflow.core"
+local st = core.store(arg[1])
+require("zkflow.state").new(st):update_ti("recovery", "r1", "slow2", { pid = tonumber(arg[2]) })
+st:flush()
+st:close()
+LUA
+check "slow2's record now names the unrelated process" [ "$(ti_field slow2 pid)" = "$unrelated" ]
+
 # ---- second instance: resumes the run ------------------------------------------
 "$ZKFLOW" standalone "$DAGS" --db "$DB" --no-api >"$TMP/second.out" 2>&1 &
 second=$!
@@ -115,6 +131,8 @@ done
 check "c ran once after the slow tasks" [ "$(lines c)" = 1 ]
 check "c succeeded" [ "$(json_get "r['tasks']['c']['state']")" = success ]
 check "no sleep of the first instance survives" groups_dead
+check "the unrelated process that took a recorded group id is left alone" kill -0 "$unrelated"
+check "the restart says why it left it alone" grep -q "is not this try's any more" "$TMP/second.out"
 
 kill -TERM "$second" 2>/dev/null
 wait_for 5 bash -c "! kill -0 $second 2>/dev/null"

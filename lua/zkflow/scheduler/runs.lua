@@ -81,7 +81,19 @@ function Sched:adopt_run(dag, rec, tis)
           if not adopted then
             -- The dead scheduler's child lives on in its own process group
             -- (a worker, which owns no records, reads its own try's).
-            if r.pid and self.records then core.killpg(r.pid, 9) end
+            -- Only while that group is still this try's: its number may
+            -- belong to an unrelated process by now (core.killpg checks
+            -- the environment the try started with).
+            if r.pid and self.records then
+              local ok, why = core.killpg(r.pid, 9, {
+                ZKFLOW_DAG_ID = run.dag_id, ZKFLOW_RUN_ID = run.run_id,
+                ZKFLOW_TASK_ID = tid, ZKFLOW_TRY_NUMBER = tostring(r.try_number),
+              })
+              if not ok and why ~= "gone" then
+                log("warn", ("%s/%s/%s: process group %d is not this try's any more (%s): left alone")
+                    :format(run.dag_id, run.run_id, tid, r.pid, why))
+              end
+            end
             ti.lost = (ti.lost or 0) + 1
             ti.max_tries = ti.max_tries + 1
           end
