@@ -155,19 +155,14 @@ end
 -- and no scheduling pass (before the scheduler starts).
 function _M.apply_sched_config(s, cfg, quiet)
   local par = valid_int(cfg.parallelism, 1) and cfg.parallelism or 32
-  if s.parallelism ~= par then
-    if not quiet then log("info", "config: parallelism " .. par) end
-    s.parallelism = par
+  if s:set_parallelism(par) and not quiet then
+    log("info", "config: parallelism " .. par)
   end
   if type(cfg.pools) == "table" then
     for name, slots in pairs(cfg.pools) do
-      if type(name) == "string" and valid_int(slots, 0) then
-        local pool = s:pool(name)
-        if pool.slots ~= slots then
-          if not quiet then log("info", ("config: pool %s has %d slots"):format(name, slots)) end
-          pool.slots = slots
-          s:release_pool(pool)
-        end
+      if type(name) == "string" and valid_int(slots, 0)
+          and s:set_pool_slots(name, slots) and not quiet then
+        log("info", ("config: pool %s has %d slots"):format(name, slots))
       end
     end
   end
@@ -183,12 +178,12 @@ function _M.apply_worker_config(w, cfg)
   end
 end
 
--- Wires /config to a cluster scheduler handle (applied when it leads, and
--- live).
-function _M.configure_scheduler(h, stopped)
-  h.on_lead = function(s) _M.apply_sched_config(s, h.config or {}, true) end
+-- Wires /config to a cluster scheduler handle, live; `box.config` keeps
+-- the last one read, which the handle's on_lead option applies when it
+-- starts to lead (see start_cluster).
+function _M.configure_scheduler(h, stopped, box)
   _M.watch_config(h.store, h.root, function(cfg)
-    h.config = cfg
+    box.config = cfg
     if h.s then _M.apply_sched_config(h.s, cfg) end
   end, stopped)
 end
@@ -282,13 +277,15 @@ function Node:start_cluster()
   local parts = {}
   self.parts = parts
   if o.scheduler then
+    local box = {}
     local h = cluster.scheduler {
       store = o.store, root = self.root, dags_dir = o.dags_dir,
       log_dir = o.log_dir, on_event = o.on_event, id = o.id,
+      on_lead = function(s) _M.apply_sched_config(s, box.config or {}, true) end,
     }
     parts.scheduler = h
     if o.listen then o.listen(function(st) h:session(st) end) end
-    _M.configure_scheduler(h, stopped)
+    _M.configure_scheduler(h, stopped, box)
   end
   if o.worker then
     local h = cluster.worker {

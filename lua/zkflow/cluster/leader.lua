@@ -34,7 +34,9 @@ CS.__index = CS
 -- cluster.scheduler(opts) inside a coroutine: registers the member, starts
 -- contending and returns the handle (handle:stop()).  opts: store (a
 -- ZooKeeper store; a remote one gets pipelined writes), root, dags_dir,
--- log_dir, id, on_event, hot_reload, sweep_interval.
+-- log_dir, id, on_event, hot_reload, sweep_interval, on_lead(s) (called
+-- with the scheduler each time this member starts to lead, before its
+-- first scheduling pass).
 function _M.scheduler(opts)
   assert(opts and opts.store, "cluster.scheduler: 'store' is required")
   local self = setmetatable({
@@ -115,7 +117,7 @@ function CS:lead()
     on_reload = function() if gen == self.gen then self:publish_versions() end end,
   }
   self.s, self.q = s, q
-  if self.on_lead then self.on_lead(s) end
+  if self.opts.on_lead then self.opts.on_lead(s) end
   if fence then
     local function watch(ev)
       if gen ~= self.gen then return end

@@ -254,6 +254,24 @@ function Sched:pool(name)
   return p
 end
 
+-- /config applied live (zkflow.node): how many tries run at once.
+-- Returns true when it changed.
+function Sched:set_parallelism(n)
+  if self.parallelism == n then return false end
+  self.parallelism = n
+  return true
+end
+
+-- /config applied live: pool `name` holds `slots`; a pool that grew lets
+-- waiting tries go.  Returns true when it changed.
+function Sched:set_pool_slots(name, slots)
+  local pool = self:pool(name)
+  if pool.slots == slots then return false end
+  pool.slots = slots
+  self:release_pool(pool)
+  return true
+end
+
 -- Starts ready task instances within the limits; returns how many started.
 -- A task instance that does not fit waits in a queue of its DAG
 -- (max_active_tasks) or of its pool, not in the ready queue: a slot freed
