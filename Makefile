@@ -155,21 +155,63 @@ bench: all
 lint:
 	$(Q)luacheck -q lua spec examples plugins bench
 
-install: all
-	install -d $(DESTDIR)$(PREFIX)/bin $(DESTDIR)$(PREFIX)/lib \
-	    $(DESTDIR)$(PREFIX)/include $(DESTDIR)$(PREFIX)/share/lua/5.4 \
-	    $(DESTDIR)$(PREFIX)/lib/lua/5.4/zkflow
-	install -m 755 $(B)/zkflow $(DESTDIR)$(PREFIX)/bin/zkflow
-	install -m 644 $(B)/libzkflow.a $(DESTDIR)$(PREFIX)/lib/
-	install -m 755 $(B)/$(SOFILE) $(DESTDIR)$(PREFIX)/lib/
-	ln -sf $(SOFILE) $(DESTDIR)$(PREFIX)/lib/$(SONAME)
-	ln -sf $(SOFILE) $(DESTDIR)$(PREFIX)/lib/libzkflow.so
-	install -m 644 core/include/zkflow.h $(DESTDIR)$(PREFIX)/include/
-	install -m 755 $(B)/zkflow.so $(DESTDIR)$(PREFIX)/lib/lua/5.4/zkflow/core.so
-	cd lua && find zkflow -name '*.lua' -exec install -D -m 644 {} \
-	    $(DESTDIR)$(PREFIX)/share/lua/5.4/{} \;
-	$(LUA) tools/bundle.lua --assets \
-	    $(DESTDIR)$(PREFIX)/share/lua/5.4/zkflow/web_assets.lua $(WEB_SRC)
+# ---- install ----------------------------------------------------------------
+#
+# PREFIX, DESTDIR as usual; the directories below default from PREFIX and
+# can be set one by one (debian/rules sets the multiarch ones).  The Lua
+# folders are lua5.4's default search paths under PREFIX.  The nginx module
+# goes where Debian's nginx loads modules from (/usr/lib/nginx/modules) when
+# PREFIX=/usr, otherwise under PREFIX; its mod-http-zkflow.conf snippet
+# goes to share/nginx/modules-available as Debian's libnginx-mod-* ship it:
+# `load_module modules/...` (nginx's prefix-relative path) under /usr, the
+# absolute path elsewhere.
+VERSION     := $(shell sed -n 's/^\#define ZKF_VERSION "\(.*\)"/\1/p' core/include/zkflow.h)
+BINDIR      ?= $(PREFIX)/bin
+LIBDIR      ?= $(PREFIX)/lib
+INCLUDEDIR  ?= $(PREFIX)/include
+PKGCONFIGDIR ?= $(LIBDIR)/pkgconfig
+LUA_LMOD    ?= $(PREFIX)/share/lua/5.4
+LUA_CMOD    ?= $(PREFIX)/lib/lua/5.4
+DOCDIR      ?= $(PREFIX)/share/doc/zkflow
+NGX_MODDIR  ?= $(if $(filter /usr,$(PREFIX)),/usr/lib/nginx/modules,$(PREFIX)/lib/nginx/modules)
+NGX_CONFDIR ?= $(PREFIX)/share/nginx/modules-available
+NGX_LOAD    := $(if $(filter /usr,$(PREFIX)),modules,$(NGX_MODDIR))
+SYSTEMDDIR  ?= $(PREFIX)/lib/systemd/system
+SYSUSERSDIR ?= $(PREFIX)/lib/sysusers.d
+UNITS       := $(wildcard packaging/systemd/*.service)
+
+$(B)/zkflow.pc: packaging/zkflow.pc.in core/include/zkflow.h
+	$(Q)sed -e 's|@PREFIX@|$(PREFIX)|' \
+	    -e 's|@LIBDIR@|$(patsubst $(PREFIX)/%,$${prefix}/%,$(LIBDIR))|' \
+	    -e 's|@INCLUDEDIR@|$(patsubst $(PREFIX)/%,$${prefix}/%,$(INCLUDEDIR))|' -e 's|@VERSION@|$(VERSION)|' $< > $@
+
+# PREFIX and the directories are baked in: remade every time.  Paths under
+# PREFIX are written ${prefix}/... so that pkg-config --define-prefix
+# finds a staged or moved tree.
+.PHONY: $(B)/zkflow.pc
+
+install: all $(B)/zkflow.pc
+	$(Q)install -d $(DESTDIR)$(BINDIR) $(DESTDIR)$(LIBDIR) $(DESTDIR)$(INCLUDEDIR) \
+	    $(DESTDIR)$(PKGCONFIGDIR) $(DESTDIR)$(LUA_LMOD) $(DESTDIR)$(LUA_CMOD)/zkflow \
+	    $(DESTDIR)$(DOCDIR) $(DESTDIR)$(SYSTEMDDIR) $(DESTDIR)$(SYSUSERSDIR)
+	$(Q)install -m 755 $(B)/zkflow $(DESTDIR)$(BINDIR)/zkflow
+	$(Q)install -m 644 $(B)/libzkflow.a $(DESTDIR)$(LIBDIR)/
+	$(Q)install -m 644 $(B)/$(SOFILE) $(DESTDIR)$(LIBDIR)/
+	$(Q)ln -sf $(SOFILE) $(DESTDIR)$(LIBDIR)/$(SONAME)
+	$(Q)ln -sf $(SOFILE) $(DESTDIR)$(LIBDIR)/libzkflow.so
+	$(Q)install -m 644 core/include/zkflow.h $(DESTDIR)$(INCLUDEDIR)/
+	$(Q)install -m 644 $(B)/zkflow.pc $(DESTDIR)$(PKGCONFIGDIR)/
+	$(Q)install -m 644 $(B)/zkflow.so $(DESTDIR)$(LUA_CMOD)/zkflow/core.so
+	$(Q)cd lua && find zkflow -name '*.lua' -exec install -D -m 644 {} \
+	    $(DESTDIR)$(LUA_LMOD)/{} \;
+	$(Q)$(LUA) tools/bundle.lua --assets \
+	    $(DESTDIR)$(LUA_LMOD)/zkflow/web_assets.lua $(WEB_SRC)
+	$(Q)install -m 644 README.md $(DESTDIR)$(DOCDIR)/
+	$(Q)cp -R docs examples $(DESTDIR)$(DOCDIR)/
+	$(Q)for u in $(UNITS); do \
+	    sed 's|@BINDIR@|$(BINDIR)|g' $$u > $(DESTDIR)$(SYSTEMDDIR)/$${u##*/} && \
+	    chmod 644 $(DESTDIR)$(SYSTEMDDIR)/$${u##*/} || exit 1; done
+	$(Q)install -m 644 packaging/systemd/zkflow.sysusers $(DESTDIR)$(SYSUSERSDIR)/zkflow.conf
 
 clean:
 	rm -rf build
@@ -215,3 +257,16 @@ $(B)/ngx_http_zkflow_module.so: $(NGX_BUILD)/Makefile $(B)/libzkflow.a \
 	    || { cat $(NGX_BUILD)/make.log; exit 1; }
 	@# a new inode: a running nginx has the old one mapped
 	$(Q)cp $(NGX_BUILD)/objs/ngx_http_zkflow_module.so $@.tmp && mv -f $@.tmp $@
+
+# `make install` adds the module where it is built.
+ifneq ($(NGX_MODULE),)
+install: install-nginx
+endif
+
+.PHONY: install-nginx
+install-nginx: $(NGX_MODULE)
+	$(Q)install -d $(DESTDIR)$(NGX_MODDIR) $(DESTDIR)$(NGX_CONFDIR)
+	$(Q)install -m 644 $(NGX_MODULE) $(DESTDIR)$(NGX_MODDIR)/
+	$(Q)echo 'load_module $(NGX_LOAD)/ngx_http_zkflow_module.so;' \
+	    > $(DESTDIR)$(NGX_CONFDIR)/mod-http-zkflow.conf
+	$(Q)chmod 644 $(DESTDIR)$(NGX_CONFDIR)/mod-http-zkflow.conf
