@@ -14,7 +14,7 @@ PKG_CFLAGS := $(shell pkg-config --cflags $(PKGS) 2>/dev/null)
 WARN     := -Wall -Wextra -Werror -Wshadow -Wstrict-prototypes \
             -Wmissing-prototypes -Wwrite-strings
 CFLAGS   ?= -O2 -g
-ALL_CFLAGS := -std=c11 -D_GNU_SOURCE -fPIC $(WARN) $(CFLAGS) \
+ALL_CFLAGS := -std=c11 -D_GNU_SOURCE -fPIC $(WARN) $(CPPFLAGS) $(CFLAGS) \
             -Icore -Icore/include $(PKG_CFLAGS)
 LIBS_NOLUA := -levent -lsqlite3 -lzookeeper_mt -lm -lpthread
 # The library exports what zkflow.h marks ZKF_EXPORT and nothing else.
@@ -69,7 +69,8 @@ deps:
 	    libsqlite3-dev libjansson-dev lua-busted lua-check valgrind \
 	    python3-croniter python3-dask ninja-build curl procps \
 	    libzookeeper-mt-dev zookeeper python3-kazoo default-jre-headless \
-	    nginx nginx-dev libnginx-mod-http-lua chromium
+	    nginx nginx-dev libnginx-mod-http-lua chromium \
+	    debhelper dpkg-dev fakeroot lintian luarocks
 
 $(B)/obj/%.o: core/%.c $(CORE_HDR)
 	@mkdir -p $(dir $@)
@@ -97,21 +98,21 @@ $(B)/libzkflow.a: $(CORE_OBJ)
 
 $(B)/$(SOFILE): $(CORE_OBJ)
 	@$(if $(Q),echo "  LD    $@")
-	$(Q)$(CC) -shared -Wl,-soname,$(SONAME) -o $@ $^ $(LIBS)
+	$(Q)$(CC) $(LDFLAGS) -shared -Wl,-soname,$(SONAME) -o $@ $^ $(LIBS)
 
 $(B)/libzkflow.so: $(B)/$(SOFILE)
 	$(Q)ln -sf $(SOFILE) $(B)/$(SONAME) && ln -sf $(SOFILE) $@
 
 $(B)/zkflow: $(CLI_OBJ) $(B)/libzkflow.a
 	@$(if $(Q),echo "  LD    $@")
-	$(Q)$(CC) -o $@ $(CLI_OBJ) $(B)/libzkflow.a $(LIBS)
+	$(Q)$(CC) $(LDFLAGS) -o $@ $(CLI_OBJ) $(B)/libzkflow.a $(LIBS)
 
 # The Lua C module: no liblua here, the interpreter provides the symbols.
 # It exports luaopen_zkflow_core only (--exclude-libs hides the archive's).
 $(B)/zkflow.so: $(LUAMOD_OBJ) $(B)/libzkflow.a
 	@mkdir -p $(dir $@)
 	@$(if $(Q),echo "  LD    $@")
-	$(Q)$(CC) -shared -o $@ $(LUAMOD_OBJ) -Wl,--whole-archive $(B)/libzkflow.a \
+	$(Q)$(CC) $(LDFLAGS) -shared -o $@ $(LUAMOD_OBJ) -Wl,--whole-archive $(B)/libzkflow.a \
 	    -Wl,--no-whole-archive -Wl,--exclude-libs,ALL $(LIBS_NOLUA)
 
 $(B)/test/%: spec/c/%.c spec/c/test.h $(B)/libzkflow.a
@@ -190,7 +191,7 @@ $(B)/zkflow.pc: packaging/zkflow.pc.in core/include/zkflow.h
 # finds a staged or moved tree.
 .PHONY: $(B)/zkflow.pc
 
-install: all $(B)/zkflow.pc
+install: $(B)/zkflow $(B)/libzkflow.a $(B)/libzkflow.so $(B)/zkflow.so $(B)/zkflow.pc
 	$(Q)install -d $(DESTDIR)$(BINDIR) $(DESTDIR)$(LIBDIR) $(DESTDIR)$(INCLUDEDIR) \
 	    $(DESTDIR)$(PKGCONFIGDIR) $(DESTDIR)$(LUA_LMOD) $(DESTDIR)$(LUA_CMOD)/zkflow \
 	    $(DESTDIR)$(DOCDIR) $(DESTDIR)$(SYSTEMDDIR) $(DESTDIR)$(SYSUSERSDIR)
