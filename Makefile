@@ -47,7 +47,7 @@ CTESTS   := $(CTEST_SRC:spec/c/%.c=$(B)/test/%)
 HOSTS    := $(patsubst examples/host/%.c,$(B)/examples/%,$(wildcard examples/host/*.c))
 
 .PHONY: all lib test test-c test-lua test-asan test-valgrind bench lint \
-        install clean help deps
+        install install-lua clean help deps
 
 all: $(B)/zkflow $(B)/libzkflow.a $(B)/libzkflow.so $(B)/zkflow.so \
      $(CTESTS) $(HOSTS)
@@ -191,10 +191,18 @@ $(B)/zkflow.pc: packaging/zkflow.pc.in core/include/zkflow.h
 # finds a staged or moved tree.
 .PHONY: $(B)/zkflow.pc
 
-install: $(B)/zkflow $(B)/libzkflow.a $(B)/libzkflow.so $(B)/zkflow.so $(B)/zkflow.pc
+# The Lua modules and zkflow/core.so alone (the rockspec's install step).
+install-lua: $(B)/zkflow.so
+	$(Q)install -d $(DESTDIR)$(LUA_LMOD) $(DESTDIR)$(LUA_CMOD)/zkflow
+	$(Q)install -m 644 $(B)/zkflow.so $(DESTDIR)$(LUA_CMOD)/zkflow/core.so
+	$(Q)cd lua && find zkflow -name '*.lua' -exec install -D -m 644 {} \
+	    $(DESTDIR)$(LUA_LMOD)/{} \;
+	$(Q)$(LUA) tools/bundle.lua --assets \
+	    $(DESTDIR)$(LUA_LMOD)/zkflow/web_assets.lua $(WEB_SRC)
+
+install: install-lua $(B)/zkflow $(B)/libzkflow.a $(B)/libzkflow.so $(B)/zkflow.pc
 	$(Q)install -d $(DESTDIR)$(BINDIR) $(DESTDIR)$(LIBDIR) $(DESTDIR)$(INCLUDEDIR) \
-	    $(DESTDIR)$(PKGCONFIGDIR) $(DESTDIR)$(LUA_LMOD) $(DESTDIR)$(LUA_CMOD)/zkflow \
-	    $(DESTDIR)$(DOCDIR) $(DESTDIR)$(SYSTEMDDIR) $(DESTDIR)$(SYSUSERSDIR)
+	    $(DESTDIR)$(PKGCONFIGDIR) $(DESTDIR)$(DOCDIR) $(DESTDIR)$(SYSTEMDDIR) $(DESTDIR)$(SYSUSERSDIR)
 	$(Q)install -m 755 $(B)/zkflow $(DESTDIR)$(BINDIR)/zkflow
 	$(Q)install -m 644 $(B)/libzkflow.a $(DESTDIR)$(LIBDIR)/
 	$(Q)install -m 644 $(B)/$(SOFILE) $(DESTDIR)$(LIBDIR)/
@@ -202,11 +210,6 @@ install: $(B)/zkflow $(B)/libzkflow.a $(B)/libzkflow.so $(B)/zkflow.so $(B)/zkfl
 	$(Q)ln -sf $(SOFILE) $(DESTDIR)$(LIBDIR)/libzkflow.so
 	$(Q)install -m 644 core/include/zkflow.h $(DESTDIR)$(INCLUDEDIR)/
 	$(Q)install -m 644 $(B)/zkflow.pc $(DESTDIR)$(PKGCONFIGDIR)/
-	$(Q)install -m 644 $(B)/zkflow.so $(DESTDIR)$(LUA_CMOD)/zkflow/core.so
-	$(Q)cd lua && find zkflow -name '*.lua' -exec install -D -m 644 {} \
-	    $(DESTDIR)$(LUA_LMOD)/{} \;
-	$(Q)$(LUA) tools/bundle.lua --assets \
-	    $(DESTDIR)$(LUA_LMOD)/zkflow/web_assets.lua $(WEB_SRC)
 	$(Q)install -m 644 README.md $(DESTDIR)$(DOCDIR)/
 	$(Q)cp -R docs examples $(DESTDIR)$(DOCDIR)/
 	$(Q)for u in $(UNITS); do \
