@@ -59,7 +59,8 @@ help:
 	@echo "make bench      benchmarks against ninja and Dask"
 	@echo "make lint       luacheck"
 	@echo "make deps       apt-get the Debian packages the build and tests need"
-	@echo "make install    PREFIX=$(PREFIX) DESTDIR="
+	@echo "make install    PREFIX=$(PREFIX) DESTDIR= (README: Install)"
+	@echo "make install-lua  the Lua modules and zkflow/core.so only"
 	@echo "make clean"
 
 deps:

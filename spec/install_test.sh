@@ -191,8 +191,15 @@ fi
 # build/ stays as it is) into a scratch HOME, then plain lua5.4 with the
 # paths `luarocks path` gives runs a DAG.
 rockspec=$(ls zkflow-*-1.rockspec 2>/dev/null | head -1)
+zkf_version=$(sed -n 's/^#define ZKF_VERSION "\(.*\)"/\1/p' core/include/zkflow.h)
+if [ "$rockspec" = "zkflow-$zkf_version-1.rockspec" ] &&
+        grep -q "^version = \"$zkf_version-1\"" "$rockspec"; then
+    ok "the rockspec is at the library's version"
+else
+    bad "the rockspec is at the library's version" "'$rockspec', ZKF_VERSION $zkf_version"
+fi
 if [ -z "$rockspec" ]; then
-    bad "a rockspec is in the tree" "no zkflow-*-1.rockspec"
+    :
 elif command -v luarocks > /dev/null && luarocks --lua-version 5.4 --version > /dev/null 2>&1; then
     mkdir -p "$T/rock/src" "$T/rock/home"
     tar --exclude=./build --exclude=./.git -cf - . | tar -C "$T/rock/src" -xf -
