@@ -122,6 +122,40 @@ else
 fi
 kill "$zpid" 2>/dev/null; wait "$zpid" 2>/dev/null; zpid=""
 
+# The standalone unit's command line and environment as its user, by hand
+# (no systemd in a container): the folders postinst made are enough, and
+# READY=1 reaches the notify socket (abstract: no file permissions).
+unit=/lib/systemd/system/zkflow-standalone.service
+env_line=$(sed -n 's/^Environment=//p' "$unit")
+exec_line=$(sed -n 's/^ExecStart=//p' "$unit" | sed 's/ \$ZKFLOW_STANDALONE_OPTS//')
+sock="@zkflow-pkg-test-$$"
+rm -f "$T/got" "$T/got.bound"
+python3 spec/notify_listen.py "$sock" "$T/got" 30 &
+lpid=$!
+for _ in $(seq 1 50); do [ -f "$T/got.bound" ] && break; sleep 0.1; done
+(cd /var/lib/zkflow && exec runuser -u zkflow -- env $env_line NOTIFY_SOCKET="$sock" \
+    $exec_line --api "127.0.0.1:$port" > "$T/unit.out" 2>&1) &
+zpid=$!
+health=""
+for _ in $(seq 1 100); do
+    if grep -qx 'READY=1' "$T/got" 2>/dev/null; then
+        health=$(curl -s --max-time 2 "http://127.0.0.1:$port/api/v1/health")
+        break
+    fi
+    sleep 0.1
+done
+case "$health" in
+*'"status":"ok"'*) ok "the standalone unit's command runs as zkflow and sends READY=1" ;;
+*) bad "the standalone unit's command runs as zkflow and sends READY=1" "$(cat "$T/got" 2>/dev/null) $health $(tail -3 "$T/unit.out")" ;;
+esac
+kill "$zpid" 2>/dev/null; wait "$zpid" 2>/dev/null; zpid=""
+kill "$lpid" 2>/dev/null; wait "$lpid" 2>/dev/null
+if [ "$(stat -c %U /var/lib/zkflow/zkflow.db 2>&1)" = zkflow ]; then
+    ok "its store is in /var/lib/zkflow, the zkflow user's"
+else
+    bad "its store is in /var/lib/zkflow, the zkflow user's" "$(ls -l /var/lib/zkflow 2>&1)"
+fi
+
 out=$(cd "$T" && lua5.4 -e 'local f = require "zkflow"; print(type(f.dag), package.searchpath("zkflow.core", package.cpath))' 2>&1)
 case "$out" in
 "function	/usr/lib/"*"/lua/5.4/zkflow/core.so") ok "plain lua5.4 finds lua-zkflow's modules" ;;
