@@ -14,7 +14,7 @@ PKG_CFLAGS := $(shell pkg-config --cflags $(PKGS) 2>/dev/null)
 WARN     := -Wall -Wextra -Werror -Wshadow -Wstrict-prototypes \
             -Wmissing-prototypes -Wwrite-strings
 CFLAGS   ?= -O2 -g
-ALL_CFLAGS := -std=c11 -D_GNU_SOURCE -fPIC $(WARN) $(CFLAGS) \
+ALL_CFLAGS := -std=c11 -D_GNU_SOURCE -fPIC $(WARN) $(CPPFLAGS) $(CFLAGS) \
             -Icore -Icore/include $(PKG_CFLAGS)
 LIBS_NOLUA := -levent -lsqlite3 -lzookeeper_mt -lm -lpthread
 # The library exports what zkflow.h marks ZKF_EXPORT and nothing else.
@@ -47,7 +47,7 @@ CTESTS   := $(CTEST_SRC:spec/c/%.c=$(B)/test/%)
 HOSTS    := $(patsubst examples/host/%.c,$(B)/examples/%,$(wildcard examples/host/*.c))
 
 .PHONY: all lib test test-c test-lua test-asan test-valgrind bench lint \
-        install clean help deps
+        install install-lua clean help deps
 
 all: $(B)/zkflow $(B)/libzkflow.a $(B)/libzkflow.so $(B)/zkflow.so \
      $(CTESTS) $(HOSTS)
@@ -59,7 +59,8 @@ help:
 	@echo "make bench      benchmarks against ninja and Dask"
 	@echo "make lint       luacheck"
 	@echo "make deps       apt-get the Debian packages the build and tests need"
-	@echo "make install    PREFIX=$(PREFIX) DESTDIR="
+	@echo "make install    PREFIX=$(PREFIX) DESTDIR= (README: Install)"
+	@echo "make install-lua  the Lua modules and zkflow/core.so only"
 	@echo "make clean"
 
 deps:
@@ -69,7 +70,8 @@ deps:
 	    libsqlite3-dev libjansson-dev lua-busted lua-check valgrind \
 	    python3-croniter python3-dask ninja-build curl procps \
 	    libzookeeper-mt-dev zookeeper python3-kazoo default-jre-headless \
-	    nginx nginx-dev libnginx-mod-http-lua chromium
+	    nginx nginx-dev libnginx-mod-http-lua chromium \
+	    debhelper dpkg-dev fakeroot lintian luarocks
 
 $(B)/obj/%.o: core/%.c $(CORE_HDR)
 	@mkdir -p $(dir $@)
@@ -97,21 +99,21 @@ $(B)/libzkflow.a: $(CORE_OBJ)
 
 $(B)/$(SOFILE): $(CORE_OBJ)
 	@$(if $(Q),echo "  LD    $@")
-	$(Q)$(CC) -shared -Wl,-soname,$(SONAME) -o $@ $^ $(LIBS)
+	$(Q)$(CC) $(LDFLAGS) -shared -Wl,-soname,$(SONAME) -o $@ $^ $(LIBS)
 
 $(B)/libzkflow.so: $(B)/$(SOFILE)
 	$(Q)ln -sf $(SOFILE) $(B)/$(SONAME) && ln -sf $(SOFILE) $@
 
 $(B)/zkflow: $(CLI_OBJ) $(B)/libzkflow.a
 	@$(if $(Q),echo "  LD    $@")
-	$(Q)$(CC) -o $@ $(CLI_OBJ) $(B)/libzkflow.a $(LIBS)
+	$(Q)$(CC) $(LDFLAGS) -o $@ $(CLI_OBJ) $(B)/libzkflow.a $(LIBS)
 
 # The Lua C module: no liblua here, the interpreter provides the symbols.
 # It exports luaopen_zkflow_core only (--exclude-libs hides the archive's).
 $(B)/zkflow.so: $(LUAMOD_OBJ) $(B)/libzkflow.a
 	@mkdir -p $(dir $@)
 	@$(if $(Q),echo "  LD    $@")
-	$(Q)$(CC) -shared -o $@ $(LUAMOD_OBJ) -Wl,--whole-archive $(B)/libzkflow.a \
+	$(Q)$(CC) $(LDFLAGS) -shared -o $@ $(LUAMOD_OBJ) -Wl,--whole-archive $(B)/libzkflow.a \
 	    -Wl,--no-whole-archive -Wl,--exclude-libs,ALL $(LIBS_NOLUA)
 
 $(B)/test/%: spec/c/%.c spec/c/test.h $(B)/libzkflow.a
@@ -155,21 +157,66 @@ bench: all
 lint:
 	$(Q)luacheck -q lua spec examples plugins bench
 
-install: all
-	install -d $(DESTDIR)$(PREFIX)/bin $(DESTDIR)$(PREFIX)/lib \
-	    $(DESTDIR)$(PREFIX)/include $(DESTDIR)$(PREFIX)/share/lua/5.4 \
-	    $(DESTDIR)$(PREFIX)/lib/lua/5.4/zkflow
-	install -m 755 $(B)/zkflow $(DESTDIR)$(PREFIX)/bin/zkflow
-	install -m 644 $(B)/libzkflow.a $(DESTDIR)$(PREFIX)/lib/
-	install -m 755 $(B)/$(SOFILE) $(DESTDIR)$(PREFIX)/lib/
-	ln -sf $(SOFILE) $(DESTDIR)$(PREFIX)/lib/$(SONAME)
-	ln -sf $(SOFILE) $(DESTDIR)$(PREFIX)/lib/libzkflow.so
-	install -m 644 core/include/zkflow.h $(DESTDIR)$(PREFIX)/include/
-	install -m 755 $(B)/zkflow.so $(DESTDIR)$(PREFIX)/lib/lua/5.4/zkflow/core.so
-	cd lua && find zkflow -name '*.lua' -exec install -D -m 644 {} \
-	    $(DESTDIR)$(PREFIX)/share/lua/5.4/{} \;
-	$(LUA) tools/bundle.lua --assets \
-	    $(DESTDIR)$(PREFIX)/share/lua/5.4/zkflow/web_assets.lua $(WEB_SRC)
+# ---- install ----------------------------------------------------------------
+#
+# PREFIX, DESTDIR as usual; the directories below default from PREFIX and
+# can be set one by one (debian/rules sets the multiarch ones).  The Lua
+# folders are lua5.4's default search paths under PREFIX.  The nginx module
+# goes where Debian's nginx loads modules from (/usr/lib/nginx/modules) when
+# PREFIX=/usr, otherwise under PREFIX; its mod-http-zkflow.conf snippet
+# goes to share/nginx/modules-available as Debian's libnginx-mod-* ship it:
+# `load_module modules/...` (nginx's prefix-relative path) under /usr, the
+# absolute path elsewhere.
+VERSION     := $(shell sed -n 's/^\#define ZKF_VERSION "\(.*\)"/\1/p' core/include/zkflow.h)
+BINDIR      ?= $(PREFIX)/bin
+LIBDIR      ?= $(PREFIX)/lib
+INCLUDEDIR  ?= $(PREFIX)/include
+PKGCONFIGDIR ?= $(LIBDIR)/pkgconfig
+LUA_LMOD    ?= $(PREFIX)/share/lua/5.4
+LUA_CMOD    ?= $(PREFIX)/lib/lua/5.4
+DOCDIR      ?= $(PREFIX)/share/doc/zkflow
+NGX_MODDIR  ?= $(if $(filter /usr,$(PREFIX)),/usr/lib/nginx/modules,$(PREFIX)/lib/nginx/modules)
+NGX_CONFDIR ?= $(PREFIX)/share/nginx/modules-available
+NGX_LOAD    := $(if $(filter /usr,$(PREFIX)),modules,$(NGX_MODDIR))
+SYSTEMDDIR  ?= $(PREFIX)/lib/systemd/system
+SYSUSERSDIR ?= $(PREFIX)/lib/sysusers.d
+UNITS       := $(wildcard packaging/systemd/*.service)
+
+$(B)/zkflow.pc: packaging/zkflow.pc.in core/include/zkflow.h
+	$(Q)sed -e 's|@PREFIX@|$(PREFIX)|' \
+	    -e 's|@LIBDIR@|$(patsubst $(PREFIX)/%,$${prefix}/%,$(LIBDIR))|' \
+	    -e 's|@INCLUDEDIR@|$(patsubst $(PREFIX)/%,$${prefix}/%,$(INCLUDEDIR))|' -e 's|@VERSION@|$(VERSION)|' $< > $@
+
+# PREFIX and the directories are baked in: remade every time.  Paths under
+# PREFIX are written ${prefix}/... so that pkg-config --define-prefix
+# finds a staged or moved tree.
+.PHONY: $(B)/zkflow.pc
+
+# The Lua modules and zkflow/core.so alone (the rockspec's install step).
+install-lua: $(B)/zkflow.so
+	$(Q)install -d $(DESTDIR)$(LUA_LMOD) $(DESTDIR)$(LUA_CMOD)/zkflow
+	$(Q)install -m 644 $(B)/zkflow.so $(DESTDIR)$(LUA_CMOD)/zkflow/core.so
+	$(Q)cd lua && find zkflow -name '*.lua' -exec install -D -m 644 {} \
+	    $(DESTDIR)$(LUA_LMOD)/{} \;
+	$(Q)$(LUA) tools/bundle.lua --assets \
+	    $(DESTDIR)$(LUA_LMOD)/zkflow/web_assets.lua $(WEB_SRC)
+
+install: install-lua $(B)/zkflow $(B)/libzkflow.a $(B)/libzkflow.so $(B)/zkflow.pc
+	$(Q)install -d $(DESTDIR)$(BINDIR) $(DESTDIR)$(LIBDIR) $(DESTDIR)$(INCLUDEDIR) \
+	    $(DESTDIR)$(PKGCONFIGDIR) $(DESTDIR)$(DOCDIR) $(DESTDIR)$(SYSTEMDDIR) $(DESTDIR)$(SYSUSERSDIR)
+	$(Q)install -m 755 $(B)/zkflow $(DESTDIR)$(BINDIR)/zkflow
+	$(Q)install -m 644 $(B)/libzkflow.a $(DESTDIR)$(LIBDIR)/
+	$(Q)install -m 644 $(B)/$(SOFILE) $(DESTDIR)$(LIBDIR)/
+	$(Q)ln -sf $(SOFILE) $(DESTDIR)$(LIBDIR)/$(SONAME)
+	$(Q)ln -sf $(SOFILE) $(DESTDIR)$(LIBDIR)/libzkflow.so
+	$(Q)install -m 644 core/include/zkflow.h $(DESTDIR)$(INCLUDEDIR)/
+	$(Q)install -m 644 $(B)/zkflow.pc $(DESTDIR)$(PKGCONFIGDIR)/
+	$(Q)install -m 644 README.md $(DESTDIR)$(DOCDIR)/
+	$(Q)cp -R docs examples $(DESTDIR)$(DOCDIR)/
+	$(Q)for u in $(UNITS); do \
+	    sed 's|@BINDIR@|$(BINDIR)|g' $$u > $(DESTDIR)$(SYSTEMDDIR)/$${u##*/} && \
+	    chmod 644 $(DESTDIR)$(SYSTEMDDIR)/$${u##*/} || exit 1; done
+	$(Q)install -m 644 packaging/systemd/zkflow.sysusers $(DESTDIR)$(SYSUSERSDIR)/zkflow.conf
 
 clean:
 	rm -rf build
@@ -215,3 +262,16 @@ $(B)/ngx_http_zkflow_module.so: $(NGX_BUILD)/Makefile $(B)/libzkflow.a \
 	    || { cat $(NGX_BUILD)/make.log; exit 1; }
 	@# a new inode: a running nginx has the old one mapped
 	$(Q)cp $(NGX_BUILD)/objs/ngx_http_zkflow_module.so $@.tmp && mv -f $@.tmp $@
+
+# `make install` adds the module where it is built.
+ifneq ($(NGX_MODULE),)
+install: install-nginx
+endif
+
+.PHONY: install-nginx
+install-nginx: $(NGX_MODULE)
+	$(Q)install -d $(DESTDIR)$(NGX_MODDIR) $(DESTDIR)$(NGX_CONFDIR)
+	$(Q)install -m 644 $(NGX_MODULE) $(DESTDIR)$(NGX_MODDIR)/
+	$(Q)echo 'load_module $(NGX_LOAD)/ngx_http_zkflow_module.so;' \
+	    > $(DESTDIR)$(NGX_CONFDIR)/mod-http-zkflow.conf
+	$(Q)chmod 644 $(DESTDIR)$(NGX_CONFDIR)/mod-http-zkflow.conf

@@ -375,6 +375,7 @@ int zkf_lua_open_core(lua_State *L)
     zkf_lua_open_watch(L);
     zkf_lua_open_net(L);
     zkf_lua_open_crypto(L);
+    zkf_lua_open_notify(L);
     zkf_engine_open_lua(L);
     return 1;
 }

@@ -8,7 +8,12 @@
  * when it next needs to run (set_timer); the loop calls it back through
  * zkf_engine_on_fd() and zkf_engine_on_timer().  Only <zkflow.h> and
  * POSIX are used.
+ *
+ *   cc host_poll.c $(pkg-config --cflags --libs zkflow)
  */
+#ifndef _GNU_SOURCE
+#define _GNU_SOURCE     /* pipe2() */
+#endif
 #include <errno.h>
 #include <fcntl.h>
 #include <limits.h>

@@ -31,6 +31,7 @@ function _M.main(argv, done, options)
     if code == cli.KEEP_RUNNING then
       pending_done = done
       serving = true
+      require("zkflow.node").notify_ready()
       return
     end
     io.stdout:flush()

@@ -376,6 +376,15 @@ function _M.start(o)
   return self
 end
 
+-- Tells systemd (a unit of Type=notify) that the serving command is up:
+-- the store is open, the node started and the API listens.  A no-op
+-- outside systemd; a socket that cannot be reached is logged, not fatal.
+function _M.notify_ready()
+  local ok, err = core.sd_notify("READY=1\nMAINPID=" .. core.getpid())
+  if ok == nil then core.log("warn", "sd_notify: " .. tostring(err)) end
+  return ok
+end
+
 -- Stops what the node started (the members first, whose nodes go) and
 -- releases the store's lock; the caller closes the store after.
 function Node:stop()
