@@ -194,7 +194,7 @@ EOF
         fi
         sleep 0.05
     done
-    t=$(best_of nginx "$db" curl -sf -X POST -d '{}' "$url/dags/$DAG/runs")
+    t=$(best_of nginx "$db" curl -sf -X POST -H 'Content-Type: application/json' -d '{}' "$url/dags/$DAG/runs")
     rc=$?
     stop_host
     [ "$rc" -eq 0 ] && echo "$t"
