@@ -203,6 +203,16 @@ describe("zkflow.api", function()
             local _, v = call("GET", "/api/v1/dags/etl/runs", nil,
                               { tasks = "1" })
             assert.equal("failed", v.dag_runs[1].tasks.load.state)
+            assert.equal(core.null, v.dag_runs[1].tasks.load.waiting_for)
+        end)
+
+        it("says in the run list why a depends_on_past task waits (the page's cell title)", function()
+            S:put_ti("etl", "r1", { task_id = "report", state = core.null, try_number = 0,
+                                    waiting_for = "waiting for report of r0" })
+            local _, v = call("GET", "/api/v1/dags/etl/runs", nil, { tasks = "1" })
+            assert.equal("waiting for report of r0", v.dag_runs[1].tasks.report.waiting_for)
+            local _, _, page = call("GET", "/")
+            assert.matches("ti.waiting_for", page, 1, true)
         end)
 
         it("shows the run object with its task instances", function()

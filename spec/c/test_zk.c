@@ -340,7 +340,7 @@ static void test_zk_expiry_makes_a_new_session(void)
     zookeeper_close(zh);
     ASSERT(t.connected);
     e.n_states = 0;
-    for (i = 0; i < 200 && !(saw(&e, ZKF_ZK_EXPIRED) &&
+    for (i = 0; i < 400 && !(saw(&e, ZKF_ZK_EXPIRED) &&
                             saw(&e, ZKF_ZK_CONNECTED)); i++)
         run_until(&e, NULL, 50);
     ASSERT(saw(&e, ZKF_ZK_EXPIRED));

@@ -308,7 +308,8 @@ route("GET", "/api/v1/dags/{dag_id}/runs", function(self, p, req)
             local tasks = {}
             for tid, ti in pairs(self.S:list_tis(p.dag_id, runs[i].run_id)) do
                 tasks[tid] = { state = nullable(ti.state),
-                               try_number = ti.try_number or 0 }
+                               try_number = ti.try_number or 0,
+                               waiting_for = nullable(ti.waiting_for) }
             end
             r.tasks = tasks
         end
