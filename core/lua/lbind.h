@@ -42,6 +42,11 @@ void zkf_lua_open_watch(lua_State *L);  /* lua/watch.c: watch_tree (inotify) */
 void zkf_lua_open_net(lua_State *L);    /* lua/net.c: tcp_request */
 void zkf_lua_open_crypto(lua_State *L); /* lua/crypto.c: sha256 hmac_sha256 pbkdf2_sha256 random_hex equal_ct */
 void zkf_lua_open_notify(lua_State *L); /* lua/notify.c: sd_notify */
+void zkf_lua_open_sqlite(lua_State *L); /* lua/sql_sqlite.c: sqlite_open */
+
+/* The value of `core.sql_null`, the NULL of SQL parameters (a light
+ * userdata every SQL driver accepts).  Static; never freed. */
+void *zkf_lua_sql_null(void);
 
 /* The whole module: returns 1 (the table).  luaopen_zkflow_core calls it. */
 int zkf_lua_open_core(lua_State *L);

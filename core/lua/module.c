@@ -350,6 +350,14 @@ static int l_in_engine(lua_State *L)
     return 1;
 }
 
+/* The address only matters: core.sql_null is a light userdata of it. */
+static const char sql_null_mark;
+
+void *zkf_lua_sql_null(void)
+{
+    return (void *)&sql_null_mark;
+}
+
 static const luaL_Reg core_funcs[] = {
     {"mem_limit", l_mem_limit},
     {"mem_used", l_mem_used},
@@ -376,6 +384,9 @@ int zkf_lua_open_core(lua_State *L)
     zkf_lua_open_net(L);
     zkf_lua_open_crypto(L);
     zkf_lua_open_notify(L);
+    zkf_lua_open_sqlite(L);
+    lua_pushlightuserdata(L, zkf_lua_sql_null());
+    lua_setfield(L, -2, "sql_null");
     zkf_engine_open_lua(L);
     return 1;
 }
