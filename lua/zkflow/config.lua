@@ -117,6 +117,16 @@ local KNOWN = {
         end
         return "one of \"" .. concat(LOG_LEVELS, "\", \"") .. "\""
     end,
+    -- docs/history.md: finished runs older than this many days leave the
+    -- history (unset: kept for ever); where the history is (a cluster's).
+    retention_days = function(v)
+        if type(v) == "number" and v > 0 then return true end
+        return "a number of days > 0 (finished runs older than that are removed)"
+    end,
+    history_url = function(v)
+        if type(v) == "string" and v ~= "" then return true end
+        return "a history store URL (sqlite:PATH or postgresql://...)"
+    end,
 }
 local pool_slots = int_at_least(0, "slots of the pool")
 
@@ -371,6 +381,10 @@ _M.KNOWN_KEYS = {
     { "pools.NAME", "integer >= 0: slots of pool NAME" },
     { "worker_slots", "integer >= 1: slots of workers started without "
                       .. "--slots" },
+    { "retention_days", "number > 0: finished runs older than this leave "
+                        .. "the history (default: kept for ever)" },
+    { "history_url", "sqlite:PATH or postgresql://...: the history store of "
+                     .. "a cluster (--history wins)" },
 }
 
 return _M

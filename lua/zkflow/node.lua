@@ -150,13 +150,18 @@ function _M.watch_config(store, root, apply, stopped)
   look()
 end
 
--- /config's scheduler keys on scheduler `s`: parallelism (32 when unset)
--- and pools.NAME; a pool that grew lets waiting tries go.  `quiet`: no log
--- and no scheduling pass (before the scheduler starts).
+-- /config's scheduler keys on scheduler `s`: parallelism (32 when unset),
+-- pools.NAME and retention_days; a pool that grew lets waiting tries go.
+-- `quiet`: no log and no scheduling pass (before the scheduler starts).
 function _M.apply_sched_config(s, cfg, quiet)
   local par = valid_int(cfg.parallelism, 1) and cfg.parallelism or 32
   if s:set_parallelism(par) and not quiet then
     log("info", "config: parallelism " .. par)
+  end
+  local days = type(cfg.retention_days) == "number" and cfg.retention_days > 0
+               and cfg.retention_days or nil
+  if s:set_retention(days) and not quiet then
+    log("info", "config: retention_days " .. tostring(days or "unset (keep everything)"))
   end
   if type(cfg.pools) == "table" then
     for name, slots in pairs(cfg.pools) do
@@ -223,6 +228,40 @@ local function scanner(store, root, dir)
   end
 end
 
+-- ---- the history store ------------------------------------------------------------
+
+-- The history store of a node (docs/history.md): o.history (an open
+-- zkflow.history, borrowed) or o.history_url (--history); else on the
+-- embedded store its own file (o.db); else on ZooKeeper /config's
+-- history_url.  On ZooKeeper without one there is none: finished runs
+-- stay in ZooKeeper, as before the history existed, and a warning says
+-- so -- a SQLite file of its own per scheduler would split the history
+-- between machines and hide it from every other one.  Returns the history
+-- (the node owns it when it opened it), or nil.
+function _M.open_history(o, root)
+  if o.history then return o.history end
+  local url = o.history_url
+  if not url and not o.zk and o.db then url = "sqlite:" .. o.db end
+  if not url and o.zk then
+    local ok, cfg = pcall(require("zkflow.config").read, o.store, root)
+    url = ok and type(cfg) == "table" and type(cfg.history_url) == "string"
+          and cfg.history_url or nil
+  end
+  if not url then
+    if o.zk and o.scheduler then
+      log("warn", "no history store (--history URL or history_url in /config): "
+          .. "finished runs stay in ZooKeeper, which grows with every run")
+    end
+    return nil
+  end
+  local h, err = require("zkflow.history").new(url)
+  if not h then
+    log("error", tostring(err) .. ": finished runs stay in the live store")
+    return nil
+  end
+  return h, true
+end
+
 -- ---- the running node -------------------------------------------------------------
 
 local Node = {}
@@ -235,7 +274,7 @@ function Node:start_scheduler()
   local sched = require "zkflow.scheduler"
   local s = sched.new {
     store = o.store, root = self.root, dags_dir = o.dags_dir,
-    log_dir = o.log_dir, on_event = o.on_event,
+    log_dir = o.log_dir, on_event = o.on_event, history = self.history,
   }
   local first = true
   _M.watch_config(o.store, self.root, function(cfg)
@@ -280,7 +319,7 @@ function Node:start_cluster()
     local box = {}
     local h = cluster.scheduler {
       store = o.store, root = self.root, dags_dir = o.dags_dir,
-      log_dir = o.log_dir, on_event = o.on_event, id = o.id,
+      log_dir = o.log_dir, on_event = o.on_event, id = o.id, history = self.history,
       on_lead = function(s) _M.apply_sched_config(s, box.config or {}, true) end,
     }
     parts.scheduler = h
@@ -319,10 +358,15 @@ end
 --   o.api        build the API router and make it the served one
 --   o.auth       the API asks every request for a user (zkflow.api.auth)
 --   o.status     extra fields for /api/v1/health's scheduler object
+--   o.history    an open zkflow.history (borrowed), or o.history_url: where
+--                finished runs go (_M.open_history says the default)
 -- The node has .scheduler (embedded store), .parts.scheduler/.worker
--- (cluster), .api, .dags() (the DAG provider), :stop().
+-- (cluster), .api, .dags() (the DAG provider), .history, :stop().
 function _M.start(o)
   local self = setmetatable({ o = o, root = o.root or "/zkflow" }, Node)
+  if o.scheduler or o.api then
+    self.history, self.owns_history = _M.open_history(o, self.root)
+  end
   local scan = scanner(o.store, self.root, o.dags_dir)
   if o.zk then
     self:start_cluster()
@@ -370,6 +414,7 @@ function _M.start(o)
     self.api = api.new {
       store = o.store, root = self.root, scheduler = status,
       log_dir = o.log_dir, dags = self.dags, auth = o.auth,
+      history = self.history,
     }
     api.serve(self.api)
   end
@@ -396,6 +441,7 @@ function Node:stop()
   end
   if self.scheduler then pcall(self.scheduler.stop, self.scheduler) end
   if self.lock then self.lock:close(); self.lock = nil end
+  if self.owns_history then pcall(self.history.close, self.history) end
 end
 
 return _M

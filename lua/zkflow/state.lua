@@ -33,15 +33,19 @@ local S = {}
 S.__index = S
 
 -- Returns a state accessor over `store` (borrowed: it must outlive the
--- accessor) rooted at `root` (default "/zkflow").
-function _M.new(store, root)
+-- accessor) rooted at `root` (default "/zkflow").  opts.history: the
+-- history store (zkflow.history, borrowed) where finished runs live once
+-- they have left the live store; the reads below look there after the
+-- live store, so a caller never sees where a run is.
+function _M.new(store, root, opts)
     if not store then
         error("state.new: 'store' is required", 2)
     end
     root = root or "/zkflow"
     if root == "/" then root = "" end
     root = root:gsub("/+$", "")
-    return setmetatable({ store = store, root = root }, S)
+    return setmetatable({ store = store, root = root,
+                          history = opts and opts.history or nil }, S)
 end
 
 -- Marks a list so that core.json_encode writes it as an array even when
@@ -158,8 +162,29 @@ end
 
 -- ---- runs ----------------------------------------------------------------
 
+-- The run record: the live store's, else the history's; nil and
+-- "ZNONODE" when neither has it.
 function S:get_run(dag_id, run_id)
+    local rec, err = self:read(self:path("runs", dag_id, run_id))
+    if rec or err ~= "ZNONODE" or not self.history then
+        return rec, err
+    end
+    rec = self.history:get_run(dag_id, run_id)
+    if rec then return rec end
+    return nil, "ZNONODE"
+end
+
+-- The run record from the live store only (nil when it is not live).
+function S:get_live_run(dag_id, run_id)
     return self:read(self:path("runs", dag_id, run_id))
+end
+
+-- Whether a run with that id exists, live or in history.
+function S:has_run(dag_id, run_id)
+    if self.store:exists(self:path("runs", dag_id, run_id)) then
+        return true
+    end
+    return self.history ~= nil and self.history:has_run(dag_id, run_id)
 end
 
 -- Creates the run node; `run` needs dag_id and run_id.  Returns the run,
@@ -217,19 +242,18 @@ local function run_order(a, b)
     return (a.run_id or "") < (b.run_id or "")
 end
 
--- Runs of `dag_id` (or of every DAG when nil), oldest logical date first.
--- `filter.state` keeps only runs in that state.
-function S:list_runs(dag_id, filter)
+-- The live runs of `dag_id` (or of every DAG when nil), oldest logical
+-- date first; `state` keeps only runs in that state.
+function S:live_runs(dag_id, st)
     local dags = dag_id and { dag_id } or self:run_dags()
     local out = {}
     for _, d in ipairs(dags) do
         for _, rid in ipairs(self:run_ids(d)) do
-            local run = self:get_run(d, rid)
+            local run = self:read(self:path("runs", d, rid))
             if run then
                 run.dag_id = run.dag_id or d
                 run.run_id = run.run_id or rid
-                if not (filter and filter.state)
-                        or run.state == filter.state then
+                if not st or run.state == st then
                     out[#out + 1] = run
                 end
             end
@@ -239,10 +263,102 @@ function S:list_runs(dag_id, filter)
     return out
 end
 
+-- The sort key of a run record: logical date, run id, DAG id (the
+-- history's ORDER BY).
+local function key_less(a, b)
+    local la, lb = a.logical_date or "", b.logical_date or ""
+    if la ~= lb then return la < lb end
+    local ra, rb = a.run_id or "", b.run_id or ""
+    if ra ~= rb then return ra < rb end
+    return (a.dag_id or "") < (b.dag_id or "")
+end
+
+-- Runs of `dag_id` (or of every DAG when nil), live and finished (from
+-- the history) as one list, oldest logical date first; returns the runs
+-- and how many match in all.  filter: state (only runs in that state),
+-- order ("asc", default, or "desc": newest first), limit and offset (a
+-- page of that order; without limit every run).  A page costs the live
+-- runs (few: finished ones move to the history within seconds) plus one
+-- indexed query of the history.
+function S:list_runs(dag_id, filter)
+    filter = filter or {}
+    local desc = filter.order == "desc"
+    local live = self:live_runs(dag_id, filter.state)
+    local h = self.history
+    if h then
+        -- A finished run between its copy to the history and its removal
+        -- from the live store is in both: the history's row counts.
+        local only = {}
+        for _, r in ipairs(live) do
+            if not (_M.RUN_FINISHED[r.state] and h:has_run(r.dag_id, r.run_id)) then
+                only[#only + 1] = r
+            end
+        end
+        live = only
+    end
+    local less = key_less
+    if desc then less = function(a, b) return key_less(b, a) end end
+    sort(live, less)
+    local n = #live
+    local limit, offset = filter.limit, math.max(0, filter.offset or 0)
+    if not h then
+        if not limit then return live, n end
+        local page = {}
+        for i = offset + 1, math.min(n, offset + limit) do page[#page + 1] = live[i] end
+        return page, n
+    end
+    if not limit then
+        local hist, htotal = h:list_runs(dag_id, { state = filter.state, order = filter.order })
+        local out = {}
+        for _, r in ipairs(live) do out[#out + 1] = r end
+        for _, r in ipairs(hist) do out[#out + 1] = r end
+        sort(out, less)
+        return out, n + htotal
+    end
+    -- The history's part of the page lies within [offset - n, offset +
+    -- limit) of its own order; its first row anchors the merge: the live
+    -- runs before it that come before the page are the ones before it.
+    local htotal = h:count_runs(dag_id, filter.state)
+    local total = n + htotal
+    local merged, pos0
+    if htotal == 0 then
+        merged, pos0 = live, 0
+    else
+        local a = math.max(0, math.min(offset - n, htotal - 1))
+        local window = h:list_runs(dag_id, { state = filter.state, order = filter.order,
+                                             limit = math.max(1, offset + limit - a),
+                                             offset = a })
+        local first = window[1]
+        merged = {}
+        local before = 0
+        for _, r in ipairs(live) do
+            if a == 0 or not first or not less(r, first) then
+                merged[#merged + 1] = r
+            else
+                before = before + 1
+            end
+        end
+        for _, r in ipairs(window) do merged[#merged + 1] = r end
+        sort(merged, less)
+        pos0 = a == 0 and 0 or (a + before)
+    end
+    local page = {}
+    for i = offset - pos0 + 1, offset - pos0 + limit do
+        if i >= 1 and merged[i] then page[#page + 1] = merged[i] end
+    end
+    return page, total
+end
+
 -- ---- task instances ------------------------------------------------------
 
 function S:get_ti(dag_id, run_id, task_id)
-    return self:read(self:path("runs", dag_id, run_id, task_id))
+    local rec, err = self:read(self:path("runs", dag_id, run_id, task_id))
+    if rec or err ~= "ZNONODE" or not self.history then
+        return rec, err
+    end
+    rec = self.history:get_ti(dag_id, run_id, task_id)
+    if rec then return rec end
+    return nil, "ZNONODE"
 end
 
 function S:put_ti(dag_id, run_id, ti)
@@ -260,17 +376,35 @@ function S:update_ti(dag_id, run_id, task_id, fields)
     return ti
 end
 
--- Every task instance of a run as {[task_id] = ti}.
+-- Every task instance of a run as {[task_id] = ti}: the live store's
+-- while the run is live, else the history's.
 function S:list_tis(dag_id, run_id)
     local out = {}
-    for _, tid in ipairs(self:children(self:path("runs", dag_id, run_id))) do
-        local ti = self:get_ti(dag_id, run_id, tid)
+    local rp = self:path("runs", dag_id, run_id)
+    local kids = self.store:children(rp)
+    if not kids and self.history then
+        return self.history:list_tis(dag_id, run_id)
+    end
+    for _, tid in ipairs(kids or {}) do
+        local ti = self:read(rp .. "/" .. tid)
         if ti then
             ti.task_id = ti.task_id or tid
             out[tid] = ti
         end
     end
     return out
+end
+
+-- The copy of a cluster try's log: the live store's (<task instance
+-- node>/log.<try>), else the history's; nil when neither has one.
+function S:log_copy(dag_id, run_id, task_id, try)
+    local data = self.store:get(self:path("runs", dag_id, run_id, task_id)
+                                .. "/log." .. math.tointeger(try))
+    if data then return data end
+    if self.history then
+        return self.history:log(dag_id, run_id, task_id, try)
+    end
+    return nil
 end
 
 local function nullable(v)
@@ -333,7 +467,12 @@ end
 
 function S:trigger(dag, opts)
     local run = _M.new_run(dag, opts)
-    local ok, err = self:create_run(run)
+    local ok, err
+    if self.history and self.history:has_run(run.dag_id, run.run_id) then
+        err = "ZNODEEXISTS"
+    else
+        ok, err = self:create_run(run)
+    end
     if not ok then
         if err == "ZNODEEXISTS" then
             return nil, "run '" .. run.run_id .. "' of DAG '" .. run.dag_id

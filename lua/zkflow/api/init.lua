@@ -178,7 +178,9 @@ Api.__index = Api
 -- two tables), o.scheduler: the running scheduler or nil, o.log_dir: where
 -- task logs are when a task instance does not say, o.auth: true to ask
 -- every request who sent it (users and tokens of zkflow.api.auth in the
--- same store); off by default here, the front doors decide (node.lua).
+-- same store); off by default here, the front doors decide (node.lua);
+-- o.history: the history store (zkflow.history) that finished runs are
+-- read from.
 function _M.new(o)
     o = o or {}
     if not o.store then
@@ -186,7 +188,7 @@ function _M.new(o)
     end
     local self = setmetatable({
         store = o.store,
-        S = state.new(o.store, o.root),
+        S = state.new(o.store, o.root, { history = o.history }),
         dags_fn = o.dags or function() return { dags = {}, errors = {} } end,
         scheduler = o.scheduler,
         log_dir = o.log_dir,

@@ -267,8 +267,7 @@ function _M.read_log(S, ti, o)
     end
     local try = o.try or (ti and tonumber(ti.try_number))
     if S and try then
-        local data = S.store:get(S:path("runs", o.dag_id, o.run_id, o.task_id)
-                                 .. "/log." .. math.tointeger(try))
+        local data = S:log_copy(o.dag_id, o.run_id, o.task_id, try)
         if data then return data end
     end
     return nil, path

@@ -58,6 +58,7 @@ local function new_ctx(defaults)
         zk_auth = defaults.zk_auth or env("ZKFLOW_ZK_AUTH"),
         zk_acl  = defaults.zk_acl or env("ZKFLOW_ZK_ACL"),
         db_sync = defaults.db_sync,
+        history_url = defaults.history_url or env("ZKFLOW_HISTORY"),
         log_dir = defaults.log_dir,
         json    = false,
         opts    = {},
@@ -109,13 +110,40 @@ function Ctx:store(create)
 end
 
 -- The state accessor, or nil when there is no store and `create` is false.
+-- Its reads of finished runs go to the history store (Ctx:history).
 function Ctx:state(create)
     local st = self:store(create)
     if not st then return nil end
-    self.S = self.S or state.new(st, self.root)
+    self.S = self.S or state.new(st, self.root, { history = self:history() })
     return self.S
 end
 
+-- The history store (docs/history.md), or nil when there is none: --history
+-- URL (ZKFLOW_HISTORY); else the embedded store's own file; else on
+-- ZooKeeper /config's history_url.  A history that cannot be opened fails
+-- the command.
+function Ctx:history()
+    if self.hist ~= nil then return self.hist or nil end
+    local url = self.history_url
+    if not url then
+        if self.zk and self.zk ~= "" then
+            local st = self:store(false)
+            local ok, cfg = pcall(need("zkflow.config").read, st, self.root)
+            url = ok and type(cfg) == "table" and type(cfg.history_url) == "string"
+                  and cfg.history_url or nil
+        elseif is_file(self.db) then
+            url = "sqlite:" .. self.db
+        end
+    end
+    if not url then
+        self.hist = false
+        return nil
+    end
+    local h, err = need("zkflow.history").new(url)
+    if not h then fail(err) end
+    self.hist = h
+    return h
+end
 function Ctx:logs_dir()
     return self.opts["log-dir"] or self.log_dir or (dirname(self.db) .. "/logs")
 end
@@ -127,7 +155,8 @@ function Ctx:close()
         pcall(st.flush, st)
         pcall(st.close, st)
     end
-    self.stores, self.st, self.S = {}, nil, nil
+    if self.hist then pcall(self.hist.close, self.hist) end
+    self.stores, self.st, self.S, self.hist = {}, nil, nil, nil
 end
 
 -- Scans the DAG folder: {dags = {[id] = dag}, errors = {[file] = msg}}.

@@ -23,6 +23,7 @@ local runs    = require "zkflow.cli.runs"
 local config  = require "zkflow.cli.config"
 local zk      = require "zkflow.cli.zk"
 local users   = require "zkflow.cli.users"
+local db      = require "zkflow.cli.db"
 
 local _M = {}
 
@@ -237,6 +238,23 @@ local commands = {
           usage = "users token NAME [--label TEXT] [--json]", args = { 1, 1 },
           opts = { { "label", "TEXT", "what the token is for" }, JSON } },
       } },
+    { name = "db", help = "the history store: remove old runs",
+      sub = {
+        { name = "clean", fn = db.clean,
+          help = "remove finished runs (task instances, XComs, logs) from the history",
+          usage = "db clean --before DATE [--dag ID] [--keep-last N] [--dry-run] [--json]",
+          args = { 0, 0 },
+          more = "Removes the runs that started before DATE, their task instances, "
+                 .. "XComs, log copies and log folders, then the DAG versions no run "
+                 .. "refers to; prints what it removed.  Runs that have not ended are "
+                 .. "never removed.  retention_days in /config does the same continuously.",
+          opts = { { "before", "DATE", "remove runs that started before this "
+                     .. "(ISO 8601)" },
+                   { "dag", "ID", "only this DAG's runs" },
+                   { "keep-last", "N", "keep the last N runs of each DAG" },
+                   { "dry-run", nil, "only say what would be removed" },
+                   JSON } },
+      } },
     { name = "members", fn = config.members,
       help = "list the schedulers and workers of the cluster",
       usage = "members [--json]", args = { 0, 0 }, opts = { JSON } },
@@ -284,6 +302,8 @@ local GLOBAL = {
     { "root", "PATH", "root znode (default /zkflow)" },
     { "zk", "HOSTS", "ZooKeeper ensemble HOST:PORT[,...][/chroot] (ZKFLOW_ZK)" },
     { "db-sync", "MODE", "SQLite synchronous: off, normal, full or extra" },
+    { "history", "URL", "history store: sqlite:PATH or postgresql://... "
+      .. "(default: the --db file; with --zk history_url of /config) (ZKFLOW_HISTORY)" },
     { "session-timeout", "SECONDS", "ZooKeeper session timeout (default 10)" },
     { "zk-auth", "USER:PASSWORD", "ZooKeeper digest credentials (ZKFLOW_ZK_AUTH)" },
     { "zk-acl", "ACL", "ACL of the nodes created: creator (default with --zk-auth), "
@@ -391,6 +411,8 @@ local function apply_global(ctx, name, value)
         ctx.root = value
     elseif name == "zk" then
         ctx.zk = value
+    elseif name == "history" then
+        ctx.history_url = value
     elseif name == "db-sync" then
         local ok = { off = true, normal = true, full = true, extra = true }
         if not ok[value] then

@@ -187,7 +187,7 @@ local function serve(ctx, dir, with_sched, with_api, with_worker)
             core.log("info", event_line(kind, obj))
         end,
         listen = function(fn) insert(ctx.session_listeners, fn) end,
-        api = with_api, auth = auth,
+        api = with_api, auth = auth, history_url = ctx.history_url,
     }
     if not n then
         fail(err .. ": stop it, or give this one its own --db "

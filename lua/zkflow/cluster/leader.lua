@@ -36,7 +36,8 @@ CS.__index = CS
 -- ZooKeeper store; a remote one gets pipelined writes), root, dags_dir,
 -- log_dir, id, on_event, hot_reload, sweep_interval, on_lead(s) (called
 -- with the scheduler each time this member starts to lead, before its
--- first scheduling pass).
+-- first scheduling pass), history (zkflow.history: where finished runs
+-- move; scheduler.new's option).
 function _M.scheduler(opts)
   assert(opts and opts.store, "cluster.scheduler: 'store' is required")
   local self = setmetatable({
@@ -110,6 +111,7 @@ function CS:lead()
     store = self.store, root = self.root, dags_dir = o.dags_dir, log_dir = o.log_dir,
     on_event = o.on_event, hot_reload = o.hot_reload, id = self.id,
     executor = q, async_store = o.async_store ~= false, register = false,
+    history = o.history,
     fence = fence, on_fence_lost = fence and lost or nil,
     -- Every version the leader loads is published
     -- (/dags/<id>/versions/<hash>) for the workers: a run keeps its

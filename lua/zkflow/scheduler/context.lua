@@ -210,6 +210,12 @@ function Sched:runtime(ti, attempt)
         return t and t.state
       end
     end
+    local h = sched.history and sched.history:run_at(dag_id, logical_date)
+    if h then
+      if not task_id then return h.state end
+      local t = sched.history:get_ti(dag_id, h.run_id, task_id)
+      return t and t.state
+    end
     return nil
   end
   rt.run = { logical_date = ti.run.logical_date,

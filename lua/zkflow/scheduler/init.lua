@@ -61,6 +61,10 @@
 --                DAGs again, nothing is scheduled (a worker); on_reload(s)
 --                follows each reload (the leader publishes versions)
 --   fence, on_fence_lost   a leader's election node, checked by each write
+--   history      the history store (zkflow.history): a run that ends moves
+--                there with its task instances, XComs and log copies and
+--                leaves the live store (scheduler/archive.lua); reads of
+--                finished runs look there.  nil: runs stay in the store
 --
 -- and the methods others call: take_slots, end_try, try_lost, store_op,
 -- reset_pending (a leader that steps down drops its unwritten writes),
@@ -86,6 +90,7 @@
 --   context.lua    the task context and the runtime of a try
 --   watch.lua      store watches: triggers, pauses, requests, clear
 --   lifecycle.lua  recovery, member record, start, stop, wait_runs
+--   archive.lua    finished runs move to the history; retention
 --   test.lua       `dags test` (test, resolve_dag)
 --
 -- The executors are zkflow.executors.inproc (the default) and
@@ -104,6 +109,7 @@ require "zkflow.scheduler.tries"
 require "zkflow.scheduler.context"
 require "zkflow.scheduler.watch"
 require "zkflow.scheduler.lifecycle"
+require "zkflow.scheduler.archive"
 local test = require "zkflow.scheduler.test"
 
 local now, mono = core.now, core.mono
@@ -134,7 +140,8 @@ _M.inprocess_executor = inproc.new
 -- from coroutines), and the seams of the header: executor (the in-process
 -- one), records (true), on_try_end(ti, ok, res, extra), on_pid(ti), clock
 -- ({now=core.now, mono=core.mono}), reload ("full" or "dags"),
--- on_reload(s), fence (a node path) and on_fence_lost().
+-- on_reload(s), fence (a node path) and on_fence_lost(), history (a
+-- zkflow.history, borrowed).
 function _M.new(opts)
   assert(opts and opts.store, "scheduler.new: 'store' is required")
   local clock = opts.clock or {}
@@ -191,8 +198,10 @@ function _M.new(opts)
     -- folder's and are watched; not when the caller hands the DAGs over.
     watch_pushed = opts.pushed ~= false and opts.dags == nil,
     pushed_armed = {},
+    history = opts.history,
+    to_archive = {},        -- {dag_id, run_id} of ended runs to move
   }, Sched)
-  self.st = state.new(self.store, self.root)
+  self.st = state.new(self.store, self.root, { history = opts.history })
   if not self.records then self.mark = no_mark end
   self.executor:bind(self)
   return self

@@ -18,16 +18,24 @@ local _M = {}
 
 -- ---- life cycle ------------------------------------------------------------------------
 
--- Reads back the runs a previous scheduler left unfinished.
+-- Reads back the runs a previous scheduler left unfinished; the finished
+-- ones still in the live store move to the history (scheduler/archive.lua).
 function Sched:recover()
+  local finished, unfinished = {}, {}
   for _, dag_id in ipairs(self.st:run_dags()) do
     local dag = self.dags[dag_id]
     local known = self.known_runs[dag_id] or {}
     self.known_runs[dag_id] = known
     for _, rid in ipairs(self.st:run_ids(dag_id)) do
       known[rid] = true
+      local rec = self.history and self.st:get_live_run(dag_id, rid)
+      if rec and state.RUN_FINISHED[rec.state] then
+        finished[#finished + 1] = { dag_id, rid }
+      elseif rec then
+        unfinished[#unfinished + 1] = { dag_id, rid }
+      end
       if dag then
-        local rec = self.st:get_run(dag_id, rid)
+        rec = rec or self.st:get_run(dag_id, rid)
         if rec and (rec.state == "running" or rec.state == "queued") then
           rec.run_id = rid
           local run = self:adopt_run(dag, rec, self.st:list_tis(dag_id, rid))
@@ -37,6 +45,7 @@ function Sched:recover()
       end
     end
   end
+  self:archive_recovered(finished, unfinished)
 end
 
 local hostname = state.hostname
@@ -96,6 +105,8 @@ function Sched:stop()
   if self.pushed_timer then self.pushed_timer:cancel(); self.pushed_timer = nil end
   for _, t in pairs(self.timers) do t:cancel() end
   self.timers = {}
+  if self.archive_timer then self.archive_timer:cancel(); self.archive_timer = nil end
+  if self.retention_timer then self.retention_timer:cancel(); self.retention_timer = nil end
   if self.yield_timer then self.yield_timer:cancel(); self.yield_timer = nil end
   for _, run in pairs(self.runs) do
     if run.timeout_timer then run.timeout_timer:cancel(); run.timeout_timer = nil end

@@ -152,6 +152,11 @@ function Sched:create_run(dag, opts)
   if known and known[rec.run_id] then
     return nil, "ZNODEEXISTS"
   end
+  -- A run that ended has left the live store (and known_runs) for the
+  -- history: one indexed look, whatever the number of past runs.
+  if self.history and self.history:has_run(dag.id, rec.run_id) then
+    return nil, "ZNODEEXISTS"
+  end
   local run = self:adopt_run(dag, rec, nil)
   run.fresh = true
   self:mark(run)
@@ -301,6 +306,7 @@ function Sched:finish_run(run, forced)
   end
   log("info", ("run %s %s: %s"):format(run.dag_id, run.run_id, run.state))
   self:emit("run_finished", run)
+  self:archive(run.dag_id, run.run_id)
   local cb = failed and run.dag.on_failure or run.dag.on_success
   if cb then
     local ctx = self:run_context(run)

@@ -59,6 +59,16 @@ function Sched:past_allows(ti)
       end
     end
   end
+  if self.history then
+    -- Runs that ended have moved to the history: its latest before this
+    -- one, by index.
+    local h = self.history:last_run(run.dag_id, run.logical_date)
+    local ld = h and records.date(h.logical_date)
+    if ld and h.run_id ~= run.run_id and not (best and h.run_id == best.run_id)
+        and (not stored_best_ld or ld > stored_best_ld) then
+      stored_best_ld, stored_best_id = ld, h.run_id
+    end
+  end
   local prev_id
   if best and (not stored_best_ld or best.logical_date >= stored_best_ld) then
     local pti = best.tis[ti.task_id]

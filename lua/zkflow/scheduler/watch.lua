@@ -94,11 +94,27 @@ function Sched:clear(dag_id, run_id, task_ids, downstream)
   local key = run_key(dag_id, run_id)
   local run = self.runs[key]
   if not run then
-    local rec = self.st:get_run(dag_id, run_id)
+    local rec = self.st:get_live_run(dag_id, run_id)
+    local archived = false
+    if not rec and self.history then
+      -- A finished run in the history comes back to the live store (every
+      -- instance written there, the cleared ones as none) and leaves the
+      -- history once that is written; it moves again when it ends.
+      rec = self.history:get_run(dag_id, run_id)
+      archived = rec ~= nil
+    end
     if not rec then return end
     rec.run_id = run_id
     run = self:adopt_run(dag, rec, self.st:list_tis(dag_id, run_id))
     run.state = "queued"
+    if archived then
+      run.persisted = false
+      for _, ti in pairs(run.tis) do
+        ti.persisted = false
+        self:mark(ti)
+      end
+      self:unarchive_later(dag_id, run_id)
+    end
   end
   local chosen = {}
   local ids = task_ids
