@@ -74,7 +74,9 @@ describe("zkflow.history", function()
     assert.equal(1, #runs)
     assert.equal(1, total)
     assert.equal("success", runs[1].state)
-    assert.same({ "a" }, (function() local k = {} for id in pairs(h:list_tis("d", "r1")) do k[#k + 1] = id end return k end)())
+    local ids = {}
+    for id in pairs(h:list_tis("d", "r1")) do ids[#ids + 1] = id end
+    assert.same({ "a" }, ids)
     assert.same({ d = { success = 1 } }, h:counts())
   end)
 
@@ -130,7 +132,7 @@ describe("the move of finished runs to the history", function()
   local function dag(id, spec)
     spec = spec or {}
     return flow.dag {
-      id = id, depends_on_past = nil,
+      id = id,
       tasks = spec.tasks or function(t)
         local a = t.lua { id = "a", run = function(ctx) ctx.xcom.push("k", 7); return "from a" end }
         H.ok(t, "b", { after = { a } })
