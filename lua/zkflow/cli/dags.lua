@@ -375,6 +375,7 @@ local function cmd_dags_backfill(ctx, args)
             log_dir  = ctx:logs_dir(),
             schedule = false,
             on_event = function() end,
+            history  = ctx:history(),
         }
         s:start()
         local done = false

@@ -20,6 +20,7 @@
 --        run replaced whole (its task instances and XComs; log copies are
 --        upserted by try).  tis: {[task_id] = record}; logs: a list of
 --        {task_id=, try_number=, content=}.  Idempotent.
+--   h:put_runs({{run=, tis=, logs=}...})   several in one transaction
 --   h:get_run(dag_id, run_id) -> record | nil
 --   h:has_run(dag_id, run_id) -> bool
 --   h:get_ti(dag_id, run_id, task_id) -> record | nil
@@ -375,6 +376,13 @@ end
 function H:put_run(run, tis, logs)
   assert(run and run.dag_id and run.run_id, "history: put_run needs dag_id and run_id")
   return locked(self, tx, put_run, run, tis, logs)
+end
+
+-- put_run of each of `items` ({run=, tis=, logs=}...) in one transaction.
+function H:put_runs(items)
+  return locked(self, tx, function()
+    for _, it in ipairs(items) do put_run(self, it.run, it.tis, it.logs) end
+  end)
 end
 
 -- ---- reads ------------------------------------------------------------------------------

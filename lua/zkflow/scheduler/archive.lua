@@ -64,15 +64,11 @@ function Sched:archive_batch()
   while #batch < _M.BATCH and #q > 0 do
     batch[#batch + 1] = table.remove(q, 1)
   end
-  -- The runs' last writes are in the store before they are read back.
-  if self.async_store then self:flush_wait() else self:flush(true) end
-  for i, item in ipairs(batch) do
-    local ok, err = pcall(self.move_run, self, item[1], item[2])
-    if not ok then
-      -- Put back what is left, this one first: tried again later.
-      for k = #batch, i, -1 do table.insert(q, 1, batch[k]) end
-      error(err, 0)
-    end
+  local ok, err = pcall(self.move_runs, self, batch)
+  if not ok then
+    -- Put back, first in line: tried again later.
+    for k = #batch, 1, -1 do table.insert(q, 1, batch[k]) end
+    error(err, 0)
   end
 end
 
@@ -85,15 +81,39 @@ local function fault(name)
   end
 end
 
--- Moves the run from the live store to the history: a no-op when it is
--- not live or not finished (cleared meanwhile).  Inside a coroutine on a
--- remote store.
-function Sched:move_run(dag_id, run_id)
-  if self.runs[run_key(dag_id, run_id)] then return end
+-- Moves the runs of `batch` ({dag_id, run_id}...) from the live store to
+-- the history, in one history transaction, then deletes them from the
+-- live store.  A run that is not live or not finished (cleared meanwhile)
+-- is left alone.  Inside a coroutine on a remote store.
+function Sched:move_runs(batch)
+  -- The runs' last writes are in the store before they are read back.
+  if self.async_store then self:flush_wait() else self:flush(true) end
+  local items = {}
+  for _, item in ipairs(batch) do
+    items[#items + 1] = self:finished_run(item[1], item[2])
+  end
+  if #items == 0 then return end
+  -- The embedded store holds its write lock until the end of the turn: a
+  -- SQLite history on the same file waits for it, so the turn commits now.
+  self.store:flush()
+  self.history:put_runs(items)
+  fault("archive-crash")
+  for _, it in ipairs(items) do
+    self:drop_live(it.path, it.nodes)
+    local known = self.known_runs[it.run.dag_id]
+    if known then known[it.run.run_id] = nil end
+    if self.on_event then self:emit("run_archived", it.run) end
+  end
+end
+
+-- A finished run as the live store has it: {run=, tis=, logs=, path=,
+-- nodes= (its subtree, children first)}, or nil.
+function Sched:finished_run(dag_id, run_id)
+  if self.runs[run_key(dag_id, run_id)] then return nil end
   local st, store = self.st, self.store
   local rp = st:path("runs", dag_id, run_id)
   local rec = st:get_live_run(dag_id, run_id)
-  if not rec or not RUN_FINISHED[rec.state] then return end
+  if not rec or not RUN_FINISHED[rec.state] then return nil end
   rec.dag_id, rec.run_id = rec.dag_id or dag_id, rec.run_id or run_id
   local tis, logs, nodes = {}, {}, {}
   for _, tid in ipairs(store:children(rp) or {}) do
@@ -113,15 +133,7 @@ function Sched:move_run(dag_id, run_id)
     nodes[#nodes + 1] = tp
   end
   nodes[#nodes + 1] = rp
-  -- The embedded store holds its write lock until the end of the turn: a
-  -- SQLite history on the same file waits for it, so the turn commits now.
-  store:flush()
-  self.history:put_run(rec, tis, logs)
-  fault("archive-crash")
-  self:drop_live(rp, nodes)
-  local known = self.known_runs[dag_id]
-  if known then known[run_id] = nil end
-  if self.on_event then self:emit("run_archived", rec) end
+  return { run = rec, tis = tis, logs = logs, path = rp, nodes = nodes }
 end
 
 -- Deletes a finished run's subtree (`nodes`, children first).  A leader's

@@ -109,6 +109,7 @@ function Sched:clear(dag_id, run_id, task_ids, downstream)
     run.state = "queued"
     if archived then
       run.persisted = false
+      self:mark(run)          -- written before its instances: their parent
       for _, ti in pairs(run.tis) do
         ti.persisted = false
         self:mark(ti)
