@@ -301,6 +301,24 @@ describe("the move of finished runs to the history", function()
     end)
   end)
 
+  it("prunes the DAG versions no run refers to, but the current and the newest", function()
+    flow.run(function()
+      local d = dag("ver")
+      local _, store, _, h = sched({ d }, { schedule = false })
+      for _, v in ipairs({ "v1", "v2", "v3", "v4" }) do
+        assert(store:create("/zkflow/dags/ver/versions/" .. v, "src", { parents = true }))
+      end
+      store:flush()
+      h:put_run(run_rec("ver", "old", 1767225600), {})           -- refers to v1
+      local removed = require("zkflow.scheduler.archive").prune_versions(
+        store, "/zkflow", h, { ver = { source_hash = "v2" } })
+      assert.same({ "/zkflow/dags/ver/versions/v3" }, removed)
+      assert.same({ "v1", "v2", "v4" }, store:children("/zkflow/dags/ver/versions"))
+      store:close()
+      h:close()
+    end)
+  end)
+
   it("removes runs older than retention_days with their log folders", function()
     flow.run(function()
       local d = dag("ret")

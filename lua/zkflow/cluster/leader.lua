@@ -150,10 +150,12 @@ end
 
 function CS:publish_versions()
   local s = self.s
-  self.published = self.published or {}
+  -- Keyed by the DAG object: a file that goes back to an older source is a
+  -- new object, published again (its version node may have been pruned).
+  self.published = self.published or setmetatable({}, { __mode = "k" })
   for id, dag in pairs(s and s:loaded_dags() or {}) do
     local hash, file = dag.source_hash, dag.file
-    local k = id .. "@" .. tostring(hash)
+    local k = dag
     if hash and not self.published[k] and type(file) == "string" and file:sub(1, 3) ~= "zk:" then
       local f = io.open(file, "rb")
       local src = f and f:read("a")

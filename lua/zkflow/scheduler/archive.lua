@@ -192,6 +192,24 @@ function Sched:unarchive_later(dag_id, run_id)
   end)
 end
 
+-- ---- DAG versions --------------------------------------------------------------
+
+-- A reload may have published a version (a cluster's leader) and left an
+-- older one unused: the versions no run refers to are pruned a while
+-- later, once per burst of reloads.
+function Sched:versions_changed()
+  if not self.history or not self.records or self.prune_timer or self.stopped then return end
+  self.prune_timer = core.timer(_M.RETENTION_EVERY, function()
+    self.prune_timer = nil
+    if self.stopped then return end
+    async.spawn(function()
+      _M.prune_versions(self.store, self.root, self.history, self:loaded_dags())
+    end, function(ok, err)
+      if not ok then log("error", "history: pruning DAG versions: " .. tostring(err)) end
+    end)
+  end)
+end
+
 -- ---- retention ------------------------------------------------------------------
 
 -- retention_days (nil: keep everything): runs whose start is older go.

@@ -119,6 +119,7 @@ function Sched:reload()
     end
   end
   if self.on_reload then self.on_reload(self) end
+  self:versions_changed()
   self:process()
 end
 

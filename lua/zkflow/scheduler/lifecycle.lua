@@ -107,6 +107,7 @@ function Sched:stop()
   self.timers = {}
   if self.archive_timer then self.archive_timer:cancel(); self.archive_timer = nil end
   if self.retention_timer then self.retention_timer:cancel(); self.retention_timer = nil end
+  if self.prune_timer then self.prune_timer:cancel(); self.prune_timer = nil end
   if self.yield_timer then self.yield_timer:cancel(); self.yield_timer = nil end
   for _, run in pairs(self.runs) do
     if run.timeout_timer then run.timeout_timer:cancel(); run.timeout_timer = nil end
