@@ -157,7 +157,7 @@ HOSTS=$(bash spec/zk/harness.sh start1) || { not_ok "ZooKeeper did not start"; e
 C=("$ZKFLOW" --zk "$HOSTS" --session-timeout 4 --history "sqlite:$T/h.db")
 mkdir -p "$T/c"
 (cd "$T/c" && exec "${C[@]}" scheduler --dags "$T/dags" --id s1) > "$T/s1.log" 2>&1 &
-PIDS+=("$!"); disown "$!"
+S1=$!; PIDS+=("$S1"); disown "$S1"
 (cd "$T/c" && exec "${C[@]}" worker --dags "$T/dags" --id w1) > "$T/w1.log" 2>&1 &
 PIDS+=("$!"); disown "$!"
 cruns() { "${C[@]}" runs list hist --json 2>/dev/null | py 'import json,sys
@@ -188,6 +188,19 @@ assert r['state'] == 'success' and r['tasks']['a']['xcom'] == {'n': 1}, r
 assert r['tasks']['b']['worker'] == 'w1', r"
 rm -rf "$T/c/logs"
 check "tasks logs reads a worker's log copy from the history" sh -c "'${C[0]}' --zk '$HOSTS' --history 'sqlite:$T/h.db' tasks logs hist c7 b 2>/dev/null | grep -q 'hello from c7'"
+# The leader killed between the history write and the live delete: the
+# next leader moves the run again.
+kill -9 "$S1" 2>/dev/null
+(cd "$T/c" && exec env ZKFLOW_FAULT=archive-crash "${C[@]}" scheduler --dags "$T/dags" --id s2) > "$T/s2.log" 2>&1 &
+S2=$!; PIDS+=("$S2"); disown "$S2"
+"${C[@]}" dags trigger hist --dags "$T/dags" --run-id c41 > /dev/null 2>&1
+check "the fault kills the leader after the history write" wait_for 30 sh -c "! kill -0 $S2 2>/dev/null"
+live_c41() { "${C[@]}" zk ls /zkflow/runs/hist 2>/dev/null | grep -qx c41; }
+check "the run is still in ZooKeeper" live_c41
+(cd "$T/c" && exec "${C[@]}" scheduler --dags "$T/dags" --id s3) > "$T/s3.log" 2>&1 &
+PIDS+=("$!"); disown "$!"
+check "the next leader moves it: nothing left under /runs" wait_for 30 znodes_le 2
+check "nothing lost, nothing twice" cruns_is 41
 check "history_url in /config serves readers without --history" sh -c "
     '${ZKFLOW}' --zk '$HOSTS' config set history_url 'sqlite:$T/h.db' > /dev/null &&
     '${ZKFLOW}' --zk '$HOSTS' runs show hist c7 --json 2>/dev/null | grep -q '\"state\":\"success\"'"
