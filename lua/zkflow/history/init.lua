@@ -16,10 +16,11 @@
 -- unknown; a task-instance record with xcom / xcoms.  Methods:
 --
 --   h:migrate() -> version                 schema_version, from 1
---   h:put_run(run, tis, logs)              upsert in one transaction, the
---        run replaced whole (its task instances and XComs; log copies are
---        upserted by try).  tis: {[task_id] = record}; logs: a list of
---        {task_id=, try_number=, content=}.  Idempotent.
+--   h:put_run(run, tis, logs)              upsert in one transaction: the
+--        run, each task instance given (with its XComs, replaced) and each
+--        log copy (by try); instances not given stay.  tis: {[task_id] =
+--        record}; logs: a list of {task_id=, try_number=, content=}.
+--        Idempotent.
 --   h:put_runs({{run=, tis=, logs=}...})   several in one transaction
 --   h:get_run(dag_id, run_id) -> record | nil
 --   h:has_run(dag_id, run_id) -> bool
@@ -330,8 +331,9 @@ local function put_run(self, run, tis, logs)
     add_count(self, dag_id, old.state, -1)
     add_count(self, dag_id, run.state, 1)
   end
-  q(self, "DELETE FROM task_instances WHERE dag_id = $1 AND run_id = $2", { dag_id, run_id })
-  q(self, "DELETE FROM xcoms WHERE dag_id = $1 AND run_id = $2", { dag_id, run_id })
+  -- Task instances are upserted, never deleted here: a move that a crash
+  -- cut short may have deleted some of the run's nodes from the live store
+  -- already, and the next move of the rest must not lose them.
   for tid, ti in pairs(tis or {}) do
     tid = ti.task_id or tid
     local extra
@@ -342,8 +344,15 @@ local function put_run(self, run, tis, logs)
         extra[k] = v
       end
     end
+    q(self, "DELETE FROM xcoms WHERE dag_id = $1 AND run_id = $2 AND task_id = $3",
+      { dag_id, run_id, tid })
     q(self, "INSERT INTO task_instances (dag_id, run_id, " .. TI_COLS .. ") VALUES "
-            .. "($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)", {
+            .. "($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13) "
+            .. "ON CONFLICT (dag_id, run_id, task_id) DO UPDATE SET state = excluded.state, "
+            .. "try_number = excluded.try_number, max_tries = excluded.max_tries, "
+            .. "operator = excluded.operator, start_date = excluded.start_date, "
+            .. "end_date = excluded.end_date, duration = excluded.duration, log = excluded.log, "
+            .. "worker = excluded.worker, extra = excluded.extra", {
       dag_id, run_id, tid, p(ti.state), int(ti.try_number) or 0, p(int(ti.max_tries)),
       p(ti.operator), p(ti.start_date), p(ti.end_date), p(ti.duration), p(ti.log),
       p(ti.worker), extra and json_encode(extra) or sql_null,

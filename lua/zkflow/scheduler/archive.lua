@@ -159,9 +159,18 @@ function Sched:drop_live(rp, nodes)
     if not ok and err ~= "ZNONODE" then log("error", "store: delete " .. rp .. ": " .. tostring(err)) end
     return
   end
-  local ops = { { op = "check", path = self.fence, version = 0 } }
-  for _, p in ipairs(nodes) do ops[#ops + 1] = { op = "delete", path = p } end
-  if store:multi(ops) then return end
+  -- In transactions of 500 (ZooKeeper's limit on one request is 1 MB),
+  -- children first, so each one leaves a smaller subtree.
+  local i, failed = 1, false
+  while i <= #nodes and not failed do
+    local ops = { { op = "check", path = self.fence, version = 0 } }
+    while i <= #nodes and #ops <= 500 do
+      ops[#ops + 1] = { op = "delete", path = nodes[i] }
+      i = i + 1
+    end
+    failed = not store:multi(ops)
+  end
+  if not failed then return end
   if not store:exists(self.fence) then
     log("error", "store: this scheduler's election node " .. self.fence
         .. " is gone: run " .. rp .. " is left to the next leader")
