@@ -330,7 +330,7 @@ function Node:start_cluster()
     local h = cluster.worker {
       store = o.store, root = self.root, dags_dir = o.dags_dir,
       log_dir = o.log_dir, queues = o.queues, slots = o.slots,
-      id = o.worker_id,
+      id = o.worker_id, history = self.history,
     }
     parts.worker = h
     if o.listen then o.listen(function(st) h:session(st) end) end
@@ -364,7 +364,7 @@ end
 -- (cluster), .api, .dags() (the DAG provider), .history, :stop().
 function _M.start(o)
   local self = setmetatable({ o = o, root = o.root or "/zkflow" }, Node)
-  if o.scheduler or o.api then
+  if o.scheduler or o.api or o.worker then
     self.history, self.owns_history = _M.open_history(o, self.root)
   end
   local scan = scanner(o.store, self.root, o.dags_dir)

@@ -38,7 +38,8 @@ CW.__index = CW
 
 -- cluster.worker(opts) inside a coroutine: registers the worker and takes
 -- tries from its queues.  opts: store, root, dags_dir, log_dir, queues
--- ({"default"}), slots (4), id.
+-- ({"default"}), slots (4), id, history (zkflow.history: what an
+-- external_task sensor reads of the runs that ended).
 function _M.worker(opts)
   assert(opts and opts.store, "cluster.worker: 'store' is required")
   local self = setmetatable({
@@ -61,7 +62,7 @@ function _M.worker(opts)
   local s = sched.new {
     store = self.store, root = self.root, dags_dir = opts.dags_dir,
     log_dir = opts.log_dir, schedule = false, hot_reload = false, id = self.id,
-    records = false, reload = "dags",
+    records = false, reload = "dags", history = opts.history,
     on_try_end = function(ti, ok, res, extra) self:ended(ti, ok, res, extra) end,
     on_pid = function(ti) self:noted_pid(ti) end,
   }
