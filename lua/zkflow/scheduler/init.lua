@@ -64,7 +64,9 @@
 --   history      the history store (zkflow.history): a run that ends moves
 --                there with its task instances, XComs and log copies and
 --                leaves the live store (scheduler/archive.lua); reads of
---                finished runs look there.  nil: runs stay in the store
+--                finished runs look there; on_event gets "run_archived"
+--                (the run record) once a run has moved.  nil: runs stay
+--                in the store
 --
 -- and the methods others call: take_slots, end_try, try_lost, store_op,
 -- reset_pending (a leader that steps down drops its unwritten writes),
