@@ -253,6 +253,25 @@ describe("XCom", function()
     assert.equal(13, res.tasks.b.xcom)
     assert.equal("rows=3", res.tasks.c.xcom)
   end)
+
+  it("treats a push under return_value as the return value (one slot, as Airflow)", function()
+    local res = H.test(flow.dag {
+      id = "xcom_rv",
+      tasks = function(t)
+        local a = t.lua { id = "a", run = function(ctx) ctx.xcom.push("return_value", 5) end }
+        local b = t.lua { id = "b", run = function(ctx)
+          ctx.xcom.push("return_value", 1)
+          return 2
+        end }
+        t.lua { id = "c", after = { a, b }, run = function(ctx)
+          return ctx.xcom.pull("a", "return_value") * 10 + ctx.xcom.pull("b")
+        end }
+      end,
+    })
+    assert.equal(5, res.tasks.a.xcom)
+    assert.equal(2, res.tasks.b.xcom)
+    assert.equal(52, res.tasks.c.xcom)
+  end)
 end)
 
 describe("the task context", function()

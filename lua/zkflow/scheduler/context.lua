@@ -107,8 +107,14 @@ function CTX_LAZY.xcom(self, ti)
   return setmetatable({
     pull = pull,
     push = function(key, value)
-      ti.xcoms = ti.xcoms or {}
-      ti.xcoms[key] = value
+      if key == nil or key == "return_value" then
+        -- Airflow's return_value key is the task's return value: one slot,
+        -- so history (which stores both as rows) never holds two of them.
+        ti.xcom, ti.xcom_pushed = value, ti.try_number
+      else
+        ti.xcoms = ti.xcoms or {}
+        ti.xcoms[key] = value
+      end
       self:mark(ti)
     end,
   }, { __call = function(_, task_id, key) return pull(task_id, key) end })

@@ -143,7 +143,9 @@ function Sched:end_try(ti, ok, res, extra)
     end
   end
   if ok then
-    ti.xcom = res
+    -- A try that pushed return_value by key and returned nothing keeps
+    -- what it pushed (Airflow pushes a return value only when there is one).
+    if res ~= nil or ti.xcom_pushed ~= ti.try_number then ti.xcom = res end
     if extra and extra.skip then
       self:task_log(ti, "marked skipped: " .. tostring(extra.skip))
       self:finish(ti, "skipped")
