@@ -70,6 +70,11 @@ class Handler(socketserver.BaseRequestHandler):
             return [b"HTTP/1.0 200 OK\nContent-Length: 2\nX-Folded: a\n  b\n\nok"]
         if path == "/continue":
             return [b"HTTP/1.1 100 Continue\r\n\r\n" + reply(201, "Created", b"made")]
+        if path == "/repeated":
+            return [b"HTTP/1.1 200 OK\r\nSet-Cookie: a=1\r\nSet-Cookie: b=2\r\n"
+                    b"Content-Length: 2\r\n\r\nok"]
+        if path == "/notmodified":
+            return [b"HTTP/1.1 304 Not Modified\r\nContent-Length: 10\r\n\r\n"]
         if path == "/nocontent":
             return [b"HTTP/1.1 204 No Content\r\n\r\n"]
         if path == "/truncated":
@@ -364,7 +369,6 @@ describe("http operator", function()
 
   it("fails bad input without retries, naming the field", function()
     local res = run(function(t)
-      t.http { id = "https", url = "https://example.com/", retries = 3, retry_delay = 0 }
       t.http { id = "ftp", url = "ftp://example.com/" }
       t.http { id = "tmpl", url = "{{ params.missing }}" }
       t.http { id = "conn", url = B .. "/ok", headers = { Connection = "keep-alive" } }
@@ -379,9 +383,8 @@ describe("http operator", function()
       assert.equal(1, res.tasks[id].try_number, id)
       assert.matches(text, log_of(res, id), 1, true)
     end
-    failed("https", 'http: \'url\' "https://example.com/": https is not supported '
-                    .. "(only http://; there is no TLS in zkflow)")
-    failed("ftp", "http: 'url' \"ftp://example.com/\": scheme 'ftp' is not supported (only http://)")
+    failed("ftp", "http: 'url' \"ftp://example.com/\": scheme 'ftp' is not supported "
+                  .. "(only http:// and https://)")
     failed("tmpl", "http: 'url' \"\": is empty")
     failed("conn", "http: 'headers' has 'Connection', which cannot be set")
     failed("crlf", "http: 'headers' has 'X-A' with a line break or NUL in its value")
@@ -418,6 +421,15 @@ describe("http operator", function()
 end)
 
 describe("zkflow.http", function()
+  local B
+
+  setup(function()
+    start_server()
+    B = server.base
+  end)
+
+  teardown(stop_server)
+
   it("parses URLs", function()
     local u = assert(http.parse_url("http://user:p%40ss@example.com:8080/a/b?c=d#frag"))
     assert.equal("example.com", u.host)
@@ -430,34 +442,36 @@ describe("zkflow.http", function()
     assert.equal(80, u.port)
     assert.equal("/?x=1", u.target)
     assert.equal("[::1]", u.host_header)
-    assert.same({ nil, "must start with http://" }, { http.parse_url("example.com/x") })
+    u = assert(http.parse_url("https://h/"))
+    assert.equal("https", u.scheme)
+    assert.equal(443, u.port)
+    assert.equal("h", u.host_header)
+    assert.same({ nil, "must start with http:// or https://" }, { http.parse_url("example.com/x") })
     assert.same({ nil, "has a bad host or port 'h:'" }, { http.parse_url("http://h:/") })
     assert.same({ nil, "port 70000 is not in 1-65535" }, { http.parse_url("http://h:70000/") })
     assert.same({ nil, "contains whitespace or a control character" },
                 { http.parse_url("http://h/a b") })
   end)
 
-  it("builds requests with Basic authorization from the URL", function()
+  it("sends Basic authorization from the URL unless a header gives one", function()
     local u = assert(http.parse_url("http://user:p%40ss@h/x"))
-    local raw = http.build_request("POST", u, assert(http.check_headers({ Accept = "text/plain" })), "{}")
-    assert.equal("POST /x HTTP/1.1\r\nHost: h\r\nUser-Agent: zkflow\r\nAuthorization: Basic "
-                 .. core.base64_encode("user:p@ss") .. "\r\nAccept: text/plain\r\n"
-                 .. "Content-Length: 2\r\nConnection: close\r\n\r\n{}", raw)
+    local lines = http.header_lines("POST", u, assert(http.check_headers({ Accept = "text/plain" })), "{}")
+    assert.same({ "User-Agent: zkflow", "Authorization: Basic " .. core.base64_encode("user:p@ss"),
+                  "Accept: text/plain", "Content-Type:", "Expect:", "Connection: close" }, lines)
+    lines = http.header_lines("GET", u, assert(http.check_headers({ Authorization = "Bearer t", ["X-E"] = "" })))
+    assert.same({ "User-Agent: zkflow", "Authorization: Bearer t", "X-E;", "Expect:", "Connection: close" },
+                lines)
   end)
 
-  it("parses responses: repeated headers, chunk extensions, trailers, bad lengths", function()
-    local r = assert(http.parse_response("HTTP/1.1 200 OK\r\nSet-Cookie: a=1\r\nSet-Cookie: b=2\r\n"
-      .. "Transfer-Encoding: gzip, chunked\r\n\r\n3;x=y\r\nabc\r\n0\r\nX-T: 1\r\n\r\n"))
-    assert.equal("a=1, b=2", r.headers["set-cookie"])
-    assert.equal("abc", r.body)
-    assert.equal("1", r.headers["x-t"])
-    r = assert(http.parse_response("HTTP/1.1 200 OK\r\nContent-Length: 3, 3\r\n\r\nabcdef"))
-    assert.equal("abc", r.body)
-    assert.same({ nil, 'bad Content-Length "3, 4"' },
-                { http.parse_response("HTTP/1.1 200 OK\r\nContent-Length: 3, 4\r\n\r\nabcd") })
-    assert.same({ nil, 'bad chunk size line "zz"' },
-                { http.parse_response("HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n") })
-    r = assert(http.parse_response("HTTP/1.1 304 Not Modified\r\nContent-Length: 10\r\n\r\n"))
-    assert.equal("", r.body)
+  it("joins repeated headers and reads no body after a 304", function()
+    local res = run(function(t)
+      t.lua { id = "direct", run = function()
+        local r = assert(http.request { url = B .. "/repeated" })
+        local n = assert(http.request { url = B .. "/notmodified" })
+        return { r.headers["set-cookie"], r.body, n.status, n.body }
+      end }
+    end)
+    assert.equal("success", res.state)
+    assert.same({ "a=1, b=2", "ok", 304, "" }, res.tasks.direct.xcom)
   end)
 end)

@@ -40,6 +40,7 @@ void zkf_lua_open_json(lua_State *L);   /* json/json.c: json_encode json_decode 
 void zkf_lua_open_fs(lua_State *L);     /* lua/fs.c: listdir stat mkdirs read_file write_file */
 void zkf_lua_open_watch(lua_State *L);  /* lua/watch.c: watch_tree (inotify) */
 void zkf_lua_open_net(lua_State *L);    /* lua/net.c: tcp_request */
+void zkf_lua_open_curl(lua_State *L);   /* lua/curl.c: http_request curl_version */
 void zkf_lua_open_crypto(lua_State *L); /* lua/crypto.c: sha256 hmac_sha256 pbkdf2_sha256 random_hex equal_ct */
 void zkf_lua_open_notify(lua_State *L); /* lua/notify.c: sd_notify */
 void zkf_lua_open_sqlite(lua_State *L); /* lua/sql_sqlite.c: sqlite_open */

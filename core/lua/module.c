@@ -382,6 +382,7 @@ int zkf_lua_open_core(lua_State *L)
     zkf_lua_open_fs(L);
     zkf_lua_open_watch(L);
     zkf_lua_open_net(L);
+    zkf_lua_open_curl(L);
     zkf_lua_open_crypto(L);
     zkf_lua_open_notify(L);
     zkf_lua_open_sqlite(L);

@@ -1,28 +1,37 @@
--- zkflow.http: a small HTTP/1.1 client on the loop, for the `http`
--- operator and for Lua tasks (plain http:// only: there is no TLS here).
+-- zkflow.http: HTTP and HTTPS requests on the loop, for the `http`
+-- operator and for Lua tasks.  The transfer is libcurl's (core.http_request,
+-- core/lua/curl.c, on the multi socket interface driven by the engine's
+-- loop); this module checks the input, frames the request's headers and
+-- waits.
 --
 --   local http = require "zkflow.http"
---   local resp, err = http.request { url = "http://127.0.0.1:8080/api/v1/health",
+--   local resp, err = http.request { url = "https://127.0.0.1:8443/api/v1/health",
 --                                    method = "GET", headers = {}, body = nil,
---                                    timeout = 30 }
+--                                    timeout = 30, connect_timeout = nil,
+--                                    ca_file = nil, follow_redirects = true,
+--                                    max_redirects = 30 }
 --   -- resp = { status = 200, reason = "OK", version = "HTTP/1.1",
 --   --          headers = { ["content-type"] = "...", ... }, body = "...",
---   --          url = "...", elapsed = seconds }; resp:json() decodes the body
+--   --          url = "...", redirects = 0, elapsed = seconds };
+--   -- resp:json() decodes the body
 --
--- One request is one connection: the request says `Connection: close` and
--- the reply is read to the end of the connection (core.tcp_request), then
--- framed by its Content-Length or chunked transfer coding, or taken whole
--- when it has neither.  request() waits (it yields), so it runs inside a
--- coroutine: a task, `zkflow lua`, flow.run or flow.spawn; the loop goes on
--- meanwhile.  `timeout` bounds the whole exchange (connect, send, receive).
--- A host name is resolved with a blocking getaddrinfo() (see
--- core/lua/net.c): give an address where that matters.  Replies are
--- limited to 16 MiB.
+-- https:// verifies the server's certificate against the system's CAs, or
+-- against `ca_file` only when it is given.  Redirects are followed (at
+-- most `max_redirects`; a POST answered 301, 302 or 303 goes on as a GET,
+-- as browsers and Python's requests do); `resp.url` is then the last URL.
+-- Proxies come from the environment as for curl (http_proxy, https_proxy,
+-- no_proxy).  Host names resolve off the loop (libcurl's threaded
+-- resolver).  One request is one connection (`Connection: close`).
+-- request() waits (it yields), so it runs inside a coroutine: a task,
+-- `zkflow lua`, flow.run or flow.spawn; the loop goes on meanwhile.
+-- `timeout` bounds the whole exchange, `connect_timeout` the connection
+-- (TCP and TLS).  Replies are limited to 16 MiB.
 --
 -- Errors are returned, not raised: nil and "connect 127.0.0.1:1:
--- Connection refused", "read 127.0.0.1:8080: timed out after 30s", or
--- "bad response: ..." for a reply that is not HTTP.  A reply of any status
--- is a response; the caller decides which statuses it accepts.
+-- Connection refused", "read 127.0.0.1:8080: timed out after 30s",
+-- "tls h:443: SSL certificate problem: ...", or "bad response: ..." for a
+-- reply that is not HTTP.  A reply of any status is a response; the
+-- caller decides which statuses it accepts.
 local core = require "zkflow.core"
 local async = require "zkflow.async"
 
@@ -35,6 +44,7 @@ local byte, char, lower = string.byte, string.char, string.lower
 
 _M.METHODS = { "GET", "POST", "PUT", "DELETE", "HEAD", "PATCH" }
 _M.DEFAULT_TIMEOUT = 30
+_M.DEFAULT_MAX_REDIRECTS = 30
 _M.USER_AGENT = "zkflow"
 
 -- ---- URLs ------------------------------------------------------------------
@@ -50,8 +60,9 @@ function _M.escape(s)
     end))
 end
 
--- parse_url(url) → {host=, port=, target= (path and query), host_header=,
--- userinfo=, display= (the URL without its password)}, or nil and why.
+-- parse_url(url) → {scheme=, host=, port=, target= (path and query),
+-- host_header=, userinfo=, display= (the URL without its password)}, or nil
+-- and why.
 function _M.parse_url(url)
     if type(url) ~= "string" then return nil, "must be a string" end
     if url == "" then return nil, "is empty" end
@@ -59,13 +70,12 @@ function _M.parse_url(url)
         return nil, "contains whitespace or a control character"
     end
     local scheme, rest = url:match("^(%a[%w+.-]*)://(.*)$")
-    if not scheme then return nil, "must start with http://" end
+    if not scheme then return nil, "must start with http:// or https://" end
     scheme = lower(scheme)
-    if scheme == "https" then
-        return nil, "https is not supported (only http://; there is no TLS in zkflow)"
-    elseif scheme ~= "http" then
-        return nil, "scheme '" .. scheme .. "' is not supported (only http://)"
+    if scheme ~= "http" and scheme ~= "https" then
+        return nil, "scheme '" .. scheme .. "' is not supported (only http:// and https://)"
     end
+    local default_port = scheme == "https" and 443 or 80
     local authority, target = rest:match("^([^/?#]*)(.*)$")
     target = target:gsub("#.*$", "")
     if target == "" then
@@ -87,7 +97,7 @@ function _M.parse_url(url)
     if not host or (authority:sub(-1) == ":" and port == "") then
         return nil, "has a bad host or port '" .. authority .. "'"
     end
-    port = port == "" and 80 or tonumber(port)
+    port = port == "" and default_port or tonumber(port)
     if port < 1 or port > 65535 then
         return nil, "port " .. port .. " is not in 1-65535"
     end
@@ -95,14 +105,15 @@ function _M.parse_url(url)
     local display = url
     if userinfo then
         local user = userinfo:match("^([^:]*)")
-        display = "http://" .. user .. (userinfo:find(":", 1, true) and ":***" or "")
+        display = scheme .. "://" .. user .. (userinfo:find(":", 1, true) and ":***" or "")
                   .. "@" .. rest:sub(#userinfo + 2)
     end
     return {
         host = host,
         port = port,
         target = target,
-        host_header = port == 80 and hostpart or (hostpart .. ":" .. port),
+        scheme = scheme,
+        host_header = port == default_port and hostpart or (hostpart .. ":" .. port),
         userinfo = userinfo,
         display = display,
     }
@@ -133,7 +144,7 @@ end
 -- Headers zkflow sets itself: a user value would break the framing of the
 -- request or of the reply.
 local RESERVED = {
-    connection = "zkflow sends 'Connection: close' and reads the reply to the end of the connection",
+    connection = "zkflow sends 'Connection: close': one request is one connection",
     ["content-length"] = "zkflow sets it from the body",
     ["transfer-encoding"] = "zkflow sends the body with a Content-Length",
 }
@@ -166,33 +177,32 @@ function _M.check_headers(h)
     return list
 end
 
--- build_request(method, u (parse_url), headers (check_headers), body) →
--- the request bytes.  Host, User-Agent, Accept and Authorization (from
--- the URL's user:password) are defaults a user header replaces.
-function _M.build_request(method, u, headers, body)
+-- header_lines(method, u (parse_url), headers (check_headers), body) →
+-- the list of "Name: value" lines for libcurl.  User-Agent and
+-- Authorization (from the URL's user:password) are defaults a user header
+-- replaces; libcurl's own Host and Accept give way to a user's too.
+-- libcurl's Expect and its form Content-Type are removed ("Name:"), so the
+-- request is what the user wrote.
+function _M.header_lines(method, u, headers, body)
     local given = {}
     for _, h in ipairs(headers) do given[lower(h[1])] = true end
-    local lines = { fmt("%s %s HTTP/1.1", method, u.target) }
+    local lines = {}
     local function default(name, value)
         if not given[lower(name)] then lines[#lines + 1] = name .. ": " .. value end
     end
-    default("Host", u.host_header)
     default("User-Agent", _M.USER_AGENT)
-    default("Accept", "*/*")
     if u.userinfo then
         local user, pass = u.userinfo:match("^([^:]*):?(.*)$")
         default("Authorization", "Basic " .. core.base64_encode(unescape(user) .. ":" .. unescape(pass)))
     end
-    for _, h in ipairs(headers) do lines[#lines + 1] = h[1] .. ": " .. h[2] end
-    if body and (#body > 0 or method ~= "GET" and method ~= "HEAD" and method ~= "DELETE") then
-        lines[#lines + 1] = "Content-Length: " .. #body
-    elseif method == "POST" or method == "PUT" or method == "PATCH" then
-        lines[#lines + 1] = "Content-Length: 0"
+    for _, h in ipairs(headers) do
+        -- "Name;" is libcurl's way to send a header with an empty value
+        lines[#lines + 1] = h[2] == "" and (h[1] .. ";") or (h[1] .. ": " .. h[2])
     end
+    if body and not given["content-type"] then lines[#lines + 1] = "Content-Type:" end
+    if not given.expect then lines[#lines + 1] = "Expect:" end
     lines[#lines + 1] = "Connection: close"
-    lines[#lines + 1] = ""
-    lines[#lines + 1] = body or ""
-    return concat(lines, "\r\n")
+    return lines
 end
 
 -- ---- responses -------------------------------------------------------------
@@ -207,144 +217,10 @@ function Response:json()
     return v
 end
 
--- The end of the line starting at `pos`: returns the line (without CR)
--- and the position after its LF, or nil when there is no LF.
-local function line_at(s, pos)
-    local e = s:find("\n", pos, true)
-    if not e then return nil end
-    local line = s:sub(pos, e - 1)
-    if line:sub(-1) == "\r" then line = line:sub(1, -2) end
-    return line, e + 1
-end
-
--- Reads header fields from `pos` up to an empty line into `headers`
--- (lower-case names; repeated fields joined with ", ").  Returns the
--- position after the empty line, or nil and why.  At the end of `s`
--- (`eof_ok`: trailers may be cut short by the close) returns #s + 1.
-local function read_fields(s, pos, headers, eof_ok)
-    local last
-    while true do
-        local line, nxt = line_at(s, pos)
-        if not line then
-            if eof_ok then return #s + 1 end
-            return nil, "the headers do not end (no empty line)"
-        end
-        pos = nxt
-        if line == "" then return pos end
-        if line:find("^[ \t]") and last then
-            -- obsolete line folding: a continuation of the previous field
-            headers[last] = headers[last] .. " " .. line:match("^%s*(.-)%s*$")
-        else
-            local name, value = line:match("^([^:%s]+):%s*(.-)%s*$")
-            if not name then
-                return nil, fmt("bad header line %q", line:sub(1, 80))
-            end
-            name = lower(name)
-            headers[name] = headers[name] and (headers[name] .. ", " .. value) or value
-            last = name
-        end
-    end
-end
-
--- A Content-Length value; repeated fields (joined "5, 5") must agree.
-local function content_length(v)
-    local n
-    for part in (v .. ","):gmatch("%s*([^,]-)%s*,") do
-        local m = part:find("^%d+$") and tonumber(part)
-        if not m or (n and m ~= n) then return nil end
-        n = m
-    end
-    return n
-end
-
-local function dechunk(s, pos, headers)
-    local parts = {}
-    while true do
-        local line, nxt = line_at(s, pos)
-        if not line then return nil, "the chunked body ends early (the connection closed)" end
-        local hex = line:match("^%s*(%x+)%s*;?")
-        if not hex or #hex > 12 then
-            return nil, fmt("bad chunk size line %q", line:sub(1, 80))
-        end
-        local n = tonumber(hex, 16)
-        pos = nxt
-        if n == 0 then
-            -- trailer fields: kept when the header did not have them
-            local trailers = {}
-            local ok, err = read_fields(s, pos, trailers, true)
-            if not ok then return nil, "trailer: " .. err end
-            for k, v in pairs(trailers) do
-                if headers[k] == nil then headers[k] = v end
-            end
-            return concat(parts)
-        end
-        if pos + n - 1 > #s then
-            return nil, fmt("the chunked body ends early: a chunk of %d bytes has %d",
-                            n, #s - pos + 1)
-        end
-        parts[#parts + 1] = s:sub(pos, pos + n - 1)
-        pos = pos + n
-        local crlf = s:match("^\r?\n", pos)
-        if not crlf then return nil, "a chunk is not followed by CRLF" end
-        pos = pos + #crlf
-    end
-end
-
--- parse_response(raw [, method]) → response (see the top), or nil and why.
--- Interim 1xx replies are skipped; a HEAD reply, a 204 and a 304 have no
--- body whatever their headers say.
-function _M.parse_response(raw, method)
-    if raw == "" then
-        return nil, "empty reply (the server closed the connection without answering)"
-    end
-    local pos = 1
-    while true do
-        local line, nxt = line_at(raw, pos)
-        if not line then
-            return nil, fmt("no status line in %q", raw:sub(pos, pos + 79))
-        end
-        local version, status, reason = line:match("^(HTTP/%d%.%d) (%d%d%d) ?(.*)$")
-        if not version then
-            return nil, fmt("bad status line %q", line:sub(1, 80))
-        end
-        status = tonumber(status)
-        local headers = {}
-        local after, err = read_fields(raw, nxt, headers)
-        if not after then return nil, err end
-        if status >= 100 and status < 200 and status ~= 101 then
-            pos = after   -- interim (100 Continue, 103 Early Hints)
-        else
-            local body
-            local te = headers["transfer-encoding"]
-            if method == "HEAD" or status < 200 or status == 204 or status == 304 then
-                body = ""
-            elseif te and lower(te):match("chunked%s*$") then
-                body, err = dechunk(raw, after, headers)
-                if not body then return nil, err end
-            elseif te then
-                body = raw:sub(after)   -- another coding: the body runs to the close
-            elseif headers["content-length"] then
-                local n = content_length(headers["content-length"])
-                if not n then
-                    return nil, fmt("bad Content-Length %q", headers["content-length"])
-                end
-                if #raw - after + 1 < n then
-                    return nil, fmt("the body ends early: Content-Length is %d, received %d bytes",
-                                    n, #raw - after + 1)
-                end
-                body = raw:sub(after, after + n - 1)
-            else
-                body = raw:sub(after)
-            end
-            return setmetatable({ version = version, status = status, reason = reason,
-                                  headers = headers, body = body }, Response)
-        end
-    end
-end
-
--- request{url=, method="GET", headers={name = value}, body=nil,
--- timeout=30} → response or nil and why.  `url` may be a parse_url()
--- result.  Waits.
+-- request{url=, method="GET", headers={name = value}, body=nil, timeout=30,
+-- connect_timeout=nil, ca_file=nil, follow_redirects=true,
+-- max_redirects=30} → response or nil and why.  `url` may be a
+-- parse_url() result.  Waits.
 function _M.request(opts)
     local u = opts.url
     if type(u) ~= "table" then
@@ -355,19 +231,35 @@ function _M.request(opts)
     local method = opts.method or "GET"
     local headers, herr = _M.check_headers(opts.headers)
     if not headers then return nil, "headers: " .. herr end
-    local raw = _M.build_request(method, u, headers, opts.body)
-    local timeout = opts.timeout or _M.DEFAULT_TIMEOUT
+    local body = opts.body
+    if method == "HEAD" then
+        body = nil
+    elseif method == "POST" or method == "PUT" or method == "PATCH" then
+        body = body or ""     -- Content-Length: 0
+    elseif body == "" then
+        body = nil
+    end
+    local hostpart = u.host:find(":", 1, true) and ("[" .. u.host .. "]") or u.host
+    local req = {
+        url = u.scheme .. "://" .. hostpart .. ":" .. u.port .. u.target,
+        method = method,
+        headers = _M.header_lines(method, u, headers, body),
+        body = body,
+        timeout = opts.timeout or _M.DEFAULT_TIMEOUT,
+        connect_timeout = opts.connect_timeout,
+        ca_file = opts.ca_file,
+        follow = opts.follow_redirects ~= false,
+        max_redirects = opts.max_redirects or _M.DEFAULT_MAX_REDIRECTS,
+    }
     local started = core.mono()
-    local data, terr = async.wait(function(resume)
-        local r = core.tcp_request(u.host, u.port, raw, timeout, resume)
+    local resp, terr = async.wait(function(resume)
+        local r = core.http_request(req, resume)
         return function() r:cancel() end
     end)
-    if not data then return nil, tostring(terr) end
-    local resp, perr = _M.parse_response(data, method)
-    if not resp then return nil, "bad response: " .. perr end
-    resp.url = u.display
+    if not resp then return nil, tostring(terr) end
+    if resp.redirects == 0 then resp.url = u.display end
     resp.elapsed = core.mono() - started
-    return resp
+    return setmetatable(resp, Response)
 end
 
 -- text(s) → s with every byte that is not part of valid UTF-8 replaced by

@@ -1,9 +1,9 @@
--- The `http` operator: one HTTP/1.1 request to `url` (http:// only; there
--- is no TLS in zkflow, an https:// URL fails naming the field), in the
--- spirit of Airflow's HttpOperator.  The request runs on the loop
--- (zkflow.http over core.tcp_request): the task yields while it waits.
+-- The `http` operator: one HTTP/1.1 request to `url` (http:// or
+-- https://), in the spirit of Airflow's HttpOperator.  The request runs on
+-- the loop (zkflow.http over libcurl, core/lua/curl.c): the task yields
+-- while it waits.
 --
---   url              templated; "http://[user:pass@]host[:port]/path?query"
+--   url              templated; "http[s]://[user:pass@]host[:port]/path?query"
 --                    (user:pass becomes Basic authorization)
 --   method           GET (default), POST, PUT, DELETE, HEAD, PATCH
 --   data             templated.  With GET and HEAD it goes into the query
@@ -17,6 +17,15 @@
 --                    Transfer-Encoding are zkflow's own (an error)
 --   request_timeout  seconds for the whole exchange (default 30).  Not
 --                    `timeout`: that name is the sensors' common option
+--   connect_timeout  seconds to connect, TLS handshake included (default:
+--                    request_timeout)
+--   ca_file          templated; a PEM file of the CA certificates that
+--                    https:// trusts instead of the system's (a private CA,
+--                    a self-signed server).  Certificates are always
+--                    verified
+--   follow_redirects follow 3xx redirects (default true; a POST answered
+--                    301/302/303 goes on as a GET, as in requests)
+--   max_redirects    at most this many (default 30); one more fails the try
 --   ok_status        accepted statuses: an integer or a list of them
 --                    (`expect` is the same option); default any 2xx
 --   response_check   function(response) → truthy; falsy fails the try
@@ -32,23 +41,25 @@
 -- XCom's shape never depends on what the server sends.
 --
 -- `response` (for response_check and response_filter): {status=, reason=,
--- version=, headers = {lower-case name = value}, body = raw bytes, url=,
--- elapsed = seconds}, and response:json() decodes the body.
+-- version=, headers = {lower-case name = value}, body = raw bytes, url=
+-- (the last URL after redirects), redirects = N, elapsed = seconds}, and
+-- response:json() decodes the body.
 --
 -- Failures: a status not accepted ("http: GET http://h/p answered 500
 -- Internal Server Error (accepted: 2xx): <start of the body>"), a refused
 -- connection ("http: GET http://h/p: connect h:80: Connection refused"),
--- a timeout ("...: read h:80: timed out after 30s"), a reply that is not
--- HTTP or ends early ("...: bad response: ..."), a falsy response_check,
--- a body that is not JSON with json = true: ordinary failures, so
--- `retries` apply.  Bad input (a url that is not http://, a reserved or
--- malformed header, a bad ok_status or request_timeout, data that cannot
--- be JSON) fails at once without retries, naming the field.
+-- a timeout ("...: read h:80: timed out after 30s"), a certificate that
+-- does not verify ("...: tls h:443: SSL certificate problem: ..."), too
+-- many redirects, a reply that is not HTTP or ends early ("...: bad
+-- response: ..."), a falsy response_check, a body that is not JSON with
+-- json = true: ordinary failures, so `retries` apply.  Bad input (a url
+-- that is not http:// or https://, a reserved or malformed header, a bad
+-- ok_status, request_timeout or connect_timeout, data that cannot be
+-- JSON) fails at once without retries, naming the field.
 --
--- Limits: the reply is read to the end of the connection (the request
--- says Connection: close), at most 16 MiB; a host name is resolved with a
--- blocking getaddrinfo() (addresses and /etc/hosts names are instant); no
--- redirects are followed (a 3xx is a status like any other).
+-- Proxies come from the environment as for curl (http_proxy, https_proxy,
+-- no_proxy); host names resolve off the loop (libcurl's threaded
+-- resolver); the reply is at most 16 MiB.
 local core = require "zkflow.core"
 local http = require "zkflow.http"
 local zkops = require "zkflow.zk.ops"
@@ -135,6 +146,17 @@ local function execute(task, ctx, rt)
     if type(timeout) ~= "number" or timeout <= 0 then
         bad("request_timeout", "must be a number > 0 (seconds), got " .. tostring(timeout))
     end
+    local ctimeout = t.connect_timeout
+    if ctimeout ~= nil and (type(ctimeout) ~= "number" or ctimeout <= 0) then
+        bad("connect_timeout", "must be a number > 0 (seconds), got " .. tostring(ctimeout))
+    end
+    local maxr = t.max_redirects
+    if type(maxr) ~= "number" or maxr < 0 or maxr ~= math.floor(maxr) then
+        bad("max_redirects", "must be an integer >= 0, got " .. show(t.max_redirects))
+    end
+    if t.ca_file ~= nil and (type(t.ca_file) ~= "string" or t.ca_file == "") then
+        bad("ca_file", "must be the path of a PEM file, got " .. show(t.ca_file))
+    end
     local body = body_of(t, method, u, headers)
     local _, herr = http.check_headers(headers)
     if herr then bad("headers", "has " .. herr) end
@@ -142,10 +164,14 @@ local function execute(task, ctx, rt)
     local what = method .. " " .. u.display
     log(what .. (body and fmt(" (%d bytes)", #body) or ""))
     local resp, err = http.request { url = u, method = method, headers = headers,
-                                     body = body, timeout = timeout }
+                                     body = body, timeout = timeout,
+                                     connect_timeout = ctimeout, ca_file = t.ca_file,
+                                     follow_redirects = t.follow_redirects,
+                                     max_redirects = t.max_redirects }
     if not resp then error(fmt("http: %s: %s", what, err), 0) end
-    log(fmt("%s %d %s (%d bytes in %.3fs)", what, resp.status, resp.reason,
-            #resp.body, resp.elapsed))
+    log(fmt("%s %d %s (%d bytes in %.3fs%s)", what, resp.status, resp.reason,
+            #resp.body, resp.elapsed,
+            resp.redirects > 0 and fmt(", %d redirects to %s", resp.redirects, resp.url) or ""))
     if t.log_response then
         local b = http.text(resp.body:sub(1, LOG_MAX))
         log(b .. (#resp.body > LOG_MAX
@@ -197,6 +223,10 @@ return {
         data            = "string|table?",
         headers         = "table?",
         request_timeout = { type = "number", default = http.DEFAULT_TIMEOUT },
+        connect_timeout = "number?",
+        ca_file         = "string?",
+        follow_redirects = { type = "boolean", default = true },
+        max_redirects   = { type = "integer", default = http.DEFAULT_MAX_REDIRECTS },
         ok_status       = "integer|table?",
         expect          = "integer|table?",
         response_check  = "function?",
@@ -204,7 +234,7 @@ return {
         json            = { type = "boolean", default = false },
         log_response    = { type = "boolean", default = false },
     },
-    templated = { "url", "data", "headers" },
+    templated = { "url", "data", "headers", "ca_file" },
     sensor    = false,
     execute   = execute,
 }
