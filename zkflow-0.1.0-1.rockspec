@@ -23,6 +23,7 @@ external_dependencies = {
   LIBEVENT = { header = "event2/event.h" },
   SQLITE = { header = "sqlite3.h" },
   ZOOKEEPER = { header = "zookeeper/zookeeper.h" },
+  CURL = { header = "curl/curl.h" },
 }
 build = {
   type = "make",

@@ -455,10 +455,10 @@ describe("zkflow.http", function()
 
   it("sends Basic authorization from the URL unless a header gives one", function()
     local u = assert(http.parse_url("http://user:p%40ss@h/x"))
-    local lines = http.header_lines("POST", u, assert(http.check_headers({ Accept = "text/plain" })), "{}")
+    local lines = http.header_lines(u, assert(http.check_headers({ Accept = "text/plain" })), "{}")
     assert.same({ "User-Agent: zkflow", "Authorization: Basic " .. core.base64_encode("user:p@ss"),
                   "Accept: text/plain", "Content-Type:", "Expect:", "Connection: close" }, lines)
-    lines = http.header_lines("GET", u, assert(http.check_headers({ Authorization = "Bearer t", ["X-E"] = "" })))
+    lines = http.header_lines(u, assert(http.check_headers({ Authorization = "Bearer t", ["X-E"] = "" })))
     assert.same({ "User-Agent: zkflow", "Authorization: Bearer t", "X-E;", "Expect:", "Connection: close" },
                 lines)
   end)

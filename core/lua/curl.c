@@ -487,12 +487,17 @@ static int describe(hreq *r, CURLcode rc)
 
         curl_easy_getinfo(r->easy, CURLINFO_CONNECT_TIME_T, &connected);
         curl_easy_getinfo(r->easy, CURLINFO_APPCONNECT_TIME_T, &handshaken);
-        if (connected == 0) {
+        /* libcurl counts the TLS handshake into the connect time and
+         * names it only in its message. */
+        if (r->https && (handshaken == 0 || connected == 0) &&
+            strstr(r->errbuf, "SSL") != NULL) {
+            phase = "tls handshake";
+            if (r->connect_timeout > 0 && r->connect_timeout < r->timeout)
+                limit = r->connect_timeout;
+        } else if (connected == 0) {
             phase = "connect";
             if (r->connect_timeout > 0 && r->connect_timeout < r->timeout)
                 limit = r->connect_timeout;
-        } else if (r->https && handshaken == 0) {
-            phase = "tls handshake";
         }
         snprintf(r->err, sizeof r->err, "%s %s: timed out after %gs", phase,
                  where, limit);

@@ -177,13 +177,13 @@ function _M.check_headers(h)
     return list
 end
 
--- header_lines(method, u (parse_url), headers (check_headers), body) →
+-- header_lines(u (parse_url), headers (check_headers), body) →
 -- the list of "Name: value" lines for libcurl.  User-Agent and
 -- Authorization (from the URL's user:password) are defaults a user header
 -- replaces; libcurl's own Host and Accept give way to a user's too.
 -- libcurl's Expect and its form Content-Type are removed ("Name:"), so the
 -- request is what the user wrote.
-function _M.header_lines(method, u, headers, body)
+function _M.header_lines(u, headers, body)
     local given = {}
     for _, h in ipairs(headers) do given[lower(h[1])] = true end
     local lines = {}
@@ -243,7 +243,7 @@ function _M.request(opts)
     local req = {
         url = u.scheme .. "://" .. hostpart .. ":" .. u.port .. u.target,
         method = method,
-        headers = _M.header_lines(method, u, headers, body),
+        headers = _M.header_lines(u, headers, body),
         body = body,
         timeout = opts.timeout or _M.DEFAULT_TIMEOUT,
         connect_timeout = opts.connect_timeout,
