@@ -187,6 +187,61 @@ else
     bad "module exports" "$exports"
 fi
 
+# ---- workers that cannot open the store ------------------------------------
+#
+# nginx's workers run as nobody and the store's folder is root's: nginx -t
+# warns, each worker logs the path and its user once, the API answers a
+# JSON 503, and making the folder writable heals it without a reload.
+if [ "$(id -u)" -eq 0 ] && id nobody > /dev/null 2>&1 && getent group nogroup > /dev/null; then
+    chmod 711 "$T"
+    mkdir -m 700 "$T/rootonly"
+    conf "$T/perm.conf" "zkflow_dags $T/dags; zkflow_db $T/rootonly/zkflow.db;"
+    sed -i -e 's/^user root;/user nobody nogroup;/' \
+        -e "s|^error_log .*|error_log $T/logs/perm.log info;|" "$T/perm.conf"
+    "$NGINX" -p "$T" -c "$T/perm.conf" -t > "$T/t.out" 2>&1
+    rc=$?
+    if [ "$rc" -eq 0 ] && grep -qF "[warn] zkflow: the workers' user \"nobody\" cannot write in the store's folder \"$T/rootonly\"" "$T/t.out"; then
+        ok "nginx -t warns that the workers' user cannot write the store's folder"
+    else
+        bad "nginx -t warns about the workers' user" "exit $rc: $(tr '\n' ' ' < "$T/t.out" | head -c 400)"
+    fi
+    "$NGINX" -p "$T" -c "$T/perm.conf" > "$T/start.out" 2>&1
+    code=
+    for _ in $(seq 50); do
+        code=$(curl -s -o "$T/perm.body" -w '%{http_code} %{content_type}' "$URL/api/v1/health")
+        [ "$code" = "503 application/json" ] && break
+        sleep 0.1
+    done
+    if [ "$code" = "503 application/json" ] \
+        && python3 -c 'import json, sys; assert "cannot open its store" in json.load(open(sys.argv[1]))["error"]' "$T/perm.body"; then
+        ok "a worker that cannot open the store answers 503 with a JSON error"
+    else
+        bad "JSON 503 while the store cannot be opened" "$code $(head -c 300 "$T/perm.body")"
+    fi
+    # three retries at least (0.5 s, 1 s, 2 s) before counting the lines
+    sleep 4
+    n=$(grep -c "running as user \"nobody\" (uid [0-9]*) cannot start its engine: .*store \"$T/rootonly/zkflow.db\"" "$T/logs/perm.log")
+    if [ "$n" -eq 2 ]; then
+        ok "each worker logs the store's path and its user once"
+    else
+        bad "the failure is logged once per worker" "$n lines: $(grep zkflow "$T/logs/perm.log" | tail -5 | tr '\n' ' ' | head -c 600)"
+    fi
+    chmod 777 "$T/rootonly"
+    code=
+    for _ in $(seq 200); do
+        code=$(curl -s -o /dev/null -w '%{http_code}' "$URL/api/v1/health")
+        [ "$code" = 200 ] && break
+        sleep 0.1
+    done
+    if [ "$code" = 200 ] && grep -q "started its engine: the store and the log folder can be opened now" "$T/logs/perm.log"; then
+        ok "fixing the folder's permissions heals the workers without a reload"
+    else
+        bad "the workers heal once the folder is writable" "$code $(grep zkflow "$T/logs/perm.log" | tail -3 | tr '\n' ' ')"
+    fi
+    stop_nginx
+    chmod 700 "$T"
+fi
+
 # ---- a running nginx ----------------------------------------------------
 
 conf "$T/nginx.conf" "$GOOD"

@@ -35,12 +35,20 @@
 #include <ngx_core.h>
 #include <ngx_http.h>
 
+#include <grp.h>
+#include <pwd.h>
 #include <sys/file.h>
 
 #include "zkflow.h"
 
 
 #define NGX_HTTP_ZKFLOW_LOCK_RETRY  1000
+
+/* A worker whose engine cannot start (its user cannot open the store or
+ * the log folder) tries again after 0.5 s, then twice as long each time,
+ * at most 16 s apart: fixing the permissions heals it without a reload. */
+#define NGX_HTTP_ZKFLOW_START_RETRY      500
+#define NGX_HTTP_ZKFLOW_START_RETRY_MAX  16000
 
 
 typedef struct ngx_http_zkflow_worker_s  ngx_http_zkflow_worker_t;
@@ -73,12 +81,18 @@ struct ngx_http_zkflow_worker_s {
 
     ngx_event_t                    timer;       /* the engine's one timer */
     ngx_event_t                    lock_timer;  /* retries the lock */
+    ngx_event_t                    start_timer; /* retries a failed start */
+    ngx_msec_t                     backoff;     /* its delay, 0: started */
 
     ngx_connection_t             **conns;       /* watched fds, by fd */
     ngx_int_t                      nconns;
 
     ngx_fd_t                       lock_fd;
     u_char                        *lock_path;
+    ngx_err_t                      lock_err;    /* logged, 0: none */
+
+    u_char                         failure[512]; /* logged, "": none */
+    u_char                        *log_dir;     /* the tasks' log folder */
 
     unsigned                       scheduler:1;
     unsigned                       stopped:1;
@@ -120,6 +134,10 @@ static int ngx_http_zkflow_set_timer(void *ud, long ms);
 static void ngx_http_zkflow_fd_handler(ngx_event_t *ev);
 static void ngx_http_zkflow_timer_handler(ngx_event_t *ev);
 static void ngx_http_zkflow_lock_handler(ngx_event_t *ev);
+static void ngx_http_zkflow_start_handler(ngx_event_t *ev);
+static void ngx_http_zkflow_boot(ngx_http_zkflow_worker_t *w);
+static ngx_int_t ngx_http_zkflow_unavailable(ngx_http_request_t *r,
+    ngx_http_zkflow_worker_t *w);
 static void ngx_http_zkflow_log(void *ud, int level, const char *msg);
 
 static ngx_int_t ngx_http_zkflow_try_lock(ngx_http_zkflow_worker_t *w);
@@ -144,6 +162,7 @@ static char *ngx_http_zkflow_log_dir(ngx_conf_t *cf, ngx_command_t *cmd,
     void *conf);
 static ngx_int_t ngx_http_zkflow_valid_zk(ngx_str_t *hosts);
 static ngx_int_t ngx_http_zkflow_init(ngx_conf_t *cf);
+static ngx_int_t ngx_http_zkflow_init_module(ngx_cycle_t *cycle);
 static ngx_int_t ngx_http_zkflow_init_process(ngx_cycle_t *cycle);
 static void ngx_http_zkflow_exit_process(ngx_cycle_t *cycle);
 
@@ -226,7 +245,7 @@ ngx_module_t  ngx_http_zkflow_module = {
     ngx_http_zkflow_commands,              /* module directives */
     NGX_HTTP_MODULE,                       /* module type */
     NULL,                                  /* init master */
-    NULL,                                  /* init module */
+    ngx_http_zkflow_init_module,           /* init module */
     ngx_http_zkflow_init_process,          /* init process */
     NULL,                                  /* init thread */
     NULL,                                  /* exit thread */
@@ -367,9 +386,8 @@ ngx_http_zkflow_dispatch(ngx_http_request_t *r)
     }
 
     if (zmcf->worker == NULL || zmcf->worker->engine == NULL) {
-        ngx_log_error(NGX_LOG_ERR, r->connection->log, 0,
-                      "zkflow: the engine is not running in this worker");
-        return NGX_HTTP_SERVICE_UNAVAILABLE;
+        /* the worker logged why, once */
+        return ngx_http_zkflow_unavailable(r, zmcf->worker);
     }
 
     method = ngx_pnalloc(r->pool, r->method_name.len + 1);
@@ -454,6 +472,73 @@ ngx_http_zkflow_dispatch(ngx_http_request_t *r)
     }
 
     return NGX_DONE;
+}
+
+
+/* 503 with a JSON body, as every API error is, while this worker's engine
+ * is down (it retries: Retry-After says when).  The reason, with paths and
+ * the worker's user, is in the error log, not in an answer to anyone. */
+static ngx_int_t
+ngx_http_zkflow_unavailable(ngx_http_request_t *r,
+    ngx_http_zkflow_worker_t *w)
+{
+    ngx_int_t         rc;
+    ngx_buf_t        *b;
+    ngx_chain_t       out;
+    ngx_msec_t        ms;
+    ngx_table_elt_t  *h;
+
+    static u_char  body[] =
+        "{\"error\":\"the zkflow engine of this nginx worker is not running: "
+        "it cannot open its store or log folder (the error log says which "
+        "and as which user); it retries\"}\n";
+
+    r->headers_out.status = NGX_HTTP_SERVICE_UNAVAILABLE;
+    r->headers_out.content_length_n = sizeof(body) - 1;
+    ngx_str_set(&r->headers_out.content_type, "application/json");
+    r->headers_out.content_type_len = r->headers_out.content_type.len;
+
+    if (w && w->start_timer.timer_set) {
+        h = ngx_list_push(&r->headers_out.headers);
+        if (h == NULL) {
+            return NGX_HTTP_INTERNAL_SERVER_ERROR;
+        }
+
+        ms = w->start_timer.timer.key > ngx_current_msec
+             ? w->start_timer.timer.key - ngx_current_msec : 0;
+
+        h->hash = 1;
+        ngx_str_set(&h->key, "Retry-After");
+        h->value.data = ngx_pnalloc(r->pool, NGX_TIME_T_LEN);
+        if (h->value.data == NULL) {
+            return NGX_HTTP_INTERNAL_SERVER_ERROR;
+        }
+
+        h->value.len = ngx_sprintf(h->value.data, "%M", (ms + 999) / 1000)
+                       - h->value.data;
+    }
+
+    rc = ngx_http_send_header(r);
+
+    if (rc == NGX_ERROR || rc > NGX_OK || r->header_only) {
+        return rc;
+    }
+
+    b = ngx_calloc_buf(r->pool);
+    if (b == NULL) {
+        return NGX_ERROR;
+    }
+
+    b->pos = body;
+    b->last = body + sizeof(body) - 1;
+    b->memory = 1;
+    b->last_buf = (r == r->main) ? 1 : 0;
+    b->last_in_chain = 1;
+
+    out.buf = b;
+    out.next = NULL;
+
+    return ngx_http_output_filter(r, &out);
 }
 
 
@@ -889,7 +974,61 @@ ngx_http_zkflow_lock_handler(ngx_event_t *ev)
         w->engine = NULL;
     }
 
-    (void) ngx_http_zkflow_start(w);
+    ngx_http_zkflow_boot(w);
+}
+
+
+static void
+ngx_http_zkflow_start_handler(ngx_event_t *ev)
+{
+    ngx_http_zkflow_worker_t  *w = ev->data;
+
+    if (ngx_exiting || ngx_terminate || ngx_quit || w->stopped) {
+        return;
+    }
+
+    ngx_http_zkflow_boot(w);
+}
+
+
+/* Starts the engine, or arranges the next try: the lock goes back for
+ * another worker to take, the API answers 503 meanwhile. */
+static void
+ngx_http_zkflow_boot(ngx_http_zkflow_worker_t *w)
+{
+    if (!w->scheduler) {
+        (void) ngx_http_zkflow_try_lock(w);
+    }
+
+    if (ngx_http_zkflow_start(w) == NGX_OK) {
+        if (w->backoff) {
+            ngx_log_error(NGX_LOG_NOTICE, w->log, 0,
+                          "zkflow: worker %P started its engine: the store "
+                          "and the log folder can be opened now", ngx_pid);
+        }
+
+        w->backoff = 0;
+        w->failure[0] = '\0';
+
+        if (!w->scheduler) {
+            ngx_add_timer(&w->lock_timer, NGX_HTTP_ZKFLOW_LOCK_RETRY);
+        }
+
+        return;
+    }
+
+    if (w->scheduler) {
+        /* let another worker try: this one could not run the engine */
+        (void) close(w->lock_fd);
+        w->lock_fd = NGX_INVALID_FILE;
+        w->scheduler = 0;
+    }
+
+    w->backoff = w->backoff ? ngx_min(w->backoff * 2,
+                                      NGX_HTTP_ZKFLOW_START_RETRY_MAX)
+                            : NGX_HTTP_ZKFLOW_START_RETRY;
+
+    ngx_add_timer(&w->start_timer, w->backoff);
 }
 
 
@@ -919,10 +1058,17 @@ ngx_http_zkflow_try_lock(ngx_http_zkflow_worker_t *w)
                           O_RDWR|O_CREAT|O_CLOEXEC, 0600);
 
         if (w->lock_fd == NGX_INVALID_FILE) {
-            ngx_log_error(NGX_LOG_ERR, w->log, ngx_errno,
-                          "zkflow: open(\"%s\") failed", w->lock_path);
+            /* once: the lock is retried every second */
+            if (w->lock_err != ngx_errno) {
+                w->lock_err = ngx_errno;
+                ngx_log_error(NGX_LOG_ERR, w->log, ngx_errno,
+                              "zkflow: open(\"%s\") failed", w->lock_path);
+            }
+
             return NGX_ERROR;
         }
+
+        w->lock_err = 0;
     }
 
     if (flock(w->lock_fd, LOCK_EX|LOCK_NB) != 0) {
@@ -935,6 +1081,35 @@ ngx_http_zkflow_try_lock(ngx_http_zkflow_worker_t *w)
 }
 
 
+/* Logs why the engine cannot start, with the worker's user and the paths
+ * it needs, once: the same failure again, at each retry, only at debug. */
+static void
+ngx_http_zkflow_failed(ngx_http_zkflow_worker_t *w, const char *why)
+{
+    struct passwd                *pw;
+    ngx_http_zkflow_main_conf_t  *zmcf = w->conf;
+
+    if (ngx_strcmp(w->failure, why) == 0) {
+        ngx_log_debug1(NGX_LOG_DEBUG_HTTP, w->log, 0,
+                       "zkflow: cannot start the engine: %s", why);
+        return;
+    }
+
+    ngx_cpystrn(w->failure, (u_char *) why, sizeof(w->failure));
+
+    pw = getpwuid(geteuid());
+
+    ngx_log_error(NGX_LOG_ERR, w->log, 0,
+                  "zkflow: worker %P running as user \"%s\" (uid %d) "
+                  "cannot start its engine: %s (store \"%V\", log folder "
+                  "\"%s\"); the API answers 503 and the worker retries, "
+                  "at most %M s apart",
+                  ngx_pid, pw ? pw->pw_name : "?", (int) geteuid(), why,
+                  zmcf->db.len ? &zmcf->db : &zmcf->zk, w->log_dir,
+                  (ngx_msec_t) NGX_HTTP_ZKFLOW_START_RETRY_MAX / 1000);
+}
+
+
 /* Opens this worker's engine: with the scheduler when it holds the lock,
  * serving the API only otherwise. */
 static ngx_int_t
@@ -943,7 +1118,28 @@ ngx_http_zkflow_start(ngx_http_zkflow_worker_t *w)
     char                          err[256];
     zkf_host                      host;
     zkf_engine                   *e;
+    ngx_err_t                     ferr;
     ngx_http_zkflow_main_conf_t  *zmcf = w->conf;
+
+    /* the engine would start without a log folder it can write, and its
+     * tasks fail one by one: this worker is not usable then either */
+    ferr = ngx_create_full_path(w->log_dir, 0755);
+    if (ferr == 0 && ngx_create_dir(w->log_dir, 0755) == NGX_FILE_ERROR
+        && ngx_errno != NGX_EEXIST)
+    {
+        ferr = ngx_errno;
+    }
+
+    if (ferr == 0 && access((char *) w->log_dir, W_OK|X_OK) != 0) {
+        ferr = ngx_errno;
+    }
+
+    if (ferr) {
+        ngx_snprintf((u_char *) err, sizeof(err) - 1,
+                     "cannot write in the log folder: %s%Z", strerror(ferr));
+        ngx_http_zkflow_failed(w, err);
+        return NGX_ERROR;
+    }
 
     host.watch_fd = ngx_http_zkflow_watch_fd;
     host.set_timer = ngx_http_zkflow_set_timer;
@@ -976,8 +1172,7 @@ ngx_http_zkflow_start(ngx_http_zkflow_worker_t *w)
            != ZKF_OK
         || zkf_engine_start(e) != ZKF_OK)
     {
-        ngx_log_error(NGX_LOG_ALERT, w->log, 0,
-                      "zkflow: cannot start the engine: %s", zkf_errmsg(e));
+        ngx_http_zkflow_failed(w, zkf_errmsg(e));
         zkf_engine_free(e);
         return NGX_ERROR;
     }
@@ -1006,6 +1201,10 @@ ngx_http_zkflow_stop(ngx_http_zkflow_worker_t *w)
 
     if (w->lock_timer.timer_set) {
         ngx_del_timer(&w->lock_timer);
+    }
+
+    if (w->start_timer.timer_set) {
+        ngx_del_timer(&w->start_timer);
     }
 
     if (w->engine) {
@@ -1438,6 +1637,199 @@ ngx_http_zkflow_init(ngx_conf_t *cf)
 }
 
 
+/* ---- the workers' user ------------------------------------------------------ */
+
+static u_char *
+ngx_http_zkflow_strdup0(ngx_pool_t *pool, ngx_str_t *s)
+{
+    u_char  *p;
+
+    p = ngx_pnalloc(pool, s->len + 1);
+    if (p) {
+        ngx_cpystrn(p, s->data, s->len + 1);
+    }
+
+    return p;
+}
+
+
+/* The folder of the tasks' logs, NUL-terminated: zkflow_log_dir, or the
+ * engine's default "<db dir>/logs". */
+static u_char *
+ngx_http_zkflow_log_dir_of(ngx_pool_t *pool, ngx_http_zkflow_main_conf_t *zmcf)
+{
+    u_char  *dir, *slash;
+
+    if (zmcf->log_dir.len) {
+        return ngx_http_zkflow_strdup0(pool, &zmcf->log_dir);
+    }
+
+    dir = ngx_pnalloc(pool, zmcf->db.len + sizeof("/logs"));
+    if (dir == NULL) {
+        return NULL;
+    }
+
+    ngx_cpystrn(dir, zmcf->db.data, zmcf->db.len + 1);
+
+    slash = (u_char *) strrchr((char *) dir, '/');
+    ngx_cpystrn(slash, (u_char *) "/logs", sizeof("/logs"));
+
+    return dir;
+}
+
+
+/* May user `uid` (group `gid`, supplementary `groups`) open `path` for
+ * `want` (R_OK|W_OK|X_OK), by the mode bits of the path and of every
+ * folder above it?  ACLs are not read: this is for a warning. */
+static ngx_int_t
+ngx_http_zkflow_user_can(u_char *path, ngx_uid_t uid, ngx_gid_t gid,
+    gid_t *groups, int ngroups, int want)
+{
+    int          i, bits, shift, need;
+    u_char      *p, save;
+    struct stat  st;
+
+    if (uid == 0) {
+        return 1;
+    }
+
+    for (p = path + 1; /* void */; p++) {
+        if (*p != '/' && *p != '\0') {
+            continue;
+        }
+
+        save = *p;
+        *p = '\0';
+
+        if (stat((char *) path, &st) != 0) {
+            *p = save;
+            return 0;
+        }
+
+        *p = save;
+        need = (save == '\0') ? want : X_OK;
+
+        if (st.st_uid == uid) {
+            shift = 6;
+
+        } else {
+            shift = 0;
+
+            if (st.st_gid == gid) {
+                shift = 3;
+            }
+
+            for (i = 0; shift == 0 && i < ngroups; i++) {
+                if (st.st_gid == groups[i]) {
+                    shift = 3;
+                }
+            }
+        }
+
+        bits = (st.st_mode >> shift) & 7;
+
+        if ((bits & need) != need) {
+            return 0;
+        }
+
+        if (save == '\0') {
+            return 1;
+        }
+    }
+}
+
+
+/* nginx -t, a start and a reload: warns when the user the workers will
+ * run as cannot use the DAG folder, the store's folder, the store or the
+ * log folder.  Only a warning: the master checked them as itself, and
+ * the workers retry until they can (a folder made later is fine). */
+static ngx_int_t
+ngx_http_zkflow_init_module(ngx_cycle_t *cycle)
+{
+    int                           ngroups;
+    gid_t                         groups[64];
+    u_char                       *dir, *slash, *logs;
+    ngx_uint_t                    i;
+    ngx_core_conf_t              *ccf;
+    ngx_http_zkflow_main_conf_t  *zmcf;
+
+    struct {
+        u_char      *path;
+        int          want;
+        const char  *what;
+    } checks[4];
+
+    zmcf = ngx_http_cycle_get_module_main_conf(cycle, ngx_http_zkflow_module);
+    ccf = (ngx_core_conf_t *) ngx_get_conf(cycle->conf_ctx, ngx_core_module);
+
+    if (zmcf == NULL || zmcf->dags.len == 0 || geteuid() != 0
+        || ccf->user == (ngx_uid_t) NGX_CONF_UNSET_UINT || ccf->user == 0)
+    {
+        /* workers of the master's own user: the directives checked */
+        return NGX_OK;
+    }
+
+    ngroups = 64;
+
+    if (getgrouplist(ccf->username, ccf->group, groups, &ngroups) < 0) {
+        ngroups = 0;
+    }
+
+    ngx_memzero(checks, sizeof(checks));
+
+    checks[0].path = zmcf->dags.data;
+    checks[0].want = R_OK|X_OK;
+    checks[0].what = "read the DAG folder";
+
+    if (zmcf->db.len) {
+        dir = ngx_http_zkflow_strdup0(cycle->pool, &zmcf->db);
+        if (dir == NULL) {
+            return NGX_ERROR;
+        }
+
+        slash = (u_char *) strrchr((char *) dir, '/');
+        *(slash == dir ? slash + 1 : slash) = '\0';
+
+        checks[1].path = dir;
+        checks[1].want = W_OK|X_OK;
+        checks[1].what = "write in the store's folder";
+
+        if (access((char *) zmcf->db.data, F_OK) == 0) {
+            checks[2].path = zmcf->db.data;
+            checks[2].want = R_OK|W_OK;
+            checks[2].what = "read and write the store";
+        }
+    }
+
+    logs = ngx_http_zkflow_log_dir_of(cycle->pool, zmcf);
+    if (logs == NULL) {
+        return NGX_ERROR;
+    }
+
+    if (access((char *) logs, F_OK) == 0) {
+        checks[3].path = logs;
+        checks[3].want = W_OK|X_OK;
+        checks[3].what = "write in the log folder";
+    }
+
+    for (i = 0; i < 4; i++) {
+        if (checks[i].path
+            && !ngx_http_zkflow_user_can(checks[i].path, ccf->user,
+                                         ccf->group, groups, ngroups,
+                                         checks[i].want))
+        {
+            ngx_log_error(NGX_LOG_WARN, cycle->log, 0,
+                          "zkflow: the workers' user \"%s\" cannot %s "
+                          "\"%s\": its engine will answer 503 until it "
+                          "can", ccf->username, checks[i].what,
+                          checks[i].path);
+        }
+    }
+
+    return NGX_OK;
+}
+
+
 /* ---- worker processes ------------------------------------------------------ */
 
 static ngx_int_t
@@ -1499,6 +1891,11 @@ ngx_http_zkflow_init_process(ngx_cycle_t *cycle)
     w->lock_timer.log = cycle->log;
     w->lock_timer.cancelable = 1;
 
+    w->start_timer.handler = ngx_http_zkflow_start_handler;
+    w->start_timer.data = w;
+    w->start_timer.log = cycle->log;
+    w->start_timer.cancelable = 1;
+
     /* "<db>.nginx.lock" picks the worker whose engine schedules; that
      * engine then owns the store through "<db>.scheduler.lock", the lock
      * every zkflow scheduler takes (zkflow.node), and stands by while
@@ -1534,21 +1931,14 @@ ngx_http_zkflow_init_process(ngx_cycle_t *cycle)
         }
     }
 
+    w->log_dir = ngx_http_zkflow_log_dir_of(cycle->pool, zmcf);
+    if (w->log_dir == NULL) {
+        return NGX_ERROR;
+    }
+
     zmcf->worker = w;
 
-    (void) ngx_http_zkflow_try_lock(w);
-
-    if (ngx_http_zkflow_start(w) != NGX_OK && w->scheduler) {
-        /* let another worker try: this one could not run the engine */
-        (void) close(w->lock_fd);
-        w->lock_fd = NGX_INVALID_FILE;
-        w->scheduler = 0;
-        return NGX_OK;
-    }
-
-    if (!w->scheduler) {
-        ngx_add_timer(&w->lock_timer, NGX_HTTP_ZKFLOW_LOCK_RETRY);
-    }
+    ngx_http_zkflow_boot(w);
 
     return NGX_OK;
 }
