@@ -19,11 +19,12 @@ description = {
 dependencies = {
   "lua >= 5.4, < 5.5",
 }
+-- libcurl too (Debian: libcurl4-openssl-dev), which the Makefile finds with
+-- pkg-config: its header sits in a multiarch folder LuaRocks does not search.
 external_dependencies = {
   LIBEVENT = { header = "event2/event.h" },
   SQLITE = { header = "sqlite3.h" },
   ZOOKEEPER = { header = "zookeeper/zookeeper.h" },
-  CURL = { header = "curl/curl.h" },
 }
 build = {
   type = "make",
