@@ -183,6 +183,8 @@ describe("http operator over TLS", function()
       t.http { id = "slow", url = B .. "/slow", ca_file = CA, request_timeout = 0.5 }
       t.http { id = "handshake", url = "https://127.0.0.1:" .. silent .. "/", ca_file = CA,
                request_timeout = 5, connect_timeout = 0.5 }
+      t.http { id = "handshake_total", url = "https://127.0.0.1:" .. silent .. "/", ca_file = CA,
+               request_timeout = 0.5 }
       t.http { id = "patient", url = B .. "/slow", ca_file = CA, request_timeout = 10,
                response_filter = function(r) return { r.body, core.mono() } end }
       t.lua { id = "ticker", run = function()
@@ -200,6 +202,8 @@ describe("http operator over TLS", function()
     assert.equal("failed", res.tasks.handshake.state)
     assert.matches("tls handshake 127.0.0.1:" .. silent .. ": timed out after 0.5s",
                    log_of(res, "handshake"), 1, true)
+    assert.matches("tls handshake 127.0.0.1:" .. silent .. ": timed out after 0.5s",
+                   log_of(res, "handshake_total"), 1, true)
     assert.equal("success", res.tasks.patient.state)
     assert.equal(SLOW_BODY, res.tasks.patient.xcom[1])
     -- the ticker's five ticks went on while the slow reply trickled in

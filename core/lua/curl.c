@@ -482,23 +482,24 @@ static int describe(hreq *r, CURLcode rc)
         break;
     case CURLE_OPERATION_TIMEDOUT: {
         curl_off_t connected = 0, handshaken = 0;
+        long lport = 0;
         const char *phase = "read";
-        double limit = r->timeout;
+        /* libcurl words the whole-transfer limit so; the others are the
+         * connect limit (TCP and TLS) */
+        int whole = strncmp(r->errbuf, "Operation timed out", 19) == 0;
+        double limit = !whole && r->connect_timeout > 0 ? r->connect_timeout
+                                                       : r->timeout;
 
+        /* The connect time counts the TLS handshake in; the local port is
+         * known once TCP is connected. */
         curl_easy_getinfo(r->easy, CURLINFO_CONNECT_TIME_T, &connected);
         curl_easy_getinfo(r->easy, CURLINFO_APPCONNECT_TIME_T, &handshaken);
-        /* libcurl counts the TLS handshake into the connect time and
-         * names it only in its message. */
-        if (r->https && (handshaken == 0 || connected == 0) &&
-            strstr(r->errbuf, "SSL") != NULL) {
+        curl_easy_getinfo(r->easy, CURLINFO_LOCAL_PORT, &lport);
+        if (r->https && handshaken == 0 &&
+            (lport != 0 || strstr(r->errbuf, "SSL") != NULL))
             phase = "tls handshake";
-            if (r->connect_timeout > 0 && r->connect_timeout < r->timeout)
-                limit = r->connect_timeout;
-        } else if (connected == 0) {
+        else if (connected == 0 && lport == 0)
             phase = "connect";
-            if (r->connect_timeout > 0 && r->connect_timeout < r->timeout)
-                limit = r->connect_timeout;
-        }
         snprintf(r->err, sizeof r->err, "%s %s: timed out after %gs", phase,
                  where, limit);
         break;
