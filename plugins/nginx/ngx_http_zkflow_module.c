@@ -1637,7 +1637,7 @@ ngx_http_zkflow_init(ngx_conf_t *cf)
 }
 
 
-/* ---- the workers' user ------------------------------------------------------ */
+/* ---- the workers' user -------------------------------------------------- */
 
 static u_char *
 ngx_http_zkflow_strdup0(ngx_pool_t *pool, ngx_str_t *s)
