@@ -125,6 +125,7 @@ describe("http operator over TLS", function()
   it("resolves host names off the loop (libcurl's threaded resolver)", function()
     local v = core.curl_version()
     assert.is_true(v.asynchdns)
+    assert.equal("threaded", v.resolver)
     assert.matches("OpenSSL", v.ssl)
   end)
 

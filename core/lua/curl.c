@@ -3,7 +3,8 @@
  * socket interface driven by the module's loop:
  *
  *   core.http_request(opts, cb) -> r
- *   core.curl_version() -> {version=, ssl=, asynchdns=bool, http2=bool}
+ *   core.curl_version() -> {version=, ssl=, asynchdns=bool, http2=bool,
+ *                           resolver="threaded"|"c-ares"|"blocking"}
  *
  * opts: url (http:// or https://, no user:password), method ("GET", "HEAD",
  * "POST", "PUT", "DELETE", "PATCH"), headers (a list of "Name: value"
@@ -28,7 +29,7 @@
  * transfers are read with curl_multi_info_read() afterwards, outside any
  * libcurl callback, before Lua runs.  Nothing here blocks the loop: host
  * names are resolved by libcurl's threaded resolver (Debian's libcurl4 is
- * built with it: curl_version() says asynchdns), whose completion reaches
+ * built with it: curl_version().resolver), whose completion reaches
  * the loop through a socket pair that the socket callback watches.
  *
  * Ownership.
@@ -967,12 +968,12 @@ static int req_tostring(lua_State *L)
     return 1;
 }
 
-/* core.curl_version() -> {version=, ssl=, asynchdns=, http2=} */
+/* core.curl_version() -> {version=, ssl=, asynchdns=, http2=, resolver=} */
 static int l_curl_version(lua_State *L)
 {
     curl_version_info_data *v = curl_version_info(CURLVERSION_NOW);
 
-    lua_createtable(L, 0, 4);
+    lua_createtable(L, 0, 5);
     lua_pushstring(L, v->version);
     lua_setfield(L, -2, "version");
     lua_pushstring(L, v->ssl_version ? v->ssl_version : "");
@@ -981,6 +982,11 @@ static int l_curl_version(lua_State *L)
     lua_setfield(L, -2, "asynchdns");
     lua_pushboolean(L, (v->features & CURL_VERSION_HTTP2) != 0);
     lua_setfield(L, -2, "http2");
+    /* AsynchDNS without c-ares is the threaded resolver */
+    lua_pushstring(L, v->ares ? "c-ares"
+                      : (v->features & CURL_VERSION_ASYNCHDNS) ? "threaded"
+                      : "blocking");
+    lua_setfield(L, -2, "resolver");
     return 1;
 }
 
