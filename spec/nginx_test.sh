@@ -208,15 +208,15 @@ if [ "$(id -u)" -eq 0 ] && id nobody > /dev/null 2>&1 && getent group nogroup > 
     "$NGINX" -p "$T" -c "$T/perm.conf" > "$T/start.out" 2>&1
     code=
     for _ in $(seq 50); do
-        code=$(curl -s -o "$T/perm.body" -w '%{http_code} %{content_type}' "$URL/api/v1/health")
+        code=$(curl -s -D "$T/perm.head" -o "$T/perm.body" -w '%{http_code} %{content_type}' "$URL/api/v1/health")
         [ "$code" = "503 application/json" ] && break
         sleep 0.1
     done
-    if [ "$code" = "503 application/json" ] \
+    if [ "$code" = "503 application/json" ] && grep -qi '^Retry-After: [0-9]' "$T/perm.head" \
         && python3 -c 'import json, sys; assert "cannot open its store" in json.load(open(sys.argv[1]))["error"]' "$T/perm.body"; then
-        ok "a worker that cannot open the store answers 503 with a JSON error"
+        ok "a worker that cannot open the store answers 503 with a JSON error and Retry-After"
     else
-        bad "JSON 503 while the store cannot be opened" "$code $(head -c 300 "$T/perm.body")"
+        bad "JSON 503 while the store cannot be opened" "$code $(tr -d '\r' < "$T/perm.head" | tr '\n' ' ') $(head -c 300 "$T/perm.body")"
     fi
     # three retries at least (0.5 s, 1 s, 2 s) before counting the lines
     sleep 4
