@@ -51,20 +51,23 @@ static void mark_cb(zkf_timer *t, void *arg)
     m->tr->buf[m->tr->n++] = m->c;
 }
 
+/* Deadlines are 100 ms apart: the timers are started one after another
+ * with a fresh clock each, so under valgrind on a loaded machine 10 ms
+ * gaps reordered them (the test, not the loop, was wrong). */
 static void test_timer_fires_in_deadline_order(void)
 {
     pair p = pair_new();
     trace tr = { { 0 }, 0 };
     mark m[5] = { { &tr, 'c' }, { &tr, 'a' }, { &tr, 'd' }, { &tr, 'b' },
                   { &tr, 'e' } };
-    zkf_timer_start(p.loop, 30, mark_cb, &m[0]);
-    zkf_timer_start(p.loop, 10, mark_cb, &m[1]);
-    zkf_timer_start(p.loop, 30, mark_cb, &m[2]);   /* same deadline: after c */
-    zkf_timer_start(p.loop, 20, mark_cb, &m[3]);
-    zkf_timer_start(p.loop, 40, mark_cb, &m[4]);
+    zkf_timer_start(p.loop, 300, mark_cb, &m[0]);
+    zkf_timer_start(p.loop, 100, mark_cb, &m[1]);
+    zkf_timer_start(p.loop, 300, mark_cb, &m[2]);   /* same deadline: after c */
+    zkf_timer_start(p.loop, 200, mark_cb, &m[3]);
+    zkf_timer_start(p.loop, 400, mark_cb, &m[4]);
     double t0 = zkf_mono_ms();
     ASSERT_EQ(0, zkf_pollhost_run(p.h));
-    ASSERT(zkf_mono_ms() - t0 >= 40);
+    ASSERT(zkf_mono_ms() - t0 >= 400);
     ASSERT_STR_EQ("abcde", tr.buf);
     ASSERT_EQ(0, zkf_loop_alive(p.loop));
     pair_free(&p);
@@ -354,16 +357,16 @@ static void test_evhost_drives_timers_and_fds(void)
 
     trace tr = { { 0 }, 0 };
     mark m[2] = { { &tr, 'b' }, { &tr, 'a' } };
-    zkf_timer_start(loop, 20, mark_cb, &m[0]);
-    zkf_timer_start(loop, 10, mark_cb, &m[1]);
+    zkf_timer_start(loop, 200, mark_cb, &m[0]);
+    zkf_timer_start(loop, 100, mark_cb, &m[1]);
     int fds[2];
     ASSERT_EQ(0, pipe(fds));
     reader r = { { 0 }, 0, 0, NULL };
     zkf_io_start(loop, fds[0], ZKF_IO_IN, read_cb, &r);
-    zkf_timer_start(loop, 5, write_later_cb, &fds[1]);
+    zkf_timer_start(loop, 50, write_later_cb, &fds[1]);
     int n = 0;
     zkf_loop_wake(loop, count_cb, &n);
-    zkf_timer_start(loop, 40, evstop_cb, base);
+    zkf_timer_start(loop, 400, evstop_cb, base);
 
     event_base_dispatch(base);
     ASSERT_STR_EQ("ab", tr.buf);
