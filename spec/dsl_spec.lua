@@ -524,3 +524,51 @@ describe("operators", function()
         assert.equal(3, d.tasks.m.n)
     end)
 end)
+
+describe("DSL messages", function()
+    it("suggests cmd for comand, as Airflow users type command", function()
+        local err = build_error { id = "m", tasks = function(t)
+            t.shell { id = "x", comand = "echo hi" }
+        end }
+        assert.matches("task 'x': unknown option 'comand' (did you mean 'cmd'?)", err, 1, true)
+    end)
+
+    it("names the operators that exist for an unknown one", function()
+        local err = build_error { id = "m", tasks = function(t)
+            t.bash { id = "x", cmd = "echo hi" }
+        end }
+        assert.matches("task 'x': unknown operator 'bash' (did you mean 'shell'?); operators: "
+                       .. table.concat(require("zkflow.dsl.options").SHIPPED, ", "), err, 1, true)
+    end)
+
+    it("lists every operator that ships, and only those", function()
+        local files = {}
+        local p = io.popen("ls lua/zkflow/operators")
+        for f in p:lines() do files[#files + 1] = f:match("^(.*)%.lua$") end
+        p:close()
+        local shipped = {}
+        for _, n in ipairs(require("zkflow.dsl.options").SHIPPED) do shipped[#shipped + 1] = n end
+        table.sort(files)
+        table.sort(shipped)
+        assert.same(files, shipped)
+    end)
+
+    it("reports a duplicate task id linked to its twin as a duplicate, not a cycle", function()
+        local err = build_error { id = "m", tasks = function(t)
+            local a = t.shell { id = "x", cmd = "echo hi" }
+            local b = t.shell { id = "x", cmd = "echo ho" }
+            local _ = a >> b
+        end }
+        assert.matches("task 'x': duplicate task id", err, 1, true)
+        assert.is_nil(err:find("depends on itself", 1, true))
+        assert.is_nil(err:find("cycle", 1, true))
+    end)
+
+    it("still reports a task that depends on itself", function()
+        local err = build_error { id = "m", tasks = function(t)
+            local a = t.shell { id = "x", cmd = "echo hi" }
+            local _ = a >> a
+        end }
+        assert.matches("task 'x': depends on itself", err, 1, true)
+    end)
+end)

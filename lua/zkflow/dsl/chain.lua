@@ -149,7 +149,9 @@ function _M.resolve(b, complain)
     end
     for _, e in ipairs(b.edges) do
         local up, down = byid[e[1].id], byid[e[2].id]
-        if up and down then
+        -- Two tasks declared with one id link to the same registered task:
+        -- that is the duplicate id (reported as such), not a self-loop.
+        if up and down and (up ~= down or e[1] == e[2]) then
             add(up, down)
         end
     end

@@ -64,6 +64,7 @@ local callsite, locate_by_functions = util.callsite, util.locate_by_functions
 local suggest, show, valid_id = util.suggest, util.show, util.valid_id
 local sorted_keys, copy = util.sorted_keys, util.copy
 local COMMON, SENSOR, SHIPPED = options.COMMON, options.SENSOR, options.SHIPPED
+local SHIPPED_TEXT = table.concat(SHIPPED, ", ")
 local DAG_FIELDS, DAGV, DAGV_ORDER = options.DAG_FIELDS, options.DAGV, options.DAGV_ORDER
 local task_mt_of, is_task = chain.build_of, chain.is_task
 
@@ -169,8 +170,9 @@ function Build:operator(name)
     local mod, err = self.find_operator(name)
     local entry
     if mod == nil then
-        entry = { err = err or sfmt("unknown operator '%s'%s", name,
-            suggest(name, SHIPPED)) }
+        entry = { err = err or sfmt("unknown operator '%s'%s; operators: %s "
+            .. "(and operators/NAME.lua in the DAG folder)", name,
+            suggest(name, SHIPPED), SHIPPED_TEXT) }
     else
         local by_name = entry_cache[mod]
         entry = by_name and by_name[name]

@@ -17,7 +17,8 @@ local math_type, floor = math.type, math.floor
 local sfmt, concat, sort = string.format, table.concat, table.sort
 local set_of, is_list, sorted_keys = util.set_of, util.is_list, util.sorted_keys
 
--- Operators that ship with zkflow; only used for did-you-mean suggestions.
+-- Operators that ship with zkflow (lua/zkflow/operators/, a spec keeps the
+-- two equal): named when a DAG asks for one that does not exist.
 local SHIPPED = {
     "lua", "shell", "http", "branch", "short_circuit", "empty",
     "zk_create", "zk_set", "zk_get", "zk_delete", "zk_dump", "zk_restore",

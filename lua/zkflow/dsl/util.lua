@@ -63,25 +63,40 @@ local function distance(a, b)
 end
 _M.distance = distance
 
+-- Words that users of other tools type for ours (Airflow's BashOperator
+-- takes bash_command, its PythonOperator python_callable): a word within
+-- edit distance 2 of one of these suggests ours when ours is a candidate.
+local ALIASES = {
+    command = "cmd", bash_command = "cmd", python_callable = "run",
+    bash = "shell", python = "lua", dummy = "empty",
+}
+
 --- Returns " (did you mean 'x'?)" for the closest candidate within edit
---- distance 2, or "" when nothing is close.  `candidates` is a list or a set.
+--- distance 2 (else for the candidate a near alias stands for), or ""
+--- when nothing is close.  `candidates` is a list or a set.  This is the
+--- one near-miss rule: DAG options, operators, config keys.
 local function suggest(word, candidates)
     if type(word) ~= "string" then
         return ""
     end
+    local is_candidate = {}
+    if candidates[1] ~= nil then
+        for _, c in ipairs(candidates) do is_candidate[c] = true end
+    else
+        for c in pairs(candidates) do is_candidate[c] = true end
+    end
     local best, bestd
-    local function consider(c)
-        if type(c) == "string" and c ~= word then
-            local d = distance(word, c)
+    local function consider(c, via)
+        if type(c) == "string" and c ~= word and is_candidate[c] then
+            local d = distance(word, via or c)
             if d <= 2 and (not bestd or d < bestd or (d == bestd and c < best)) then
                 best, bestd = c, d
             end
         end
     end
-    if candidates[1] ~= nil then
-        for _, c in ipairs(candidates) do consider(c) end
-    else
-        for c in pairs(candidates) do consider(c) end
+    for c in pairs(is_candidate) do consider(c) end
+    if not best then
+        for alias, c in pairs(ALIASES) do consider(c, alias) end
     end
     return best and sfmt(" (did you mean '%s'?)", best) or ""
 end
