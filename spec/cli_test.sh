@@ -18,12 +18,18 @@ export TMPDIR=$T/tmp
 PASSED=0
 FAILED=0
 SA_PID=
-unset ZKFLOW_DB ZKFLOW_DAGS ZKFLOW_ZK
+unset ZKFLOW_DB ZKFLOW_DAGS ZKFLOW_ZK ZKFLOW_HOME ZKFLOW_ROOT ZKFLOW_LOG_DIR
+# no settings file but the ones a test names (/etc/zkflow/zkflow.conf may exist)
+export ZKFLOW_CONFIG=
 
 cleanup() {
     if [ -n "$SA_PID" ]; then
         kill -KILL "$SA_PID" 2>/dev/null
         wait "$SA_PID" 2>/dev/null
+    fi
+    if [ -n "${OPS_PID:-}" ]; then
+        kill -KILL "$OPS_PID" 2>/dev/null
+        wait "$OPS_PID" 2>/dev/null
     fi
     rm -rf "$T"
 }
@@ -710,6 +716,9 @@ expect "dags push --remove" 0 dags push --remove pushed_db
 expect "dags push --remove of a DAG not pushed: exit 1" 1 dags push --remove pushed_db
 has "it says it is not pushed" "$T/err" "DAG 'pushed_db' is not pushed"
 expect "dags push without a file: usage" 2 dags push
+
+# ---- the operator's side: settings, --wait, -f, streaming (spec/cli_ops.sh) ---
+. spec/cli_ops.sh
 
 echo "$PASSED passed, $FAILED failed"
 [ "$FAILED" -eq 0 ]

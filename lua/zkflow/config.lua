@@ -111,6 +111,10 @@ local KNOWN = {
                                    .. "runs at once"),
     worker_slots = int_at_least(1, "slots of a worker started without "
                                    .. "--slots"),
+    dags_folder  = function(v)
+        if type(v) == "string" and v:sub(1, 1) == "/" then return true end
+        return "an absolute path (the DAG folder of the store's standalone)"
+    end,
     log_level    = function(v)
         for _, l in ipairs(LOG_LEVELS) do
             if v == l then return true end
@@ -373,6 +377,20 @@ function _M.unset(store, root, key)
     return tbl, err
 end
 
+-- " (did you mean 'x'?)" when the first name of dotted `key` is not a
+-- known key but nearly one (paralelism), else "": the DSL's near-miss rule
+-- (zkflow.dsl.util.suggest), so that config and DAG options agree on what
+-- is near.
+function _M.near_miss(key)
+    local parts = _M.parse_key(key)
+    if not parts then return "" end
+    local first = parts[1]
+    if KNOWN[first] or first == "pools" then return "" end
+    local names = { "pools" }
+    for name in pairs(KNOWN) do names[#names + 1] = name end
+    return require("zkflow.dsl.util").suggest(first, names)
+end
+
 -- The known keys and what they take, for help texts.
 _M.KNOWN_KEYS = {
     { "parallelism", "integer >= 1: the most task tries the scheduler runs "
@@ -385,6 +403,8 @@ _M.KNOWN_KEYS = {
                         .. "the history (default: kept for ever)" },
     { "history_url", "sqlite:PATH or postgresql://...: the history store of "
                      .. "a cluster (--history wins)" },
+    { "dags_folder", "absolute path: the DAG folder commands use without "
+                     .. "--dags (a standalone records its own)" },
 }
 
 return _M

@@ -20,6 +20,9 @@ local _M = {}
 local json_encode, json_decode = core.json_encode, core.json_decode
 local concat, sort, insert = table.concat, table.sort, table.insert
 
+-- Every state a DAG run can be in, in the order a run goes through them.
+_M.RUN_STATES = { "queued", "running", "success", "failed" }
+
 -- Run states in which the scheduler has nothing left to do.
 _M.RUN_FINISHED = { success = true, failed = true }
 

@@ -105,6 +105,13 @@ local function cmd_config_set(ctx, args)
     local value = config.parse_value(args[2])
     local ok, err = config.check(key, value)
     if not ok then usage_error(err) end
+    -- Any key may be set (users keep their own there), so a near miss of a
+    -- known one is a warning, not an error.
+    local hint = config.near_miss(key)
+    if hint ~= "" then
+        warn("'" .. key .. "' is not a key zkflow reads" .. hint
+             .. "; set as given")
+    end
     local st = ctx:store(true)
     local tbl, serr = config.set(st, ctx.root, key, value)
     if not tbl then fail(serr) end

@@ -46,25 +46,19 @@ local Ctx = {}
 Ctx.__index = Ctx
 
 local function new_ctx(defaults)
-    defaults = defaults or {}
-    local env = os.getenv
-    return setmetatable({
-        db      = defaults.db or env("ZKFLOW_DB") or "./zkflow.db",
-        dags    = defaults.dags or env("ZKFLOW_DAGS") or "./dags",
-        root    = defaults.root or env("ZKFLOW_ROOT") or "/zkflow",
-        zk      = defaults.zk or env("ZKFLOW_ZK"),
-        -- Digest credentials and the ACL of every node created; the
-        -- environment keeps a password out of `ps`.
-        zk_auth = defaults.zk_auth or env("ZKFLOW_ZK_AUTH"),
-        zk_acl  = defaults.zk_acl or env("ZKFLOW_ZK_ACL"),
-        db_sync = defaults.db_sync,
-        history_url = defaults.history_url or env("ZKFLOW_HISTORY"),
-        log_dir = defaults.log_dir,
+    -- The environment, ZKFLOW_HOME and the built-in defaults; main()
+    -- applies the command line and then the configuration file.
+    local fields, sources, problems = need("zkflow.cli.settings").initial(defaults)
+    local ctx = setmetatable({
         json    = false,
         opts    = {},
         stores  = {},
         session_listeners = {},
+        sources = sources,
+        setting_problems = problems,
     }, Ctx)
+    for k, v in pairs(fields) do ctx[k] = v end
+    return ctx
 end
 
 -- The store behind the commands.  With `create` false and no database file
@@ -211,6 +205,37 @@ local function parse_date(s, what)
     return t
 end
 
+-- The values of `--xcom TASK=JSON` (a list, the option repeats) as
+-- {[TASK] = value}: stand-ins for the XComs of `dag`'s tasks when task
+-- `task_id` runs alone.  A usage error names a bad one.
+local function xcom_args(list, dag, task_id)
+    if list == nil then return nil end
+    local xcoms = {}
+    local ids = {}
+    for id in pairs(dag.tasks) do ids[#ids + 1] = id end
+    sort(ids)
+    for _, a in ipairs(list) do
+        local id, text = a:match("^([^=]+)=(.*)$")
+        if not id then
+            usage_error("--xcom: expected TASK=JSON, got '" .. a .. "'")
+        end
+        if id == task_id then
+            usage_error("--xcom: '" .. id .. "' is the task under test")
+        end
+        if not dag.tasks[id] then
+            usage_error("--xcom: no task '" .. id .. "' in DAG '" .. dag.id .. "'"
+                        .. need("zkflow.dsl.util").suggest(id, ids))
+        end
+        local v, err = core.json_decode(text)
+        if v == nil then
+            usage_error("--xcom " .. id .. ": not JSON (" .. tostring(err)
+                        .. "); a string is written '\"text\"'")
+        end
+        xcoms[id] = v
+    end
+    return xcoms
+end
+
 -- ---- views shared with the HTTP API ---------------------------------------
 
 local function api()
@@ -234,6 +259,7 @@ local function task_order(dag)
 end
 
 _M.need, _M.new, _M.parse_date = need, new_ctx, parse_date
+_M.xcom_args = xcom_args
 _M.dirname, _M.is_file, _M.is_dir = dirname, is_file, is_dir
 _M.api, _M.task_order = api, task_order
 

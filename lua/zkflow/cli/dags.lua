@@ -159,6 +159,67 @@ local function cmd_dags_show(ctx, args)
     return 0
 end
 
+-- Streams the logs of a test run's tasks to `w` as they grow, each line
+-- prefixed by its task id ("[load] ..."), as Airflow's `dags test` shows
+-- its tasks' logs; says each try's end, and for a failure its reason and
+-- log.  Returns the scheduler's on_event, and stop() for the end.
+local function log_streamer(w)
+    local open = {}        -- task_id -> {path, pos, partial}
+    local reasons = {}     -- task_id -> {error, log} of its failed try
+    local function pump(id, final)
+        local o = open[id]
+        if not o then return end
+        local f = io.open(o.path, "rb")
+        if f then
+            f:seek("set", o.pos)
+            local data = f:read("a") or ""
+            f:close()
+            o.pos = o.pos + #data
+            data = o.partial .. data
+            local last = 1
+            for line, e in data:gmatch("([^\n]*)\n()") do
+                w:write("[", id, "] ", line, "\n")
+                last = e
+            end
+            o.partial = data:sub(last)
+        end
+        if final and o.partial ~= "" then
+            w:write("[", id, "] ", o.partial, "\n")
+            o.partial = ""
+        end
+        w:flush()
+    end
+    local done = false
+    local function on_event(kind, ti)
+        if type(ti) ~= "table" or not ti.task_id then return end
+        local id = ti.task_id
+        if kind == "ti_started" and type(ti.log) == "string" then
+            open[id] = { path = ti.log, pos = 0, partial = "" }
+        elseif kind == "ti_finished" or kind == "ti_retry" then
+            pump(id, true)
+            local o = open[id]
+            open[id] = nil
+            local st = kind == "ti_retry" and "up_for_retry" or tostring(ti.state)
+            local failed = st == "failed" or st == "up_for_retry"
+            local why = failed and ti.error and tostring(ti.error):match("^[^\n]*")
+            w:write("[", id, "] ", st, " (try ", tostring(ti.try_number or 0), ")",
+                    why and (": " .. why) or "", "\n")
+            if failed and o then
+                w:write("[", id, "] log: ", o.path, "\n")
+                reasons[id] = { error = why, log = o.path }
+            end
+            w:flush()
+        end
+    end
+    need("zkflow.async").spawn(function()
+        while not done do
+            for id in pairs(open) do pump(id, false) end
+            need("zkflow.async").sleep(0.1)
+        end
+    end)
+    return on_event, function() done = true end, reasons
+end
+
 local function cmd_dags_test(ctx, args)
     local target = args[1]
     local opts = { dags_dir = ctx.dags }
@@ -172,7 +233,10 @@ local function cmd_dags_test(ctx, args)
              .. "' to find a DAG of that id in")
     end
     local sched = need("zkflow.scheduler")
+    local stop, reasons
+    opts.on_event, stop, reasons = log_streamer(ctx.json and stderr or io.stdout)
     local ok, res, err = pcall(need("zkflow.node").test, target, opts)
+    stop()
     if not ok then
         fail(type(res) == "table" and (res.msg or core.json_encode(res))
              or tostring(res))
@@ -207,9 +271,29 @@ local function cmd_dags_test(ctx, args)
                                 "try " .. tostring(ti.try_number or 0) }
         end
         print_rows(rows)
+        for _, id in ipairs(ids) do
+            local r = reasons[id]
+            if r and res.tasks[id].state ~= "success" then
+                out(id, ": ", r.error or "failed", " (log: ", r.log, ")")
+            end
+        end
         out("run ", tostring(res.run_id), ": ", tostring(res.state))
     end
     return res.state == "success" and 0 or 1
+end
+
+-- Whether a scheduler runs the runs of ctx's store: a cluster's leader,
+-- or the process that holds an embedded store's lock.
+local function has_owner(ctx)
+    if ctx.zk and ctx.zk ~= "" then
+        return need("zkflow.node").zk_owner(ctx:store(true), ctx.root) and true or false
+    end
+    local lock, _, busy = need("zkflow.node").own(ctx.db)
+    if lock then
+        lock:close()
+        return false
+    end
+    return busy and true or nil
 end
 
 local function cmd_dags_trigger(ctx, args)
@@ -234,12 +318,29 @@ local function cmd_dags_trigger(ctx, args)
     if not run then
         fail(err)
     end
-    if ctx.json then
-        json_out({ dag_id = run.dag_id, run_id = run.run_id })
-    else
-        out(run.run_id)
+    if not ctx.opts.wait then
+        if ctx.json then
+            json_out({ dag_id = run.dag_id, run_id = run.run_id })
+        else
+            out(run.run_id)
+        end
+        return 0
     end
-    return 0
+    -- The run id first, so that a script has it while the run goes on.
+    if not ctx.json then
+        out(run.run_id)
+        io.stdout:flush()
+    end
+    -- Committed now: the scheduler sees the run while this one waits.
+    local st = ctx:store(true)
+    local cok, cerr = st:flush()
+    if not cok then fail("store: commit: " .. tostring(cerr)) end
+    local end_state = need("zkflow.cli.follow").run(S, run.dag_id, run.run_id,
+                                                     has_owner(ctx))
+    if ctx.json then
+        json_out({ dag_id = run.dag_id, run_id = run.run_id, state = end_state })
+    end
+    return end_state == "success" and 0 or 1
 end
 
 local function set_paused(ctx, id, paused)

@@ -24,6 +24,7 @@ local config  = require "zkflow.cli.config"
 local zk      = require "zkflow.cli.zk"
 local users   = require "zkflow.cli.users"
 local db      = require "zkflow.cli.db"
+local settings = require "zkflow.cli.settings"
 
 local _M = {}
 
@@ -71,6 +72,62 @@ local function cmd_version(ctx)
     else
         out("zkflow ", tostring(core.version))
     end
+    return 0
+end
+
+-- ---- check-config -----------------------------------------------------------
+
+-- Every global setting, its value and where it comes from; exit 1 when
+-- the configuration file, the environment or the store's configuration
+-- has a problem.
+local function cmd_check_config(ctx)
+    local problems = {}
+    for _, p in ipairs(ctx.setting_problems) do problems[#problems + 1] = p end
+    local list = {}
+    for _, o in ipairs(settings.OPTIONS) do
+        local v = ctx[o[2]]
+        if o[1] == "zk-auth" and v then v = v:gsub(":.*", ":***") end
+        list[#list + 1] = { name = o[1], value = v == nil and core.null or v,
+                            source = ctx.sources[o[1]] }
+    end
+    -- The cluster configuration in the store, when there is one to read.
+    local cluster = core.null
+    if not (ctx.zk and ctx.zk ~= "") then
+        local st = ctx:store(false)
+        if st then
+            local cfg = require "zkflow.config"
+            local tbl, err = cfg.read(st, ctx.root)
+            if not tbl then
+                problems[#problems + 1] = err
+            else
+                cluster = tbl
+                for _, p in ipairs(cfg.problems(tbl)) do
+                    problems[#problems + 1] = cfg.path(ctx.root) .. ": " .. p.msg
+                end
+            end
+        end
+        if not context.is_dir(ctx.dags) then
+            problems[#problems + 1] = "no DAG folder " .. ctx.dags
+        end
+    end
+    if ctx.json then
+        json_out({ file = ctx.config_file or core.null,
+                   settings = require("zkflow.state").array(list),
+                   config = cluster,
+                   problems = require("zkflow.state").array(problems),
+                   ok = #problems == 0 })
+    else
+        out("file: ", ctx.config_file or "none (" .. settings.DEFAULT_FILE
+            .. " does not exist)")
+        local rows = {}
+        for _, x in ipairs(list) do
+            rows[#rows + 1] = { x.name, output.show(x.value), x.source }
+        end
+        output.print_table({ "SETTING", "VALUE", "FROM" }, rows)
+        for _, p in ipairs(problems) do warn(p) end
+        if #problems == 0 then out("ok") end
+    end
+    return #problems == 0 and 0 or 1
 end
 
 -- ---- the command table ------------------------------------------------------
@@ -131,11 +188,13 @@ local commands = {
         { name = "trigger", fn = dags.trigger,
           help = "queue a manual run of a DAG",
           usage = "dags trigger DAG_ID [--conf JSON] [--run-id ID] "
-                  .. "[--date ISO8601] [--json]",
+                  .. "[--date ISO8601] [--wait] [--json]",
           args = { 1, 1 },
           opts = { { "conf", "JSON", "run configuration, a JSON object" },
                    { "run-id", "ID", "the run id (default manual__<date>)" },
                    { "date", "ISO8601", "logical date (default now)" },
+                   { "wait", nil, "follow the run to its end (progress on "
+                     .. "stderr); exit 0 when it succeeded, 1 when it failed" },
                    JSON } },
         { name = "pause", fn = dags.pause,
           help = "stop scheduling new runs of a DAG",
@@ -165,7 +224,8 @@ local commands = {
         { name = "list", fn = runs.runs_list, help = "list DAG runs",
           usage = "runs list [DAG_ID] [--state STATE] [--json]",
           args = { 0, 1 },
-          opts = { { "state", "STATE", "only runs in this state" }, JSON } },
+          opts = { { "state", "STATE", "only runs in this state: queued, running, "
+                     .. "success or failed" }, JSON } },
         { name = "show", fn = runs.runs_show,
           help = "show a run and the state of its tasks",
           usage = "runs show DAG_ID RUN_ID [--json]", args = { 2, 2 },
@@ -177,19 +237,25 @@ local commands = {
         { name = "test", fn = runs.tasks_test,
           help = "run one task instance now, in this process, without its "
                  .. "dependencies and without recording it",
-          usage = "tasks test DAG_ID TASK_ID [--date ISO8601] [--json]",
+          usage = "tasks test DAG_ID TASK_ID [--date ISO8601] [--xcom TASK=JSON]... "
+                  .. "[--json]",
           args = { 2, 2 },
           opts = { { "date", "ISO8601", "logical date of the run "
-                     .. "(default now)" }, JSON } },
+                     .. "(default now)" },
+                   { "xcom", "TASK=JSON", "the XCom (return value) of TASK, "
+                     .. "standing in for an upstream's; repeatable", many = true },
+                   JSON } },
         { name = "state", fn = runs.tasks_state,
           help = "print the state of a task instance",
           usage = "tasks state DAG_ID RUN_ID TASK_ID [--json]",
           args = { 3, 3 }, opts = { JSON } },
         { name = "logs", fn = runs.tasks_logs,
           help = "print the log of a task instance's try",
-          usage = "tasks logs DAG_ID RUN_ID TASK_ID [--try N]",
+          usage = "tasks logs DAG_ID RUN_ID TASK_ID [--try N] [-f]",
           args = { 3, 3 },
-          opts = { { "try", "N", "which try (default the last)" } } },
+          opts = { { "try", "N", "which try (default the last)" },
+                   { "follow", nil, "print the log as it grows until the try "
+                     .. "ends (on any worker: read where tasks logs reads)", "f" } } },
         { name = "clear", fn = runs.tasks_clear,
           help = "clear task instances so that the scheduler runs them again",
           usage = "tasks clear DAG_ID RUN_ID [TASK_ID...] [--downstream] "
@@ -290,6 +356,18 @@ local commands = {
           opts = { { "timeout", "SECONDS", "per member (default 5)" },
                    JSON } },
       } },
+    { name = "check-config", fn = cmd_check_config,
+      help = "show each setting, its value and where it comes from; exit 1 "
+             .. "on a problem",
+      usage = "check-config [--config FILE] [--json]", args = { 0, 0 },
+      more = "A setting comes from the command line, else ZKFLOW_<NAME> in the "
+             .. "environment, else the configuration file (--config FILE, "
+             .. "ZKFLOW_CONFIG, /etc/zkflow/zkflow.conf: lines 'name = value' "
+             .. "naming the global options, e.g. 'dags = /srv/dags'; relative "
+             .. "paths are relative to the file), else the DAG folder a "
+             .. "standalone recorded in the store, else ZKFLOW_HOME "
+             .. "($ZKFLOW_HOME/zkflow.db, $ZKFLOW_HOME/dags), else the default.",
+      opts = { JSON } },
     { name = "version", fn = cmd_version, help = "print the version",
       usage = "version [--json]", args = { 0, 0 }, opts = { JSON } },
 }
@@ -308,8 +386,12 @@ local GLOBAL = {
     { "zk-auth", "USER:PASSWORD", "ZooKeeper digest credentials (ZKFLOW_ZK_AUTH)" },
     { "zk-acl", "ACL", "ACL of the nodes created: creator (default with --zk-auth), "
       .. "open, read or scheme:id:perms,... (ZKFLOW_ZK_ACL)" },
+    { "log-dir", "DIR", "task logs (default: beside the store; ZKFLOW_LOG_DIR)" },
+    { "config", "FILE", "settings file (default /etc/zkflow/zkflow.conf, "
+      .. "ZKFLOW_CONFIG; see check-config)" },
     { "json", nil, "print JSON where there is data to print" },
     { "help", nil, "show help (also -h)" },
+    { "version", nil, "print the version (also -V)" },
 }
 
 local function find(list, name)
@@ -324,10 +406,18 @@ local function find_opt(list, name)
     end
 end
 
+-- The option whose one-letter name (its 4th field) is `letter`.
+local function find_short(list, letter)
+    for _, o in ipairs(list or {}) do
+        if o[4] == letter then return o end
+    end
+end
+
 local function opt_lines(list)
     local lines = {}
     for _, o in ipairs(list) do
-        local left = "--" .. o[1] .. (o[2] and (" " .. o[2]) or "")
+        local left = (o[4] and ("-" .. o[4] .. ", ") or "") .. "--" .. o[1]
+                     .. (o[2] and (" " .. o[2]) or "")
         lines[#lines + 1] = fmt("  %-28s %s", left, o[3])
     end
     return concat(lines, "\n")
@@ -384,6 +474,10 @@ local function help_text(path, cmd)
     return concat(lines, "\n") .. "\n"
 end
 
+-- The table, the global options and the help texts, for the man pages
+-- and the completion (zkflow.cli.docs) and their test.
+_M.GLOBAL, _M.help_text, _M.settings = GLOBAL, help_text, settings
+
 local function hint_for(path)
     if path and #path > 0 then
         return "Try 'zkflow " .. concat(path, " ") .. " --help'."
@@ -392,7 +486,8 @@ local function hint_for(path)
 end
 
 -- Applies a global option (name without dashes) to ctx; returns true when
--- it was one, and whether it took the value.
+-- it was one, and whether it took the value.  A value is checked by the
+-- rule the configuration file's is (zkflow.cli.settings).
 local function apply_global(ctx, name, value)
     local o = find_opt(GLOBAL, name)
     if not o then return false end
@@ -400,39 +495,18 @@ local function apply_global(ctx, name, value)
         ctx.json = true
     elseif name == "help" then
         ctx.help = true
-    elseif name == "db" then
-        ctx.db, ctx.db_given = value, true
-    elseif name == "dags" then
-        ctx.dags = value
-    elseif name == "root" then
-        if value:sub(1, 1) ~= "/" then
-            usage_error("--root must start with '/'")
+    elseif name == "version" then
+        ctx.version = true
+    elseif name == "config" then
+        ctx.config_flag = value
+    else
+        local v, err = settings.check(name, value)
+        if v == nil then
+            usage_error("--" .. name .. ": " .. err)
         end
-        ctx.root = value
-    elseif name == "zk" then
-        ctx.zk = value
-    elseif name == "history" then
-        ctx.history_url = value
-    elseif name == "db-sync" then
-        local ok = { off = true, normal = true, full = true, extra = true }
-        if not ok[value] then
-            usage_error("--db-sync: expected off, normal, full or extra, got '"
-                        .. value .. "'")
-        end
-        ctx.db_sync = value
-    elseif name == "zk-auth" then
-        if not value:find(":", 1, true) then
-            usage_error("--zk-auth: expected USER:PASSWORD")
-        end
-        ctx.zk_auth = value
-    elseif name == "zk-acl" then
-        ctx.zk_acl = value
-    elseif name == "session-timeout" then
-        if not tonumber(value) then
-            usage_error("--session-timeout: expected seconds, got '"
-                        .. value .. "'")
-        end
-        ctx.session_timeout = tonumber(value)
+        ctx[settings.field(name)] = v
+        ctx.sources[name] = "flag"
+        if name == "db" then ctx.db_given = true end
     end
     return true
 end
@@ -454,6 +528,8 @@ local function parse(ctx, argv)
             raw = true
         elseif a == "-h" then
             ctx.help = true
+        elseif a == "-V" and not cmd then
+            ctx.version = true
         elseif a:sub(1, 2) == "--" and #a > 2 then
             local name, value = a:sub(3):match("^([^=]+)=(.*)$")
             name = name or a:sub(3)
@@ -475,12 +551,19 @@ local function parse(ctx, argv)
             elseif value ~= nil then
                 usage_error("option '--" .. name .. "' takes no value", path)
             end
-            if o then
+            if o and o.many then
+                ctx.opts[name] = ctx.opts[name] or {}
+                table.insert(ctx.opts[name], value)
+            elseif o then
                 ctx.opts[name] = value == nil and true or value
                 if name == "json" then ctx.json = true end
             else
                 apply_global(ctx, name, value)
             end
+        elseif #a == 2 and a:sub(1, 1) == "-" and cmd and not cmd.sub
+                and find_short(cmd.opts, a:sub(2)) then
+            -- a command's one-letter option (tasks logs -f): no value
+            ctx.opts[find_short(cmd.opts, a:sub(2))[1]] = true
         elseif a:sub(1, 1) == "-" and #a > 1 and not tonumber(a) then
             -- (a negative number is an argument: config set pools.db -1)
             usage_error("unknown option '" .. a .. "'", path)
@@ -560,6 +643,15 @@ function _M.main(argv, defaults)
             stdout:write(help_text(path, cmd))
             return 0
         end
+        if ctx.version then
+            return cmd_version(ctx)
+        end
+        settings.apply_file(ctx)
+        if #ctx.setting_problems > 0 and not (cmd and cmd.name == "check-config") then
+            usage_error(concat(ctx.setting_problems, "\n") .. "\n(zkflow check-config "
+                        .. "lists the settings and where each comes from)", {})
+        end
+        settings.apply_recorded(ctx)
         if not cmd then
             stderr:write(help_text(path, nil))
             return 2

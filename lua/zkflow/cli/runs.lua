@@ -25,6 +25,11 @@ local api, task_order = context.api, context.task_order
 -- ---- runs -------------------------------------------------------------------
 
 local function cmd_runs_list(ctx, args)
+    local want = ctx.opts.state
+    if want and not need("zkflow.dsl.util").set_of(state.RUN_STATES)[want] then
+        usage_error("--state: '" .. want .. "' is not a run state (one of "
+                    .. concat(state.RUN_STATES, ", ") .. ")")
+    end
     local S = ctx:state(false)
     local runs = S and S:list_runs(args[1], { state = ctx.opts.state }) or {}
     if ctx.json then
@@ -117,6 +122,17 @@ local function cmd_tasks_logs(ctx, args)
         usage_error("--try: expected a number >= 1, got '" .. ctx.opts.try
                     .. "'")
     end
+    if ctx.opts.follow then
+        local sok, scan = pcall(ctx.scan, ctx)
+        local dag = sok and scan.dags[dag_id]
+        if not need("zkflow.cli.follow").log(S, { dag_id = dag_id, run_id = run_id,
+                task_id = task_id, try = try, log_dir = ctx:logs_dir(),
+                task_known = dag and dag.tasks[task_id] ~= nil }) then
+            fail("no task '" .. task_id .. "' in run '" .. run_id .. "' (DAG '"
+                 .. dag_id .. "')")
+        end
+        return 0
+    end
     local data, path = api().read_log(S, ti, {
         dag_id = dag_id, run_id = run_id, task_id = task_id, try = try,
         log_dir = ctx:logs_dir(),
@@ -172,13 +188,21 @@ end
 -- downstream tasks stand in as `empty` tasks, so that a branch can choose
 -- among them and a short-circuit skip them as in the real DAG.  The DAG's
 -- settings (params, schedule, tags, ...) are kept for the task's context.
-local function single_task_dag(dag, task_id)
+-- `xcoms` ({[task_id] = value}, from --xcom) adds upstream stand-ins, Lua
+-- tasks that return those values, so that the task pulls them as it
+-- would its real upstreams' XComs; the task then runs whatever they end
+-- in (trigger rule always).
+local function single_task_dag(dag, task_id, xcoms)
     local task = dag.tasks[task_id]
     local downs = task.downstream or {}
     local ok, skel = pcall(need("zkflow.dsl.dag").new, {
         id = dag.id,
         tasks = function(t)
-            local root = t.empty { id = task_id }
+            local ups = {}
+            for id, v in pairs(xcoms or {}) do
+                ups[#ups + 1] = t.lua { id = id, run = function() return v end }
+            end
+            local root = t.empty { id = task_id, after = ups }
             for _, d in ipairs(downs) do
                 t.empty { id = d, after = { root } }
             end
@@ -196,7 +220,8 @@ local function single_task_dag(dag, task_id)
     copy.zkf_starts, copy.cron_obj = nil, nil
     local t = setmetatable({}, getmetatable(task))
     for k, v in pairs(task) do t[k] = v end
-    t.upstream, t.downstream = {}, skel.tasks[task_id].downstream
+    t.upstream, t.downstream = skel.tasks[task_id].upstream, skel.tasks[task_id].downstream
+    if #t.upstream > 0 then t.trigger_rule = "always" end
     t.retries, t.depends_on_past = 0, false
     t.exe, t.id_json = nil, nil
     copy.tasks[task_id] = t
@@ -217,10 +242,11 @@ local function cmd_tasks_test(ctx, args)
              .. need("zkflow.dsl.dag").suggest(task_id, ids)
              .. " (its tasks: " .. concat(ids, ", ") .. ")")
     end
+    local xcoms = context.xcom_args(ctx.opts.xcom, dag, task_id)
     -- A temporary embedded store, whatever --db or --zk say: nothing of
     -- this try is recorded where the scheduler would see it.
     local sched = need("zkflow.scheduler")
-    local ok, res = pcall(sched.test, single_task_dag(dag, task_id),
+    local ok, res = pcall(sched.test, single_task_dag(dag, task_id, xcoms),
                           { date = date, dags_dir = ctx.dags })
     if not ok then
         fail(type(res) == "table" and (res.msg or core.json_encode(res))

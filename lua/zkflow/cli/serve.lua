@@ -153,6 +153,25 @@ local function queue_list(ctx)
     return list
 end
 
+-- Records the DAG folder of a scheduler on the embedded store in its
+-- configuration (dags_folder), so that commands run against that store
+-- find the folder without --dags.  Only a change is written.
+local function record_folder(ctx, st, dir)
+    local abs = dir
+    if abs:sub(1, 1) ~= "/" then
+        local cwd = os.getenv("PWD")
+        if not cwd then return end
+        abs = cwd .. "/" .. abs:gsub("^%./", "")
+    end
+    abs = abs:gsub("/+$", "")
+    if abs == "" then abs = "/" end
+    local config = need("zkflow.config")
+    local tbl = config.read(st, ctx.root)
+    if type(tbl) == "table" and tbl.dags_folder == abs then return end
+    local ok, err = config.set(st, ctx.root, "dags_folder", abs)
+    if not ok then warn("cannot record the DAG folder in the store: " .. tostring(err)) end
+end
+
 -- Builds what a serving command runs through the composition root
 -- (zkflow.node), the same assembly as the embedded engine's.
 local function serve(ctx, dir, with_sched, with_api, with_worker)
@@ -194,6 +213,7 @@ local function serve(ctx, dir, with_sched, with_api, with_worker)
              .. "(zkflow api serves the API of that store)")
     end
     running.node = n
+    if with_sched and not on_zk then record_folder(ctx, st, dir) end
     local url = "none"
     if with_api then
         url = start_api(n.api, listen) or "none"

@@ -69,7 +69,8 @@ _M.resolve_dag = resolve_dag
 -- `zkflow dags test` / flow.test: runs one DAG run to its end in this
 -- process and returns {dag_id, run_id, state, tasks={[id]={state,
 -- try_number, xcom}}}.  opts: date (ISO or epoch), db (store file; a
--- temporary one otherwise), dags_dir, conf, log_dir.
+-- temporary one otherwise), dags_dir, conf, log_dir, on_event (the
+-- scheduler's: `dags test` streams the tasks' logs from it).
 function _M.test(what, opts)
   opts = opts or {}
   local dag, err = resolve_dag(what, opts)
@@ -98,7 +99,7 @@ function _M.test(what, opts)
   ld = ld or now()
   local s = require("zkflow.scheduler").new { store = store, dags = { [dag.id] = dag }, schedule = false,
                      log_dir = opts.log_dir or ((dir or db:match("^(.*)/[^/]*$") or ".") .. "/logs"),
-                     root = opts.root, id = "test" }
+                     root = opts.root, id = "test", on_event = opts.on_event }
   s.db_path = db
   -- A manual run's data interval, as Airflow infers it: the last complete
   -- interval of the schedule at the logical date.
