@@ -47,12 +47,15 @@ WEB_SRC  := $(shell find web -type f 2>/dev/null | sort)
 CTEST_SRC := $(wildcard spec/c/test_*.c)
 CTESTS   := $(CTEST_SRC:spec/c/%.c=$(B)/test/%)
 HOSTS    := $(patsubst examples/host/%.c,$(B)/examples/%,$(wildcard examples/host/*.c))
+# The man pages and the bash completion, made from the CLI's command table
+# by the binary (tools/cli-docs.lua); $(B)/man/*.1 and $(B)/completion/zkflow.
+CLIDOCS  := $(B)/man/zkflow.1
 
 .PHONY: all lib test test-c test-lua test-asan test-valgrind bench lint \
         install install-lua clean help deps
 
 all: $(B)/zkflow $(B)/libzkflow.a $(B)/libzkflow.so $(B)/zkflow.so \
-     $(CTESTS) $(HOSTS)
+     $(CTESTS) $(HOSTS) $(CLIDOCS)
 
 help:
 	@echo "make            build everything into $(B)/"
@@ -160,6 +163,10 @@ bench: all
 lint:
 	$(Q)luacheck -q lua spec examples plugins bench
 
+$(CLIDOCS): $(B)/zkflow tools/cli-docs.lua
+	@$(if $(Q),echo "  DOCS  $(B)/man $(B)/completion")
+	$(Q)ZKFLOW_CONFIG= $(B)/zkflow lua tools/cli-docs.lua $(B)
+
 # ---- install ----------------------------------------------------------------
 #
 # PREFIX, DESTDIR as usual; the directories below default from PREFIX and
@@ -183,6 +190,8 @@ NGX_CONFDIR ?= $(PREFIX)/share/nginx/modules-available
 NGX_LOAD    := $(if $(filter /usr,$(PREFIX)),modules,$(NGX_MODDIR))
 SYSTEMDDIR  ?= $(PREFIX)/lib/systemd/system
 SYSUSERSDIR ?= $(PREFIX)/lib/sysusers.d
+MANDIR      ?= $(PREFIX)/share/man
+BASHCOMPDIR ?= $(PREFIX)/share/bash-completion/completions
 UNITS       := $(wildcard packaging/systemd/*.service)
 
 $(B)/zkflow.pc: packaging/zkflow.pc.in core/include/zkflow.h
@@ -204,7 +213,7 @@ install-lua: $(B)/zkflow.so
 	$(Q)$(LUA) tools/bundle.lua --assets \
 	    $(DESTDIR)$(LUA_LMOD)/zkflow/web_assets.lua $(WEB_SRC)
 
-install: install-lua $(B)/zkflow $(B)/libzkflow.a $(B)/libzkflow.so $(B)/zkflow.pc
+install: install-lua $(B)/zkflow $(B)/libzkflow.a $(B)/libzkflow.so $(B)/zkflow.pc $(CLIDOCS)
 	$(Q)install -d $(DESTDIR)$(BINDIR) $(DESTDIR)$(LIBDIR) $(DESTDIR)$(INCLUDEDIR) \
 	    $(DESTDIR)$(PKGCONFIGDIR) $(DESTDIR)$(DOCDIR) $(DESTDIR)$(SYSTEMDDIR) $(DESTDIR)$(SYSUSERSDIR)
 	$(Q)install -m 755 $(B)/zkflow $(DESTDIR)$(BINDIR)/zkflow
@@ -220,6 +229,10 @@ install: install-lua $(B)/zkflow $(B)/libzkflow.a $(B)/libzkflow.so $(B)/zkflow.
 	    sed 's|@BINDIR@|$(BINDIR)|g' $$u > $(DESTDIR)$(SYSTEMDDIR)/$${u##*/} && \
 	    chmod 644 $(DESTDIR)$(SYSTEMDDIR)/$${u##*/} || exit 1; done
 	$(Q)install -m 644 packaging/systemd/zkflow.sysusers $(DESTDIR)$(SYSUSERSDIR)/zkflow.conf
+	$(Q)install -d $(DESTDIR)$(MANDIR)/man1 $(DESTDIR)$(BASHCOMPDIR)
+	$(Q)install -m 644 $(B)/man/*.1 $(DESTDIR)$(MANDIR)/man1/
+	$(Q)install -m 644 $(B)/completion/zkflow $(DESTDIR)$(BASHCOMPDIR)/zkflow
+	$(Q)install -m 644 packaging/zkflow.conf $(DESTDIR)$(DOCDIR)/zkflow.conf.example
 
 clean:
 	rm -rf build
