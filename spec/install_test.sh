@@ -44,7 +44,9 @@ for f in bin/zkflow lib/libzkflow.a lib/libzkflow.so lib/libzkflow.so.0 include/
          share/doc/zkflow/examples/host/host_poll.c share/doc/zkflow/docs/internals.md \
          lib/systemd/system/zkflow-standalone.service lib/systemd/system/zkflow-scheduler.service \
          lib/systemd/system/zkflow-worker.service lib/systemd/system/zkflow-api.service \
-         lib/sysusers.d/zkflow.conf; do
+         lib/sysusers.d/zkflow.conf share/man/man1/zkflow.1 share/man/man1/zkflow-dags.1 \
+         share/man/man1/zkflow-tasks.1 share/bash-completion/completions/zkflow \
+         share/doc/zkflow/zkflow.conf.example; do
     if [ -f "$D$PREFIX/$f" ]; then ok "installs $f"; else bad "installs $f" "missing"; fi
 done
 
@@ -82,6 +84,25 @@ else
 fi
 
 if "$D$PREFIX/bin/zkflow" --help > /dev/null 2>&1; then ok "the installed zkflow runs"; else bad "the installed zkflow runs" "exit $?"; fi
+
+# The man page opens with man(1); the completion completes for bash.
+if command -v man > /dev/null; then
+    if LC_ALL=C MANWIDTH=200 man -l "$D$PREFIX/share/man/man1/zkflow-dags.1" 2>/dev/null | grep -q "zkflow dags trigger"; then
+        ok "man -l zkflow-dags.1 shows the dags commands"
+    else
+        bad "man -l zkflow-dags.1 shows the dags commands" "$(LC_ALL=C man -l "$D$PREFIX/share/man/man1/zkflow-dags.1" 2>&1 | head -3)"
+    fi
+fi
+got=$(bash -c '. "$1"; COMP_WORDS=(zkflow dags tr); COMP_CWORD=2; _zkflow; echo "${COMPREPLY[*]}"' _ \
+      "$D$PREFIX/share/bash-completion/completions/zkflow" 2>&1)
+if [ "$got" = "trigger" ]; then ok "the installed completion completes a verb"; else bad "the installed completion completes a verb" "$got"; fi
+# The example settings file is one the installed zkflow accepts.
+if (cd "$T" && ZKFLOW_CONFIG="$D$PREFIX/share/doc/zkflow/zkflow.conf.example" \
+        "$D$PREFIX/bin/zkflow" version > /dev/null 2>"$T/conf.err"); then
+    ok "the installed zkflow reads the example settings file"
+else
+    bad "the installed zkflow reads the example settings file" "$(cat "$T/conf.err")"
+fi
 
 if grep -q "^ExecStart=$PREFIX/bin/zkflow standalone" \
         "$D$PREFIX/lib/systemd/system/zkflow-standalone.service"; then

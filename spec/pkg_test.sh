@@ -156,6 +156,19 @@ else
     bad "its store is in /var/lib/zkflow, the zkflow user's" "$(ls -l /var/lib/zkflow 2>&1)"
 fi
 
+# The man pages (compressed by dh_compress), the completion and the
+# settings file, which the installed zkflow reads (all comments: no setting).
+for f in /usr/share/man/man1/zkflow.1.gz /usr/share/man/man1/zkflow-dags.1.gz \
+         /usr/share/bash-completion/completions/zkflow /etc/zkflow/zkflow.conf; do
+    if [ -f "$f" ]; then ok "the zkflow package ships $f"; else bad "the zkflow package ships $f" "missing"; fi
+done
+if man -w zkflow-tasks > /dev/null 2>&1; then ok "man finds zkflow-tasks"; else bad "man finds zkflow-tasks" "$(man -w zkflow-tasks 2>&1)"; fi
+out=$(cd "$T" && zkflow check-config --json 2>&1)
+case "$out" in
+*'"file":"/etc/zkflow/zkflow.conf"'*) ok "zkflow check-config reads /etc/zkflow/zkflow.conf" ;;
+*) bad "zkflow check-config reads /etc/zkflow/zkflow.conf" "$out" ;;
+esac
+
 out=$(cd "$T" && lua5.4 -e 'local f = require "zkflow"; print(type(f.dag), package.searchpath("zkflow.core", package.cpath))' 2>&1)
 case "$out" in
 "function	/usr/lib/"*"/lua/5.4/zkflow/core.so") ok "plain lua5.4 finds lua-zkflow's modules" ;;
@@ -223,7 +236,7 @@ else
 fi
 left=""
 for p in $PKGS; do dpkg -s "$p" > /dev/null 2>&1 && left="$left $p"; done
-for f in "$link" /usr/bin/zkflow /etc/default/zkflow /var/log/zkflow /var/lib/zkflow; do
+for f in "$link" /usr/bin/zkflow /etc/default/zkflow /etc/zkflow /var/log/zkflow /var/lib/zkflow; do
     [ -e "$f" ] || [ -L "$f" ] && left="$left $f"
 done
 if [ -z "$left" ]; then ok "purge leaves no package, link or folder"; else bad "purge leaves no package, link or folder" "$left"; fi
