@@ -1,8 +1,9 @@
 -- zkflow.cli.config: the `zkflow config` and `zkflow members` commands.
 --
 -- The cluster configuration (<root>/config, kept by zkflow.config) read
--- and changed from the command line, and the schedulers and workers the
--- store lists as members.
+-- and changed from the command line, check-config (the settings of the
+-- command itself, zkflow.cli.settings, and that configuration), and the
+-- schedulers and workers the store lists as members.
 
 local core    = require "zkflow.core"
 local state   = require "zkflow.state"
@@ -137,6 +138,62 @@ local function cmd_config_unset(ctx, args)
     return 0
 end
 
+-- ---- check-config -----------------------------------------------------------------
+
+-- Every global setting, its value and where it comes from; exit 1 when
+-- the configuration file, the environment or the store's configuration
+-- has a problem.
+local function cmd_check_config(ctx)
+    local settings = need("zkflow.cli.settings")
+    local problems = {}
+    for _, p in ipairs(ctx.setting_problems) do problems[#problems + 1] = p end
+    local list = {}
+    for _, o in ipairs(settings.OPTIONS) do
+        local v = ctx[o[2]]
+        if o[1] == "zk-auth" and v then v = v:gsub(":.*", ":***") end
+        list[#list + 1] = { name = o[1], value = v == nil and core.null or v,
+                            source = ctx.sources[o[1]] }
+    end
+    -- The cluster configuration in the store, when there is one to read.
+    local cluster = core.null
+    if not (ctx.zk and ctx.zk ~= "") then
+        local st = ctx:store(false)
+        if st then
+            local cfg = need("zkflow.config")
+            local tbl, err = cfg.read(st, ctx.root)
+            if not tbl then
+                problems[#problems + 1] = err
+            else
+                cluster = tbl
+                for _, p in ipairs(cfg.problems(tbl)) do
+                    problems[#problems + 1] = cfg.path(ctx.root) .. ": " .. p.msg
+                end
+            end
+        end
+        if not context.is_dir(ctx.dags) then
+            problems[#problems + 1] = "no DAG folder " .. ctx.dags
+        end
+    end
+    if ctx.json then
+        json_out({ file = ctx.config_file or core.null,
+                   settings = state.array(list),
+                   config = cluster,
+                   problems = state.array(problems),
+                   ok = #problems == 0 })
+    else
+        out("file: ", ctx.config_file or "none (" .. settings.DEFAULT_FILE
+            .. " does not exist)")
+        local rows = {}
+        for _, x in ipairs(list) do
+            rows[#rows + 1] = { x.name, show(x.value), x.source }
+        end
+        print_table({ "SETTING", "VALUE", "FROM" }, rows)
+        for _, p in ipairs(problems) do warn(p) end
+        if #problems == 0 then out("ok") end
+    end
+    return #problems == 0 and 0 or 1
+end
+
 -- ---- members ----------------------------------------------------------------
 
 local function cmd_members(ctx)
@@ -173,6 +230,6 @@ end
 
 _M.get, _M.set, _M.unset, _M.help = cmd_config_get, cmd_config_set,
     cmd_config_unset, config_help
-_M.members = cmd_members
+_M.members, _M.check = cmd_members, cmd_check_config
 
 return _M

@@ -75,61 +75,6 @@ local function cmd_version(ctx)
     return 0
 end
 
--- ---- check-config -----------------------------------------------------------
-
--- Every global setting, its value and where it comes from; exit 1 when
--- the configuration file, the environment or the store's configuration
--- has a problem.
-local function cmd_check_config(ctx)
-    local problems = {}
-    for _, p in ipairs(ctx.setting_problems) do problems[#problems + 1] = p end
-    local list = {}
-    for _, o in ipairs(settings.OPTIONS) do
-        local v = ctx[o[2]]
-        if o[1] == "zk-auth" and v then v = v:gsub(":.*", ":***") end
-        list[#list + 1] = { name = o[1], value = v == nil and core.null or v,
-                            source = ctx.sources[o[1]] }
-    end
-    -- The cluster configuration in the store, when there is one to read.
-    local cluster = core.null
-    if not (ctx.zk and ctx.zk ~= "") then
-        local st = ctx:store(false)
-        if st then
-            local cfg = require "zkflow.config"
-            local tbl, err = cfg.read(st, ctx.root)
-            if not tbl then
-                problems[#problems + 1] = err
-            else
-                cluster = tbl
-                for _, p in ipairs(cfg.problems(tbl)) do
-                    problems[#problems + 1] = cfg.path(ctx.root) .. ": " .. p.msg
-                end
-            end
-        end
-        if not context.is_dir(ctx.dags) then
-            problems[#problems + 1] = "no DAG folder " .. ctx.dags
-        end
-    end
-    if ctx.json then
-        json_out({ file = ctx.config_file or core.null,
-                   settings = require("zkflow.state").array(list),
-                   config = cluster,
-                   problems = require("zkflow.state").array(problems),
-                   ok = #problems == 0 })
-    else
-        out("file: ", ctx.config_file or "none (" .. settings.DEFAULT_FILE
-            .. " does not exist)")
-        local rows = {}
-        for _, x in ipairs(list) do
-            rows[#rows + 1] = { x.name, output.show(x.value), x.source }
-        end
-        output.print_table({ "SETTING", "VALUE", "FROM" }, rows)
-        for _, p in ipairs(problems) do warn(p) end
-        if #problems == 0 then out("ok") end
-    end
-    return #problems == 0 and 0 or 1
-end
-
 -- ---- the command table ------------------------------------------------------
 
 local JSON = { "json", nil, "print JSON" }
@@ -356,7 +301,7 @@ local commands = {
           opts = { { "timeout", "SECONDS", "per member (default 5)" },
                    JSON } },
       } },
-    { name = "check-config", fn = cmd_check_config,
+    { name = "check-config", fn = config.check,
       help = "show each setting, its value and where it comes from; exit 1 "
              .. "on a problem",
       usage = "check-config [--config FILE] [--json]", args = { 0, 0 },
