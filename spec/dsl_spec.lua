@@ -564,6 +564,19 @@ describe("DSL messages", function()
         assert.is_nil(err:find("cycle", 1, true))
     end)
 
+    it("reports a duplicate id that closes a loop as a duplicate, not a cycle", function()
+        local ok, err = pcall(flow.dag, { id = "m", tasks = function(t)
+            local a = t.shell { id = "x", cmd = "echo 1" }
+            local b = t.shell { id = "y", cmd = "echo 2" }
+            local c = t.shell { id = "x", cmd = "echo 3" }
+            local _ = a >> b >> c
+            t.shell { id = "z", cmd = "echo 4", after = { c } }
+        end })
+        assert.is_false(ok)
+        assert.matches("task 'x': duplicate task id", err, 1, true)
+        assert.is_nil(err:find("cycle", 1, true))
+    end)
+
     it("still reports a task that depends on itself", function()
         local err = build_error { id = "m", tasks = function(t)
             local a = t.shell { id = "x", cmd = "echo hi" }

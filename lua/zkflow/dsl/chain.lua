@@ -131,9 +131,11 @@ function _M.resolve(b, complain)
                         if task_mt_of[ref] ~= b then
                             complain(task,
                                 sfmt("upstream task '%s' belongs to another dag", tostring(ref.id)))
-                        elseif byid[ref.id] then
-                            add(byid[ref.id], task)
+                        elseif byid[ref.id] == ref then
+                            add(ref, task)
                         end
+                        -- (else ref is a second task of a taken id: that is
+                        -- reported as a duplicate, its edges are not drawn)
                     elseif type(ref) == "string" then
                         if byid[ref] then
                             add(byid[ref], task)
@@ -149,9 +151,9 @@ function _M.resolve(b, complain)
     end
     for _, e in ipairs(b.edges) do
         local up, down = byid[e[1].id], byid[e[2].id]
-        -- Two tasks declared with one id link to the same registered task:
-        -- that is the duplicate id (reported as such), not a self-loop.
-        if up and down and (up ~= down or e[1] == e[2]) then
+        -- A second task of a taken id is reported as a duplicate; its
+        -- edges would only add a self-loop or a cycle that is not there.
+        if up and down and up == e[1] and down == e[2] then
             add(up, down)
         end
     end
