@@ -173,6 +173,13 @@ check "tasks clear: the run succeeds again with the same XCom" test \
 mv "$TMP/logs" "$TMP/logs.away"
 check "cl_chain: without the worker's file, tasks logs reads the store's copy" \
     sh -c "'$ZKFLOW' --zk '$HOSTS' tasks logs cl_chain '$R' a | grep -q chain-a"
+check "tasks logs -f of a worker's ended try prints the store's copy and ends" \
+    sh -c "timeout 20 '$ZKFLOW' --zk '$HOSTS' tasks logs cl_chain '$R' a -f | grep -q chain-a"
+R2=$(trigger cl_chain)
+check "tasks logs -f of a cluster task not started yet follows its try to the end" \
+    sh -c "timeout 30 '$ZKFLOW' --zk '$HOSTS' --dags '$TMP/sdags' tasks logs cl_chain '$R2' c -f | grep -q value-of-a"
+check "dags trigger --wait on the cluster exits 0 when the run succeeds" \
+    sh -c "timeout 30 '$ZKFLOW' --zk '$HOSTS' --dags '$TMP/sdags' dags trigger cl_chain --wait > /dev/null 2>&1"
 check "the API serves that log too (zkflow api --zk)" \
     sh -c "curl -sf 'http://$API/api/v1/dags/cl_chain/runs/$R/tasks/a/logs' | grep -q chain-a"
 CHROMIUM=$(command -v chromium || true)
