@@ -43,26 +43,14 @@ return flow.dag {
 }
 DAG
 
-# orun CMD...: runs zkflow in $O (or $OCWD) with a time limit
-orun() {
-    (cd "${OCWD:-$O}" && timeout -s KILL 30 "$ZKFLOW" "$@") >"$T/out" 2>"$T/err"
-    RC=$?
-}
-# oexpect NAME RC CMD...
-oexpect() {
-    local name=$1 want=$2
-    shift 2
-    orun "$@"
-    if [ "$RC" -eq "$want" ]; then ok "$name"; return 0; fi
-    bad "$name" "exit $RC, expected $want"
-    return 1
-}
+# the commands below run in $O (run and expect of cli_test.sh)
+WORK=$O
 
 # ---- --version -----------------------------------------------------------------
 
 want_version="zkflow $(sed -n 's/^#define ZKF_VERSION "\(.*\)"/\1/p' core/include/zkflow.h)"
 for flag in --version -V; do
-    oexpect "zkflow $flag exits 0" 0 $flag
+    expect "zkflow $flag exits 0" 0 $flag
     if [ "$(cat "$T/out")" = "$want_version" ]; then ok "zkflow $flag prints the version"; else bad "zkflow $flag prints the version" "$(cat "$T/out")"; fi
 done
 
@@ -74,7 +62,7 @@ db = ../from-file.db
 dags = /nonexistent/file-dags
 session_timeout = 3
 CONF
-oexpect "check-config with a file exits 1 on a missing DAG folder" 1 --config etc/zkflow.conf check-config --json
+expect "check-config with a file exits 1 on a missing DAG folder" 1 --config etc/zkflow.conf check-config --json
 jexpect "check-config: names the file" "$T/out" "v.file" "etc/zkflow.conf"
 jexpect "check-config: a file's relative path is relative to the file" "$T/out" \
     "v.settings[1].name .. ' ' .. v.settings[1].value .. ' ' .. v.settings[1].source" "db etc/../from-file.db file"
@@ -86,21 +74,21 @@ jexpect "check-config: ZKFLOW_CONFIG names the file, ZKFLOW_DAGS beats it" "$T/o
 (cd "$O" && ZKFLOW_CONFIG=etc/zkflow.conf ZKFLOW_DAGS=/nowhere timeout 30 "$ZKFLOW" --dags dags check-config --json) >"$T/out" 2>"$T/err"
 jexpect "check-config: a flag beats the environment" "$T/out" \
     "v.settings[2].value .. ' ' .. v.settings[2].source" "dags flag"
-oexpect "check-config in plain words" 0 --config etc/zkflow.conf --dags dags check-config
+expect "check-config in plain words" 0 --config etc/zkflow.conf --dags dags check-config
 has "check-config: a table of settings" "$T/out" "session-timeout  3"
 cat >"$O/etc/bad.conf" <<'CONF'
 dags = dags
 paralelism = 4
 root = zkflow
 CONF
-oexpect "a command refuses a settings file with a problem (exit 2)" 2 --config etc/bad.conf dags list
+expect "a command refuses a settings file with a problem (exit 2)" 2 --config etc/bad.conf dags list
 has "the problem names file and line, with the near miss" "$T/err" "etc/bad.conf:2: unknown setting 'paralelism'"
 has "a bad value names its line" "$T/err" "etc/bad.conf:3: root: must start with '/'"
-oexpect "check-config lists every problem (exit 1)" 1 --config etc/bad.conf check-config
+expect "check-config lists every problem (exit 1)" 1 --config etc/bad.conf check-config
 has "check-config: the unknown setting" "$T/err" "etc/bad.conf:2: unknown setting 'paralelism'"
-oexpect "--config of a missing file exits 2" 2 --config etc/none.conf dags list
+expect "--config of a missing file exits 2" 2 --config etc/none.conf dags list
 has "--config: names the missing file" "$T/err" "no configuration file etc/none.conf"
-oexpect "dags list reads the DAG folder the file names" 0 --config etc/zkflow.conf --dags dags dags list
+expect "dags list reads the DAG folder the file names" 0 --config etc/zkflow.conf --dags dags dags list
 (cd "$O" && ZKFLOW_CONFIG=etc/zkflow.conf timeout 30 "$ZKFLOW" zk set /probe x) >"$T/out" 2>"$T/err"
 if [ -f "$O/from-file.db" ] && [ ! -f "$O/zkflow.db" ]; then
     ok "the file's db is the store"
@@ -125,19 +113,19 @@ jexpect "ZKFLOW_HOME: its zkflow.db is the store" "$T/out" \
 
 # ---- runs list --state, config set near misses ---------------------------------
 
-oexpect "runs list --state of a state that does not exist exits 2" 2 runs list --state runing
+expect "runs list --state of a state that does not exist exits 2" 2 runs list --state runing
 has "runs list --state names the valid states" "$T/err" "'runing' is not a run state (one of queued, running, success, failed)"
-oexpect "runs list --state success is fine" 0 runs list --state success
-oexpect "config set of a near miss still sets it" 0 config set paralelism 4
+expect "runs list --state success is fine" 0 runs list --state success
+expect "config set of a near miss still sets it" 0 config set paralelism 4
 has "config set warns of the near miss" "$T/err" "'paralelism' is not a key zkflow reads (did you mean 'parallelism'?)"
-oexpect "config set of a key of one's own says nothing" 0 config set team.name data
+expect "config set of a key of one's own says nothing" 0 config set team.name data
 if [ ! -s "$T/err" ]; then ok "config set: no warning for a key far from every known one"; else bad "config set: no warning" "$(cat "$T/err")"; fi
-oexpect "config unset of the near miss" 0 config unset paralelism
-oexpect "config unset" 0 config unset team.name
+expect "config unset of the near miss" 0 config unset paralelism
+expect "config unset" 0 config unset team.name
 
 # ---- dags test streams the tasks' output; a failure's reason and log ----------
 
-oexpect "dags test of a failing DAG exits 1" 1 dags test bad
+expect "dags test of a failing DAG exits 1" 1 dags test bad
 has "dags test streams a task's output, prefixed by its id" "$T/out" "[first] before the fall"
 has "dags test streams the failing task's output" "$T/out" "[fall] falling"
 has "dags test says the failed task's reason" "$T/out" "fall: command exited with code 4 (log: "
@@ -154,22 +142,22 @@ if [ -n "$t1" ] && [ -n "$t3" ] && awk -v a="$t1" -v b="$t3" 'BEGIN { exit !(b -
 else
     bad "dags test streams a task's lines as they are written" "$(head -5 "$T/stamped")"
 fi
-oexpect "dags test --json keeps stdout JSON" 1 dags test bad --json
+expect "dags test --json keeps stdout JSON" 1 dags test bad --json
 jexpect "dags test --json: the object" "$T/out" "v.state" "failed"
 has "dags test --json: the stream goes to stderr" "$T/err" "[fall] falling"
 
 # ---- tasks test --xcom ------------------------------------------------------------
 
-oexpect "tasks test without the upstream's XCom fails" 1 tasks test pull down
-oexpect "tasks test --xcom stands in for the upstream" 0 tasks test pull down --xcom 'up={"n":4}' --json
+expect "tasks test without the upstream's XCom fails" 1 tasks test pull down
+expect "tasks test --xcom stands in for the upstream" 0 tasks test pull down --xcom 'up={"n":4}' --json
 jexpect "tasks test --xcom: the task pulled it" "$T/out" "v.xcom" "40"
-oexpect "tasks test --xcom reaches templates" 0 tasks test pull echo --xcom 'up="hey"' --json
+expect "tasks test --xcom reaches templates" 0 tasks test pull echo --xcom 'up="hey"' --json
 xlog=$(json_get "$T/out" "v.log")
 if grep -q "got hey" "$xlog" 2>/dev/null; then ok "tasks test --xcom: the template pulled it"; else bad "tasks test --xcom: the template pulled it" "$xlog"; fi
-oexpect "tasks test --xcom of an unknown task exits 2" 2 tasks test pull down --xcom 'uq=1'
+expect "tasks test --xcom of an unknown task exits 2" 2 tasks test pull down --xcom 'uq=1'
 has "tasks test --xcom names it, with the near miss" "$T/err" "--xcom: no task 'uq' in DAG 'pull' (did you mean 'up'?)"
-oexpect "tasks test --xcom that is not JSON exits 2" 2 tasks test pull down --xcom 'up={n'
-oexpect "tasks test --xcom without = exits 2" 2 tasks test pull down --xcom up
+expect "tasks test --xcom that is not JSON exits 2" 2 tasks test pull down --xcom 'up={n'
+expect "tasks test --xcom without = exits 2" 2 tasks test pull down --xcom up
 
 # ---- a standalone records its folder; trigger --wait; tasks logs -f ---------------
 
@@ -179,12 +167,12 @@ for _ in $(seq 1 50); do
     grep -q "zkflow standalone:" "$T/ops-sa.out" 2>/dev/null && break
     sleep 0.1
 done
-OCWD=$O/elsewhere oexpect "dags trigger --db finds the DAG folder the standalone recorded; --wait exits 1 for a failed run" 1 --db ../zkflow.db dags trigger bad --wait
+WORK=$O/elsewhere expect "dags trigger --db finds the DAG folder the standalone recorded; --wait exits 1 for a failed run" 1 --db ../zkflow.db dags trigger bad --wait
 has "trigger --wait prints the run id" "$T/out" "manual__"
 has "trigger --wait: progress on stderr" "$T/err" "task first success"
 has "trigger --wait: a failed task's reason" "$T/err" "task fall failed: command exited with code 4"
 has "trigger --wait: the run's end" "$T/err" ": run failed"
-oexpect "trigger --wait of a good run exits 0" 0 dags trigger slow --wait --json
+expect "trigger --wait of a good run exits 0" 0 dags trigger slow --wait --json
 jexpect "trigger --wait --json: the end state" "$T/out" "v.state" "success"
 rid=$( (cd "$O" && "$ZKFLOW" dags trigger slow) )
 (cd "$O" && timeout 30 "$ZKFLOW" tasks logs slow "$rid" a -f) 2>"$T/err" | while IFS= read -r line; do
@@ -198,9 +186,9 @@ if [ -n "$t1" ] && [ -n "$t3" ] && awk -v a="$t1" -v b="$t3" 'BEGIN { exit !(b -
 else
     bad "tasks logs -f prints lines as the try writes them" "$(cat "$T/followed")"
 fi
-oexpect "tasks logs -f of an unknown task exits 1" 1 tasks logs slow "$rid" zz -f
+expect "tasks logs -f of an unknown task exits 1" 1 tasks logs slow "$rid" zz -f
 rid=$( (cd "$O" && "$ZKFLOW" dags trigger bad) )
-oexpect "tasks logs -f of a task not started yet waits for its try" 0 tasks logs bad "$rid" fall -f
+expect "tasks logs -f of a task not started yet waits for its try" 0 tasks logs bad "$rid" fall -f
 has "tasks logs -f: that try's log" "$T/out" "falling"
 kill -TERM "$OPS_PID" 2>/dev/null
 wait "$OPS_PID" 2>/dev/null
@@ -313,3 +301,5 @@ ccheck "run ids of the DAG on the line" "$(cd "$O" && "$ZKFLOW" runs list slow -
 ccheck "task ids of the DAG on the line" "a b " zkflow tasks state slow anyrun ""
 ccheck "the DAG folder of --dags on the line" "$(cd "$O" && ls -d e*/ | sed 's|/$||' | sort | tr '\n' ' ')" zkflow --dags e
 ccheck "nothing after the last positional" "" zkflow runs show slow r x ""
+
+unset WORK

@@ -42,9 +42,10 @@ bad() {
     if [ -s "$T/err" ]; then sed 's/^/    stderr: /' "$T/err" | head -5; fi
 }
 
-# run CMD...: runs zkflow in $T/work with a time limit; $RC, $T/out, $T/err
+# run CMD...: runs zkflow in $T/work (or $WORK) with a time limit; $RC,
+# $T/out, $T/err
 run() {
-    (cd "$T/work" && timeout -s KILL 30 "$ZKFLOW" "$@") >"$T/out" 2>"$T/err"
+    (cd "${WORK:-$T/work}" && timeout -s KILL 30 "$ZKFLOW" "$@") >"$T/out" 2>"$T/err"
     RC=$?
 }
 

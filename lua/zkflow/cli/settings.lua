@@ -19,7 +19,8 @@
 -- with their line, so that `zkflow check-config` lists every one and other
 -- commands refuse to run on a file that has one.
 
-local core = require "zkflow.core"
+local core    = require "zkflow.core"
+local context = require "zkflow.cli.context"
 
 local _M = {}
 
@@ -87,13 +88,6 @@ function _M.check(name, value)
     return value
 end
 
-local function dirname(p)
-    local d = p:match("^(.*)/[^/]*$")
-    if d == nil then return "." end
-    if d == "" then return "/" end
-    return d
-end
-
 -- Reads configuration file `path`: the settings {name = {value=, line=}}
 -- and the problems (a list of "FILE:LINE: message"); nil and a message
 -- when the file cannot be read.
@@ -129,7 +123,7 @@ function _M.read_file(path)
                         problems[#problems + 1] = fmt("%s:%d: %s: %s", path, n, key, err)
                     else
                         if o[4] and v:sub(1, 1) ~= "/" then
-                            v = dirname(path) .. "/" .. v:gsub("^%./", "")
+                            v = context.dirname(path) .. "/" .. v:gsub("^%./", "")
                         end
                         if settings[name] then
                             problems[#problems + 1] = fmt("%s:%d: '%s' is set twice "
