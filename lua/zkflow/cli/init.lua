@@ -384,6 +384,8 @@ local function help_text(path, cmd)
         add("options (anywhere on the line):")
         add(opt_lines(GLOBAL))
         add("")
+        add("An option with a value may also come from ZKFLOW_<NAME> or the settings "
+            .. "file ('zkflow check-config' shows which).")
         add("'zkflow COMMAND --help' tells more.  Exit codes: 0 ok, "
             .. "1 failed work, 2 usage error.")
     elseif cmd.sub then
