@@ -396,12 +396,23 @@ function _M.start(o)
   end
   if o.api then
     local api = require "zkflow.api"
-    local status
+    local status, connection
+    if o.zk then
+      -- The connection's state (Curator's names), for health.
+      local conn = require("zkflow.cluster.common").steady(o.store)
+      if o.listen then o.listen(function(st) conn:session(st) end) end
+      connection = function() return conn.state end
+    end
     if o.zk and self.parts.scheduler then
       local h, w = self.parts.scheduler, self.parts.worker
       status = { status = function()
-        local st = { status = h.leader and "leader" or "standby", id = h.id,
-                     leader = h.leader, worker = w and w.id }
+        -- Who leads is known only while the connection is: a leader
+        -- whose session expired meanwhile does not lead any more.
+        local conn = h:connection()
+        local known = conn == "connected"
+        local st = { status = known and (h.leader and "leader" or "standby") or conn,
+                     id = h.id, leader = h.leader, worker = w and w.id }
+        if not known then st.leader = core.null end
         for k, v in pairs(o.status or {}) do st[k] = v end
         return st
       end }
@@ -413,6 +424,7 @@ function _M.start(o)
     end
     self.api = api.new {
       store = o.store, root = self.root, scheduler = status,
+      connection = connection,
       log_dir = o.log_dir, dags = self.dags, auth = o.auth,
       history = self.history,
     }

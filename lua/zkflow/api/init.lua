@@ -180,7 +180,9 @@ Api.__index = Api
 -- every request who sent it (users and tokens of zkflow.api.auth in the
 -- same store); off by default here, the front doors decide (node.lua);
 -- o.history: the history store (zkflow.history) that finished runs are
--- read from.
+-- read from; o.connection: a function returning the ZooKeeper
+-- connection's state ("connected", "suspended", "lost", "connecting"),
+-- which health reports.
 function _M.new(o)
     o = o or {}
     if not o.store then
@@ -191,6 +193,7 @@ function _M.new(o)
         S = state.new(o.store, o.root, { history = o.history }),
         dags_fn = o.dags or function() return { dags = {}, errors = {} } end,
         scheduler = o.scheduler,
+        connection = o.connection,
         log_dir = o.log_dir,
         auth = o.auth and auth.new(o.store, o.root) or nil,
         started = core.now(),
@@ -255,8 +258,12 @@ route("GET", "/api/v1/health", function(self)
     local n, errs = 0, 0
     for _ in pairs(cur.dags) do n = n + 1 end
     for _ in pairs(cur.errors) do errs = errs + 1 end
+    -- While the ZooKeeper connection is down, health says so (Curator's
+    -- states), still with 200: the process lives and waits for it.
+    local conn = self.connection and self.connection()
     return reply_json(200, {
-        status = "ok", scheduler = sched,
+        status = (conn == nil or conn == "connected") and "ok" or conn,
+        zk = conn, scheduler = sched,
         store = tostring(self.store):find("zk://", 1, true) and "zk" or "sqlite",
         dags = n, import_errors = errs,
         version = nullable(core.version),

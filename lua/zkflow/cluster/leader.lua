@@ -40,8 +40,12 @@ CS.__index = CS
 -- move; scheduler.new's option).
 function _M.scheduler(opts)
   assert(opts and opts.store, "cluster.scheduler: 'store' is required")
+  -- Every request but the election's rides out a lost connection
+  -- (common.steady); the election's node is made by the recipe, which
+  -- finds a create whose answer was lost by its name instead.
+  local steady = common.steady(opts.store)
   local self = setmetatable({
-    opts = opts, store = opts.store, root = opts.root or "/zkflow",
+    opts = opts, store = steady, raw_store = opts.store, root = opts.root or "/zkflow",
     id = opts.id or ("scheduler-" .. hostname() .. "-" .. core.getpid()),
     leader = false, stopped = false, gen = 0,
     sweep_interval = opts.sweep_interval or SWEEP_INTERVAL,
@@ -49,7 +53,7 @@ function _M.scheduler(opts)
   self.st = state.new(self.store, self.root)
   self.member_path = self.st:path("members", "schedulers", self.id)
   self.election_path = self.st:path("election", "scheduler")
-  self.zk = zk.wrap(self.store, { borrowed = true })
+  self.zk = zk.wrap(opts.store, { borrowed = true })
   self.started = state.iso(now(), true)
   self:update_member(true)
   self:contend()
@@ -68,11 +72,36 @@ function CS:update_member(create)
   if not ok then log("warn", "members: " .. self.member_path .. ": " .. tostring(err)) end
 end
 
+-- Removes this member's own election nodes: one left by a leadership it
+-- stepped down from while its session lived (the recipe's release is
+-- not enough when the connection is down), or one whose create answer
+-- was lost.  A new node queued behind one of ours would wait for it
+-- forever.  Inside a coroutine.
+function CS:drop_own_nodes()
+  local dir = self.election_path
+  local kids = self.store:children(dir) or {}
+  local paths = {}
+  for _, name in ipairs(kids) do paths[#paths + 1] = dir .. "/" .. name end
+  local got = get_all(self.store, paths)
+  for _, p in ipairs(paths) do
+    if got[p] == self.id then
+      local ok, err = self.store:delete(p)
+      if ok then
+        log("info", "scheduler " .. self.id .. ": removed its old election node " .. p)
+      elseif err ~= "ZNONODE" then
+        log("warn", "scheduler " .. self.id .. ": its old election node " .. p .. ": " .. tostring(err))
+      end
+    end
+  end
+end
+
 -- Waits for leadership in a coroutine of its own, then leads.
 function CS:contend()
   local gen = self.gen
   spawn("scheduler election", function()
     while not self.stopped and gen == self.gen do
+      self:drop_own_nodes()
+      if self.stopped or gen ~= self.gen then return end
       local lock = self.zk:Lock(self.election_path, { id = self.id })
       self.lock = lock
       local ok, got, err = pcall(lock.acquire, lock)
@@ -125,10 +154,14 @@ function CS:lead()
       if gen ~= self.gen then return end
       if ev and ev.type == "deleted" then return lost() end
       spawn("election watch", function()
-        if gen == self.gen and not self.store:exists(fence, watch) then lost() end
+        if gen ~= self.gen then return end
+        local stat, err = self.store:exists(fence, watch)
+        if not stat and not err then lost() end
       end)
     end
-    if not self.store:exists(fence, watch) then
+    local stat, err = self.store:exists(fence, watch)
+    if not stat then
+      if err then log("warn", "scheduler " .. self.id .. ": " .. fence .. ": " .. tostring(err)) end
       lost()
       return
     end
@@ -195,8 +228,15 @@ function CS:step_down(why)
   end
 end
 
--- The store's session changed (the zk backend reports this).
+-- The store's session changed (the zk backend reports this).  A lost
+-- connection is a pause (SUSPENDED, in Curator's words): every request
+-- waits for it and the election node fences every write, so the leader
+-- keeps its state; once it is back (RECONNECTED) the claims, the results
+-- and the queue are looked at again, for whatever a watch may have missed.
+-- An expiry (LOST) ends the leadership.
 function CS:session(st)
+  local was = self.store.state
+  self.store:session(st)
   pcall(self.zk.notify_session, self.zk, st)
   if st == "expired" then
     self.expired = true
@@ -207,12 +247,29 @@ function CS:session(st)
       self:update_member(true)
       self:contend()
     end)
+  elseif st == "connected" and was == "suspended" and self.leader and self.s then
+    local gen = self.gen
+    log("info", "scheduler " .. self.id .. ": the ZooKeeper connection is back; it leads on")
+    spawn("scheduler reconnected", function()
+      if gen ~= self.gen then return end
+      self:watch_results(true)
+      if gen ~= self.gen then return end
+      self:watch_claims(true)
+      if gen ~= self.gen then return end
+      self:sweep()
+    end)
   end
+end
+
+-- The connection's state, as Curator names it (common.steady).
+function CS:connection()
+  return self.store.state
 end
 
 function CS:stop()
   if self.stopped then return end
   self.stopped = true
+  self.store:stop()
   self.gen = self.gen + 1
   if self.sweep_timer then self.sweep_timer:cancel(); self.sweep_timer = nil end
   local s = self.s
@@ -249,11 +306,14 @@ end
 -- order a try moves in, so a try that moves meanwhile is still seen), or
 -- it is lost and runs again.
 function CS:reconcile()
-  local q = self.q
+  local q, gen = self.q, self.gen
   local pending = q:adopted()
   local queued = self:queued_keys()
   local claims = set_of(self.store:children(self.st:path("claims")))
   local results = set_of(self.store:children(self.st:path("results")))
+  -- The store's requests wait out a lost connection (common.steady): one
+  -- that still failed ended with this leadership.
+  if gen ~= self.gen then return end
   -- What the pending tries' claims and results say, read together.
   local paths = {}
   for _, e in ipairs(pending) do
@@ -265,6 +325,7 @@ function CS:reconcile()
     end
   end
   local got = get_all(self.store, paths)
+  if gen ~= self.gen then return end
   for _, e in ipairs(pending) do
     local key = e.key
     if results[key] then
@@ -289,18 +350,57 @@ function CS:reconcile()
   s:store_op(nil, true)
 end
 
-function CS:watch_results()
+-- Runs self[name](self, arm) for the listing `name`, one at a time: a
+-- listing asked for while one runs follows it.  Two at once would judge
+-- the claims by an older listing than the one that marked them seen, and
+-- take a claim made in between for gone (its try would run twice).
+-- `again`: a look that sets no watch (one is set already).
+function CS:serial(name, again)
+  local gen = self.gen
+  local box = self[name .. "_box"]
+  if not box or box.gen ~= gen then
+    box = { gen = gen }
+    self[name .. "_box"] = box
+  end
+  if not again then box.arm = true end
+  if box.busy then
+    box.more = true
+    return
+  end
+  box.busy = true
+  repeat
+    box.more = false
+    local arm = box.arm
+    box.arm = false
+    local ok, err = pcall(self[name], self, arm)
+    if not ok then log("error", name .. ": " .. tostring(err)) end
+  until not box.more or gen ~= self.gen
+  box.busy = false
+end
+
+function CS:watch_results(again) self:serial("list_results", again) end
+function CS:watch_claims(again) self:serial("list_claims", again) end
+
+function CS:list_results(arm)
   local gen, q = self.gen, self.q
   local dir = self.st:path("results")
-  local list = self.store:children(dir, function()
+  local list, err = self.store:children(dir, arm and function()
     if gen ~= self.gen then return end
     -- A moment's wait lets the results of a burst of tries land: one
     -- listing reads them all.
     core.timer(RELIST_DELAY, function()
       spawn("results", function() if gen == self.gen then self:watch_results() end end)
     end)
-  end)
+  end or nil)
   if gen ~= self.gen then return end
+  if not list then
+    -- No answer and no watch: the results would wait for ever.
+    log("warn", "scheduler: " .. dir .. ": " .. tostring(err) .. "; looking again in 1 s")
+    core.timer(1, function()
+      spawn("results", function() if gen == self.gen then self:watch_results(not arm) end end)
+    end)
+    return
+  end
   local seen, fresh = {}, {}
   for _, key in ipairs(list or {}) do
     seen[key] = true
@@ -313,7 +413,12 @@ function CS:watch_results()
   if gen ~= self.gen then return end
   for _, p in ipairs(fresh) do
     local data = got[p]
-    if data then q:result(p:match("([^/]+)$"), decode(data), p) end
+    if data then
+      q:result(p:match("([^/]+)$"), decode(data), p)
+    else
+      -- Unread (or gone): the next listing reads it again.
+      self.handled[p:match("([^/]+)$")] = nil
+    end
   end
   for key in pairs(self.handled) do
     if not seen[key] then self.handled[key] = nil end
@@ -322,16 +427,23 @@ end
 
 -- A claim that appears: the try runs ("running", with its worker); one that
 -- goes: its result is there, or the try is lost.
-function CS:watch_claims()
+function CS:list_claims(arm)
   local gen, s, q = self.gen, self.s, self.q
   local dir = self.st:path("claims")
-  local list = self.store:children(dir, function()
+  local list, err = self.store:children(dir, arm and function()
     if gen ~= self.gen then return end
     core.timer(RELIST_DELAY, function()
       spawn("claims", function() if gen == self.gen then self:watch_claims() end end)
     end)
-  end)
-  if gen ~= self.gen or not list then return end
+  end or nil)
+  if gen ~= self.gen then return end
+  if not list then
+    log("warn", "scheduler: " .. dir .. ": " .. tostring(err) .. "; looking again in 1 s")
+    core.timer(1, function()
+      spawn("claims", function() if gen == self.gen then self:watch_claims(not arm) end end)
+    end)
+    return
+  end
   local present = set_of(list)
   local fresh, entries = {}, {}
   for _, key in ipairs(list) do
@@ -342,13 +454,13 @@ function CS:watch_claims()
       entries[#entries + 1] = e
     end
   end
-  local got = get_all(self.store, fresh)
+  local got, gerr = get_all(self.store, fresh)
   if gen ~= self.gen then return end
   for i, p in ipairs(fresh) do
     local key = p:match("([^/]+)$")
     if q:entry(key) == entries[i] then
       entries[i].claimed = nil
-      q:started(key, decode(got[p]))
+      if got[p] or not gerr then q:started(key, decode(got[p])) end
     end
   end
   local gone = {}
@@ -367,8 +479,17 @@ function CS:settle(keys)
     paths[i] = self.st:path("results", key)
     entries[i] = q:entry(key)
   end
-  local got = get_all(self.store, paths)
+  local got, err = get_all(self.store, paths)
   if gen ~= self.gen then return end
+  if err then
+    -- A result that could not be read may be there: looked at again in
+    -- a second rather than taken for lost (the try would run twice).
+    log("warn", "scheduler: reading results: " .. err .. "; looking again in 1 s")
+    core.timer(1, function()
+      spawn("settle", function() if gen == self.gen then self:settle(keys) end end)
+    end)
+    return
+  end
   for i, key in ipairs(keys) do
     local e, p = entries[i], paths[i]
     local data = got[p]
@@ -404,25 +525,40 @@ function CS:sweep()
     if e.queue_node and not e.claimed then candidates[#candidates + 1] = key end
   end
   if #candidates == 0 then return end
+  -- A listing that failed says nothing: the try is not taken for lost
+  -- on it (it would run twice); the next sweep looks again.
+  local failed
+  local function list(path)
+    local kids, err = self.store:children(path)
+    if not kids and err ~= "ZNONODE" then failed = failed or (path .. ": " .. tostring(err)) end
+    return kids or {}
+  end
   local qnodes = {}
   local qroot = self.st:path("queue")
-  for _, qname in ipairs(self.store:children(qroot) or {}) do
-    for _, name in ipairs(self.store:children(qroot .. "/" .. qname) or {}) do
+  for _, qname in ipairs(list(qroot)) do
+    for _, name in ipairs(list(qroot .. "/" .. qname)) do
       qnodes[qroot .. "/" .. qname .. "/" .. name] = true
     end
   end
-  local claims = set_of(self.store:children(self.st:path("claims")))
-  local results = set_of(self.store:children(self.st:path("results")))
+  local claims = set_of(list(self.st:path("claims")))
+  local results = set_of(list(self.st:path("results")))
   if gen ~= self.gen then return end
+  if failed then
+    log("warn", "scheduler: sweep: " .. failed .. "; the next sweep looks again")
+    return
+  end
   local gone = {}
   for _, key in ipairs(candidates) do
     local e = q:entry(key)
     if e and e.queue_node and not e.claimed and not qnodes[e.queue_node]
         and not claims[key] then
       if results[key] then
-        self.handled[key] = true
         local p = self.st:path("results", key)
-        q:result(key, decode((self.store:get(p))), p)
+        local data = self.store:get(p)
+        if data then
+          self.handled[key] = true
+          q:result(key, decode(data), p)
+        end
       else
         e.claimed = true
         gone[#gone + 1] = key

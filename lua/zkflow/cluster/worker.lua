@@ -42,8 +42,9 @@ CW.__index = CW
 -- external_task sensor reads of the runs that ended).
 function _M.worker(opts)
   assert(opts and opts.store, "cluster.worker: 'store' is required")
+  -- Every request rides out a lost connection (common.steady).
   local self = setmetatable({
-    opts = opts, store = opts.store, root = opts.root or "/zkflow",
+    opts = opts, store = common.steady(opts.store), root = opts.root or "/zkflow",
     id = opts.id or ("worker-" .. hostname() .. "-" .. core.getpid()),
     queues = opts.queues or { "default" }, slots = opts.slots or 4,
     running = {}, nrunning = 0, stopped = false,
@@ -60,7 +61,7 @@ function _M.worker(opts)
   -- (CW:ended), a new process group listed (CW:noted_pid), and a push to
   -- /dags only reads the DAGs again.
   local s = sched.new {
-    store = self.store, root = self.root, dags_dir = opts.dags_dir,
+    store = opts.store, root = self.root, dags_dir = opts.dags_dir,
     log_dir = opts.log_dir, schedule = false, hot_reload = false, id = self.id,
     records = false, reload = "dags", history = opts.history,
     on_try_end = function(ti, ok, res, extra) self:ended(ti, ok, res, extra) end,
@@ -138,7 +139,12 @@ function CW:scan(q)
           ensure(self.store, dir)
           self.rescan[q] = true
         else
-          log("warn", "worker: queue " .. dir .. ": " .. tostring(err))
+          -- No listing and no watch: nothing would look at the queue
+          -- again (the tries there would wait for ever).
+          log("warn", "worker: queue " .. dir .. ": " .. tostring(err) .. "; looking again in 1 s")
+          core.timer(1, function()
+            if not self.stopped then self:scan(q) end
+          end)
         end
       else
         sort(list)
@@ -198,8 +204,10 @@ function CW:claim(node)
     { op = "create", path = cpath, data = claim, ephemeral = true },
     { op = "delete", path = node },
   })
-  if not res and (err == "ZCONNECTIONLOSS" or err == "ZOPERATIONTIMEOUT") then
-    -- The answer was lost, not necessarily the transaction: the claim
+  if not res and (err == "ZCONNECTIONLOSS" or err == "ZOPERATIONTIMEOUT"
+                  or err == "ZNODEEXISTS") then
+    -- The answer was lost, not necessarily the transaction (and when the
+    -- store asked again, the second one finds the claim made): the claim
     -- says whether it is ours (a claim of ours nobody ran would hold the
     -- try forever).
     local mine = decode((self.store:get(cpath)))
@@ -247,7 +255,17 @@ function CW:run(rec)
   -- the task's ancestors, read together.
   local paths = { run_path, ti_path, result_path }
   for _, id in ipairs(ids) do paths[#paths + 1] = run_path .. "/" .. id end
-  local got = get_all(self.store, paths)
+  local got, gerr = get_all(self.store, paths)
+  if gerr then
+    -- The reads failed (the session expired meanwhile, or the worker
+    -- stops): the claim is given up, and the leader queues the try again.
+    log("warn", ("worker: %s not run: reading its records: %s"):format(key, gerr))
+    self.running[key] = nil
+    self.nrunning = self.nrunning - 1
+    self.store:delete(self.st:path("claims", key))
+    self:member_changed()
+    return
+  end
   local own = decode(got[ti_path])
   if got[result_path] or not own or own.try_number ~= rec.try_number
       or (own.state ~= "queued" and own.state ~= "running") then
@@ -431,7 +449,11 @@ function CW:report(key, r, rec)
     for _ = 1, 5 do
       local res, err = self.store:multi(ops)
       if res then break end
-      if err == "ZCONNECTIONLOSS" or err == "ZOPERATIONTIMEOUT" then
+      if err == "ZNODEEXISTS" and self.store:exists(rpath) then
+        -- A transaction whose answer a lost connection swallowed did
+        -- happen (common.steady asked again): the result is there.
+        break
+      elseif err == "ZCONNECTIONLOSS" or err == "ZOPERATIONTIMEOUT" then
         -- The transaction may have happened: the result says so.
         if self.store:exists(rpath) then break end
       elseif #ops == 3 and self.store:exists(ops[1].path) then
@@ -491,7 +513,13 @@ function CW:abandon()
   end
 end
 
+-- The store's session changed.  A lost connection is a pause: requests
+-- wait for it (common.steady); once it is back the queues are looked at
+-- again.  An expiry stops the tries (their claims are gone); the new
+-- session registers the worker again.
 function CW:session(st)
+  local was = self.store.state
+  self.store:session(st)
   if st == "expired" then
     self.expired = true
     self:abandon()
@@ -502,7 +530,14 @@ function CW:session(st)
       self:update_member(true)
       for _, q in ipairs(self.queues) do self:scan(q) end
     end)
+  elseif st == "connected" and was == "suspended" and not self.stopped and not self.expired then
+    for _, q in ipairs(self.queues) do self:scan(q) end
   end
+end
+
+-- The connection's state, as Curator names it (common.steady).
+function CW:connection()
+  return self.store.state
 end
 
 -- Stops taking tries and stops those in flight; closing the session then
@@ -510,6 +545,7 @@ end
 function CW:stop()
   if self.stopped then return end
   self.stopped = true
+  self.store:stop()
   if self.dir_watch then self.dir_watch:close(); self.dir_watch = nil end
   if self.member_timer then self.member_timer:cancel(); self.member_timer = nil end
   local s = self.s
