@@ -3,7 +3,8 @@
 # embedded store and, when ZKFLOW_TEST_ZK names a server (spec/zk_test.sh
 # starts one), on ZooKeeper with --zk; `dags trigger` / `runs list` with
 # --zk; bad input: a malformed dump (nothing restored), an unreachable
-# ensemble (a clear error after the timeout).  Ends with "N passed, N
+# ensemble (a clear error at once when every host refuses; a daemon tries
+# again), a chroot that does not exist (named; a daemon waits for it).  Ends with "N passed, N
 # failed".
 set -u
 cd "$(dirname "$0")/.." || exit 1
@@ -101,6 +102,34 @@ if [ -n "${ZKFLOW_TEST_ZK:-}" ]; then
             bad "example $(basename "$f") on ZooKeeper" "$(tail -3 "$T/out")"
         fi
     done
+    # A chroot that does not exist: a one-shot command names it; a daemon
+    # waits for it, and its members register and work once it is made.
+    chroot=/zkf-$$
+    "$ZKFLOW" --zk "$ZKFLOW_TEST_ZK$chroot" zk ls / 2> "$T/err"
+    check "a missing chroot: exit 1 naming it" "1 1" \
+        "$? $(grep -c "$chroot does not exist; create it or drop the chroot" "$T/err")"
+    mkdir -p "$T/cdags"
+    printf 'local flow = require "zkflow"\nreturn flow.dag { id = "chrooted", start_date = "2026-01-01T00:00:00Z",\n  tasks = function(t) t.shell { id = "x", cmd = "true" } end }\n' > "$T/cdags/c.lua"
+    (cd "$T" && exec "$ZKFLOW" --zk "$ZKFLOW_TEST_ZK$chroot" standalone "$T/cdags" --no-api --id ch) > "$T/ch.log" 2>&1 &
+    chpid=$!
+    sleep 1.5
+    check "a daemon says once that the chroot is missing, and waits" "1 yes" \
+        "$(grep -c "$chroot does not exist; create it or drop the chroot (waiting for it)" "$T/ch.log") $(kill -0 $chpid 2>/dev/null && echo yes)"
+    "$ZKFLOW" --zk "$ZKFLOW_TEST_ZK" zk set "$chroot" "" > /dev/null
+    registered() {
+        "$ZKFLOW" --zk "$ZKFLOW_TEST_ZK$chroot" members --json 2>/dev/null | python3 -c 'import json,sys
+m = json.load(sys.stdin)
+sys.exit(0 if [s["leader"] for s in m["schedulers"]] == [True] and len(m["workers"]) == 1 else 1)'
+    }
+    for _ in $(seq 1 50); do registered && break; sleep 0.2; done
+    check "once the chroot exists its scheduler leads and its worker registers" "0" "$(registered; echo $?)"
+    crun=$("$ZKFLOW" --zk "$ZKFLOW_TEST_ZK$chroot" dags trigger chrooted --dags "$T/cdags" 2>/dev/null)
+    cstate() { "$ZKFLOW" --zk "$ZKFLOW_TEST_ZK$chroot" tasks state chrooted "$crun" x 2>/dev/null; }
+    for _ in $(seq 1 50); do [ "$(cstate)" = success ] && break; sleep 0.2; done
+    check "and its worker runs the tries" "success" "$(cstate)"
+    kill -TERM $chpid 2>/dev/null
+    wait $chpid 2>/dev/null
+    "$ZKFLOW" --zk "$ZKFLOW_TEST_ZK" zk rm --recursive "$chroot" > /dev/null 2>&1
 else
     echo "# zk part skipped: no ZKFLOW_TEST_ZK"
 fi
@@ -114,6 +143,29 @@ if [ "$rc" = 1 ] && grep -q "cannot connect to ZooKeeper at 127.0.0.1:1: ZCONNEC
 else
     bad "unreachable ensemble" "rc $rc after ${took}s: $(cat "$T/err")"
 fi
+
+# Connection refused on every host: said at once, hosts named, not after
+# the session timeout (10 s here).
+start=$(date +%s%N)
+"$ZKFLOW" --zk 127.0.0.1:1,127.0.0.1:2 --session-timeout 10 zk ls / 2> "$T/err"
+rc=$?
+took=$(( ($(date +%s%N) - start) / 1000000 ))
+if [ "$rc" = 1 ] && grep -q "127.0.0.1:1: Connection refused, 127.0.0.1:2: Connection refused" "$T/err" &&
+        [ "$took" -le 1500 ]; then
+    ok "connection refused on every host: exit 1 within 1.5 s naming them (${took} ms)"
+else
+    bad "connection refused on every host" "rc $rc after ${took} ms: $(cat "$T/err")"
+fi
+# A daemon says so once per try, waiting longer each time, and goes on.
+mkdir -p "$T/wdags"
+(cd "$T" && exec "$ZKFLOW" --zk 127.0.0.1:1 worker --dags "$T/wdags") > "$T/w.log" 2>&1 &
+wpid=$!
+sleep 4
+check "a daemon retries: one line per try, after 1 s, 2 s, 4 s (and runs on)" "1 2 4 yes" \
+    "$(grep 'cannot connect to ZooKeeper at 127.0.0.1:1: .*Connection refused' "$T/w.log" |
+       sed -n 's/.*trying again in \([0-9]*\) s$/\1/p' | head -3 | tr '\n' ' ')$(kill -0 $wpid 2>/dev/null && echo yes)"
+kill -TERM $wpid 2>/dev/null
+wait $wpid 2>/dev/null
 
 echo "$PASS passed, $FAIL failed"
 [ "$FAIL" -eq 0 ]

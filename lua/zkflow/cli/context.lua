@@ -68,20 +68,7 @@ function Ctx:store(create)
     if self.st then return self.st end
     if self.zk and self.zk ~= "" then
         local hosts = self.zk:gsub("^zk://", "")
-        local ok, st, err = pcall(core.store, "zk://" .. hosts, {
-            timeout = self.session_timeout or 10,
-            auth = self.zk_auth, acl = self.zk_acl,
-            on_session = function(st_)
-                for _, fn in ipairs(self.session_listeners) do
-                    local cok, cerr = pcall(fn, st_)
-                    if not cok then core.log("error", "session: " .. tostring(cerr)) end
-                end
-            end,
-        })
-        if not ok or not st then
-            fail("cannot connect to ZooKeeper at " .. hosts .. ": "
-                 .. tostring(ok and err or st))
-        end
+        local st = self:zk_connect(hosts)
         self.st = st
         insert(self.stores, st)
         -- zk.default() in DAG code is this store (with its session events).
@@ -100,6 +87,95 @@ function Ctx:store(create)
     self.st = st
     insert(self.stores, st)
     need("zkflow.zk").set_default(st, { root = "/" })
+    return st
+end
+
+-- A session with the ensemble at `hosts`.  Every host refusing the
+-- connection fails at once with the hosts named (the session's wait would
+-- take its whole timeout), and a chroot that does not exist is named as
+-- such.  A serving command (ctx.serving) instead says so once per try and
+-- tries again, waiting 1, 2, 4 ... 30 s, and waits for the chroot to be
+-- created: its members then register as on any start.
+function Ctx:zk_connect(hosts)
+    local zops = need("zkflow.zk.ops")
+    local async = need("zkflow.async")
+    local pause = 1
+    local function again(msg)
+        if not self.serving then fail(msg) end
+        core.log("error", ("%s; trying again in %d s"):format(msg, pause))
+        async.sleep(pause)
+        pause = math.min(pause * 2, 30)
+    end
+    while true do
+        local up, why = zops.reachable(hosts, 1)
+        if up then
+            local st, err = self:zk_session(hosts)
+            if st then
+                if self:zk_chroot(st, hosts) then return st end
+            else
+                again(err)
+            end
+        else
+            again("cannot connect to ZooKeeper at " .. hosts .. ": " .. why)
+        end
+    end
+end
+
+-- The chroot of `hosts` exists, or (serving) once it does; a one-shot
+-- command fails naming it.
+function Ctx:zk_chroot(st, hosts)
+    local chroot = hosts:match("^[^/]*(/.+)$")
+    if not chroot then return true end
+    local logged = false
+    while true do
+        local woke = false
+        local resume_fn
+        local stat, err = st:exists("/", function()
+            woke = true
+            if resume_fn then resume_fn() end
+        end)
+        if stat then
+            if logged then core.log("info", "ZooKeeper at " .. hosts .. ": " .. chroot .. " exists now") end
+            return true
+        end
+        if err then
+            st:close()
+            if not self.serving then
+                fail("cannot use ZooKeeper at " .. hosts .. ": " .. tostring(err))
+            end
+            return false
+        end
+        local msg = chroot .. " does not exist; create it or drop the chroot"
+        if not self.serving then
+            st:close()
+            fail("ZooKeeper at " .. hosts .. ": " .. msg)
+        end
+        if not logged then
+            core.log("error", "ZooKeeper at " .. hosts .. ": " .. msg .. " (waiting for it)")
+            logged = true
+        end
+        if not woke then
+            need("zkflow.async").wait(function(resume) resume_fn = resume end)
+        end
+    end
+end
+
+-- One try at a session: the store, or nil and the message.
+function Ctx:zk_session(hosts)
+    local ok, st, err = pcall(core.store, "zk://" .. hosts, {
+        timeout = self.session_timeout or 10,
+        auth = self.zk_auth, acl = self.zk_acl,
+        on_session = function(st_)
+            for _, fn in ipairs(self.session_listeners) do
+                local cok, cerr = pcall(fn, st_)
+                if not cok then core.log("error", "session: " .. tostring(cerr)) end
+            end
+        end,
+    })
+    if not ok or not st then
+        return nil, "cannot connect to ZooKeeper at " .. hosts .. ": "
+             .. tostring(ok and err or st)
+    end
     return st
 end
 

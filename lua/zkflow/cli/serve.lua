@@ -181,6 +181,8 @@ local function serve(ctx, dir, with_sched, with_api, with_worker)
         fail("no DAG folder '" .. dir .. "'")
     end
     ctx.dags = dir
+    -- A daemon waits for ZooKeeper (and its chroot) instead of failing.
+    ctx.serving = on_zk
     local st = ctx:store(true)
     local folder = dir
     if on_zk and not is_dir(dir) then

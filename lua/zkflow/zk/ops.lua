@@ -113,6 +113,31 @@ function _M.members(hosts)
     return out
 end
 
+-- Whether any member of `hosts` accepts a TCP connection within
+-- `timeout` seconds (all asked at once; a four-letter word every server
+-- answers, even one that does not allow it).  true, or nil and what each
+-- said ("127.0.0.1:2181: Connection refused, ...").  A client that waits
+-- for a session cannot tell a refused connection from a slow one: this
+-- tells a one-shot command at once.  Inside a coroutine.
+function _M.reachable(hosts, timeout)
+    local members, err = _M.members(hosts)
+    if not members then return nil, err end
+    local answers = _M.ask_all(members, { "srvr" }, timeout or 1)
+    local why = {}
+    for _, a in ipairs(answers) do
+        -- Refused, unreachable or no such host; a connect that timed out
+        -- may be a slow network: the session's wait decides then.
+        local e = tostring(a.errors.srvr)
+        if a.replies.srvr or e:find("timed out", 1, true)
+            or not (e:find("^connect ") or e:find("^resolve ")) then
+            return true
+        end
+        why[#why + 1] = (e:gsub("^connect ", ""))
+    end
+    return nil, "ZCONNECTIONLOSS: no host accepts a connection ("
+        .. concat(why, ", ") .. ")"
+end
+
 -- Sends each word to each member at once; waits for every answer.
 -- Returns {[member] = {[word] = reply or nil, errors = {[word] = err}}}.
 local function ask_all(members, words, timeout)
@@ -149,6 +174,7 @@ local function ask_all(members, words, timeout)
     end)
     return answers
 end
+_M.ask_all = ask_all
 
 local function parse_srvr(text, m)
     m.mode = text:match("Mode:%s*(%S+)")
