@@ -566,7 +566,34 @@ function S:members()
         sort(list, function(a, b) return tostring(a.id) < tostring(b.id) end)
         out[kind] = _M.array(list)
     end
+    -- A record's "leader" is its member's own last word: believed only
+    -- while that member's node heads the election (one that lost its place
+    -- and could not say so yet, its connection down, leads no more).
+    local head = self:election_head()
+    if head ~= nil then
+        for _, m in ipairs(out.schedulers) do
+            if m.leader == true and m.id ~= head then m.leader = false end
+        end
+    end
     return out
+end
+
+-- The member id in the node that heads the scheduler election; false
+-- when nobody contends; nil where there is no election (the embedded
+-- store) or it cannot be read.
+function S:election_head()
+    local dir = self:path("election", "scheduler")
+    local kids = self.store:children(dir)
+    if not kids then return nil end
+    local seq = require("zkflow.zk").contender_seq
+    local best, best_seq
+    for _, k in ipairs(kids) do
+        local n = seq(k)
+        if n and (not best_seq or n < best_seq) then best, best_seq = k, n end
+    end
+    if not best then return false end
+    local data = self.store:get(dir .. "/" .. best)
+    return data
 end
 
 return _M
