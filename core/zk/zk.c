@@ -588,6 +588,8 @@ static void notify(zkf_zk *zk, int state)
 static int submit(zkf_zk *zk, req *r);
 static void fail_req(zkf_zk *zk, req *r, int rc);
 
+static void arm_held_timer(zkf_zk *zk);
+
 static void flush_held(zkf_zk *zk)
 {
     req *r, *next;
@@ -598,10 +600,13 @@ static void flush_held(zkf_zk *zk)
             int rc;
             r->held = 0;
             rc = submit(zk, r);
-            if (rc != ZOK)
+            if (rc == ZINVALIDSTATE)
+                r->held = 1;   /* the connection went again: wait on */
+            else if (rc != ZOK)
                 fail_req(zk, r, rc);
         }
     }
+    arm_held_timer(zk);
 }
 
 static void expire(zkf_zk *zk)
@@ -729,6 +734,18 @@ static int zmode(int flags)
 static int submit_multi(zkf_zk *zk, req *r)
 {
     size_t i;
+
+    /* zoo_amulti on a handle whose session expired (the I/O thread knows,
+     * the loop has not heard yet) fails its first op's check and still
+     * frees a request path for every later op, one it never set: it
+     * freed our earlier op's path, which we free again.  That double
+     * free killed workers that woke from a freeze past their session
+     * (the cluster suite's flaky re-registration checks).  So a multi goes only to a connected handle; otherwise it
+     * waits with the held requests.  A connected handle reaches the
+     * expired state only through a reconnection (a round trip), never in
+     * the moment between this check and the call. */
+    if (zoo_state(zk->zh) != ZOO_CONNECTED_STATE)
+        return ZINVALIDSTATE;
 
     for (i = 0; i < r->nops; i++) {
         const zkf_store_op *o = &r->ops[i];

@@ -359,6 +359,60 @@ static void test_zk_expiry_makes_a_new_session(void)
     env_close(&e);
 }
 
+/* A multi made after the session expired but before the loop heard of it
+ * (a process that wakes from a freeze past its session): it waits for the
+ * new session and runs there.  zoo_amulti on the expired handle used to
+ * free the ops' paths, which crashed the process with a double free. */
+static void test_zk_multi_waits_out_an_expiry_the_loop_has_not_heard(void)
+{
+    env e;
+    res r = {0};
+    clientid_t id;
+    taker t = {0};
+    zhandle_t *zh;
+    zkf_zk *zk;
+    zkf_store_op ops[3];
+    int i;
+    SKIP_WITHOUT_ZK();
+    ASSERT_EQ(0, env_open(&e));
+    zkf_store_create(e.st, "/x", "", 0, 0, on_res, &r);
+    ASSERT(run_until(&e, &r.done, 5000));
+    ASSERT_EQ(ZKF_ZOK, r.rc);
+    zk = zkf_store_zk_client(e.st);
+    id.client_id = zkf_zk_session_id(zk);
+    ASSERT_EQ(0, zkf_zk_session_passwd(zk, id.passwd));
+    zh = zookeeper_init2(chroot_hosts, taker_watch, 4000, &id, &t, 0,
+                         quiet_log);
+    ASSERT(zh);
+    for (i = 0; i < 500 && !t.connected; i++)
+        usleep(10000);
+    zookeeper_close(zh);
+    ASSERT(t.connected);
+    /* The client's own thread finds the session expired; the loop does
+     * not run meanwhile, so the client still takes itself for connected. */
+    usleep(2500000);
+    memset(ops, 0, sizeof ops);
+    ops[0].type = ZKF_STORE_OP_CREATE;
+    ops[0].path = "/y";
+    ops[0].version = -1;
+    ops[1].type = ZKF_STORE_OP_DELETE;
+    ops[1].path = "/x";
+    ops[1].version = -1;
+    ops[2].type = ZKF_STORE_OP_CHECK;
+    ops[2].path = "/y";
+    ops[2].version = 0;
+    memset(&r, 0, sizeof r);
+    ASSERT_EQ(ZKF_ZOK, zkf_store_multi(e.st, ops, 3, on_res, &r));
+    ASSERT(run_until(&e, &r.done, 8000));
+    ASSERT_EQ(ZKF_ZOK, r.rc);
+    ASSERT(saw(&e, ZKF_ZK_EXPIRED));
+    memset(&r, 0, sizeof r);
+    zkf_store_exists(e.st, "/x", NULL, NULL, on_res, &r);
+    ASSERT(run_until(&e, &r.done, 5000));
+    ASSERT_EQ(ZKF_ZNONODE, r.rc);
+    env_close(&e);
+}
+
 static void test_zk_unreachable_ensemble_errors_within_the_timeout(void)
 {
     env e;
@@ -506,6 +560,7 @@ int main(void)
     RUN(test_zk_watch_fires_once);
     RUN(test_zk_refuses_bad_paths_and_big_data);
     RUN(test_zk_expiry_makes_a_new_session);
+    RUN(test_zk_multi_waits_out_an_expiry_the_loop_has_not_heard);
     RUN(test_zk_unreachable_ensemble_errors_within_the_timeout);
     RUN(test_zk_close_completes_pending_with_zclosing);
     RUN(test_zk_multi_is_all_or_nothing);
