@@ -10,6 +10,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <dirent.h>
+#include <sys/prctl.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
@@ -29,7 +31,9 @@ extern char **environ;
 
 struct zkf_proc {
     zkf_loop *loop;
-    pid_t pid;
+    pid_t pid;              /* the child, leader of its process group */
+    pid_t wpid;             /* what is waited for: the child or its
+                               supervisor (opts.contain) */
     zkf_proc_exit_cb cb;
     void *arg;
 
@@ -328,7 +332,7 @@ static void reap(zkf_proc *p, int options)
         int st;
         pid_t w;
         do
-            w = waitpid(p->pid, &st, options);
+            w = waitpid(p->wpid, &st, options);
         while (w < 0 && errno == EINTR);
         if (w == 0)
             return;
@@ -414,6 +418,350 @@ static void proc_step(zkf_proc *p)
         p->cb(p, p->code, p->sig, p->arg);
 }
 
+/* ---- contained children: the per-try supervisor ------------------------
+ *
+ * Everything from the fork to the exec (or _exit) runs in a copy of a
+ * process that may have other threads (libzookeeper_mt's, a host's): only
+ * async-signal-safe calls are allowed there, so no malloc, no stdio, no
+ * opendir; what the child needs is prepared before the fork. */
+
+/* A message on the status pipe: the child's pid, or why it did not start. */
+enum { MSG_PID = 1, MSG_ERRNO = 2 };
+
+struct linux_dirent64 {
+    unsigned long long d_ino;
+    long long d_off;
+    unsigned short d_reclen;
+    unsigned char d_type;
+    char d_name[];
+};
+
+static void put_msg(int fd, int tag, int val)
+{
+    int m[2] = { tag, val };
+    ssize_t w;
+    do
+        w = write(fd, m, sizeof m);
+    while (w < 0 && errno == EINTR);
+}
+
+/* The parent pid in /proc/<pid>/stat (a stack buffer, no stdio); -1 when
+ * the process is gone. */
+static pid_t ppid_of(const char *pid)
+{
+    char path[64] = "/proc/", buf[512];
+    size_t n = strlen(path);
+    for (const char *c = pid; *c && n < sizeof path - 6; c++)
+        path[n++] = *c;
+    memcpy(path + n, "/stat", 6);
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0)
+        return -1;
+    ssize_t r = read(fd, buf, sizeof buf - 1);
+    close(fd);
+    if (r <= 0)
+        return -1;
+    buf[r] = '\0';
+    /* "pid (comm) S ppid ...": comm may hold spaces and parentheses. */
+    char *close_paren = strrchr(buf, ')');
+    if (!close_paren || close_paren[1] != ' ' || !close_paren[2] ||
+        close_paren[3] != ' ')
+        return -1;
+    pid_t pp = 0;
+    for (char *c = close_paren + 4; *c >= '0' && *c <= '9'; c++)
+        pp = pp * 10 + (*c - '0');
+    return pp;
+}
+
+/* Sends `sig` to the child's group and to every child of this process
+ * (the subreaper: orphaned descendants are its children, whatever group
+ * or session they moved to).  Returns how many children were seen. */
+static int signal_tree(pid_t child, int sig)
+{
+    pid_t self = getpid();
+    int seen = 0;
+    kill(-child, sig);
+    int dir = open("/proc", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (dir < 0)
+        return 0;
+    char buf[4096];
+    for (;;) {
+        long n = syscall(SYS_getdents64, dir, buf, sizeof buf);
+        if (n <= 0)
+            break;
+        for (long off = 0; off < n;) {
+            struct linux_dirent64 *d = (struct linux_dirent64 *)(buf + off);
+            off += d->d_reclen;
+            if (d->d_name[0] < '1' || d->d_name[0] > '9')
+                continue;
+            if (ppid_of(d->d_name) != self)
+                continue;
+            pid_t pid = 0;
+            for (const char *c = d->d_name; *c; c++)
+                pid = pid * 10 + (*c - '0');
+            /* A descendant that made a group of its own may have
+             * children in it that are not ours yet: the group too. */
+            kill(-pid, sig);
+            kill(pid, sig);
+            seen++;
+        }
+    }
+    close(dir);
+    return seen;
+}
+
+/* Reaps what has exited; returns 1 when no child is left. */
+static int reap_all(pid_t child, int *child_status, int *child_done)
+{
+    for (;;) {
+        int st;
+        pid_t w = waitpid(-1, &st, WNOHANG);
+        if (w > 0) {
+            if (w == child) {
+                *child_status = st;
+                *child_done = 1;
+            }
+            continue;
+        }
+        if (w < 0 && errno == EINTR)
+            continue;
+        return w < 0 && errno == ECHILD;
+    }
+}
+
+static void sleep_ms(long ms)
+{
+    struct timespec ts = { ms / 1000, (ms % 1000) * 1000000L };
+    while (nanosleep(&ts, &ts) < 0 && errno == EINTR)
+        ;
+}
+
+/* Ends every process of the tree: SIGTERM, then SIGKILL after the grace,
+ * again and again until none is left (a killed parent's children come to
+ * this subreaper, and are killed in the next round). */
+static void end_tree(pid_t child, int *child_status, int *child_done)
+{
+    long waited = 0;
+    /* No child left means no descendant left: each one's chain of
+     * parents reaches this process through a child. */
+    if (reap_all(child, child_status, child_done))
+        return;
+    signal_tree(child, SIGTERM);
+    while (!reap_all(child, child_status, child_done) &&
+           waited < ZKF_PROC_GRACE_MS) {
+        sleep_ms(5);
+        waited += 5;
+    }
+    for (int round = 0; round < 20000; round++) {
+        if (reap_all(child, child_status, child_done))
+            return;
+        signal_tree(child, SIGKILL);
+        sleep_ms(1);
+    }
+}
+
+/* The supervisor: starts the child, waits for it, ends its tree, exits
+ * with its status.  Never returns.  fd 3: the child's stdin, 4: its
+ * stdout/stderr, 5: the status pipe (close-on-exec). */
+static void supervise(pid_t parent, const char *path, char *const *argv,
+                      char *const *envp, const char *cwd)
+{
+    sigset_t all, none, wanted;
+    sigfillset(&all);
+    sigemptyset(&none);
+    /* The host's handlers must never run here: every signal stays
+     * blocked and the ones that matter are taken with sigwaitinfo. */
+    sigprocmask(SIG_SETMASK, &all, NULL);
+    struct sigaction dfl;
+    memset(&dfl, 0, sizeof dfl);
+    dfl.sa_handler = SIG_DFL;
+    sigaction(SIGCHLD, &dfl, NULL);     /* SIG_IGN would reap for us */
+    setpgid(0, 0);
+    prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0);
+    prctl(PR_SET_PDEATHSIG, SIGTERM, 0, 0, 0);
+    if (getppid() != parent)
+        _exit(127);                     /* the host died before we were set */
+
+    pid_t child = fork();
+    if (child < 0) {
+        put_msg(5, MSG_ERRNO, errno);
+        _exit(127);
+    }
+    if (child == 0) {
+        setpgid(0, 0);
+        dup2(3, 0);
+        dup2(4, 1);
+        dup2(4, 2);
+        close(3);
+        close(4);
+        if (cwd && chdir(cwd) != 0) {
+            put_msg(5, MSG_ERRNO, errno);
+            _exit(127);
+        }
+        for (int sig = 1; sig < NSIG; sig++)
+            if (sig != SIGKILL && sig != SIGSTOP)
+                sigaction(sig, &dfl, NULL);
+        sigprocmask(SIG_SETMASK, &none, NULL);
+        execve(path, argv, envp);
+        put_msg(5, MSG_ERRNO, errno);
+        _exit(127);
+    }
+    put_msg(5, MSG_PID, (int)child);
+    close(5);
+    close(3);
+    close(4);
+
+    sigemptyset(&wanted);
+    sigaddset(&wanted, SIGCHLD);
+    sigaddset(&wanted, SIGTERM);
+    sigaddset(&wanted, SIGINT);
+    sigaddset(&wanted, SIGHUP);
+    int status = 0, done = 0;
+    for (;;) {
+        reap_all(child, &status, &done);
+        if (done)
+            break;
+        siginfo_t si;
+        int sig = sigwaitinfo(&wanted, &si);
+        if (sig < 0 || sig == SIGCHLD)
+            continue;
+        break;                          /* told to stop, or the host died */
+    }
+    end_tree(child, &status, &done);
+    if (!done)
+        _exit(128 + SIGKILL);
+    if (WIFEXITED(status))
+        _exit(WEXITSTATUS(status));
+    /* Die of the child's signal, so the host sees what it would have. */
+    int sig = WTERMSIG(status);
+    sigaction(sig, &dfl, NULL);
+    sigset_t one;
+    sigemptyset(&one);
+    sigaddset(&one, sig);
+    kill(getpid(), sig);
+    sigprocmask(SIG_UNBLOCK, &one, NULL);
+    _exit(128 + sig);
+}
+
+/* `prog` found as execvp would find it (in the parent, before the fork:
+ * the search needs memory).  Returns a new string or NULL with errno. */
+static char *find_program(const char *prog)
+{
+    if (strchr(prog, '/'))
+        return strdup(prog);
+    const char *path = getenv("PATH");
+    if (!path || !*path)
+        path = "/bin:/usr/bin";
+    int err = ENOENT;
+    for (const char *dir = path;; ) {
+        const char *end = strchr(dir, ':');
+        size_t dl = end ? (size_t)(end - dir) : strlen(dir);
+        size_t n = dl + strlen(prog) + 2;
+        char *full = malloc(n);
+        if (!full)
+            return NULL;
+        snprintf(full, n, "%.*s%s%s", (int)dl, dir, dl ? "/" : "", prog);
+        if (access(full, X_OK) == 0) {
+            struct stat sb;
+            if (stat(full, &sb) == 0 && S_ISREG(sb.st_mode))
+                return full;
+        } else if (errno == EACCES) {
+            err = EACCES;
+        }
+        free(full);
+        if (!end)
+            break;
+        dir = end + 1;
+    }
+    errno = err;
+    return NULL;
+}
+
+/* Puts `fd` at `target` in the supervisor (dup2 clears close-on-exec). */
+static int move_fd(int fd, int target)
+{
+    return fd == target ? 0 : (dup2(fd, target) < 0 ? -1 : 0);
+}
+
+/* Closes every descriptor from `from` up, async-signal-safely. */
+static void close_from(int from)
+{
+    if (syscall(SYS_close_range, (unsigned)from, ~0U, 0) == 0)
+        return;
+    long max = sysconf(_SC_OPEN_MAX);
+    if (max < 0 || max > 65536)
+        max = 65536;
+    for (int fd = from; fd < max; fd++)
+        close(fd);
+}
+
+/* Starts the child under a supervisor (proc.h, `contain`).  Returns 0 with
+ * p->pid (the child) and p->wpid (the supervisor) set, or an errno. */
+static int spawn_contained(zkf_proc *p, const zkf_proc_opts *opts,
+                           const char **env, int in_child, int out_child)
+{
+    char *path = find_program(opts->argv[0]);
+    if (!path)
+        return errno;
+    int st[2];
+    if (pipe2(st, O_CLOEXEC) != 0) {
+        int e = errno;
+        free(path);
+        return e;
+    }
+    pid_t parent = getpid();
+    pid_t sup = fork();
+    if (sup < 0) {
+        int e = errno;
+        free(path);
+        close(st[0]);
+        close(st[1]);
+        return e;
+    }
+    if (sup == 0) {
+        /* High copies first, so that moving one to 3..5 cannot clobber
+         * another that happens to sit there. */
+        int a = fcntl(in_child, F_DUPFD, 10);
+        int b = fcntl(out_child, F_DUPFD, 10);
+        int c = fcntl(st[1], F_DUPFD, 10);
+        if (a < 0 || b < 0 || c < 0 || move_fd(a, 3) || move_fd(b, 4) ||
+            move_fd(c, 5))
+            _exit(127);
+        fcntl(5, F_SETFD, FD_CLOEXEC);
+        /* Nothing else of the host's stays open here: another try's stdin
+         * pipe held by this process would never see its end of file. */
+        close_from(6);
+        supervise(parent, path, (char *const *)opts->argv,
+                  (char *const *)env, opts->cwd);
+    }
+    free(path);
+    close(st[1]);
+    p->wpid = sup;
+    int err = 0;
+    for (;;) {
+        int m[2];
+        ssize_t r = read(st[0], m, sizeof m);
+        if (r < 0 && errno == EINTR)
+            continue;
+        if (r != (ssize_t)sizeof m)
+            break;                      /* end of file: exec'd */
+        if (m[0] == MSG_PID)
+            p->pid = (pid_t)m[1];
+        else if (m[0] == MSG_ERRNO)
+            err = m[1];
+    }
+    close(st[0]);
+    if (err == 0 && p->pid <= 0)
+        err = ECHILD;                   /* the supervisor died first */
+    if (err != 0) {
+        int s2;
+        while (waitpid(sup, &s2, 0) < 0 && errno == EINTR)
+            ;
+        p->wpid = p->pid = -1;
+    }
+    return err;
+}
+
 /* ---- public ---------------------------------------------------------- */
 
 zkf_proc *zkf_proc_spawn(zkf_loop *loop, const zkf_proc_opts *opts,
@@ -440,7 +788,7 @@ zkf_proc *zkf_proc_spawn(zkf_loop *loop, const zkf_proc_opts *opts,
     p->cb = cb;
     p->arg = arg;
     p->pidfd = p->out_fd = p->log_fd = p->in_fd = -1;
-    p->pid = -1;
+    p->pid = p->wpid = -1;
 
     int out[2] = { -1, -1 }, in_child = -1, rc = 0;
     const char **env = NULL;
@@ -495,6 +843,12 @@ zkf_proc *zkf_proc_spawn(zkf_loop *loop, const zkf_proc_opts *opts,
     if (!env)
         goto fail_nomem;
 
+    if (opts->contain) {
+        rc = spawn_contained(p, opts, env, in_child, out[1]);
+        if (rc != 0)
+            goto fail_rc;
+        goto spawned;
+    }
     rc = posix_spawn_file_actions_init(&fa);
     if (rc != 0)
         goto fail_rc;
@@ -545,12 +899,14 @@ zkf_proc *zkf_proc_spawn(zkf_loop *loop, const zkf_proc_opts *opts,
     posix_spawn_file_actions_destroy(&fa);
     posix_spawnattr_destroy(&at);
     fa_ok = at_ok = 0;
+    p->wpid = p->pid;
+spawned:
     free(env);
     env = NULL;
     close_fd(&out[1]);
     close_fd(&in_child);
 
-    p->pidfd = (int)syscall(SYS_pidfd_open, p->pid, 0);
+    p->pidfd = (int)syscall(SYS_pidfd_open, p->wpid, 0);
     if (p->pidfd >= 0) {
         p->pid_io = zkf_io_start(loop, p->pidfd, ZKF_IO_IN, pid_cb, p);
         if (!p->pid_io)
@@ -629,10 +985,13 @@ void zkf_proc_free(zkf_proc *p)
 {
     if (!p)
         return;
-    if (p->pid > 0 && !p->exited) {
-        kill(-p->pid, SIGKILL);
+    if (p->wpid > 0 && !p->exited) {
+        /* A supervisor, seeing its child die, ends the rest of the tree
+         * and exits: this wait lasts ZKF_PROC_GRACE_MS at most then. */
+        if (p->pid > 0)
+            kill(-p->pid, SIGKILL);
         int st;
-        while (waitpid(p->pid, &st, 0) < 0 && errno == EINTR)
+        while (waitpid(p->wpid, &st, 0) < 0 && errno == EINTR)
             ;
     }
     zkf_io_stop(p->pid_io);

@@ -165,6 +165,8 @@ function Sched:runtime(ti, attempt)
   function rt.spawn(spec)
     -- core.spawn makes the log's folder itself.
     spec.log = ti.log
+    -- Nothing the try started outlives it (proc.h, `contain`).
+    spec.contain = true
     ti.log_ready = true
     local code, sig, out = async.exec(spec, function(p)
       -- The pid reaches the store with this turn's writes: a scheduler
