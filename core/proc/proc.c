@@ -38,6 +38,12 @@ struct zkf_proc {
     void *arg;
 
     int pidfd;              /* -1 once reaped */
+    int status_fd;          /* contained: the supervisor's report of the
+                               child's wait status; -1 otherwise */
+    char *exe;              /* contained, during the spawn: the program
+                               found (held here so that the forked copies'
+                               heap still reaches it: valgrind checks them
+                               for leaks at their exec) */
     zkf_io *pid_io;
     zkf_timer *reap_timer;  /* no pidfd (valgrind, Linux < 5.3): polling */
     double reap_ms;
@@ -360,8 +366,12 @@ static void reap(zkf_proc *p, int options)
     }
 }
 
+static void read_status(zkf_proc *p);
+
 static void exited(zkf_proc *p)
 {
+    if (p->status_fd >= 0)
+        read_status(p);
     zkf_io_stop(p->pid_io);
     p->pid_io = NULL;
     close_fd(&p->pidfd);
@@ -426,7 +436,7 @@ static void proc_step(zkf_proc *p)
  * opendir; what the child needs is prepared before the fork. */
 
 /* A message on the status pipe: the child's pid, or why it did not start. */
-enum { MSG_PID = 1, MSG_ERRNO = 2 };
+enum { MSG_PID = 1, MSG_ERRNO = 2, MSG_STATUS = 3 };
 
 struct linux_dirent64 {
     unsigned long long d_ino;
@@ -443,6 +453,16 @@ static void put_msg(int fd, int tag, int val)
     do
         w = write(fd, m, sizeof m);
     while (w < 0 && errno == EINTR);
+}
+
+/* Ends the supervisor (or a child whose exec failed) without running
+ * anything of the host's at exit: under valgrind a forked copy that
+ * calls _exit() has its copy of the host's heap checked for leaks.  The
+ * status the host needs went through the status pipe. */
+static void die(void)
+{
+    kill(getpid(), SIGKILL);
+    _exit(127);
 }
 
 /* The parent pid in /proc/<pid>/stat (a stack buffer, no stdio); -1 when
@@ -560,9 +580,10 @@ static void end_tree(pid_t child, int *child_status, int *child_done)
     }
 }
 
-/* The supervisor: starts the child, waits for it, ends its tree, exits
- * with its status.  Never returns.  fd 3: the child's stdin, 4: its
- * stdout/stderr, 5: the status pipe (close-on-exec). */
+/* The supervisor: starts the child, waits for it, ends its tree, reports
+ * the child's wait status and dies.  Never returns.  fd 3: the child's
+ * stdin, 4: its stdout/stderr, 5: the exec pipe (close-on-exec: its end of
+ * file tells the host the exec happened), 6: the status pipe. */
 static void supervise(pid_t parent, const char *path, char *const *argv,
                       char *const *envp, const char *cwd)
 {
@@ -580,12 +601,12 @@ static void supervise(pid_t parent, const char *path, char *const *argv,
     prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0);
     prctl(PR_SET_PDEATHSIG, SIGTERM, 0, 0, 0);
     if (getppid() != parent)
-        _exit(127);                     /* the host died before we were set */
+        die();                          /* the host died before we were set */
 
     pid_t child = fork();
     if (child < 0) {
         put_msg(5, MSG_ERRNO, errno);
-        _exit(127);
+        die();
     }
     if (child == 0) {
         setpgid(0, 0);
@@ -594,9 +615,10 @@ static void supervise(pid_t parent, const char *path, char *const *argv,
         dup2(4, 2);
         close(3);
         close(4);
+        close(6);
         if (cwd && chdir(cwd) != 0) {
             put_msg(5, MSG_ERRNO, errno);
-            _exit(127);
+            die();
         }
         for (int sig = 1; sig < NSIG; sig++)
             if (sig != SIGKILL && sig != SIGSTOP)
@@ -604,9 +626,9 @@ static void supervise(pid_t parent, const char *path, char *const *argv,
         sigprocmask(SIG_SETMASK, &none, NULL);
         execve(path, argv, envp);
         put_msg(5, MSG_ERRNO, errno);
-        _exit(127);
+        die();
     }
-    put_msg(5, MSG_PID, (int)child);
+    put_msg(6, MSG_PID, (int)child);
     close(5);
     close(3);
     close(4);
@@ -629,18 +651,9 @@ static void supervise(pid_t parent, const char *path, char *const *argv,
     }
     end_tree(child, &status, &done);
     if (!done)
-        _exit(128 + SIGKILL);
-    if (WIFEXITED(status))
-        _exit(WEXITSTATUS(status));
-    /* Die of the child's signal, so the host sees what it would have. */
-    int sig = WTERMSIG(status);
-    sigaction(sig, &dfl, NULL);
-    sigset_t one;
-    sigemptyset(&one);
-    sigaddset(&one, sig);
-    kill(getpid(), sig);
-    sigprocmask(SIG_UNBLOCK, &one, NULL);
-    _exit(128 + sig);
+        status = SIGKILL;               /* as a wait status: killed */
+    put_msg(6, MSG_STATUS, status);
+    die();
 }
 
 /* `prog` found as execvp would find it (in the parent, before the fork:
@@ -696,70 +709,118 @@ static void close_from(int from)
 }
 
 /* Starts the child under a supervisor (proc.h, `contain`).  Returns 0 with
- * p->pid (the child) and p->wpid (the supervisor) set, or an errno. */
+ * p->pid (the child), p->wpid (the supervisor) and p->status_fd set, or an
+ * errno. */
 static int spawn_contained(zkf_proc *p, const zkf_proc_opts *opts,
                            const char **env, int in_child, int out_child)
 {
     char *path = find_program(opts->argv[0]);
     if (!path)
         return errno;
-    int st[2];
+    p->exe = path;
+    int ex[2], st[2];
+    if (pipe2(ex, O_CLOEXEC) != 0) {
+        int e = errno;
+        p->exe = NULL;
+        free(path);
+        return e;
+    }
     if (pipe2(st, O_CLOEXEC) != 0) {
         int e = errno;
+        p->exe = NULL;
         free(path);
+        close(ex[0]);
+        close(ex[1]);
         return e;
     }
     pid_t parent = getpid();
     pid_t sup = fork();
     if (sup < 0) {
         int e = errno;
+        p->exe = NULL;
         free(path);
+        close(ex[0]);
+        close(ex[1]);
         close(st[0]);
         close(st[1]);
         return e;
     }
     if (sup == 0) {
-        /* High copies first, so that moving one to 3..5 cannot clobber
+        /* High copies first, so that moving one to 3..6 cannot clobber
          * another that happens to sit there. */
         int a = fcntl(in_child, F_DUPFD, 10);
         int b = fcntl(out_child, F_DUPFD, 10);
-        int c = fcntl(st[1], F_DUPFD, 10);
-        if (a < 0 || b < 0 || c < 0 || move_fd(a, 3) || move_fd(b, 4) ||
-            move_fd(c, 5))
-            _exit(127);
+        int c = fcntl(ex[1], F_DUPFD, 10);
+        int d = fcntl(st[1], F_DUPFD, 10);
+        if (a < 0 || b < 0 || c < 0 || d < 0 || move_fd(a, 3) ||
+            move_fd(b, 4) || move_fd(c, 5) || move_fd(d, 6))
+            die();
         fcntl(5, F_SETFD, FD_CLOEXEC);
         /* Nothing else of the host's stays open here: another try's stdin
          * pipe held by this process would never see its end of file. */
-        close_from(6);
+        close_from(7);
         supervise(parent, path, (char *const *)opts->argv,
                   (char *const *)env, opts->cwd);
     }
+    p->exe = NULL;
     free(path);
+    close(ex[1]);
     close(st[1]);
     p->wpid = sup;
-    int err = 0;
+    p->status_fd = st[0];
+    int err = 0, m[2];
+    ssize_t r;
+    do
+        r = read(st[0], m, sizeof m);
+    while (r < 0 && errno == EINTR);
+    if (r == (ssize_t)sizeof m && m[0] == MSG_PID)
+        p->pid = (pid_t)m[1];
     for (;;) {
-        int m[2];
-        ssize_t r = read(st[0], m, sizeof m);
+        r = read(ex[0], m, sizeof m);
         if (r < 0 && errno == EINTR)
             continue;
         if (r != (ssize_t)sizeof m)
             break;                      /* end of file: exec'd */
-        if (m[0] == MSG_PID)
-            p->pid = (pid_t)m[1];
-        else if (m[0] == MSG_ERRNO)
+        if (m[0] == MSG_ERRNO)
             err = m[1];
     }
-    close(st[0]);
+    close(ex[0]);
     if (err == 0 && p->pid <= 0)
         err = ECHILD;                   /* the supervisor died first */
+    if (err == 0 && fcntl(p->status_fd, F_SETFL, O_NONBLOCK) != 0)
+        err = errno;
     if (err != 0) {
+        if (p->pid > 0)
+            kill(-p->pid, SIGKILL);
+        kill(sup, SIGKILL);
         int s2;
         while (waitpid(sup, &s2, 0) < 0 && errno == EINTR)
             ;
+        close_fd(&p->status_fd);
         p->wpid = p->pid = -1;
     }
     return err;
+}
+
+/* The child's wait status as its supervisor reported it (it dies by
+ * SIGKILL itself, see die()). */
+static void read_status(zkf_proc *p)
+{
+    int m[2];
+    ssize_t r;
+    do
+        r = read(p->status_fd, m, sizeof m);
+    while (r < 0 && errno == EINTR);
+    close_fd(&p->status_fd);
+    if (r != (ssize_t)sizeof m || m[0] != MSG_STATUS)
+        return;                         /* killed before it could say */
+    if (WIFEXITED(m[1])) {
+        p->code = WEXITSTATUS(m[1]);
+        p->sig = 0;
+    } else if (WIFSIGNALED(m[1])) {
+        p->code = -1;
+        p->sig = WTERMSIG(m[1]);
+    }
 }
 
 /* ---- public ---------------------------------------------------------- */
@@ -787,7 +848,7 @@ zkf_proc *zkf_proc_spawn(zkf_loop *loop, const zkf_proc_opts *opts,
     p->loop = loop;
     p->cb = cb;
     p->arg = arg;
-    p->pidfd = p->out_fd = p->log_fd = p->in_fd = -1;
+    p->pidfd = p->out_fd = p->log_fd = p->in_fd = p->status_fd = -1;
     p->pid = p->wpid = -1;
 
     int out[2] = { -1, -1 }, in_child = -1, rc = 0;
@@ -996,6 +1057,7 @@ void zkf_proc_free(zkf_proc *p)
     }
     zkf_io_stop(p->pid_io);
     close_fd(&p->pidfd);
+    close_fd(&p->status_fd);
     zkf_timer_stop(p->reap_timer);
     stop_output(p);
     stop_input(p);
