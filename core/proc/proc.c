@@ -4,6 +4,7 @@
  */
 #include <errno.h>
 #include <fcntl.h>
+#include <limits.h>
 #include <pthread.h>
 #include <signal.h>
 #include <spawn.h>
@@ -493,14 +494,107 @@ static pid_t ppid_of(const char *pid)
     return pp;
 }
 
+/* ---- the try's cgroup (cgroup v2, where this process may make one) ---- */
+
+/* Appends `src` to `dst` (capacity `n`, used `at`); returns the new
+ * length, or n when it does not fit. */
+static size_t append(char *dst, size_t n, size_t at, const char *src)
+{
+    while (at < n && *src)
+        dst[at++] = *src++;
+    if (at >= n || *src)
+        return n;
+    dst[at] = '\0';
+    return at;
+}
+
+static size_t append_int(char *dst, size_t n, size_t at, long v)
+{
+    char digits[24];
+    int k = 0;
+    do {
+        digits[k++] = (char)('0' + v % 10);
+        v /= 10;
+    } while (v > 0 && k < (int)sizeof digits);
+    char rev[24];
+    for (int i = 0; i < k; i++)
+        rev[i] = digits[k - 1 - i];
+    rev[k] = '\0';
+    return append(dst, n, at, rev);
+}
+
+/* Writes `val` to `dir`/`file`; 0 or -1. */
+static int cg_write(const char *dir, const char *file, const char *val)
+{
+    char path[PATH_MAX];
+    size_t at = append(path, sizeof path, 0, dir);
+    at = append(path, sizeof path, at, "/");
+    at = append(path, sizeof path, at, file);
+    if (at >= sizeof path)
+        return -1;
+    int fd = open(path, O_WRONLY | O_CLOEXEC);
+    if (fd < 0)
+        return -1;
+    ssize_t w = write(fd, val, strlen(val));
+    close(fd);
+    return w < 0 ? -1 : 0;
+}
+
+/* Sends `sig` to every process in the cgroup `dir`; returns how many. */
+static int cg_signal(const char *dir, int sig)
+{
+    char path[PATH_MAX], buf[1024];
+    size_t at = append(path, sizeof path, 0, dir);
+    at = append(path, sizeof path, at, "/cgroup.procs");
+    if (at >= sizeof path)
+        return 0;
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0)
+        return 0;
+    int seen = 0;
+    long pid = 0;
+    int digits = 0;
+    for (;;) {
+        ssize_t r = read(fd, buf, sizeof buf);
+        if (r < 0 && errno == EINTR)
+            continue;
+        if (r <= 0)
+            break;
+        for (ssize_t i = 0; i < r; i++) {
+            if (buf[i] >= '0' && buf[i] <= '9') {
+                pid = pid * 10 + (buf[i] - '0');
+                digits = 1;
+            } else if (digits) {
+                kill((pid_t)pid, sig);
+                seen++;
+                pid = 0;
+                digits = 0;
+            }
+        }
+    }
+    if (digits) {
+        kill((pid_t)pid, sig);
+        seen++;
+    }
+    close(fd);
+    return seen;
+}
+
 /* Sends `sig` to the child's group and to every child of this process
  * (the subreaper: orphaned descendants are its children, whatever group
  * or session they moved to).  Returns how many children were seen. */
-static int signal_tree(pid_t child, int sig)
+static int signal_tree(pid_t child, const char *cg, int sig)
 {
     pid_t self = getpid();
     int seen = 0;
     kill(-child, sig);
+    if (cg) {
+        /* The cgroup kills all at once, racing no fork (Linux >= 5.14;
+         * older kernels: each member in turn). */
+        if (sig == SIGKILL)
+            cg_write(cg, "cgroup.kill", "1");
+        seen += cg_signal(cg, sig);
+    }
     int dir = open("/proc", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
     if (dir < 0)
         return 0;
@@ -558,24 +652,36 @@ static void sleep_ms(long ms)
 
 /* Ends every process of the tree: SIGTERM, then SIGKILL after the grace,
  * again and again until none is left (a killed parent's children come to
- * this subreaper, and are killed in the next round). */
-static void end_tree(pid_t child, int *child_status, int *child_done)
+ * this subreaper, and are killed in the next round); then removes the
+ * cgroup `cg` (NULL: none). */
+static void end_tree(pid_t child, const char *cg, int *child_status,
+                     int *child_done)
 {
     long waited = 0;
     /* No child left means no descendant left: each one's chain of
      * parents reaches this process through a child. */
-    if (reap_all(child, child_status, child_done))
-        return;
-    signal_tree(child, SIGTERM);
-    while (!reap_all(child, child_status, child_done) &&
-           waited < ZKF_PROC_GRACE_MS) {
-        sleep_ms(5);
-        waited += 5;
+    if (!reap_all(child, child_status, child_done)) {
+        signal_tree(child, cg, SIGTERM);
+        while (!reap_all(child, child_status, child_done) &&
+               waited < ZKF_PROC_GRACE_MS) {
+            sleep_ms(5);
+            waited += 5;
+        }
+        for (int round = 0; round < 20000; round++) {
+            if (reap_all(child, child_status, child_done))
+                break;
+            signal_tree(child, cg, SIGKILL);
+            sleep_ms(1);
+        }
     }
-    for (int round = 0; round < 20000; round++) {
-        if (reap_all(child, child_status, child_done))
-            return;
-        signal_tree(child, SIGKILL);
+    /* Empty once its last member has exited; that may lag the reaping by
+     * a moment. */
+    for (int i = 0; cg && i < 1000; i++) {
+        if (rmdir(cg) == 0 || errno == ENOENT)
+            break;
+        if (errno != EBUSY)
+            break;
+        cg_signal(cg, SIGKILL);
         sleep_ms(1);
     }
 }
@@ -585,7 +691,8 @@ static void end_tree(pid_t child, int *child_status, int *child_done)
  * stdin, 4: its stdout/stderr, 5: the exec pipe (close-on-exec: its end of
  * file tells the host the exec happened), 6: the status pipe. */
 static void supervise(pid_t parent, const char *path, char *const *argv,
-                      char *const *envp, const char *cwd)
+                      char *const *envp, const char *cwd,
+                      const char *cg_base)
 {
     sigset_t all, none, wanted;
     sigfillset(&all);
@@ -603,6 +710,18 @@ static void supervise(pid_t parent, const char *path, char *const *argv,
     if (getppid() != parent)
         die();                          /* the host died before we were set */
 
+    /* A cgroup of the try's own where this process may make one: the
+     * child joins it before its exec, so nothing it starts is outside. */
+    char cgbuf[PATH_MAX];
+    const char *cg = NULL;
+    if (cg_base && *cg_base) {
+        size_t at = append(cgbuf, sizeof cgbuf, 0, cg_base);
+        at = append(cgbuf, sizeof cgbuf, at, "/zkflow-try-");
+        at = append_int(cgbuf, sizeof cgbuf, at, (long)getpid());
+        if (at < sizeof cgbuf && mkdir(cgbuf, 0755) == 0)
+            cg = cgbuf;
+    }
+
     pid_t child = fork();
     if (child < 0) {
         put_msg(5, MSG_ERRNO, errno);
@@ -616,6 +735,8 @@ static void supervise(pid_t parent, const char *path, char *const *argv,
         close(3);
         close(4);
         close(6);
+        if (cg && cg_write(cg, "cgroup.procs", "0") != 0)
+            cg = NULL;                  /* the subreaper still finds it */
         if (cwd && chdir(cwd) != 0) {
             put_msg(5, MSG_ERRNO, errno);
             die();
@@ -649,11 +770,51 @@ static void supervise(pid_t parent, const char *path, char *const *argv,
             continue;
         break;                          /* told to stop, or the host died */
     }
-    end_tree(child, &status, &done);
+    end_tree(child, cg, &status, &done);
     if (!done)
         status = SIGKILL;               /* as a wait status: killed */
     put_msg(6, MSG_STATUS, status);
     die();
+}
+
+/* The cgroup v2 folder where this process may make its tries' cgroups:
+ * its own cgroup, when writable (root, or a subtree that systemd
+ * delegated).  Fills `out`, "" when there is none.  Before the fork: it
+ * reads /proc with stdio. */
+static void cgroup_base(char *out, size_t n)
+{
+    char line[4096], mnt[1024] = "", own[1024] = "";
+    out[0] = '\0';
+    FILE *f = fopen("/proc/self/mountinfo", "re");
+    if (!f)
+        return;
+    while (fgets(line, sizeof line, f)) {
+        /* id parent maj:min root mount-point options ... - type source */
+        char *dash = strstr(line, " - cgroup2 ");
+        if (!dash)
+            continue;
+        if (sscanf(line, "%*s %*s %*s %*s %1023s", mnt) != 1)
+            mnt[0] = '\0';
+        break;
+    }
+    fclose(f);
+    f = fopen("/proc/self/cgroup", "re");
+    if (!f)
+        return;
+    while (fgets(line, sizeof line, f)) {
+        if (strncmp(line, "0::", 3) != 0)
+            continue;
+        line[strcspn(line, "\n")] = '\0';
+        if (strlen(line + 3) < sizeof own)
+            memcpy(own, line + 3, strlen(line + 3) + 1);
+        break;
+    }
+    fclose(f);
+    if (!mnt[0] || own[0] != '/' || strstr(own, "(deleted)"))
+        return;
+    int len = snprintf(out, n, "%s%s", mnt, strcmp(own, "/") ? own : "");
+    if (len < 0 || (size_t)len >= n || access(out, W_OK) != 0)
+        out[0] = '\0';
 }
 
 /* `prog` found as execvp would find it (in the parent, before the fork:
@@ -733,6 +894,8 @@ static int spawn_contained(zkf_proc *p, const zkf_proc_opts *opts,
         close(ex[1]);
         return e;
     }
+    char cg_base[PATH_MAX];
+    cgroup_base(cg_base, sizeof cg_base);
     pid_t parent = getpid();
     pid_t sup = fork();
     if (sup < 0) {
@@ -760,7 +923,7 @@ static int spawn_contained(zkf_proc *p, const zkf_proc_opts *opts,
          * pipe held by this process would never see its end of file. */
         close_from(7);
         supervise(parent, path, (char *const *)opts->argv,
-                  (char *const *)env, opts->cwd);
+                  (char *const *)env, opts->cwd, cg_base);
     }
     p->exe = NULL;
     free(path);

@@ -62,8 +62,11 @@ typedef struct zkf_proc_opts {
      * (PR_SET_CHILD_SUBREAPER) so every orphaned descendant becomes its
      * child.  When the child exits, the supervisor sends SIGTERM to its
      * process group and to every descendant, SIGKILL after
-     * ZKF_PROC_GRACE_MS, reaps them all, then exits with the child's
-     * status, which is what the exit callback receives.  It has
+     * ZKF_PROC_GRACE_MS, reaps them all, then reports the child's
+     * status (what the exit callback receives) and dies.  Where this
+     * process's own cgroup (v2) is writable, the child also runs in a
+     * cgroup of its own, joined before its exec, killed with
+     * cgroup.kill and removed at the end.  The supervisor has
      * PR_SET_PDEATHSIG: when the thread that spawned it dies (kill -9 of
      * the host) it does the same at once, so the tree dies with the
      * host.  The subreaper attribute is the supervisor's, never the

@@ -454,6 +454,55 @@ static void test_proc_contain_missing_program_and_free(void)
     env_free(&e);
 }
 
+static void test_proc_contain_cgroup_where_allowed(void)
+{
+    env e = env_new();
+    /* The try's cgroup, where this process may make one (cgroup v2, its
+     * own cgroup writable): the child is in it from its first
+     * instruction, and it is removed with the try. */
+    const char *argv[] = { "sh", "-c", "sleep 1000 & grep '^0::' /proc/self/cgroup",
+                           NULL };
+    zkf_proc_opts o = { .argv = argv, .contain = 1 };
+    result r;
+    char err[256];
+    ASSERT_EQ(0, run(&e, &o, &r, err, sizeof err));
+    ASSERT_EQ(0, r.code);
+    const char *try_cg = strstr(r.out, "/zkflow-try-");
+    if (!try_cg) {
+        printf("  note: no writable cgroup v2 here, the subreaper alone "
+               "(%s)\n", r.out);
+    } else {
+        char name[64];
+        size_t n = strcspn(try_cg + 1, "\n");
+        ASSERT(n < sizeof name);
+        memcpy(name, try_cg + 1, n);
+        name[n] = '\0';
+        /* Gone from whichever cgroup2 mount holds it. */
+        FILE *f = fopen("/proc/self/mountinfo", "r");
+        char line[4096], mnt[1024] = "";
+        while (f && fgets(line, sizeof line, f))
+            if (strstr(line, " - cgroup2 ") &&
+                sscanf(line, "%*s %*s %*s %*s %1023s", mnt) == 1)
+                break;
+        if (f)
+            fclose(f);
+        char own[4096] = "", path[5200];
+        f = fopen("/proc/self/cgroup", "r");
+        while (f && fgets(line, sizeof line, f))
+            if (strncmp(line, "0::", 3) == 0) {
+                line[strcspn(line, "\n")] = '\0';
+                snprintf(own, sizeof own, "%s", line + 3);
+            }
+        if (f)
+            fclose(f);
+        snprintf(path, sizeof path, "%s%s/%s", mnt,
+                 strcmp(own, "/") ? own : "", name);
+        struct stat sb;
+        ASSERT(stat(path, &sb) != 0);
+    }
+    env_free(&e);
+}
+
 int main(void)
 {
     RUN(test_proc_exit_code_and_output);
@@ -470,5 +519,6 @@ int main(void)
     RUN(test_proc_contain_ends_background_children);
     RUN(test_proc_contain_kill_and_status);
     RUN(test_proc_contain_missing_program_and_free);
+    RUN(test_proc_contain_cgroup_where_allowed);
     return test_report();
 }
