@@ -63,7 +63,7 @@ typedef struct zkf_proc_opts {
      * child.  When the child exits, the supervisor sends SIGTERM to its
      * process group and to every descendant, SIGKILL after
      * ZKF_PROC_GRACE_MS, reaps them all, then reports the child's
-     * status (what the exit callback receives) and dies.  Where this
+     * status (what the exit callback receives) and is killed.  Where this
      * process's own cgroup (v2) is writable, the child also runs in a
      * cgroup of its own, joined before its exec, killed with
      * cgroup.kill and removed at the end.  The supervisor has
