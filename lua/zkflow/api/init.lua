@@ -717,7 +717,7 @@ function _M.handle(a, b)
                 end
                 check_params(f.params)
                 local st, hd, bd = f.route.fn(self, f.params, req)
-                if method ~= "GET" and method ~= "HEAD" and st < 400 then
+                if method ~= "GET" and method ~= "HEAD" and type(st) == "number" and st < 400 then
                     -- A change is answered once it is committed: on a
                     -- full disk the commit fails, the change is rolled
                     -- back, and the client must hear so (503), not 201.
