@@ -11,7 +11,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <dirent.h>
 #include <sys/prctl.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
@@ -440,10 +439,11 @@ static void proc_step(zkf_proc *p)
 
 /* ---- contained children: the per-try supervisor ------------------------
  *
- * Everything from the fork to the exec (or _exit) runs in a copy of a
- * process that may have other threads (libzookeeper_mt's, a host's): only
- * async-signal-safe calls are allowed there, so no malloc, no stdio, no
- * opendir; what the child needs is prepared before the fork. */
+ * The supervisor is a forked copy of a process that may have other threads
+ * (libzookeeper_mt's, a host's) and never execs: only async-signal-safe
+ * calls are allowed there (and glibc's posix_spawn, a vfork and an exec
+ * that take no lock), so no malloc, no stdio, no opendir; what it needs is
+ * prepared before the fork. */
 
 /* A message on the status pipe: the child's pid, or why it did not start. */
 enum { MSG_PID = 1, MSG_ERRNO = 2, MSG_STATUS = 3 };
@@ -465,10 +465,9 @@ static void put_msg(int fd, int tag, int val)
     while (w < 0 && errno == EINTR);
 }
 
-/* Ends the supervisor (or a child whose exec failed) without running
- * anything of the host's at exit: under valgrind a forked copy that
- * calls _exit() has its copy of the host's heap checked for leaks.  The
- * status the host needs went through the status pipe. */
+/* Ends the supervisor when it cannot go on (or its host is gone), running
+ * nothing of the host's at exit.  Normally the host kills it instead, once
+ * it has read the child's status (supervise()). */
 static void die(void)
 {
     kill(getpid(), SIGKILL);
