@@ -65,11 +65,16 @@ try:
 except Exception:
     print('')"
 }
-ti_field() { # ti_field DB DAG RUN TASK FIELD: straight from the store
+ti_field() { # ti_field DB DAG RUN TASK FIELD: from the store (live, else history)
     lua5.4 - "$@" <<'LUA'
 local core = require "zkflow.core"
 local st = core.store(arg[1])
 local ti = require("zkflow.state").new(st):get_ti(arg[2], arg[3], arg[4])
+if not ti then
+  -- A finished run moves to the history, on the same file.
+  local ok, h = pcall(function() return require("zkflow.history").new("sqlite:" .. arg[1]) end)
+  if ok and h then ti = h:get_ti(arg[2], arg[3], arg[4]) end
+end
 local v = ti and ti[arg[5]]
 if v ~= nil and v ~= core.null then io.write(tostring(v)) end
 st:close()
