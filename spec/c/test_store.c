@@ -1071,7 +1071,7 @@ static void test_store_failed_commit_is_reported(void)
     memset(&c, 0, sizeof c);
     ASSERT_EQ(0, env_open(&e));
     zkf_store_sqlite_on_commit(e.st, on_commit_cb, &c);
-    ASSERT_EQ(ZKF_ZOK, do_create(e.st, "/before", "x", 1, NULL));
+    ASSERT_EQ(ZKF_ZOK, do_create(e.st, "/before", "x", 0, NULL));
     ASSERT_EQ(ZKF_ZOK, zkf_store_flush(e.st));
     ASSERT_EQ(1, c.ok);
     ASSERT_EQ(0, c.failed);
@@ -1079,8 +1079,8 @@ static void test_store_failed_commit_is_reported(void)
     ASSERT_EQ(ZKF_ZOK, zkf_store_flush(e.st));
     ASSERT_EQ(1, c.ok);
 
-    static char big[200000];
-    memset(big, 'y', sizeof big);
+    static char big[200001];
+    memset(big, 'y', sizeof big - 1);
     void (*prev)(int) = signal(SIGXFSZ, SIG_IGN);
     ASSERT_EQ(0, getrlimit(RLIMIT_FSIZE, &old));
     low = old;
@@ -1088,7 +1088,7 @@ static void test_store_failed_commit_is_reported(void)
     ASSERT_EQ(0, setrlimit(RLIMIT_FSIZE, &low));
     /* The write completes into the open transaction; its commit fails,
      * says why, and rolls it back. */
-    int rc = do_create(e.st, "/big", big, sizeof big, NULL);
+    int rc = do_create(e.st, "/big", big, 0, NULL);
     int frc = zkf_store_flush(e.st);
     ASSERT_EQ(0, setrlimit(RLIMIT_FSIZE, &old));
     signal(SIGXFSZ, prev);
@@ -1101,7 +1101,7 @@ static void test_store_failed_commit_is_reported(void)
     ASSERT_EQ(ZKF_ZOK, do_exists(e.st, "/before"));
 
     /* Space again: the same write commits. */
-    ASSERT_EQ(ZKF_ZOK, do_create(e.st, "/big", big, sizeof big, NULL));
+    ASSERT_EQ(ZKF_ZOK, do_create(e.st, "/big", big, 0, NULL));
     ASSERT_EQ(ZKF_ZOK, zkf_store_flush(e.st));
     ASSERT_EQ(ZKF_ZOK, do_exists(e.st, "/big"));
     ASSERT(c.ok >= 2);
