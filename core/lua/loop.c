@@ -298,6 +298,9 @@ static int l_spawn(lua_State *L)
     }
     lua_pop(L, 1);
 
+    lua_getfield(L, 1, "contain");
+    o.contain = lua_toboolean(L, -1);
+    lua_pop(L, 1);
     o.cwd = opt_field(L, 1, anchor, "cwd");
     o.log_path = opt_field(L, 1, anchor, "log");
     t = lua_getfield(L, 1, "stdin");

@@ -14,6 +14,7 @@
  * Watch functions live in the registry until they fire or the store
  * closes, and run on the main thread.
  */
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -29,6 +30,10 @@ typedef struct lstore {
     int session_ref;           /* on_session function, or LUA_NOREF */
     int wait_ms;               /* zk: longest blocking wait */
     int collecting;            /* in __gc: the state is closing */
+    int commit_ref;            /* on_commit function, or LUA_NOREF */
+    lua_State *flushing;       /* the thread inside st:flush(), or NULL */
+    int failing;               /* the last commit failed */
+    char name[160];            /* the file, for the log */
 } lstore;
 
 /* The Lua side of one watch: the function's registry ref. */
@@ -650,10 +655,85 @@ static int l_multi(lua_State *L)
     return finish(L, s, c, rc);
 }
 
+/* Every failed commit is logged with SQLite's message, and the first
+ * good one after failures too; then the on_commit function, if any, hears
+ * it: on the thread inside st:flush() when that made the commit, else
+ * (the end-of-turn commit) on the main thread.  Not while closing. */
+static void on_commit(int rc, const char *msg, void *arg)
+{
+    lstore *s = arg;
+    lua_State *L = s->flushing ? s->flushing : s->main;
+    char line[512];
+
+    if (rc != ZKF_ZOK) {
+        snprintf(line, sizeof line, "store %s: commit failed, the writes "
+                 "of this turn are rolled back: %s", s->name,
+                 msg && *msg ? msg : zkf_store_errname(rc));
+        zkf_lua_log(L, "error", line);
+        s->failing = 1;
+    } else if (s->failing) {
+        s->failing = 0;
+        snprintf(line, sizeof line, "store %s: commits again", s->name);
+        zkf_lua_log(L, "warn", line);
+    }
+    if (s->commit_ref == LUA_NOREF || !s->st || s->collecting)
+        return;
+    lua_rawgeti(L, LUA_REGISTRYINDEX, s->commit_ref);
+    if (rc == ZKF_ZOK) {
+        lua_pushboolean(L, 1);
+        lua_pushnil(L);
+    } else {
+        lua_pushnil(L);
+        lua_pushstring(L, msg && *msg ? msg : zkf_store_errname(rc));
+    }
+    zkf_lua_pcall(L, 2);
+}
+
+/* st:on_commit(fn): fn(true) after each commit that had writes, fn(nil,
+ * message) after one that failed (its writes are rolled back); nil
+ * removes it.  Embedded store only: returns false elsewhere. */
+static int l_on_commit(lua_State *L)
+{
+    lstore *s = check_store(L);
+
+    if (!lua_isnoneornil(L, 2))
+        luaL_checktype(L, 2, LUA_TFUNCTION);
+    if (strcmp(s->st->vt->name, "sqlite") != 0) {
+        lua_pushboolean(L, 0);
+        return 1;
+    }
+    if (s->commit_ref != LUA_NOREF) {
+        luaL_unref(L, LUA_REGISTRYINDEX, s->commit_ref);
+        s->commit_ref = LUA_NOREF;
+    }
+    if (!lua_isnoneornil(L, 2)) {
+        lua_pushvalue(L, 2);
+        s->commit_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+    }
+    lua_pushboolean(L, 1);
+    return 1;
+}
+
+/* st:healthy() -> true, or false and the last commit's error: whether the
+ * store commits (the embedded store on a full disk does not). */
+static int l_healthy(lua_State *L)
+{
+    lstore *s = check_store(L);
+
+    lua_pushboolean(L, !s->failing);
+    if (!s->failing)
+        return 1;
+    lua_pushstring(L, zkf_store_errmsg(s->st));
+    return 2;
+}
+
 static int l_flush(lua_State *L)
 {
     lstore *s = check_store(L);
+    lua_State *outer = s->flushing;
+    s->flushing = L;
     int rc = zkf_store_flush(s->st);
+    s->flushing = outer;
 
     if (rc != ZKF_ZOK) {
         push_error(L, rc);
@@ -677,6 +757,10 @@ static int l_close(lua_State *L)
     if (s->session_ref != LUA_NOREF) {
         luaL_unref(L, LUA_REGISTRYINDEX, s->session_ref);
         s->session_ref = LUA_NOREF;
+    }
+    if (s->commit_ref != LUA_NOREF) {
+        luaL_unref(L, LUA_REGISTRYINDEX, s->commit_ref);
+        s->commit_ref = LUA_NOREF;
     }
     return 0;
 }
@@ -708,6 +792,8 @@ static const luaL_Reg store_methods[] = {
     {"children", l_children},
     {"multi", l_multi},
     {"flush", l_flush},
+    {"on_commit", l_on_commit},
+    {"healthy", l_healthy},
     {"close", l_close},
     {NULL, NULL}
 };
@@ -801,6 +887,10 @@ static int store_zk(lua_State *L, const char *hosts, int opt)
     s->main = NULL;
     s->session_ref = LUA_NOREF;
     s->collecting = 0;
+    s->commit_ref = LUA_NOREF;
+    s->flushing = NULL;
+    s->failing = 0;
+    snprintf(s->name, sizeof s->name, "zk://%s", hosts);
     luaL_setmetatable(L, STORE_MT);
     lua_pushfstring(L, "zk://%s", hosts);
     lua_setiuservalue(L, ud, 1);
@@ -875,6 +965,13 @@ static int l_store(lua_State *L)
     s->session_ref = LUA_NOREF;
     s->collecting = 0;
     s->wait_ms = 0;
+    s->commit_ref = LUA_NOREF;
+    s->flushing = NULL;
+    s->failing = 0;
+    snprintf(s->name, sizeof s->name, "%s", path);
+    lua_rawgeti(L, LUA_REGISTRYINDEX, LUA_RIDX_MAINTHREAD);
+    s->main = lua_tothread(L, -1);
+    lua_pop(L, 1);
     luaL_setmetatable(L, STORE_MT);
     lua_pushvalue(L, 1);
     lua_setiuservalue(L, -2, 1);
@@ -884,6 +981,7 @@ static int l_store(lua_State *L)
         lua_pushstring(L, err);
         return 2;
     }
+    zkf_store_sqlite_on_commit(s->st, on_commit, s);
     return 1;
 }
 

@@ -4,12 +4,14 @@
  */
 #include <errno.h>
 #include <fcntl.h>
+#include <limits.h>
 #include <pthread.h>
 #include <signal.h>
 #include <spawn.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/prctl.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
@@ -29,11 +31,21 @@ extern char **environ;
 
 struct zkf_proc {
     zkf_loop *loop;
-    pid_t pid;
+    pid_t pid;              /* the child, leader of its process group */
+    pid_t wpid;             /* what is waited for: the child or its
+                               supervisor (opts.contain) */
     zkf_proc_exit_cb cb;
     void *arg;
 
     int pidfd;              /* -1 once reaped */
+    int status_fd;          /* contained: the supervisor's report of the
+                               child's wait status; -1 otherwise */
+    zkf_io *status_io;
+    int have_status, status_raw;
+    char *exe;              /* contained, during the spawn: the program
+                               found (held here so that the forked copies'
+                               heap still reaches it: valgrind checks them
+                               for leaks at their exec) */
     zkf_io *pid_io;
     zkf_timer *reap_timer;  /* no pidfd (valgrind, Linux < 5.3): polling */
     double reap_ms;
@@ -328,7 +340,7 @@ static void reap(zkf_proc *p, int options)
         int st;
         pid_t w;
         do
-            w = waitpid(p->pid, &st, options);
+            w = waitpid(p->wpid, &st, options);
         while (w < 0 && errno == EINTR);
         if (w == 0)
             return;
@@ -356,8 +368,19 @@ static void reap(zkf_proc *p, int options)
     }
 }
 
+static void read_status(zkf_proc *p);
+
 static void exited(zkf_proc *p)
 {
+    if (p->status_fd >= 0)
+        read_status(p);
+    if (p->have_status && WIFEXITED(p->status_raw)) {
+        p->code = WEXITSTATUS(p->status_raw);
+        p->sig = 0;
+    } else if (p->have_status && WIFSIGNALED(p->status_raw)) {
+        p->code = -1;
+        p->sig = WTERMSIG(p->status_raw);
+    }
     zkf_io_stop(p->pid_io);
     p->pid_io = NULL;
     close_fd(&p->pidfd);
@@ -414,6 +437,608 @@ static void proc_step(zkf_proc *p)
         p->cb(p, p->code, p->sig, p->arg);
 }
 
+/* ---- contained children: the per-try supervisor ------------------------
+ *
+ * The supervisor is a forked copy of a process that may have other threads
+ * (libzookeeper_mt's, a host's) and never execs: only async-signal-safe
+ * calls are allowed there (and glibc's posix_spawn, a vfork and an exec
+ * that take no lock), so no malloc, no stdio, no opendir; what it needs is
+ * prepared before the fork. */
+
+/* A message on the status pipe: the child's pid, or why it did not start. */
+enum { MSG_PID = 1, MSG_ERRNO = 2, MSG_STATUS = 3 };
+
+struct linux_dirent64 {
+    unsigned long long d_ino;
+    long long d_off;
+    unsigned short d_reclen;
+    unsigned char d_type;
+    char d_name[];
+};
+
+static void put_msg(int fd, int tag, int val)
+{
+    int m[2] = { tag, val };
+    ssize_t w;
+    do
+        w = write(fd, m, sizeof m);
+    while (w < 0 && errno == EINTR);
+}
+
+/* Ends the supervisor when it cannot go on (or its host is gone), running
+ * nothing of the host's at exit.  Normally the host kills it instead, once
+ * it has read the child's status (supervise()). */
+static void die(void)
+{
+    kill(getpid(), SIGKILL);
+    _exit(127);
+}
+
+/* The parent pid in /proc/<pid>/stat (a stack buffer, no stdio); -1 when
+ * the process is gone. */
+static pid_t ppid_of(const char *pid)
+{
+    char path[64] = "/proc/", buf[512];
+    size_t n = strlen(path);
+    for (const char *c = pid; *c && n < sizeof path - 6; c++)
+        path[n++] = *c;
+    memcpy(path + n, "/stat", 6);
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0)
+        return -1;
+    ssize_t r = read(fd, buf, sizeof buf - 1);
+    close(fd);
+    if (r <= 0)
+        return -1;
+    buf[r] = '\0';
+    /* "pid (comm) S ppid ...": comm may hold spaces and parentheses. */
+    char *close_paren = strrchr(buf, ')');
+    if (!close_paren || close_paren[1] != ' ' || !close_paren[2] ||
+        close_paren[3] != ' ')
+        return -1;
+    pid_t pp = 0;
+    for (char *c = close_paren + 4; *c >= '0' && *c <= '9'; c++)
+        pp = pp * 10 + (*c - '0');
+    return pp;
+}
+
+/* ---- the try's cgroup (cgroup v2, where this process may make one) ---- */
+
+/* Appends `src` to `dst` (capacity `n`, used `at`); returns the new
+ * length, or n when it does not fit. */
+static size_t append(char *dst, size_t n, size_t at, const char *src)
+{
+    while (at < n && *src)
+        dst[at++] = *src++;
+    if (at >= n || *src)
+        return n;
+    dst[at] = '\0';
+    return at;
+}
+
+static size_t append_int(char *dst, size_t n, size_t at, long v)
+{
+    char digits[24];
+    int k = 0;
+    do {
+        digits[k++] = (char)('0' + v % 10);
+        v /= 10;
+    } while (v > 0 && k < (int)sizeof digits);
+    char rev[24];
+    for (int i = 0; i < k; i++)
+        rev[i] = digits[k - 1 - i];
+    rev[k] = '\0';
+    return append(dst, n, at, rev);
+}
+
+/* Writes `val` to `dir`/`file`; 0 or -1. */
+static int cg_write(const char *dir, const char *file, const char *val)
+{
+    char path[PATH_MAX];
+    size_t at = append(path, sizeof path, 0, dir);
+    at = append(path, sizeof path, at, "/");
+    at = append(path, sizeof path, at, file);
+    if (at >= sizeof path)
+        return -1;
+    int fd = open(path, O_WRONLY | O_CLOEXEC);
+    if (fd < 0)
+        return -1;
+    ssize_t w = write(fd, val, strlen(val));
+    close(fd);
+    return w < 0 ? -1 : 0;
+}
+
+/* Sends `sig` to every process in the cgroup `dir`; returns how many. */
+static int cg_signal(const char *dir, int sig)
+{
+    char path[PATH_MAX], buf[1024];
+    size_t at = append(path, sizeof path, 0, dir);
+    at = append(path, sizeof path, at, "/cgroup.procs");
+    if (at >= sizeof path)
+        return 0;
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0)
+        return 0;
+    int seen = 0;
+    long pid = 0;
+    int digits = 0;
+    for (;;) {
+        ssize_t r = read(fd, buf, sizeof buf);
+        if (r < 0 && errno == EINTR)
+            continue;
+        if (r <= 0)
+            break;
+        for (ssize_t i = 0; i < r; i++) {
+            if (buf[i] >= '0' && buf[i] <= '9') {
+                pid = pid * 10 + (buf[i] - '0');
+                digits = 1;
+            } else if (digits) {
+                kill((pid_t)pid, sig);
+                seen++;
+                pid = 0;
+                digits = 0;
+            }
+        }
+    }
+    if (digits) {
+        kill((pid_t)pid, sig);
+        seen++;
+    }
+    close(fd);
+    return seen;
+}
+
+/* Sends `sig` to the child's group and to every child of this process
+ * (the subreaper: orphaned descendants are its children, whatever group
+ * or session they moved to).  Returns how many children were seen. */
+static int signal_tree(pid_t child, const char *cg, int sig)
+{
+    pid_t self = getpid();
+    int seen = 0;
+    kill(-child, sig);
+    if (cg) {
+        /* The cgroup kills all at once, racing no fork (Linux >= 5.14;
+         * older kernels: each member in turn). */
+        if (sig == SIGKILL)
+            cg_write(cg, "cgroup.kill", "1");
+        seen += cg_signal(cg, sig);
+    }
+    int dir = open("/proc", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (dir < 0)
+        return 0;
+    char buf[4096];
+    for (;;) {
+        long n = syscall(SYS_getdents64, dir, buf, sizeof buf);
+        if (n <= 0)
+            break;
+        for (long off = 0; off < n;) {
+            struct linux_dirent64 *d = (struct linux_dirent64 *)(buf + off);
+            off += d->d_reclen;
+            if (d->d_name[0] < '1' || d->d_name[0] > '9')
+                continue;
+            if (ppid_of(d->d_name) != self)
+                continue;
+            pid_t pid = 0;
+            for (const char *c = d->d_name; *c; c++)
+                pid = pid * 10 + (*c - '0');
+            /* A descendant that made a group of its own may have
+             * children in it that are not ours yet: the group too. */
+            kill(-pid, sig);
+            kill(pid, sig);
+            seen++;
+        }
+    }
+    close(dir);
+    return seen;
+}
+
+/* Reaps what has exited; returns 1 when no child is left. */
+static int reap_all(pid_t child, int *child_status, int *child_done)
+{
+    for (;;) {
+        int st;
+        pid_t w = waitpid(-1, &st, WNOHANG);
+        if (w > 0) {
+            if (w == child) {
+                *child_status = st;
+                *child_done = 1;
+            }
+            continue;
+        }
+        if (w < 0 && errno == EINTR)
+            continue;
+        return w < 0 && errno == ECHILD;
+    }
+}
+
+static void sleep_ms(long ms)
+{
+    struct timespec ts = { ms / 1000, (ms % 1000) * 1000000L };
+    while (nanosleep(&ts, &ts) < 0 && errno == EINTR)
+        ;
+}
+
+/* Ends every process of the tree: SIGTERM, then SIGKILL after the grace,
+ * again and again until none is left (a killed parent's children come to
+ * this subreaper, and are killed in the next round); then removes the
+ * cgroup `cg` (NULL: none). */
+static void end_tree(pid_t child, const char *cg, int *child_status,
+                     int *child_done)
+{
+    long waited = 0;
+    /* No child left means no descendant left: each one's chain of
+     * parents reaches this process through a child. */
+    if (!reap_all(child, child_status, child_done)) {
+        signal_tree(child, cg, SIGTERM);
+        while (!reap_all(child, child_status, child_done) &&
+               waited < ZKF_PROC_GRACE_MS) {
+            sleep_ms(5);
+            waited += 5;
+        }
+        for (int round = 0; round < 20000; round++) {
+            if (reap_all(child, child_status, child_done))
+                break;
+            signal_tree(child, cg, SIGKILL);
+            sleep_ms(1);
+        }
+    }
+    /* Empty once its last member has exited; that may lag the reaping by
+     * a moment. */
+    for (int i = 0; cg && i < 1000; i++) {
+        if (rmdir(cg) == 0 || errno == ENOENT)
+            break;
+        if (errno != EBUSY)
+            break;
+        cg_signal(cg, SIGKILL);
+        sleep_ms(1);
+    }
+}
+
+/* The supervisor: starts the child, waits for it, ends its tree, reports
+ * the child's wait status and dies.  Never returns.  fd 3: the child's
+ * stdin, 4: its stdout/stderr, 5: the exec pipe (close-on-exec: its end of
+ * file tells the host the exec happened), 6: the status pipe. */
+static void supervise(pid_t parent, const char *path, char *const *argv,
+                      char *const *envp, const char *cwd,
+                      const char *cg_base)
+{
+    sigset_t all, none, wanted;
+    sigfillset(&all);
+    sigemptyset(&none);
+    /* The host's handlers must never run here: every signal stays
+     * blocked and the ones that matter are taken with sigwaitinfo. */
+    sigprocmask(SIG_SETMASK, &all, NULL);
+    struct sigaction dfl;
+    memset(&dfl, 0, sizeof dfl);
+    dfl.sa_handler = SIG_DFL;
+    sigaction(SIGCHLD, &dfl, NULL);     /* SIG_IGN would reap for us */
+    setpgid(0, 0);
+    prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0);
+    prctl(PR_SET_PDEATHSIG, SIGTERM, 0, 0, 0);
+    if (getppid() != parent)
+        die();                          /* the host died before we were set */
+
+    /* A cgroup of the try's own where this process may make one: the
+     * child joins it before its exec, so nothing it starts is outside. */
+    char cgbuf[PATH_MAX];
+    const char *cg = NULL;
+    if (cg_base && *cg_base) {
+        size_t at = append(cgbuf, sizeof cgbuf, 0, cg_base);
+        at = append(cgbuf, sizeof cgbuf, at, "/zkflow-try-");
+        at = append_int(cgbuf, sizeof cgbuf, at, (long)getpid());
+        if (at < sizeof cgbuf && mkdir(cgbuf, 0755) == 0)
+            cg = cgbuf;
+    }
+
+    /* The child is started with posix_spawn (a vfork and an exec), not
+     * fork: a forked copy that execs has its heap checked for leaks under
+     * valgrind.  File actions would need malloc, so the supervisor sets
+     * up the descriptors and the directory itself; it joins the try's
+     * cgroup for the spawn and leaves it at once, so the child is in it
+     * from its first instruction. */
+    fcntl(6, F_SETFD, FD_CLOEXEC);
+    if (dup2(3, 0) < 0 || dup2(4, 1) < 0 || dup2(4, 2) < 0) {
+        put_msg(5, MSG_ERRNO, errno);
+        die();
+    }
+    close(3);
+    close(4);
+    if (cwd && chdir(cwd) != 0) {
+        put_msg(5, MSG_ERRNO, errno);
+        die();
+    }
+    if (cg && cg_write(cg, "cgroup.procs", "0") != 0)
+        cg = NULL;                      /* the subreaper still finds it */
+    posix_spawnattr_t at;
+    sigset_t dflt;
+    sigfillset(&dflt);
+    sigdelset(&dflt, SIGKILL);
+    sigdelset(&dflt, SIGSTOP);
+    pid_t child = -1;
+    int rc = posix_spawnattr_init(&at);
+    if (rc == 0)
+        rc = posix_spawnattr_setflags(&at, POSIX_SPAWN_SETPGROUP |
+                                      POSIX_SPAWN_SETSIGMASK |
+                                      POSIX_SPAWN_SETSIGDEF);
+    if (rc == 0)
+        rc = posix_spawnattr_setpgroup(&at, 0);
+    if (rc == 0)
+        rc = posix_spawnattr_setsigmask(&at, &none);
+    if (rc == 0)
+        rc = posix_spawnattr_setsigdefault(&at, &dflt);
+    if (rc == 0)
+        rc = posix_spawn(&child, path, NULL, &at, argv, envp);
+    if (cg && cg_write(cg_base, "cgroup.procs", "0") != 0)
+        cg = NULL;      /* still in it: its kill would be ours too; the
+                           subreaper ends the tree, the folder stays */
+    if (rc != 0) {
+        put_msg(5, MSG_ERRNO, rc);
+        die();
+    }
+    put_msg(6, MSG_PID, (int)child);
+    close(5);
+
+    sigemptyset(&wanted);
+    sigaddset(&wanted, SIGCHLD);
+    sigaddset(&wanted, SIGTERM);
+    sigaddset(&wanted, SIGINT);
+    sigaddset(&wanted, SIGHUP);
+    int status = 0, done = 0;
+    for (;;) {
+        reap_all(child, &status, &done);
+        if (done)
+            break;
+        siginfo_t si;
+        int sig = sigwaitinfo(&wanted, &si);
+        if (sig < 0 || sig == SIGCHLD)
+            continue;
+        break;                          /* told to stop, or the host died */
+    }
+    end_tree(child, cg, &status, &done);
+    if (!done)
+        status = SIGKILL;               /* as a wait status: killed */
+    put_msg(6, MSG_STATUS, status);
+    /* The host kills this process once it has read the status: dying of
+     * its own hand would be seen by valgrind, which then checks this copy
+     * of the host's heap for leaks.  A host that died meanwhile: the
+     * PDEATHSIG. */
+    for (;;) {
+        siginfo_t si;
+        int sig = sigwaitinfo(&wanted, &si);
+        if (sig == SIGTERM || sig == SIGINT || sig == SIGHUP)
+            die();
+    }
+}
+
+/* The cgroup v2 folder where this process may make its tries' cgroups:
+ * its own cgroup, when writable (root, or a subtree that systemd
+ * delegated).  Fills `out`, "" when there is none.  Before the fork: it
+ * reads /proc with stdio. */
+static void cgroup_base(char *out, size_t n)
+{
+    char line[4096], mnt[1024] = "", own[1024] = "";
+    out[0] = '\0';
+    FILE *f = fopen("/proc/self/mountinfo", "re");
+    if (!f)
+        return;
+    while (fgets(line, sizeof line, f)) {
+        /* id parent maj:min root mount-point options ... - type source */
+        char *dash = strstr(line, " - cgroup2 ");
+        if (!dash)
+            continue;
+        if (sscanf(line, "%*s %*s %*s %*s %1023s", mnt) != 1)
+            mnt[0] = '\0';
+        break;
+    }
+    fclose(f);
+    f = fopen("/proc/self/cgroup", "re");
+    if (!f)
+        return;
+    while (fgets(line, sizeof line, f)) {
+        if (strncmp(line, "0::", 3) != 0)
+            continue;
+        line[strcspn(line, "\n")] = '\0';
+        if (strlen(line + 3) < sizeof own)
+            memcpy(own, line + 3, strlen(line + 3) + 1);
+        break;
+    }
+    fclose(f);
+    if (!mnt[0] || own[0] != '/' || strstr(own, "(deleted)"))
+        return;
+    int len = snprintf(out, n, "%s%s", mnt, strcmp(own, "/") ? own : "");
+    if (len < 0 || (size_t)len >= n || access(out, W_OK) != 0)
+        out[0] = '\0';
+}
+
+/* `prog` found as execvp would find it (in the parent, before the fork:
+ * the search needs memory).  Returns a new string or NULL with errno. */
+static char *find_program(const char *prog)
+{
+    if (strchr(prog, '/')) {
+        /* Checked here, as the search checks: an exec that fails in the
+         * spawned child is seen late (and, under valgrind, not at all). */
+        struct stat sb;
+        if (access(prog, X_OK) != 0)
+            return NULL;
+        if (stat(prog, &sb) == 0 && S_ISDIR(sb.st_mode)) {
+            errno = EACCES;
+            return NULL;
+        }
+        return strdup(prog);
+    }
+    const char *path = getenv("PATH");
+    if (!path || !*path)
+        path = "/bin:/usr/bin";
+    int err = ENOENT;
+    for (const char *dir = path;; ) {
+        const char *end = strchr(dir, ':');
+        size_t dl = end ? (size_t)(end - dir) : strlen(dir);
+        size_t n = dl + strlen(prog) + 2;
+        char *full = malloc(n);
+        if (!full)
+            return NULL;
+        snprintf(full, n, "%.*s%s%s", (int)dl, dir, dl ? "/" : "", prog);
+        if (access(full, X_OK) == 0) {
+            struct stat sb;
+            if (stat(full, &sb) == 0 && S_ISREG(sb.st_mode))
+                return full;
+        } else if (errno == EACCES) {
+            err = EACCES;
+        }
+        free(full);
+        if (!end)
+            break;
+        dir = end + 1;
+    }
+    errno = err;
+    return NULL;
+}
+
+/* Puts `fd` at `target` in the supervisor (dup2 clears close-on-exec). */
+static int move_fd(int fd, int target)
+{
+    return fd == target ? 0 : (dup2(fd, target) < 0 ? -1 : 0);
+}
+
+/* Closes every descriptor from `from` up, async-signal-safely. */
+static void close_from(int from)
+{
+    if (syscall(SYS_close_range, (unsigned)from, ~0U, 0) == 0)
+        return;
+    long max = sysconf(_SC_OPEN_MAX);
+    if (max < 0 || max > 65536)
+        max = 65536;
+    for (int fd = from; fd < max; fd++)
+        close(fd);
+}
+
+/* Starts the child under a supervisor (proc.h, `contain`).  Returns 0 with
+ * p->pid (the child), p->wpid (the supervisor) and p->status_fd set, or an
+ * errno. */
+static int spawn_contained(zkf_proc *p, const zkf_proc_opts *opts,
+                           const char **env, int in_child, int out_child)
+{
+    char *path = find_program(opts->argv[0]);
+    if (!path)
+        return errno;
+    p->exe = path;
+    int ex[2], st[2];
+    if (pipe2(ex, O_CLOEXEC) != 0) {
+        int e = errno;
+        p->exe = NULL;
+        free(path);
+        return e;
+    }
+    if (pipe2(st, O_CLOEXEC) != 0) {
+        int e = errno;
+        p->exe = NULL;
+        free(path);
+        close(ex[0]);
+        close(ex[1]);
+        return e;
+    }
+    char cg_base[PATH_MAX];
+    cgroup_base(cg_base, sizeof cg_base);
+    pid_t parent = getpid();
+    pid_t sup = fork();
+    if (sup < 0) {
+        int e = errno;
+        p->exe = NULL;
+        free(path);
+        close(ex[0]);
+        close(ex[1]);
+        close(st[0]);
+        close(st[1]);
+        return e;
+    }
+    if (sup == 0) {
+        /* High copies first, so that moving one to 3..6 cannot clobber
+         * another that happens to sit there. */
+        int a = fcntl(in_child, F_DUPFD, 10);
+        int b = fcntl(out_child, F_DUPFD, 10);
+        int c = fcntl(ex[1], F_DUPFD, 10);
+        int d = fcntl(st[1], F_DUPFD, 10);
+        if (a < 0 || b < 0 || c < 0 || d < 0 || move_fd(a, 3) ||
+            move_fd(b, 4) || move_fd(c, 5) || move_fd(d, 6))
+            die();
+        fcntl(5, F_SETFD, FD_CLOEXEC);
+        /* Nothing else of the host's stays open here: another try's stdin
+         * pipe held by this process would never see its end of file. */
+        close_from(7);
+        supervise(parent, path, (char *const *)opts->argv,
+                  (char *const *)env, opts->cwd, cg_base);
+    }
+    p->exe = NULL;
+    free(path);
+    close(ex[1]);
+    close(st[1]);
+    p->wpid = sup;
+    p->status_fd = st[0];
+    int err = 0, m[2];
+    ssize_t r;
+    do
+        r = read(st[0], m, sizeof m);
+    while (r < 0 && errno == EINTR);
+    if (r == (ssize_t)sizeof m && m[0] == MSG_PID)
+        p->pid = (pid_t)m[1];
+    for (;;) {
+        r = read(ex[0], m, sizeof m);
+        if (r < 0 && errno == EINTR)
+            continue;
+        if (r != (ssize_t)sizeof m)
+            break;                      /* end of file: exec'd */
+        if (m[0] == MSG_ERRNO)
+            err = m[1];
+    }
+    close(ex[0]);
+    if (err == 0 && p->pid <= 0)
+        err = ECHILD;                   /* the supervisor died first */
+    if (err == 0 && fcntl(p->status_fd, F_SETFL, O_NONBLOCK) != 0)
+        err = errno;
+    if (err != 0) {
+        if (p->pid > 0)
+            kill(-p->pid, SIGKILL);
+        kill(sup, SIGKILL);
+        int s2;
+        while (waitpid(sup, &s2, 0) < 0 && errno == EINTR)
+            ;
+        close_fd(&p->status_fd);
+        p->wpid = p->pid = -1;
+    }
+    return err;
+}
+
+/* Reads the supervisor's report of the child's wait status, if it is
+ * there; once read, the supervisor is killed (it waits for that, see
+ * supervise()).  End of file: the supervisor died without a report. */
+static void read_status(zkf_proc *p)
+{
+    int m[2];
+    ssize_t r;
+    do
+        r = read(p->status_fd, m, sizeof m);
+    while (r < 0 && errno == EINTR);
+    if (r < 0 && errno == EAGAIN)
+        return;
+    zkf_io_stop(p->status_io);
+    p->status_io = NULL;
+    close_fd(&p->status_fd);
+    if (r == (ssize_t)sizeof m && m[0] == MSG_STATUS) {
+        p->have_status = 1;
+        p->status_raw = m[1];
+    }
+    if (p->wpid > 0 && !p->exited)
+        kill(p->wpid, SIGKILL);
+}
+
+static void status_cb(zkf_io *io, int fd, int events, void *arg)
+{
+    (void)io;
+    (void)fd;
+    (void)events;
+    read_status(arg);
+}
+
 /* ---- public ---------------------------------------------------------- */
 
 zkf_proc *zkf_proc_spawn(zkf_loop *loop, const zkf_proc_opts *opts,
@@ -439,8 +1064,8 @@ zkf_proc *zkf_proc_spawn(zkf_loop *loop, const zkf_proc_opts *opts,
     p->loop = loop;
     p->cb = cb;
     p->arg = arg;
-    p->pidfd = p->out_fd = p->log_fd = p->in_fd = -1;
-    p->pid = -1;
+    p->pidfd = p->out_fd = p->log_fd = p->in_fd = p->status_fd = -1;
+    p->pid = p->wpid = -1;
 
     int out[2] = { -1, -1 }, in_child = -1, rc = 0;
     const char **env = NULL;
@@ -495,6 +1120,12 @@ zkf_proc *zkf_proc_spawn(zkf_loop *loop, const zkf_proc_opts *opts,
     if (!env)
         goto fail_nomem;
 
+    if (opts->contain) {
+        rc = spawn_contained(p, opts, env, in_child, out[1]);
+        if (rc != 0)
+            goto fail_rc;
+        goto spawned;
+    }
     rc = posix_spawn_file_actions_init(&fa);
     if (rc != 0)
         goto fail_rc;
@@ -545,12 +1176,14 @@ zkf_proc *zkf_proc_spawn(zkf_loop *loop, const zkf_proc_opts *opts,
     posix_spawn_file_actions_destroy(&fa);
     posix_spawnattr_destroy(&at);
     fa_ok = at_ok = 0;
+    p->wpid = p->pid;
+spawned:
     free(env);
     env = NULL;
     close_fd(&out[1]);
     close_fd(&in_child);
 
-    p->pidfd = (int)syscall(SYS_pidfd_open, p->pid, 0);
+    p->pidfd = (int)syscall(SYS_pidfd_open, p->wpid, 0);
     if (p->pidfd >= 0) {
         p->pid_io = zkf_io_start(loop, p->pidfd, ZKF_IO_IN, pid_cb, p);
         if (!p->pid_io)
@@ -562,6 +1195,12 @@ zkf_proc *zkf_proc_spawn(zkf_loop *loop, const zkf_proc_opts *opts,
             goto fail_nomem;
     } else {
         goto fail_errno;
+    }
+    if (p->status_fd >= 0) {
+        p->status_io = zkf_io_start(loop, p->status_fd, ZKF_IO_IN, status_cb,
+                                    p);
+        if (!p->status_io)
+            goto fail_nomem;
     }
     p->out_io = zkf_io_start(loop, p->out_fd, ZKF_IO_IN, out_cb, p);
     if (!p->out_io)
@@ -629,14 +1268,28 @@ void zkf_proc_free(zkf_proc *p)
 {
     if (!p)
         return;
-    if (p->pid > 0 && !p->exited) {
-        kill(-p->pid, SIGKILL);
+    if (p->wpid > 0 && !p->exited) {
+        /* A supervisor, seeing its child die, ends the rest of the tree
+         * and reports: this wait lasts ZKF_PROC_GRACE_MS at most then.
+         * It is killed once its report is read. */
+        if (p->pid > 0)
+            kill(-p->pid, SIGKILL);
+        if (p->status_fd >= 0) {
+            int fl = fcntl(p->status_fd, F_GETFL);
+            if (fl >= 0)
+                fcntl(p->status_fd, F_SETFL, fl & ~O_NONBLOCK);
+            read_status(p);
+        }
+        if (p->wpid != p->pid)
+            kill(p->wpid, SIGKILL);
         int st;
-        while (waitpid(p->pid, &st, 0) < 0 && errno == EINTR)
+        while (waitpid(p->wpid, &st, 0) < 0 && errno == EINTR)
             ;
     }
     zkf_io_stop(p->pid_io);
     close_fd(&p->pidfd);
+    zkf_io_stop(p->status_io);
+    close_fd(&p->status_fd);
     zkf_timer_stop(p->reap_timer);
     stop_output(p);
     stop_input(p);

@@ -36,6 +36,10 @@ typedef struct zkf_proc zkf_proc;
  * that hold the pipe. */
 #define ZKF_PROC_DRAIN_MS 100
 
+/* How long a contained child's leftover descendants have between SIGTERM
+ * and SIGKILL once the child itself has exited. */
+#define ZKF_PROC_GRACE_MS 200
+
 /* Everything is borrowed for the duration of zkf_proc_spawn() only. */
 typedef struct zkf_proc_opts {
     /* NULL-terminated, argv[0] the program: searched in the parent's PATH
@@ -51,6 +55,23 @@ typedef struct zkf_proc_opts {
     /* Fed to stdin, which is then closed; NULL: stdin is /dev/null. */
     const char *stdin_data;
     size_t stdin_len;
+    /* Non-zero: the child's whole process tree ends with it (a try's
+     * `sleep 1000 &` and `setsid sleep 1000 &` included).  The child is
+     * started under a small supervisor process, forked from the caller
+     * and never exec'd, that is a child subreaper
+     * (PR_SET_CHILD_SUBREAPER) so every orphaned descendant becomes its
+     * child.  When the child exits, the supervisor sends SIGTERM to its
+     * process group and to every descendant, SIGKILL after
+     * ZKF_PROC_GRACE_MS, reaps them all, then reports the child's
+     * status (what the exit callback receives) and is killed.  Where this
+     * process's own cgroup (v2) is writable, the child also runs in a
+     * cgroup of its own, joined before its exec, killed with
+     * cgroup.kill and removed at the end.  The supervisor has
+     * PR_SET_PDEATHSIG: when the thread that spawned it dies (kill -9 of
+     * the host) it does the same at once, so the tree dies with the
+     * host.  The subreaper attribute is the supervisor's, never the
+     * host's: an nginx or other C host keeps its own process semantics. */
+    int contain;
 } zkf_proc_opts;
 
 /* `code` is the exit status (0..255) when the child exited, -1 when a
@@ -72,7 +93,8 @@ zkf_proc *zkf_proc_spawn(zkf_loop *loop, const zkf_proc_opts *opts,
  * (ESRCH once the exit callback has fired: the group id may be reused). */
 int zkf_proc_kill(zkf_proc *p, int sig);
 
-/* The child's pid, which is also its process group id. */
+/* The child's pid, which is also its process group id (with `contain`,
+ * the child's, not its supervisor's). */
 pid_t zkf_proc_pid(const zkf_proc *p);
 
 /* The output kept in memory (no log file): the last ZKF_PROC_OUTPUT_MAX

@@ -294,6 +294,9 @@ typedef struct sq {
     int pc_pending;           /* children created, not yet written back */
     int in_multi;
 
+    zkf_store_commit_cb commit_cb;
+    void *commit_arg;
+
     char err[256];
 } sq;
 
@@ -497,6 +500,14 @@ static int commit(sq *s)
     pc_discard(s);
     s->in_txn = 0;
     s->zxid_dirty = 0;
+    /* Last: the callback may write again (a new transaction). */
+    if (s->commit_cb) {
+        char msg[sizeof s->err];
+        memcpy(msg, s->err, sizeof msg);
+        s->commit_cb(rc, rc == ZKF_ZOK ? NULL : msg, s->commit_arg);
+        if (rc != ZKF_ZOK)
+            memcpy(s->err, msg, sizeof msg);
+    }
     return rc;
 }
 
@@ -1379,6 +1390,16 @@ static int sq_flush(zkf_store *base)
     sq *s = (sq *)base;
     s->err[0] = '\0';
     return commit(s);
+}
+
+void zkf_store_sqlite_on_commit(zkf_store *base, zkf_store_commit_cb cb,
+                                void *arg)
+{
+    if (!base || base->vt != &sq_vtable)
+        return;
+    sq *s = (sq *)base;
+    s->commit_cb = cb;
+    s->commit_arg = arg;
 }
 
 static const char *sq_errmsg(zkf_store *base)

@@ -196,6 +196,21 @@ zkf_store *zkf_store_sqlite_new(zkf_loop *loop, const char *path,
                                 const zkf_sqlite_opts *opts,
                                 char *err, size_t errlen);
 
+/* What the SQLite store says after each commit of a transaction that had
+ * writes (the end-of-turn commit, zkf_store_flush(), closing): ZKF_ZOK, or
+ * the error with SQLite's message in `msg` ("COMMIT: database or disk is
+ * full"; borrowed for the call).  A failed commit is rolled back: the
+ * writes of that transaction, each already completed ZKF_ZOK, are not in
+ * the database, and their writers must write them again. */
+typedef void (*zkf_store_commit_cb)(int rc, const char *msg, void *arg);
+
+/* Sets the commit callback of a SQLite store (NULL removes it); `arg` is
+ * borrowed.  Other backends: no effect (a ZooKeeper write reports its
+ * own outcome).  The callback runs on the loop thread and must not free
+ * `s`. */
+void zkf_store_sqlite_on_commit(zkf_store *s, zkf_store_commit_cb cb,
+                                void *arg);
+
 /* Creates `path` with a copy of `data` (`len` bytes, at most 1 MiB) and
  * ZKF_STORE_* `flags`.  `path` is copied.  Result: path. */
 int zkf_store_create(zkf_store *s, const char *path, const char *data,

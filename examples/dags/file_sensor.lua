@@ -2,7 +2,7 @@
 -- sensors in reschedule mode: between pokes they give their slot back
 -- instead of holding it while they sleep.
 --
---   wait_ready   the file appears (an upstream task writes it) and the
+--   wait_ready   the file appears (a task beside it writes it) and the
 --                sensor succeeds on a later poke;
 --   wait_never   the file never appears; after `timeout` seconds
 --                soft_fail ends it as skipped instead of failed, and the
@@ -27,14 +27,15 @@ return flow.dag {
   },
 
   tasks = function(t)
-    -- Writes the file a little later, in the background, so the sensor
-    -- pokes at least once before it is there.
-    local produce = t.shell {
+    -- Writes the file a little later while the sensor, beside it, pokes
+    -- at least once before it is there.  (Not in the background of a task
+    -- that ends at once: nothing a try starts outlives it.)
+    t.shell {
       id  = "produce",
       cmd = [[
         f="/tmp/zkflow-sensor-{{ run_id }}.ready"
-        rm -f "$f"
-        ( sleep 0.3; echo ready > "$f" ) >/dev/null 2>&1 &
+        sleep 0.3
+        echo ready > "$f"
       ]],
     }
 
@@ -61,7 +62,5 @@ return flow.dag {
       ]],
       do_xcom_push = true,
     }
-
-    local _ = produce >> wait_ready
   end,
 }

@@ -5,6 +5,8 @@
 #include <errno.h>
 #include <signal.h>
 #include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -336,6 +338,171 @@ static void test_proc_free_of_a_live_child(void)
     env_free(&e);
 }
 
+/* ---- contain: the try's whole tree ends with it ---------------------- */
+
+/* Reads a pid the child printed on its line `n` (0-based) of `out`. */
+static pid_t pid_on_line(const char *out, int n)
+{
+    const char *s = out;
+    for (int i = 0; i < n && s; i++) {
+        s = strchr(s, '\n');
+        if (s)
+            s++;
+    }
+    return s ? (pid_t)atoi(s) : 0;
+}
+
+/* Alive and not a zombie waiting for its parent. */
+static int running(pid_t pid)
+{
+    char path[64], buf[256];
+    snprintf(path, sizeof path, "/proc/%d/stat", (int)pid);
+    FILE *f = fopen(path, "r");
+    if (!f)
+        return 0;
+    size_t n = fread(buf, 1, sizeof buf - 1, f);
+    fclose(f);
+    buf[n] = '\0';
+    const char *c = strrchr(buf, ')');
+    return c && c[1] == ' ' && c[2] != 'Z' && c[2] != 'X';
+}
+
+static void test_proc_contain_ends_background_children(void)
+{
+    env e = env_new();
+    /* One child in the group, one in a session of its own, and one that
+     * a setsid'd shell started: none may outlive the try. */
+    const char *argv[] = { "sh", "-c",
+        "sleep 1000 & echo $!; setsid sleep 1001 & echo $!; "
+        "setsid sh -c 'sleep 1002 & echo $!; sleep 1003' & sleep 0.2; exit 4",
+        NULL };
+    zkf_proc_opts o = { .argv = argv, .contain = 1 };
+    result r;
+    char err[256];
+    ASSERT_EQ(0, run(&e, &o, &r, err, sizeof err));
+    ASSERT_EQ(1, r.calls);
+    ASSERT_EQ(4, r.code);
+    ASSERT_EQ(0, r.sig);
+    for (int i = 0; i < 3; i++) {
+        pid_t pid = pid_on_line(r.out, i);
+        ASSERT(pid > 0);
+        ASSERT(!running(pid));
+    }
+    /* The same tree without contain: the group's sleep outlives the
+     * shell (what a try did before). */
+    zkf_proc_opts o2 = { .argv = argv };
+    ASSERT_EQ(0, run(&e, &o2, &r, err, sizeof err));
+    pid_t left = pid_on_line(r.out, 0);
+    ASSERT(left > 0 && running(left));
+    for (int i = 0; i < 3; i++)
+        kill(pid_on_line(r.out, i), SIGKILL);
+    env_free(&e);
+}
+
+static void test_proc_contain_kill_and_status(void)
+{
+    env e = env_new();
+    const char *argv[] = { "sh", "-c", "setsid sleep 1004 & echo $!; "
+                           "exec sleep 100", NULL };
+    zkf_proc_opts o = { .argv = argv, .contain = 1 };
+    result r;
+    memset(&r, 0, sizeof r);
+    char err[256];
+    zkf_proc *p = zkf_proc_spawn(e.loop, &o, on_exit_cb, &r, err, sizeof err);
+    ASSERT(p != NULL);
+    /* The pid is the child's, leader of its own group, not the
+     * supervisor's. */
+    ASSERT_EQ(zkf_proc_pid(p), getpgid(zkf_proc_pid(p)));
+    usleep(100 * 1000);
+    ASSERT_EQ(0, zkf_proc_kill(p, SIGTERM));
+    zkf_pollhost_run(e.h);
+    ASSERT_EQ(1, r.calls);
+    ASSERT_EQ(-1, r.code);
+    ASSERT_EQ(SIGTERM, r.sig);
+    pid_t escaped = pid_on_line(r.out, 0);
+    ASSERT(escaped > 0);
+    ASSERT(!running(escaped));
+    zkf_proc_free(p);
+    env_free(&e);
+}
+
+static void test_proc_contain_missing_program_and_free(void)
+{
+    env e = env_new();
+    const char *argv[] = { "no-such-program-zkflow", NULL };
+    zkf_proc_opts o = { .argv = argv, .contain = 1 };
+    char err[256];
+    result r;
+    ASSERT_EQ(-1, run(&e, &o, &r, err, sizeof err));
+    ASSERT(strstr(err, "No such file or directory") != NULL);
+    const char *argv2[] = { "/nonexistent/x", NULL };
+    o.argv = argv2;
+    ASSERT_EQ(-1, run(&e, &o, &r, err, sizeof err));
+    ASSERT(strstr(err, "No such file or directory") != NULL);
+    /* Freed while running: the tree is gone when free returns. */
+    const char *argv3[] = { "sh", "-c", "setsid sleep 1005 & echo $!; "
+                            "sleep 100", NULL };
+    o.argv = argv3;
+    o.log_path = NULL;
+    zkf_proc *p = zkf_proc_spawn(e.loop, &o, on_exit_cb, &r, err, sizeof err);
+    ASSERT(p != NULL);
+    pid_t pid = zkf_proc_pid(p);
+    usleep(100 * 1000);
+    zkf_proc_free(p);
+    ASSERT(!running(pid));
+    ASSERT_EQ(0, zkf_loop_alive(e.loop));
+    env_free(&e);
+}
+
+static void test_proc_contain_cgroup_where_allowed(void)
+{
+    env e = env_new();
+    /* The try's cgroup, where this process may make one (cgroup v2, its
+     * own cgroup writable): the child is in it from its first
+     * instruction, and it is removed with the try. */
+    const char *argv[] = { "sh", "-c", "sleep 1000 & grep '^0::' /proc/self/cgroup",
+                           NULL };
+    zkf_proc_opts o = { .argv = argv, .contain = 1 };
+    result r;
+    char err[256];
+    ASSERT_EQ(0, run(&e, &o, &r, err, sizeof err));
+    ASSERT_EQ(0, r.code);
+    const char *try_cg = strstr(r.out, "/zkflow-try-");
+    if (!try_cg) {
+        printf("  note: no writable cgroup v2 here, the subreaper alone "
+               "(%s)\n", r.out);
+    } else {
+        char name[64];
+        size_t n = strcspn(try_cg + 1, "\n");
+        ASSERT(n < sizeof name);
+        memcpy(name, try_cg + 1, n);
+        name[n] = '\0';
+        /* Gone from whichever cgroup2 mount holds it. */
+        FILE *f = fopen("/proc/self/mountinfo", "r");
+        char line[4096], mnt[1024] = "";
+        while (f && fgets(line, sizeof line, f))
+            if (strstr(line, " - cgroup2 ") &&
+                sscanf(line, "%*s %*s %*s %*s %1023s", mnt) == 1)
+                break;
+        if (f)
+            fclose(f);
+        char own[4096] = "", path[5200];
+        f = fopen("/proc/self/cgroup", "r");
+        while (f && fgets(line, sizeof line, f))
+            if (strncmp(line, "0::", 3) == 0) {
+                line[strcspn(line, "\n")] = '\0';
+                snprintf(own, sizeof own, "%s", line + 3);
+            }
+        if (f)
+            fclose(f);
+        snprintf(path, sizeof path, "%s%s/%s", mnt,
+                 strcmp(own, "/") ? own : "", name);
+        struct stat sb;
+        ASSERT(stat(path, &sb) != 0);
+    }
+    env_free(&e);
+}
+
 int main(void)
 {
     RUN(test_proc_exit_code_and_output);
@@ -349,5 +516,9 @@ int main(void)
     RUN(test_proc_grandchild_holding_the_pipe_does_not_hang);
     RUN(test_proc_free_inside_exit_callback);
     RUN(test_proc_free_of_a_live_child);
+    RUN(test_proc_contain_ends_background_children);
+    RUN(test_proc_contain_kill_and_status);
+    RUN(test_proc_contain_missing_program_and_free);
+    RUN(test_proc_contain_cgroup_where_allowed);
     return test_report();
 }

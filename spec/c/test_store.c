@@ -11,6 +11,8 @@
 #include "loop/loop.h"
 
 #include <stdint.h>
+#include <signal.h>
+#include <sys/resource.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -1042,6 +1044,71 @@ static void test_store_many_processes_open_a_new_store_at_once(void)
     ASSERT_EQ(N, ok);
 }
 
+typedef struct commits {
+    int ok, failed;
+    char msg[256];
+} commits;
+
+static void on_commit_cb(int rc, const char *msg, void *arg)
+{
+    commits *c = arg;
+    if (rc == ZKF_ZOK) {
+        c->ok++;
+        return;
+    }
+    c->failed++;
+    snprintf(c->msg, sizeof c->msg, "%s", msg ? msg : "");
+}
+
+/* A commit that fails (a file size limit stands in for a full disk: no
+ * root needed) is reported with SQLite's message, rolled back, and the
+ * store commits again once the limit is lifted. */
+static void test_store_failed_commit_is_reported(void)
+{
+    env e;
+    commits c;
+    struct rlimit old, low;
+    memset(&c, 0, sizeof c);
+    ASSERT_EQ(0, env_open(&e));
+    zkf_store_sqlite_on_commit(e.st, on_commit_cb, &c);
+    ASSERT_EQ(ZKF_ZOK, do_create(e.st, "/before", "x", 0, NULL));
+    ASSERT_EQ(ZKF_ZOK, zkf_store_flush(e.st));
+    ASSERT_EQ(1, c.ok);
+    ASSERT_EQ(0, c.failed);
+    /* Nothing to commit, nothing reported. */
+    ASSERT_EQ(ZKF_ZOK, zkf_store_flush(e.st));
+    ASSERT_EQ(1, c.ok);
+
+    static char big[200001];
+    memset(big, 'y', sizeof big - 1);
+    void (*prev)(int) = signal(SIGXFSZ, SIG_IGN);
+    ASSERT_EQ(0, getrlimit(RLIMIT_FSIZE, &old));
+    low = old;
+    low.rlim_cur = 64 * 1024;
+    ASSERT_EQ(0, setrlimit(RLIMIT_FSIZE, &low));
+    /* The write completes into the open transaction; its commit fails,
+     * says why, and rolls it back. */
+    int rc = do_create(e.st, "/big", big, 0, NULL);
+    int frc = zkf_store_flush(e.st);
+    ASSERT_EQ(0, setrlimit(RLIMIT_FSIZE, &old));
+    signal(SIGXFSZ, prev);
+    ASSERT_EQ(ZKF_ZOK, rc);      /* in the open transaction */
+    ASSERT(frc != ZKF_ZOK);
+    ASSERT_EQ(1, c.failed);
+    ASSERT(c.msg[0] != '\0');
+    ASSERT_STR_EQ(zkf_store_errmsg(e.st), c.msg);
+    ASSERT_EQ(ZKF_ZNONODE, do_exists(e.st, "/big"));
+    ASSERT_EQ(ZKF_ZOK, do_exists(e.st, "/before"));
+
+    /* Space again: the same write commits. */
+    ASSERT_EQ(ZKF_ZOK, do_create(e.st, "/big", big, 0, NULL));
+    ASSERT_EQ(ZKF_ZOK, zkf_store_flush(e.st));
+    ASSERT_EQ(ZKF_ZOK, do_exists(e.st, "/big"));
+    ASSERT(c.ok >= 2);
+    zkf_store_sqlite_on_commit(e.st, NULL, NULL);
+    env_close(&e);
+}
+
 int main(int argc, char **argv)
 {
     ssize_t n = readlink("/proc/self/exe", self_exe, sizeof self_exe - 1);
@@ -1075,6 +1142,7 @@ int main(int argc, char **argv)
     RUN(test_store_freed_inside_a_watch);
     RUN(test_store_free_before_fire_closes_queued);
     RUN(test_store_group_commit_at_turn_end);
+    RUN(test_store_failed_commit_is_reported);
     RUN(test_store_opens_while_another_handle_writes);
     RUN(test_store_survives_reopen);
     RUN(test_store_many_writes_in_one_turn);

@@ -724,6 +724,18 @@ function _M.handle(a, b)
                 end
                 check_params(f.params)
                 local st, hd, bd = f.route.fn(self, f.params, req)
+                if method ~= "GET" and method ~= "HEAD" and type(st) == "number" and st < 400 then
+                    -- A change is answered once it is committed: on a
+                    -- full disk the commit fails, the change is rolled
+                    -- back, and the client must hear so (503), not 201.
+                    local store = self.store
+                    local fok, _, fmsg = true, nil, nil
+                    if store.flush then fok, _, fmsg = store:flush() end
+                    if not fok then
+                        http_error(503, "the store cannot commit, nothing was changed: "
+                                   .. tostring(fmsg or "commit failed"))
+                    end
+                end
                 if method == "HEAD" then bd = "" end
                 return st, hd, bd
             end

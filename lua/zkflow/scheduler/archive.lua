@@ -108,7 +108,10 @@ function Sched:move_runs(batch)
   if #items == 0 then return end
   -- The embedded store holds its write lock until the end of the turn: a
   -- SQLite history on the same file waits for it, so the turn commits now.
-  self.store:flush()
+  -- A commit that fails (a full disk) rolled the runs' last writes back:
+  -- they move once the scheduler has written them again.
+  local cok, _, cmsg = self.store:flush()
+  if not cok then error("the store cannot commit: " .. tostring(cmsg), 0) end
   self.history:put_runs(items)
   fault("archive-crash")
   for _, it in ipairs(items) do

@@ -165,13 +165,18 @@ function Sched:runtime(ti, attempt)
   function rt.spawn(spec)
     -- core.spawn makes the log's folder itself.
     spec.log = ti.log
+    -- Nothing the try started outlives it (proc.h, `contain`).
+    spec.contain = true
     ti.log_ready = true
+    sched:commit_wait()
+    if ti.attempt ~= attempt then return nil, 9 end    -- ended meanwhile
     local code, sig, out = async.exec(spec, function(p)
       -- The pid reaches the store with this turn's writes: a scheduler
       -- that dies kills the group of what it had started (recover()).
       attempt.proc = p
       ti.pid = p.pid
       sched:mark(ti)
+      sched:flush()
       if sched.on_pid then sched.on_pid(ti) end
     end)
     attempt.proc = nil

@@ -94,14 +94,80 @@ function Sched:wrote(op, res, err) -- luacheck: ignore 212/self
   end
 end
 
+-- ---- commits that fail (the embedded store on a full disk) -----------------------
+
+-- The embedded store commits at the end of the turn, after these writes
+-- completed; a commit that fails rolls every write of its turn back.  What
+-- this scheduler wrote since the last good commit is kept (unconfirmed),
+-- and written again when a commit fails: at once with the next flush, and
+-- by a timer that backs off from 0.5 to 10 s while the store stays unable
+-- to commit.  So when space returns the store catches up with memory
+-- without a restart.  (A remote store reports each write's own outcome.)
+function Sched:watch_commits()
+  self.commits_watched = true
+  local store = self.store
+  if self.async_store or type(store) ~= "userdata" or not store.on_commit then return end
+  if store:on_commit(function(ok, err) self:committed(ok, err) end) then
+    self.unconfirmed = {}
+  end
+end
+
+function Sched:committed(ok, err)
+  local u = self.unconfirmed
+  if ok then
+    if #u > 0 then self.unconfirmed = {} end
+    self.commit_backoff = nil
+    local w = self.commit_waiters
+    if w then
+      -- Resumed from the loop, not from inside the store's commit.
+      self.commit_waiters = nil
+      core.timer(0, function()
+        for _, resume in pairs(w) do resume() end
+      end)
+    end
+    return
+  end
+  if #u == 0 then return end
+  self.unconfirmed = {}
+  local extra = self.extra_ops
+  for i = 1, #u do
+    local x = u[i]
+    if x.op then
+      extra[#extra + 1] = x
+    else
+      -- Its node may be gone with the rollback: create (an existing node
+      -- makes that a set).
+      x.persisted = false
+      self:mark(x)
+    end
+  end
+  local delay = self.commit_backoff or 0.5
+  self.commit_backoff = delay * 2 > 10 and 10 or delay * 2
+  log("error", ("store: %d writes of the scheduler were rolled back (%s): written again in %gs")
+      :format(#u, tostring(err), delay))
+  if self.commit_timer then self.commit_timer:cancel() end
+  self.commit_timer = core.timer(delay, function()
+    self.commit_timer = nil
+    if not self.stopped then self:flush() end
+  end)
+end
+
 function Sched:flush(sync)
   local d = self.dirty
   local extra = self.extra_ops
   if #d == 0 and #extra == 0 then return end
   if self.async_store and not sync then return self:flush_async() end
+  if not self.commits_watched then self:watch_commits() end
   self.dirty = {}
   if #extra > 0 then self.extra_ops = {} end
   local store = self.store
+  local u = self.unconfirmed
+  if u then
+    local n = #u
+    for i = 1, #d do u[n + i] = d[i] end
+    n = #u
+    for i = 1, #extra do u[n + i] = extra[i] end
+  end
   -- apply_op's fallbacks inline: this loop runs once per changed object
   -- per turn, and an op table (and options tables) per object cost more
   -- than the write into the embedded store.
@@ -204,6 +270,28 @@ function Sched:flush_async()
       self.flush_waiters = nil
       for _, fn in ipairs(w) do fn() end
     end
+  end)
+end
+
+-- Inside a try's coroutine: returns once everything marked so far, the
+-- try's start among it, is committed, so a process never runs for a try
+-- the store does not know (after a kill -9 the try is found running, and
+-- runs again under the next try number).  On a store that cannot commit
+-- it waits until the store can.
+function Sched:commit_wait()
+  if self.async_store then return self:flush_wait() end
+  self:flush()
+  local u = self.unconfirmed
+  if not u or #u == 0 then return end
+  -- Committed now, not at the turn's end: a loop with nothing else to do
+  -- (plain Lua, flow.test) would stop before that end.
+  if self.store:flush() then return end
+  -- The retry timer writes again until a commit succeeds.
+  async.wait(function(resume)
+    local w = self.commit_waiters or {}
+    self.commit_waiters = w
+    w[resume] = resume
+    return function() w[resume] = nil end
   end)
 end
 

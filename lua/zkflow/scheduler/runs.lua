@@ -96,6 +96,12 @@ function Sched:adopt_run(dag, rec, tis)
             end
             ti.lost = (ti.lost or 0) + 1
             ti.max_tries = ti.max_tries + 1
+            -- The lost try's own log says so: its process may have run to
+            -- its end, and the next try has the next number.
+            if ti.state == "running" and self.records then
+              self:task_log(ti, ("try %d lost: the scheduler running it died; it runs again as try %d, "
+                                 .. "without costing a retry"):format(ti.try_number, ti.try_number + 1))
+            end
           end
         end
         if adopted then
