@@ -211,6 +211,13 @@ if [ -n "$c_w1" ]; then
         [ "$w" = 2 ] && name="${name}s"
         row "$name" "$(calc "$t") s, $r tries/s" "ceiling $c_ceil tries/s" "$res"
     done
+    z0=$(echo "$cl" | field znodes0); z1=$(echo "$cl" | field znodes1)
+    h0=$(echo "$cl" | field heap0); h1=$(echo "$cl" | field heap1)
+    c_runs=$(echo "$cl" | field runs)
+    if [ -n "$z1" ]; then
+        zgoal=$(awk -v a="$z0" -v b="$z1" 'BEGIN { print (b - a <= 20) ? "flat: goal met" : "grows: below goal" }')
+        row "cluster zk after $c_runs runs" "znodes $z0 -> $z1" "heap $h0 -> $h1 KB" "$zgoal (finished runs should leave ZooKeeper)"
+    fi
 elif grep -q skipped "$tmp/cluster.out" 2>/dev/null; then
     row "cluster" "-" "-" "$(cat "$tmp/cluster.out")"
 else
