@@ -290,7 +290,7 @@ local SAFE_METHODS = { GET = true, HEAD = true, OPTIONS = true }
 
 -- A route; `access`: the role it needs ("viewer" for reads, "operator"
 -- for changes by default) or "public" (no credentials: health for load
--- balancers, the page, which then asks for a token).
+-- balancers, the page, which then signs in, the login itself).
 local function route(method, pattern, fn, access)
     routes[#routes + 1] = { method = method, pattern = pattern, fn = fn,
                             access = access }
@@ -644,6 +644,26 @@ route("GET", "/metrics", function(self)
     for _, s in ipairs(keys) do
         lines[#lines + 1] = fmt('zkflow_task_instances{state="%s"} %d',
                                 prom_label(s), tis[s])
+    end
+    -- The same per DAG, for the DAGs the counters know.
+    local per_dag = type(c.dags) == "table" and c.dags or {}
+    local dag_ids = {}
+    for id in pairs(per_dag) do dag_ids[#dag_ids + 1] = tostring(id) end
+    sort(dag_ids)
+    for _, kind in ipairs({ "runs", "task_instances" }) do
+        local name = "zkflow_dag_" .. kind
+        lines[#lines + 1] = "# HELP " .. name .. " The same by DAG."
+        lines[#lines + 1] = "# TYPE " .. name .. " gauge"
+        for _, id in ipairs(dag_ids) do
+            local d = type(per_dag[id]) == "table" and per_dag[id][kind] or {}
+            local states = {}
+            for s in pairs(type(d) == "table" and d or {}) do states[#states + 1] = tostring(s) end
+            sort(states)
+            for _, s in ipairs(states) do
+                lines[#lines + 1] = fmt('%s{dag_id="%s",state="%s"} %d', name, prom_label(id),
+                                        prom_label(s), math.tointeger(d[s]) or 0)
+            end
+        end
     end
     -- The cluster: members, leadership, queues (what a cluster's alerting
     -- watches: no leader, no workers, a queue that only grows).

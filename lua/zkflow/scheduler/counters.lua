@@ -4,9 +4,10 @@
 -- the files make the class).
 --
 --   s:counters() -> {runs = {[state] = n}, task_instances = {[state] = n},
+--                    dags = {[dag_id] = {runs = ..., task_instances = ...}},
 --                    saved = epoch or nil}
 --
--- Two kinds of number, both per state:
+-- Each by state, in all and per DAG.  Two kinds of number:
 --   in progress  (runs queued or running; task instances none, scheduled,
 --                queued, running, up_for_retry, up_for_reschedule): how
 --                many there are now, in the runs this scheduler holds;
@@ -36,10 +37,26 @@ local ENDED = { runs = state.RUN_FINISHED, task_instances = state.TI_FINISHED }
 local function counts(self)
   local c = self.state_counts
   if not c then
-    c = { runs = {}, task_instances = {} }
+    c = { runs = {}, task_instances = {}, dags = {} }
     self.state_counts = c
   end
   return c
+end
+
+local function dag_counts(c, dag_id)
+  local d = c.dags[dag_id]
+  if not d then
+    d = { runs = {}, task_instances = {} }
+    c.dags[dag_id] = d
+  end
+  return d
+end
+
+local function move(c, prev, s, ended)
+  if prev and not ended[prev] then
+    c[prev] = (c[prev] or 1) - 1
+  end
+  c[s] = (c[s] or 0) + 1
 end
 
 -- The node the counters are saved at.
@@ -57,21 +74,28 @@ function Sched:count(obj)
   obj.counted = s
   local kind = obj.task and "task_instances" or "runs"
   local ended = ENDED[kind]
-  local c = counts(self)[kind]
-  if prev and not ended[prev] then
-    c[prev] = (c[prev] or 1) - 1
-  end
-  c[s] = (c[s] or 0) + 1
+  local c = counts(self)
+  move(c[kind], prev, s, ended)
+  local dag_id = obj.task and obj.run and obj.run.dag_id or obj.dag_id
+  if dag_id then move(dag_counts(c, dag_id)[kind], prev, s, ended) end
   if self.schedule_runs and self.mono() - (self.counters_saved or 0) >= _M.SAVE_EVERY then
     self:save_counters()
   end
 end
 
 -- The counters now (a copy).
+local function copy(c)
+  local out = {}
+  for s, n in pairs(c) do out[s] = n end
+  return out
+end
+
 function Sched:counters()
-  local out = { runs = {}, task_instances = {}, saved = self.counters_saved_at }
-  for kind, c in pairs(counts(self)) do
-    for s, n in pairs(c) do out[kind][s] = n end
+  local c = counts(self)
+  local out = { runs = copy(c.runs), task_instances = copy(c.task_instances),
+                dags = {}, saved = self.counters_saved_at }
+  for id, d in pairs(c.dags) do
+    out.dags[id] = { runs = copy(d.runs), task_instances = copy(d.task_instances) }
   end
   return out
 end
@@ -91,12 +115,18 @@ function Sched:load_counters()
   local rec = self.st:read(_M.path(self.st))
   if type(rec) ~= "table" then return end
   local c = counts(self)
-  for kind, ended in pairs(ENDED) do
-    for s, n in pairs(type(rec[kind]) == "table" and rec[kind] or {}) do
-      if ended[s] and math.tointeger(n) then
-        c[kind][s] = (c[kind][s] or 0) + n
+  local function add(into, from)
+    for kind, ended in pairs(ENDED) do
+      for s, n in pairs(type(from[kind]) == "table" and from[kind] or {}) do
+        if ended[s] and math.tointeger(n) then
+          into[kind][s] = (into[kind][s] or 0) + n
+        end
       end
     end
+  end
+  add(c, rec)
+  for id, d in pairs(type(rec.dags) == "table" and rec.dags or {}) do
+    if type(d) == "table" then add(dag_counts(c, id), d) end
   end
 end
 
