@@ -38,7 +38,8 @@
 #   RESULT w1=S w2=S n=N slots=SLOTS raw_tx=TX/S ceiling=TRIES/S runs=R
 #          znodes0=Z znodes1=Z data0=B data1=B heap0=KB heap1=KB
 # (S: best run time in seconds; znodes, data size and the server's heap in
-# use before the first run and after the R runs, History that scales 6).  Every process it started (server,
+# use before the first run and after the R runs, History that scales 6;
+# finished runs go to a SQLite history, history_url in /config).  Every process it started (server,
 # scheduler, workers) is stopped on exit, failure and ^C.
 # Environment: B, PYTHON (default /usr/bin/python3), CC (default gcc),
 # CLUSTER_N, CLUSTER_SLOTS, CLUSTER_REPS, CLUSTER_PEER_N, CLUSTER_WINDOW,
@@ -163,6 +164,10 @@ deadline = time.monotonic() + float(timeout)
 while True:
     p = subprocess.run(z + ["zk", "get", "/zkflow/runs/%s/%s" % (dag, run)],
                        capture_output=True, text=True)
+    if p.returncode != 0:
+        # gone from ZooKeeper: the run ended and moved to the history
+        p = subprocess.run(z + ["runs", "show", dag, run, "--json"],
+                           capture_output=True, text=True)
     state = json.loads(p.stdout).get("state") if p.returncode == 0 else None
     if state in ("success", "failed"):
         break
@@ -235,6 +240,9 @@ phase() {
 
 $Z config set parallelism 100000 >/dev/null || die "config set parallelism failed"
 $Z config set pools.default_pool 100000 >/dev/null || die "config set pools.default_pool failed"
+# Finished runs move to a history store (docs/history.md; one machine, so a
+# SQLite file serves): ZooKeeper keeps the present only.
+$Z config set history_url "sqlite:$tmp/history.db" >/dev/null || die "config set history_url failed"
 
 echo "cluster: server $HOSTS, $N no-op Lua tries per run, $SLOTS slots a worker, best of $REPS;" \
      "peer $PEER_N raw tries, $WINDOW in flight"
@@ -263,7 +271,17 @@ awk -v n="$N" -v a="$w1" -v b="$w2" -v tx="$tx" -v c="$ceiling" -v s="$SLOTS" 'B
     printf "cluster noop-%d: 1 worker %.3f s = %.0f tries/s (%.1f%% of ceiling), 2 workers %.3f s = %.0f tries/s (%.1f%% of ceiling, %.2fx 1 worker); ceiling %d tries/s (raw C %.0f tx/s, 4 tx a try)\n",
         n, a, r1, 100 * r1 / c, b, r2, 100 * r2 / c, r2 / r1, c, tx
 }'
+# The last run moves to the history within seconds: wait for the count to
+# settle (10 s at most) before reading it.
 stat1=$(zkstat)
+i=0
+while [ "$i" -lt 20 ]; do
+    sleep 0.5
+    s2=$(zkstat)
+    [ "${s2%% *}" = "${stat1%% *}" ] && break
+    stat1=$s2
+    i=$((i + 1))
+done
 # shellcheck disable=SC2086  # three fields each
 set -- $stat0 $stat1
 runs=$((2 * REPS))
