@@ -35,8 +35,11 @@
 # machine.
 #
 # Prints one human line and
-#   RESULT w1=S w2=S n=N slots=SLOTS raw_tx=TX/S ceiling=TRIES/S
-# (S: best run time in seconds).  Every process it started (server,
+#   RESULT w1=S w2=S n=N slots=SLOTS raw_tx=TX/S ceiling=TRIES/S runs=R
+#          znodes0=Z znodes1=Z data0=B data1=B heap0=KB heap1=KB
+# (S: best run time in seconds; znodes, data size and the server's heap in
+# use before the first run and after the R runs, History that scales 6;
+# finished runs go to a SQLite history, history_url in /config).  Every process it started (server,
 # scheduler, workers) is stopped on exit, failure and ^C.
 # Environment: B, PYTHON (default /usr/bin/python3), CC (default gcc),
 # CLUSTER_N, CLUSTER_SLOTS, CLUSTER_REPS, CLUSTER_PEER_N, CLUSTER_WINDOW,
@@ -161,6 +164,10 @@ deadline = time.monotonic() + float(timeout)
 while True:
     p = subprocess.run(z + ["zk", "get", "/zkflow/runs/%s/%s" % (dag, run)],
                        capture_output=True, text=True)
+    if p.returncode != 0:
+        # gone from ZooKeeper: the run ended and moved to the history
+        p = subprocess.run(z + ["runs", "show", dag, run, "--json"],
+                           capture_output=True, text=True)
     state = json.loads(p.stdout).get("state") if p.returncode == 0 else None
     if state in ("success", "failed"):
         break
@@ -182,6 +189,38 @@ peer() {
     "$RAW" "$HOSTS" "$PEER_N" "$WINDOW" 2>>"$tmp/raw.err" | sed -n 's/.*raw_tx=\([0-9.]*\).*/\1/p'
 }
 
+# zkstat: "ZNODES DATA_BYTES HEAP_KB" of the server: znode count and data
+# size from its `mntr`, the JVM heap in use after a full GC (jcmd; "-" if
+# the JDK has no jcmd).  The cluster row of History that scales, item 6:
+# these should stay flat while runs end (finished runs leave ZooKeeper).
+zkstat() {
+    heap=-
+    zpid=$(cat "$ZKFLOW_ZK_DIR/s1/pid" 2>/dev/null)
+    if command -v jcmd >/dev/null && [ -n "$zpid" ]; then
+        jcmd "$zpid" GC.run >/dev/null 2>&1
+        # the used K of every generation (serial: new + tenured; G1: one)
+        heap=$(jcmd "$zpid" GC.heap_info 2>/dev/null | awk '
+            /total [0-9]+K, used [0-9]+K/ {
+                sub(/.*used /, ""); sub(/K.*/, ""); n += $0; seen = 1 }
+            END { if (seen) print n }')
+        [ -n "$heap" ] || heap=-
+    fi
+    "$PYTHON" - "$HOSTS" "$heap" <<'PY'
+import socket, sys
+host, port = sys.argv[1].split(",")[0].split(":")
+s = socket.create_connection((host, int(port)), timeout=10)
+s.sendall(b"mntr")
+data = b""
+while True:
+    chunk = s.recv(65536)
+    if not chunk:
+        break
+    data += chunk
+m = dict(line.split("\t", 1) for line in data.decode().splitlines() if "\t" in line)
+print(m.get("zk_znode_count", "-"), m.get("zk_approximate_data_size", "-"), sys.argv[2])
+PY
+}
+
 min() { awk -v a="$1" -v b="$2" 'BEGIN { print (a == "" || b + 0 < a + 0) ? b : a }'; }
 max() { awk -v a="$1" -v b="$2" 'BEGIN { print (a == "" || b + 0 > a + 0) ? b : a }'; }
 
@@ -201,6 +240,9 @@ phase() {
 
 $Z config set parallelism 100000 >/dev/null || die "config set parallelism failed"
 $Z config set pools.default_pool 100000 >/dev/null || die "config set pools.default_pool failed"
+# Finished runs move to a history store (docs/history.md; one machine, so a
+# SQLite file serves): ZooKeeper keeps the present only.
+$Z config set history_url "sqlite:$tmp/history.db" >/dev/null || die "config set history_url failed"
 
 echo "cluster: server $HOSTS, $N no-op Lua tries per run, $SLOTS slots a worker, best of $REPS;" \
      "peer $PEER_N raw tries, $WINDOW in flight"
@@ -214,6 +256,7 @@ wait_ready w1
 "$RAW" "$HOSTS" "$PEER_N" "$WINDOW" >/dev/null 2>>"$tmp/raw.err" ||
     die "$RAW failed: $(tail -n 3 "$tmp/raw.err")"
 
+stat0=$(zkstat)
 tx=
 phase || die "1 worker: a run failed (CLUSTER_KEEP=1 keeps the logs)"
 w1=$best
@@ -228,4 +271,19 @@ awk -v n="$N" -v a="$w1" -v b="$w2" -v tx="$tx" -v c="$ceiling" -v s="$SLOTS" 'B
     printf "cluster noop-%d: 1 worker %.3f s = %.0f tries/s (%.1f%% of ceiling), 2 workers %.3f s = %.0f tries/s (%.1f%% of ceiling, %.2fx 1 worker); ceiling %d tries/s (raw C %.0f tx/s, 4 tx a try)\n",
         n, a, r1, 100 * r1 / c, b, r2, 100 * r2 / c, r2 / r1, c, tx
 }'
-echo "RESULT w1=$w1 w2=$w2 n=$N slots=$SLOTS raw_tx=$tx ceiling=$ceiling"
+# The last run moves to the history within seconds: wait for the count to
+# settle (10 s at most) before reading it.
+stat1=$(zkstat)
+i=0
+while [ "$i" -lt 20 ]; do
+    sleep 0.5
+    s2=$(zkstat)
+    [ "${s2%% *}" = "${stat1%% *}" ] && break
+    stat1=$s2
+    i=$((i + 1))
+done
+# shellcheck disable=SC2086  # three fields each
+set -- $stat0 $stat1
+runs=$((2 * REPS))
+echo "cluster zk after $runs runs of $N tries: znodes $1 -> $4 ($(awk -v a="$1" -v b="$4" -v r="$runs" 'BEGIN { printf "%+.1f", (b - a) / r }') a run), data $2 -> $5 bytes, heap in use $3 -> $6 KB"
+echo "RESULT w1=$w1 w2=$w2 n=$N slots=$SLOTS raw_tx=$tx ceiling=$ceiling runs=$runs znodes0=$1 znodes1=$4 data0=$2 data1=$5 heap0=$3 heap1=$6"

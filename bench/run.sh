@@ -211,10 +211,42 @@ if [ -n "$c_w1" ]; then
         [ "$w" = 2 ] && name="${name}s"
         row "$name" "$(calc "$t") s, $r tries/s" "ceiling $c_ceil tries/s" "$res"
     done
+    z0=$(echo "$cl" | field znodes0); z1=$(echo "$cl" | field znodes1)
+    h0=$(echo "$cl" | field heap0); h1=$(echo "$cl" | field heap1)
+    c_runs=$(echo "$cl" | field runs)
+    if [ -n "$z1" ]; then
+        zgoal=$(awk -v a="$z0" -v b="$z1" 'BEGIN { print (b - a <= 20) ? "flat: goal met" : "grows: below goal" }')
+        row "cluster zk after $c_runs runs" "znodes $z0 -> $z1" "heap $h0 -> $h1 KB" "$zgoal (finished runs should leave ZooKeeper)"
+    fi
 elif grep -q skipped "$tmp/cluster.out" 2>/dev/null; then
     row "cluster" "-" "-" "$(cat "$tmp/cluster.out")"
 else
     row "cluster" "FAILED" "-" "see above"
+fi
+
+# ---- 8. a long history: 10,000 and 1,000,000 finished task instances -------
+
+mkdir -p "$tmp/history"
+hist=$(run_result history "$PYTHON" bench/history.py "$PWD/$B/zkflow" "$tmp/history") || failed=1
+grep '^history ' "$tmp/history.out"
+if [ -n "$hist" ]; then
+    for k in start list api_runs metrics create; do
+        small=$(echo "$hist" | field "${k}_10000")
+        large=$(echo "$hist" | field "${k}_1000000")
+        case "$small:$large" in
+        *failed*) ratio="-"; goal="failed at some size (see above)" ;;
+        *)
+            ratio="$(calc "$large / $small" %.1f)x"
+            goal=$(awk "BEGIN { print ($large < 0.05 && $large / $small < 2) ? \"goal met\" : \"below goal\" }")
+            ;;
+        esac
+        shown_small=$small shown_large=$large
+        [ "$small" = failed ] || shown_small="$(ms "$small") ms"
+        [ "$large" = failed ] || shown_large="$(ms "$large") ms"
+        row "history $k" "$shown_large at 1M TIs" "$shown_small at 10k" "$ratio (goal < 50 ms, flat): $goal"
+    done
+else
+    row "history" "FAILED" "-" "see above"
 fi
 
 # ---- summary -----------------------------------------------------------------

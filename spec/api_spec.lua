@@ -329,6 +329,11 @@ describe("zkflow.api", function()
         end)
 
         it("counts runs and task instances in /metrics", function()
+            -- without a scheduler here, the counters its scheduler saved
+            -- (zkflow.scheduler.counters) for the run above
+            st:create("/zkflow/stats/scheduler", core.json_encode({
+                runs = { success = 1 }, task_instances = { success = 1, failed = 1 },
+            }), { parents = true })
             local status, _, body, headers = call("GET", "/metrics")
             assert.equal(200, status)
             assert.matches("^text/plain", headers["content-type"])
@@ -337,6 +342,93 @@ describe("zkflow.api", function()
             assert.matches('zkflow_runs{state="failed"} 0', body, 1, true)
             assert.matches('zkflow_task_instances{state="failed"} 1', body,
                            1, true)
+        end)
+    end)
+
+    -- History that scales, item 3: every list answers a page.
+    describe("pages its lists", function()
+        local function problem(path, query, field)
+            local status, v = call("GET", path, nil, query)
+            assert.equal(400, status)
+            assert.equal(400, v.status)
+            assert.equal("Bad Request", v.title)
+            assert.equal("about:blank", v.type)
+            assert.matches("'" .. field .. "'", v.detail, 1, true)
+        end
+
+        before_each(function()
+            for i = 1, 30 do
+                assert(S:trigger({ id = "etl" }, {
+                    run_id = ("r%02d"):format(i),
+                    logical_date = 1767225600 + i * 86400,
+                }))
+            end
+        end)
+
+        it("answers 25 runs, newest first, with total_entries", function()
+            local status, v = call("GET", "/api/v1/dags/etl/runs")
+            assert.equal(200, status)
+            assert.equal(30, v.total_entries)
+            assert.equal(25, #v.dag_runs)
+            assert.equal("r30", v.dag_runs[1].run_id)
+            assert.equal("r06", v.dag_runs[25].run_id)
+        end)
+
+        it("answers the next page at an offset", function()
+            local _, v = call("GET", "/api/v1/dags/etl/runs", nil, { limit = "10", offset = "25" })
+            assert.equal(30, v.total_entries)
+            assert.equal(5, #v.dag_runs)
+            assert.equal("r05", v.dag_runs[1].run_id)
+            assert.equal("r01", v.dag_runs[5].run_id)
+            _, v = call("GET", "/api/v1/dags/etl/runs", nil, { offset = "40" })
+            assert.equal(0, #v.dag_runs)
+            assert.equal(30, v.total_entries)
+            _, v = call("GET", "/api/v1/dags/etl/runs", nil, { limit = "1000" })
+            assert.equal(30, #v.dag_runs)
+        end)
+
+        it("refuses a limit over 1000 or below 0, and a bad offset, naming the field", function()
+            problem("/api/v1/dags/etl/runs", { limit = "1001" }, "limit")
+            problem("/api/v1/dags/etl/runs", { limit = "-1" }, "limit")
+            problem("/api/v1/dags/etl/runs", { offset = "-5" }, "offset")
+            problem("/api/v1/dags/etl/runs", { offset = "x" }, "offset")
+            problem("/api/v1/dags", { limit = "5000" }, "limit")
+            problem("/api/v1/members", { limit = "-2" }, "limit")
+            problem("/api/v1/importErrors", { offset = "1.5" }, "offset")
+            problem("/api/v1/dags/etl/runs/r01/tasks", { limit = "1e9" }, "limit")
+        end)
+
+        it("pages the task instances of a run", function()
+            for _, t in ipairs({ "extract", "load", "report" }) do
+                S:put_ti("etl", "r01", { task_id = t, state = "success", try_number = 1 })
+            end
+            local _, v = call("GET", "/api/v1/dags/etl/runs/r01/tasks", nil, { limit = "2", offset = "1" })
+            assert.equal(3, v.total_entries)
+            assert.equal(2, #v.task_instances)
+            assert.equal("load", v.task_instances[1].task_id)
+            assert.equal("report", v.task_instances[2].task_id)
+        end)
+
+        it("pages DAGs, import errors and members", function()
+            local _, v = call("GET", "/api/v1/dags", nil, { limit = "1" })
+            assert.equal(2, v.total_entries)
+            assert.equal(1, #v.dags)
+            assert.equal("etl", v.dags[1].dag_id)
+            _, v = call("GET", "/api/v1/importErrors")
+            assert.equal(1, v.total_entries)
+            assert.matches("broken.lua$", v.import_errors[1].filename)
+            assert.is_string(v.import_errors[1].stack_trace)
+            _, v = call("GET", "/api/v1/importErrors", nil, { offset = "1" })
+            assert.equal(0, #v.import_errors)
+            for i = 1, 3 do
+                st:create("/zkflow/members/workers/w" .. i,
+                          core.json_encode({ id = "w" .. i, slots = 1 }), { parents = true })
+            end
+            _, v = call("GET", "/api/v1/members", nil, { limit = "2" })
+            assert.equal(3, v.total_workers)
+            assert.equal(0, v.total_schedulers)
+            assert.equal(3, v.total_entries)
+            assert.equal(2, #v.workers)
         end)
     end)
 
@@ -481,6 +573,130 @@ describe("zkflow.api", function()
                                    "Basic " .. core.base64_encode("ops:wrong"), "{}")))
         end)
 
+        it("names the scheme in WWW-Authenticate on a 401 (Session for the page)", function()
+            local _, _, _, hd = call("GET", "/api/v1/dags")
+            assert.equal('Basic realm="zkflow"', hd["www-authenticate"])
+            local status, hd2, out = h:handle { method = "GET", path = "/api/v1/dags", query = {},
+                                                   headers = { ["x-requested-with"] = "XMLHttpRequest" } }
+            assert.equal(401, status)
+            assert.matches("authentication required", out, 1, true)
+            assert.equal('Session realm="zkflow"', hd2["www-authenticate"])
+        end)
+
+        -- The page's login: a session cookie instead of a token in the tab.
+        describe("with a session cookie", function()
+            local function login(user, password, extra)
+                local headers = extra or {}
+                headers["content-type"] = "application/json"
+                return h:handle { method = "POST", path = "/api/v1/session", query = {},
+                                  headers = headers,
+                                  body = core.json_encode({ username = user, password = password }) }
+            end
+
+            local function cookie_of(hd)
+                return hd["set-cookie"]:match("^(zkflow_session=[^;]*)")
+            end
+
+            it("signs in with a password and answers an HttpOnly, SameSite=Strict cookie", function()
+                local status, hd, out = login("ops", "operator pass")
+                assert.equal(200, status)
+                assert.equal("operator", core.json_decode(out).role)
+                local c = hd["set-cookie"]
+                assert.matches("^zkflow_session=%x+_%x+; Max%-Age=43200; HttpOnly; SameSite=Strict; Path=/api/v1$", c)
+                -- the store keeps no secret of it
+                local secret = c:match("_(%x+);")
+                for _, id in ipairs(st:children("/zkflow/auth/sessions")) do
+                    assert.is_nil(st:get("/zkflow/auth/sessions/" .. id):find(secret, 1, true))
+                end
+                local prefixed = select(2, login("ops", "operator pass", { ["x-zkflow-prefix"] = "/flow/" }))
+                assert.matches("; Path=/flow/api/v1$", prefixed["set-cookie"])
+            end)
+
+            it("refuses a bad password (401) and sets no cookie", function()
+                local status, hd = login("ops", "wrong pass")
+                assert.equal(401, status)
+                assert.is_nil(hd["set-cookie"])
+                assert.same({}, st:children("/zkflow/auth/sessions") or {})
+            end)
+
+            it("reads and changes with the cookie, same-origin JSON only", function()
+                local cookie = cookie_of(select(2, login("ops", "operator pass")))
+                assert.equal(200, (req("GET", "/api/v1/dags", nil, nil, { cookie = "a=b; " .. cookie })))
+                local status, out = req("GET", "/api/v1/session", nil, nil, { cookie = cookie })
+                assert.equal(200, status)
+                assert.equal("ops", core.json_decode(out).user)
+                assert.equal(201, (req("POST", "/api/v1/dags/etl/runs", nil, '{"dag_run_id": "c"}',
+                                       { cookie = cookie, origin = "http://h", host = "h" })))
+                -- the CSRF rules stay: another site's page sends the cookie in vain
+                assert.equal(403, (req("POST", "/api/v1/dags/etl/runs", nil, "{}",
+                                       { cookie = cookie, origin = "http://evil.example", host = "h" })))
+                assert.equal(415, (h:handle { method = "POST", path = "/api/v1/dags/etl/runs", query = {},
+                                              headers = { cookie = cookie, ["content-type"] = "text/plain" },
+                                              body = "{}" }))
+                assert.equal(1, #S:list_runs("etl"))
+            end)
+
+            it("gives a viewer's session a viewer's rights", function()
+                assert(A:add_user("val", "viewer", "viewer pass"))
+                local cookie = cookie_of(select(2, login("val", "viewer pass")))
+                assert.equal(200, (req("GET", "/api/v1/dags", nil, nil, { cookie = cookie })))
+                assert.equal(403, (req("POST", "/api/v1/dags/etl/runs", nil, "{}", { cookie = cookie })))
+            end)
+
+            it("signs out: the session ends in the store and the cookie is cleared", function()
+                local cookie = cookie_of(select(2, login("ops", "operator pass")))
+                local status, hd = h:handle { method = "DELETE", path = "/api/v1/session", query = {},
+                                              headers = { cookie = cookie } }
+                assert.equal(200, status)
+                assert.matches("^zkflow_session=; Max%-Age=0;", hd["set-cookie"])
+                assert.equal(401, (req("GET", "/api/v1/dags", nil, nil, { cookie = cookie })))
+                assert.same({}, st:children("/zkflow/auth/sessions") or {})
+            end)
+
+            it("refuses an expired session and removes it", function()
+                local cookie = cookie_of(select(2, login("ops", "operator pass")))
+                local id = cookie:match("=(%x+)_")
+                local p = "/zkflow/auth/sessions/" .. id
+                local rec = core.json_decode(st:get(p))
+                rec.expires = core.now() - 1
+                st:set(p, core.json_encode(rec))
+                local status, out = req("GET", "/api/v1/dags", nil, nil, { cookie = cookie })
+                assert.equal(401, status)
+                assert.matches("session expired", out, 1, true)
+                assert.is_nil(st:get(p))
+            end)
+        end)
+
+        it("lets a viewer change nothing: 403 on every route that writes", function()
+            local writes = 0
+            for _, r in ipairs(api.route_list()) do
+                if r.method ~= "GET" and r.role ~= "public" then
+                    writes = writes + 1
+                    local path = r.pattern:gsub("{dag_id}", "etl"):gsub("{run_id}", "r1")
+                                          :gsub("{task_id}", "extract")
+                    local status, out = req(r.method, path, viewer, "{}")
+                    assert.equal(403, status, r.method .. " " .. r.pattern)
+                    assert.matches("needs the role operator", out, 1, true)
+                end
+            end
+            -- trigger, pause (PATCH) and clear
+            assert.equal(3, writes)
+            assert.same({}, S:list_runs("etl"))
+            assert.is_false(S:is_paused("etl"))
+        end)
+
+        it("names the role of each route: reads viewer, changes operator, login public", function()
+            local roles = {}
+            for _, r in ipairs(api.route_list()) do roles[r.method .. " " .. r.pattern] = r.role end
+            assert.equal("operator", roles["POST /api/v1/dags/{dag_id}/runs"])
+            assert.equal("operator", roles["PATCH /api/v1/dags/{dag_id}"])
+            assert.equal("operator", roles["POST /api/v1/dags/{dag_id}/runs/{run_id}/clear"])
+            assert.equal("viewer", roles["GET /metrics"])
+            assert.equal("viewer", roles["GET /api/v1/dags/{dag_id}/runs/{run_id}/tasks/{task_id}/logs"])
+            assert.equal("public", roles["POST /api/v1/session"])
+            assert.equal("public", roles["GET /api/v1/health"])
+        end)
+
         it("still refuses a cross-site request that carries a cookie-less basic login", function()
             local basic = "Basic " .. core.base64_encode("ops:operator pass")
             assert.equal(403, (req("POST", "/api/v1/dags/etl/runs", basic, "{}",
@@ -560,6 +776,12 @@ describe("zkflow.api", function()
         assert.equal(200, got[1])
         assert.equal("application/json", got[2])
         assert.same({}, { table.unpack(core.json_decode(got[3]).dag_runs) })
+        -- the answer's other headers go to the front door as a list
+        api.http("DELETE", "/api/v1/dags/etl", nil, function(s, _, _, headers)
+            got = { s, headers }
+        end)
+        assert.equal(405, got[1])
+        assert.same({ "Allow", "GET, PATCH" }, got[2])
     end)
 end)
 
@@ -616,6 +838,15 @@ describe("zkflow.state", function()
         assert.equal(1, back.conf.a)
         assert.equal(1, #S:list_runs("d"))
         assert.equal(0, #S:list_runs(nil, { state = "success" }))
+    end)
+
+    it("lists runs newest first, a page at a time, with the total", function()
+        for i = 1, 5 do
+            assert(S:trigger({ id = "d" }, { run_id = "r" .. i, logical_date = 1767225600 + i }))
+        end
+        local runs, total = S:list_runs("d", { limit = 2, offset = 1, order = "desc" })
+        assert.equal(5, total)
+        assert.same({ "r4", "r3" }, { runs[1].run_id, runs[2].run_id })
     end)
 
     it("queues requests in order and removes consumed ones", function()

@@ -241,6 +241,17 @@ expect "runs list" 0 runs list
 has "runs list shows the run" "$T/out" "r1"
 expect "runs list --json --state" 0 runs list hello --state queued --json
 jexpect "runs list --json: both queued runs" "$T/out" "#v.dag_runs" "2"
+# History that scales, item 3: a page at a time, newest first, and how
+# many more there are.
+expect "runs list --limit 1" 0 runs list hello --limit 1
+has "runs list --limit 1 shows the newest run" "$T/out" "r1"
+has "runs list --limit 1 says how many more" "$T/out" "... 1 more (older) run of 2: --offset 1"
+expect "runs list --offset 1 --json" 0 runs list hello --limit 1 --offset 1 --json
+jexpect "runs list --offset: the older run, and total_entries" "$T/out" \
+    "#v.dag_runs .. ' ' .. v.total_entries .. ' ' .. tostring(v.dag_runs[1].run_id ~= 'r1')" "1 2 true"
+expect "runs list --limit over 1000 is a usage error" 2 runs list --limit 1001
+has "runs list --limit names the option" "$T/err" "--limit: expected a whole number from 0 to 1000"
+expect "runs list --offset -1 is a usage error" 2 runs list --offset -1
 expect "runs show --json" 0 runs show hello r1 --json
 jexpect "runs show --json: state queued" "$T/out" "v.state" "queued"
 jexpect "runs show --json: conf" "$T/out" "v.conf.who" "cli"
@@ -319,7 +330,7 @@ return flow.dag {
   end,
 }
 EOF
-run runs list --json
+run runs list --json --limit 1000
 runs_before=$(json_get "$T/out" "#v.dag_runs")
 expect "tasks test of a task exits 0" 0 tasks test hello a
 has "tasks test prints the end state" "$T/out" "hello.a: success (try 1"
@@ -356,7 +367,7 @@ expect "tasks test without a task id exits 2" 2 tasks test hello
 expect "tasks test with a bad --date exits 2" 2 tasks test hello a --date soon
 expect "tasks test --db: runs" 0 tasks test hello a --db side.db
 if [ ! -e "$T/work/side.db" ]; then ok "tasks test writes no --db store"; else bad "tasks test writes no --db store" "side.db was created"; fi
-run runs list --json
+run runs list --json --limit 1000
 jexpect "tasks test records no run in the store" "$T/out" "#v.dag_runs" "$runs_before"
 
 # ---- config -----------------------------------------------------------------
@@ -509,7 +520,7 @@ fi
 # Hardening probe 3: a page on another site posted a run with a simple
 # (preflight-free) request.  Count the runs before and after.
 if [ $HAVE_API = 1 ] && command -v curl >/dev/null; then
-    run runs list hello --json
+    run runs list hello --json --limit 1000
     before=$(json_get "$T/out" "#v.dag_runs")
     code=$(curl -s -o "$T/out" -w '%{http_code}' -X POST -H 'Content-Type: text/plain' \
            -H 'Origin: http://evil.example' -d '{}' "http://127.0.0.1:$PORT/api/v1/dags/hello/runs")
@@ -523,7 +534,7 @@ if [ $HAVE_API = 1 ] && command -v curl >/dev/null; then
     code=$(curl -s -o "$T/out" -w '%{http_code}' -X PATCH -H 'Sec-Fetch-Site: cross-site' \
            -H 'Content-Type: application/json' -d '{"is_paused":true}' "http://127.0.0.1:$PORT/api/v1/dags/hello")
     if [ "$code" = 403 ]; then ok "API refuses a PATCH a browser marks cross-site (403)"; else bad "API refuses a cross-site PATCH" "$code"; fi
-    run runs list hello --json
+    run runs list hello --json --limit 1000
     after=$(json_get "$T/out" "#v.dag_runs")
     if [ "$before" = "$after" ]; then ok "no forged request created a run"; else bad "no forged request created a run" "$before -> $after"; fi
     code=$(curl -s -o "$T/out" -w '%{http_code}' -X POST -H "Origin: http://127.0.0.1:$PORT" \
@@ -564,8 +575,13 @@ if [ $HAVE_API = 1 ] && command -v curl >/dev/null; then
         curl -s -o /dev/null "http://127.0.0.1:$APORT/api/v1/health" && break
         sleep 0.1
     done
-    code=$(curl -s -o /dev/null -w '%{http_code}' "http://127.0.0.1:$APORT/api/v1/dags")
+    code=$(curl -s -D "$T/h401" -o /dev/null -w '%{http_code}' "http://127.0.0.1:$APORT/api/v1/dags")
     if [ "$code" = 401 ]; then ok "API on 0.0.0.0 asks for a user (401)"; else bad "API on 0.0.0.0 asks for a user" "$code"; fi
+    if grep -qi '^WWW-Authenticate: Basic realm="zkflow"' "$T/h401"; then
+        ok "the 401 names the scheme (WWW-Authenticate through evhttp)"
+    else
+        bad "the 401 names the scheme" "$(tr -d '\r' < "$T/h401" | tr '\n' ' ')"
+    fi
     code=$(curl -s -o /dev/null -w '%{http_code}' "http://127.0.0.1:$APORT/api/v1/health")
     if [ "$code" = 200 ]; then ok "health stays open for load balancers"; else bad "health stays open" "$code"; fi
     code=$(curl -s -o /dev/null -w '%{http_code}' -u "vic:viewer pass" "http://127.0.0.1:$APORT/api/v1/dags")

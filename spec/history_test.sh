@@ -81,7 +81,7 @@ start_sa() { # start_sa [ENV=VALUE...]: the standalone, logs in $T/sa.log
 }
 stop_sa() { kill -TERM "$SA" 2>/dev/null; wait_for 10 sh -c "! kill -0 $SA 2>/dev/null"; }
 live_runs() { "${Z[@]}" zk ls /zkflow/runs/hist 2>/dev/null | grep -c . ; }
-nruns() { "${Z[@]}" runs list hist --json 2>/dev/null | py 'import json,sys
+nruns() { "${Z[@]}" runs list hist --limit 1000 --json 2>/dev/null | py 'import json,sys
 print(len(json.load(sys.stdin)["dag_runs"]))'; }
 state_of() { "${Z[@]}" runs show hist "$1" --json 2>/dev/null | py 'import json,sys
 print(json.load(sys.stdin)["state"])' 2>/dev/null; }
@@ -170,7 +170,7 @@ mkdir -p "$T/c"
 S1=$!; PIDS+=("$S1"); disown "$S1"
 (cd "$T/c" && exec "${C[@]}" worker --dags "$T/dags" --id w1) > "$T/w1.log" 2>&1 &
 PIDS+=("$!"); disown "$!"
-cruns() { "${C[@]}" runs list hist --json 2>/dev/null | py 'import json,sys
+cruns() { "${C[@]}" runs list hist --limit 1000 --json 2>/dev/null | py 'import json,sys
 print(sum(1 for r in json.load(sys.stdin)["dag_runs"] if r["state"] == "success"))'; }
 znodes() { # znodes under /zkflow/runs/<dag> (runs, their instances, logs)
     "${C[@]}" zk dump /zkflow/runs 2>/dev/null | py 'import json,sys

@@ -3,8 +3,10 @@
 # running `zkflow standalone`: the DAG list with its import errors, the
 # health and members lines, the grid of runs x tasks coloured by state (a
 # running task, then the same run ended: the page reads the API live), a
-# task's log opened from a link (#dag=..&run=..&task=..), and the first
-# DAG chosen when the link names none.
+# task's log opened from a link (#dag=..&run=..&task=..), the first DAG
+# chosen when the link names none, 25 runs with an "older runs" button
+# that loads more (clicked through the DevTools protocol), and signing in
+# and out with a session cookie against an API that asks who is there.
 #
 #   spec/page_test.sh        (after `make`; prints "N passed, N failed")
 set -u
@@ -187,6 +189,112 @@ check "a failed Lua task's log has its error" \
 page "" > "$T/p5.html"
 check "without a link the first DAG is shown" test "$(dom_get "$T/p5.html" selected)" = page_demo
 check "and its grid" test "$(dom_get "$T/p5.html" grid)" = "a:success b:failed"
+
+# ---- older runs, on request ------------------------------------------------------
+#
+# cdp URL STEP...: drives Chromium through the DevTools protocol (over
+# --remote-debugging-pipe, no extra tool): opens URL, then waits for each
+# STEP, a JavaScript expression, to be true (15 s at most) and prints what
+# the last one gave.  A step may act (click a button) and answer true.
+cdp() {
+    /usr/bin/python3 - "$CHROMIUM" "$T/cdp-profile" "$@" <<'PY'
+import json, os, subprocess, sys, time
+chromium, profile, url, steps = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4:]
+to_chrome = os.pipe()
+from_chrome = os.pipe()
+def fds():
+    # copies first: the pipes may be fds 3 and 4 themselves (close-on-exec)
+    r, w = os.dup(to_chrome[0]), os.dup(from_chrome[1])
+    os.dup2(r, 3)
+    os.dup2(w, 4)
+p = subprocess.Popen([chromium, "--headless=new", "--no-sandbox", "--disable-gpu",
+                      "--no-first-run", "--remote-debugging-pipe",
+                      "--user-data-dir=" + profile, "about:blank"],
+                     preexec_fn=fds, close_fds=False,
+                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+os.close(to_chrome[0]); os.close(from_chrome[1])
+buf, seq = b"", [0]
+def call(method, params, session=None):
+    global buf
+    seq[0] += 1
+    msg = {"id": seq[0], "method": method, "params": params}
+    if session:
+        msg["sessionId"] = session
+    os.write(to_chrome[1], json.dumps(msg).encode() + b"\0")
+    while True:
+        while b"\0" not in buf:
+            chunk = os.read(from_chrome[0], 65536)
+            if not chunk:
+                raise SystemExit("chromium closed the pipe")
+            buf += chunk
+        raw, buf = buf.split(b"\0", 1)
+        m = json.loads(raw)
+        if m.get("id") == seq[0]:
+            return m.get("result", {})
+try:
+    target = call("Target.createTarget", {"url": url})["targetId"]
+    session = call("Target.attachToTarget", {"targetId": target, "flatten": True})["sessionId"]
+    value = None
+    for step in steps:
+        deadline = time.time() + 15
+        while True:
+            r = call("Runtime.evaluate", {"expression": step, "returnByValue": True}, session)
+            value = r.get("result", {}).get("value")
+            if value or time.time() > deadline:
+                break
+            time.sleep(0.1)
+        if not value:
+            print("step never true: %s (got %r)" % (step, value))
+            sys.exit(1)
+    print(value)
+finally:
+    p.kill()
+    p.wait()
+PY
+}
+
+for i in $(seq 10 36); do
+    (cd "$T" && "$ZKFLOW" dags trigger page_demo --run-id "o$i" > /dev/null)
+done
+COLS="document.querySelectorAll('#grid th.run').length"
+OLDER="document.getElementById('older')"
+got=$(cdp "http://127.0.0.1:$PORT/#dag=page_demo" \
+    "$COLS === 25 && $OLDER.style.display !== 'none' && $OLDER.textContent" )
+check "25 runs shown, and a button for the 3 older ones" test "$got" = "older runs (3 more)"
+got=$(cdp "http://127.0.0.1:$PORT/#dag=page_demo" \
+    "$COLS === 25 && ($OLDER.click(), true)" \
+    "$COLS === 28 && $OLDER.style.display === 'none' && document.getElementById('shown').textContent")
+check "\"older runs\" loads them: 28 columns, the button gone" test "$got" = "28 of 28 runs"
+got=$(cdp "http://127.0.0.1:$PORT/#dag=page_demo" \
+    "$COLS === 25 && Array.prototype.map.call(document.querySelectorAll('#grid th.run'), function (t) { return t.title; }).slice(-2).join(',')")
+check "the newest run is on the right" test "$got" = "o35,o36"
+
+# ---- signing in with a session cookie ----------------------------------------------
+#
+# `zkflow api` on 0.0.0.0 asks who is there: the page shows its sign-in
+# form, signs in with a password (POST /api/v1/session), and the session
+# lives in an HttpOnly cookie no script of the page can read.
+printf 'operator pass\n' | "$ZKFLOW" users add ops --role operator --password-stdin \
+    --db "$T/zkflow.db" > /dev/null
+APORT=$(/usr/bin/python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+(cd "$T" && exec "$ZKFLOW" api --api "0.0.0.0:$APORT") > "$T/api.log" 2>&1 &
+AP=$!
+disown "$AP"
+for _ in $(seq 1 50); do
+    curl -sf "http://127.0.0.1:$APORT/api/v1/health" > /dev/null 2>&1 && break
+    sleep 0.1
+done
+LOGIN="document.getElementById('login')"
+got=$(cdp "http://127.0.0.1:$APORT/#dag=page_demo" \
+    "$LOGIN.style.display !== 'none' && document.getElementById('daglist').children.length === 0" \
+    "(document.getElementById('username').value = 'ops', document.getElementById('password').value = 'operator pass', $LOGIN.requestSubmit(), true)" \
+    "$LOGIN.style.display === 'none' && document.getElementById('whoami').textContent === 'ops (operator)' && $COLS === 25" \
+    "(document.cookie.indexOf('zkflow_session') < 0) && (window.zkfSignedIn = 'signed in, cookie hidden')" \
+    "(document.getElementById('logout').click(), true)" \
+    "$LOGIN.style.display !== 'none' && document.getElementById('whoami').textContent === '' && window.zkfSignedIn + ', signed out'")
+check "the page signs in with a password; its session cookie is HttpOnly; signing out asks again" \
+    test "$got" = "signed in, cookie hidden, signed out"
+kill -9 "$AP" 2>/dev/null
 
 echo "$passed passed, $failed failed"
 [ "$failed" -eq 0 ]

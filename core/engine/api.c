@@ -50,15 +50,19 @@ static const char *method_name(enum evhttp_cmd_type t)
 /* The router may answer later (a store call yields); evhttp keeps the
  * request alive until evhttp_send_reply(). */
 static void on_reply(void *ud, int status, const char *ctype,
-                     const char *body, size_t len)
+                     const char *const *headers, const char *body,
+                     size_t len)
 {
     struct evhttp_request *req = ud;
+    struct evkeyvalq *out = evhttp_request_get_output_headers(req);
     struct evbuffer *buf = evbuffer_new();
 
-    evhttp_add_header(evhttp_request_get_output_headers(req),
-                      "Content-Type", ctype);
-    evhttp_add_header(evhttp_request_get_output_headers(req),
-                      "Cache-Control", "no-store");
+    evhttp_add_header(out, "Content-Type", ctype);
+    evhttp_add_header(out, "Cache-Control", "no-store");
+    /* WWW-Authenticate on a 401, Set-Cookie of a login, Allow on a 405:
+     * the router's own values (evhttp also refuses a bare CR or LF) */
+    for (size_t i = 0; headers != NULL && headers[i] != NULL; i += 2)
+        evhttp_add_header(out, headers[i], headers[i + 1]);
     if (buf != NULL)
         evbuffer_add(buf, body, len);
     evhttp_send_reply(req, status, status < 400 ? "OK" : "Error", buf);
@@ -89,10 +93,9 @@ static void on_request(struct evhttp_request *req, void *arg)
     headers[n] = NULL;
     if (len > 0)
         body = (const char *)evbuffer_pullup(in, -1);
-    zkf_engine_http_headers(api->e,
-                            method_name(evhttp_request_get_command(req)),
-                            evhttp_request_get_uri(req), headers, body, len,
-                            on_reply, req);
+    zkf_engine_http_ex(api->e, method_name(evhttp_request_get_command(req)),
+                       evhttp_request_get_uri(req), headers, body, len,
+                       on_reply, req);
 }
 
 struct zkf_api *zkf_api_listen(zkf_engine *e, const char *addr, int port,

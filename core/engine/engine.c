@@ -19,6 +19,7 @@
 
 #include "engine/bundle.h"
 #include "engine/engine.h"
+#include "engine/http.h"
 #include "lua/lbind.h"
 #include "loop/loop.h"
 
@@ -311,7 +312,7 @@ int zkf_engine_on_timer(zkf_engine *e)
 
 static const char *const option_names[] = {
     "dags", "db", "db_sync", "root", "log_dir", "zk", "zk_auth", "zk_acl",
-    "scheduler", NULL
+    "scheduler", "api_auth", NULL
 };
 
 int zkf_engine_setopt(zkf_engine *e, const char *name, const char *value)
@@ -427,20 +428,30 @@ int zkf_engine_shutdown(zkf_engine *e)
 /* ---- HTTP entry --------------------------------------------------------- */
 
 typedef struct reply_box {
-    zkf_reply_fn fn;
+    zkf_reply_fn fn;            /* the public callback, or */
+    zkf_reply_ex_fn fn_ex;      /* the one that takes headers too */
     void *ud;
 } reply_box;
 
 static void reply_once(reply_box *b, int status, const char *ctype,
-                       const char *body, size_t len)
+                       const char *const *headers, const char *body,
+                       size_t len)
 {
     zkf_reply_fn fn = b->fn;
+    zkf_reply_ex_fn fn_ex = b->fn_ex;
 
     b->fn = NULL;
-    if (fn != NULL)
+    b->fn_ex = NULL;
+    if (fn_ex != NULL)
+        fn_ex(b->ud, status, ctype, headers, body, len);
+    else if (fn != NULL)
         fn(b->ud, status, ctype, body, len);
 }
 
+/* The most headers an answer carries besides its type. */
+#define MAX_REPLY_HEADERS 16
+
+/* reply(status, content_type, body [, {name, value, ...}]) */
 static int l_reply(lua_State *L)
 {
     reply_box *b = luaL_checkudata(L, lua_upvalueindex(1), REPLY_MT);
@@ -448,8 +459,29 @@ static int l_reply(lua_State *L)
     const char *ctype = luaL_optstring(L, 2, "application/json");
     size_t len = 0;
     const char *body = luaL_optlstring(L, 3, "", &len);
+    const char *headers[2 * MAX_REPLY_HEADERS + 1];
+    size_t n = 0;
 
-    reply_once(b, status, ctype, body, len);
+    if (lua_type(L, 4) == LUA_TTABLE) {
+        lua_Integer count = luaL_len(L, 4);
+
+        for (lua_Integer i = 1; i + 1 <= count && n < 2 * MAX_REPLY_HEADERS;
+             i += 2) {
+            const char *name, *value;
+
+            /* strings only: the table keeps them alive until the call
+             * ends (a number converted here would not be) */
+            name = lua_rawgeti(L, 4, i) == LUA_TSTRING ? lua_tostring(L, -1) : NULL;
+            value = lua_rawgeti(L, 4, i + 1) == LUA_TSTRING ? lua_tostring(L, -1) : NULL;
+            lua_pop(L, 2);
+            if (name == NULL || value == NULL)
+                continue;
+            headers[n++] = name;
+            headers[n++] = value;
+        }
+    }
+    headers[n] = NULL;
+    reply_once(b, status, ctype, n > 0 ? headers : NULL, body, len);
     return 0;
 }
 
@@ -460,7 +492,7 @@ static int reply_gc(lua_State *L)
     reply_box *b = luaL_checkudata(L, 1, REPLY_MT);
     static const char body[] = "{\"error\":\"request was dropped\"}";
 
-    reply_once(b, 500, "application/json", body, sizeof(body) - 1);
+    reply_once(b, 500, "application/json", NULL, body, sizeof(body) - 1);
     return 0;
 }
 
@@ -499,10 +531,10 @@ static void push_headers(lua_State *L, const char *const *headers)
     }
 }
 
-int zkf_engine_http_headers(zkf_engine *e, const char *method,
-                            const char *uri, const char *const *headers,
-                            const char *body, size_t len, zkf_reply_fn reply,
-                            void *ud)
+static int http_request(zkf_engine *e, const char *method, const char *uri,
+                        const char *const *headers, const char *body,
+                        size_t len, zkf_reply_fn reply,
+                        zkf_reply_ex_fn reply_ex, void *ud)
 {
     lua_State *L = e->L;
     reply_box *b;
@@ -512,7 +544,10 @@ int zkf_engine_http_headers(zkf_engine *e, const char *method,
         return ZKF_ERECURSIVE;
     if (push_engine_fn(e, "http") != 0) {
         static const char msg[] = "{\"error\":\"engine failed to load\"}";
-        reply(ud, 500, "application/json", msg, sizeof(msg) - 1);
+        if (reply_ex != NULL)
+            reply_ex(ud, 500, "application/json", NULL, msg, sizeof(msg) - 1);
+        else
+            reply(ud, 500, "application/json", msg, sizeof(msg) - 1);
         return ZKF_ELUA;
     }
     lua_pushstring(L, method);
@@ -523,6 +558,7 @@ int zkf_engine_http_headers(zkf_engine *e, const char *method,
         lua_pushnil(L);
     b = lua_newuserdatauv(L, sizeof(*b), 0);
     b->fn = reply;
+    b->fn_ex = reply_ex;
     b->ud = ud;
     if (luaL_newmetatable(L, REPLY_MT)) {
         lua_pushcfunction(L, reply_gc);
@@ -540,10 +576,25 @@ int zkf_engine_http_headers(zkf_engine *e, const char *method,
     if (rc != ZKF_OK) {
         char msg[1200];
         int n = snprintf(msg, sizeof(msg), "{\"error\":\"internal error\"}");
-        reply_once(b, 500, "application/json", msg, (size_t)n);
+        reply_once(b, 500, "application/json", NULL, msg, (size_t)n);
     }
     lua_pop(L, 1);
     return rc;
+}
+
+int zkf_engine_http_headers(zkf_engine *e, const char *method,
+                            const char *uri, const char *const *headers,
+                            const char *body, size_t len, zkf_reply_fn reply,
+                            void *ud)
+{
+    return http_request(e, method, uri, headers, body, len, reply, NULL, ud);
+}
+
+int zkf_engine_http_ex(zkf_engine *e, const char *method, const char *uri,
+                       const char *const *headers, const char *body,
+                       size_t len, zkf_reply_ex_fn reply, void *ud)
+{
+    return http_request(e, method, uri, headers, body, len, NULL, reply, ud);
 }
 
 /* ---- engine-only Lua functions ----------------------------------------- */

@@ -8,6 +8,7 @@
 #include <stddef.h>
 #include <lua.h>
 #include "zkflow.h"
+#include "engine/http.h"
 #include "loop/loop.h"
 
 /* The engine that owns `L`, or NULL in plain Lua.  Borrowed. */

@@ -120,6 +120,9 @@ ZKF_EXPORT int zkf_engine_on_timer(zkf_engine *e);
  *   "zk_acl"    ACL of every node the engine creates: "creator" (the
  *               default with zk_auth), "open" (without), "read", or
  *               "scheme:id:perms,..." (perms from "rwcda")
+ *   "api_auth"  "on": the API asks every request for a user of the store
+ *               (`zkflow users`: a token, HTTP basic or the page's session
+ *               cookie); "off" (the default): the host guards it
  * Returns ZKF_EINVAL for an unknown name. */
 ZKF_EXPORT int zkf_engine_setopt(zkf_engine *e, const char *name,
                                 const char *value);

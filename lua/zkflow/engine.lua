@@ -89,7 +89,7 @@ local function serve_zk(z, store, options)
   z.node = require("zkflow.node").start {
     store = store, zk = true, root = options.root or "/zkflow",
     dags_dir = options.dags or "./dags", log_dir = z.log_dir,
-    scheduler = on, worker = on, api = true,
+    scheduler = on, worker = on, api = true, auth = options.api_auth == "on",
     listen = function(fn) z.listeners[#z.listeners + 1] = fn end,
   }
 end
@@ -192,6 +192,7 @@ function _M.start(options)
     dags_dir = options.dags or "./dags",
     log_dir = options.log_dir or (dir .. "/logs"),
     scheduler = options.scheduler ~= "off", busy = "standby", api = true,
+    auth = options.api_auth == "on",
   }
   started = { store = store, node = n }
 end

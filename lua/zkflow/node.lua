@@ -422,10 +422,18 @@ function _M.start(o)
         return { status = "standby", owner = self.standby }
       end }
     end
+    -- /metrics reads the counters of the scheduler that runs (leads)
+    -- here; elsewhere the router reads the ones the leader saved.
+    local function counters()
+      local s = self.scheduler
+      local h = self.parts and self.parts.scheduler
+      if not s and h and h.leader then s = h.s end
+      return s and s:counters() or nil
+    end
     self.api = api.new {
       store = o.store, root = self.root, scheduler = status,
       connection = connection,
-      log_dir = o.log_dir, dags = self.dags, auth = o.auth,
+      log_dir = o.log_dir, dags = self.dags, auth = o.auth, counters = counters,
       history = self.history,
     }
     api.serve(self.api)

@@ -8,6 +8,7 @@
  *       zkflow_log_dir  /var/lib/zkflow/logs;       # optional: task logs
  *       zkflow_zk_auth  user:password;              # optional: digest auth
  *       zkflow_zk_acl   creator;                    # optional: created nodes' ACL
+ *       zkflow_auth     on;                         # optional: zkflow's users
  *       server {
  *           location /zkflow/ { zkflow_api; }
  *       }
@@ -40,6 +41,7 @@
 #include <sys/file.h>
 
 #include "zkflow.h"
+#include "engine/http.h"   /* libzkflow.a's reply with headers */
 
 
 #define NGX_HTTP_ZKFLOW_LOCK_RETRY  1000
@@ -62,6 +64,7 @@ typedef struct {
     ngx_str_t                  zk_acl;
     ngx_str_t                  log_dir;
     ngx_flag_t                 api;      /* some location has zkflow_api */
+    ngx_flag_t                 auth;     /* the API asks for zkflow users */
 
     /* the state of this worker process, NULL in the master */
     ngx_http_zkflow_worker_t  *worker;
@@ -110,6 +113,7 @@ typedef struct {
     ngx_uint_t                     status;
     ngx_str_t                      content_type;
     ngx_str_t                      body;
+    ngx_array_t                   *headers;     /* ngx_keyval_t: the rest */
 
     ngx_int_t                      rc;          /* of a synchronous send */
     unsigned                       sync:1;
@@ -123,7 +127,8 @@ static ngx_int_t ngx_http_zkflow_dispatch(ngx_http_request_t *r);
 static ngx_int_t ngx_http_zkflow_uri(ngx_http_request_t *r,
     ngx_http_zkflow_loc_conf_t *zlcf, ngx_str_t *uri);
 static void ngx_http_zkflow_reply(void *ud, int status,
-    const char *content_type, const char *body, size_t len);
+    const char *content_type, const char *const *headers, const char *body,
+    size_t len);
 static void ngx_http_zkflow_posted_reply(ngx_event_t *ev);
 static ngx_int_t ngx_http_zkflow_send(ngx_http_request_t *r,
     ngx_http_zkflow_ctx_t *ctx);
@@ -209,6 +214,13 @@ static ngx_command_t  ngx_http_zkflow_commands[] = {
       ngx_http_zkflow_log_dir,
       NGX_HTTP_MAIN_CONF_OFFSET,
       offsetof(ngx_http_zkflow_main_conf_t, log_dir),
+      NULL },
+
+    { ngx_string("zkflow_auth"),
+      NGX_HTTP_MAIN_CONF|NGX_CONF_FLAG,
+      ngx_conf_set_flag_slot,
+      NGX_HTTP_MAIN_CONF_OFFSET,
+      offsetof(ngx_http_zkflow_main_conf_t, auth),
       NULL },
 
     { ngx_string("zkflow_api"),
@@ -309,10 +321,13 @@ ngx_http_zkflow_body_handler(ngx_http_request_t *r)
 
 
 /* The request's headers as name, value C strings ended by a NULL name,
- * from the request pool, for zkf_engine_http_headers() (the router reads
- * Origin, Sec-Fetch-Site, Content-Type and Host from them). */
+ * from the request pool, for zkf_engine_http_ex() (the router reads
+ * Origin, Sec-Fetch-Site, Content-Type, Host, Authorization and Cookie
+ * from them), then X-Zkflow-Prefix: the location's prefix this module
+ * strips, which the router puts in the Path of its session cookie. */
 static const char **
-ngx_http_zkflow_headers(ngx_http_request_t *r)
+ngx_http_zkflow_headers(ngx_http_request_t *r,
+    ngx_http_zkflow_loc_conf_t *zlcf)
 {
     ngx_uint_t        i, n;
     ngx_list_part_t  *part;
@@ -325,7 +340,7 @@ ngx_http_zkflow_headers(ngx_http_request_t *r)
         n += part->nelts;
     }
 
-    out = ngx_pnalloc(r->pool, (2 * n + 1) * sizeof(char *));
+    out = ngx_pnalloc(r->pool, (2 * n + 3) * sizeof(char *));
 
     if (out == NULL) {
         return NULL;
@@ -351,6 +366,17 @@ ngx_http_zkflow_headers(ngx_http_request_t *r)
             n += 2;
         }
     }
+
+    out[n] = "X-Zkflow-Prefix";
+    out[n + 1] = (const char *) ngx_pnalloc(r->pool, zlcf->prefix.len + 1);
+
+    if (out[n + 1] == NULL) {
+        return NULL;
+    }
+
+    ngx_cpystrn((u_char *) out[n + 1], zlcf->prefix.data,
+                zlcf->prefix.len + 1);
+    n += 2;
 
     out[n] = NULL;
 
@@ -449,15 +475,15 @@ ngx_http_zkflow_dispatch(ngx_http_request_t *r)
     ctx->posted.data = ctx;
     ctx->posted.log = r->connection->log;
 
-    headers = ngx_http_zkflow_headers(r);
+    headers = ngx_http_zkflow_headers(r, zlcf);
 
     if (headers == NULL) {
         return NGX_HTTP_INTERNAL_SERVER_ERROR;
     }
 
-    if (zkf_engine_http_headers(zmcf->worker->engine, (char *) method,
-                                (char *) uri, headers, body, len,
-                                ngx_http_zkflow_reply, ctx)
+    if (zkf_engine_http_ex(zmcf->worker->engine, (char *) method,
+                           (char *) uri, headers, body, len,
+                           ngx_http_zkflow_reply, ctx)
         == ZKF_ERECURSIVE)
     {
         /* cannot happen from a request handler; the reply never comes */
@@ -625,14 +651,17 @@ ngx_http_zkflow_uri(ngx_http_request_t *r, ngx_http_zkflow_loc_conf_t *zlcf,
 }
 
 
-/* zkf_reply_fn: exactly once per request, maybe before zkf_engine_http()
- * returns.  The strings are borrowed for the call. */
+/* zkf_reply_ex_fn: exactly once per request, maybe before
+ * zkf_engine_http_ex() returns.  The strings are borrowed for the call:
+ * they are copied into the request's pool. */
 static void
 ngx_http_zkflow_reply(void *ud, int status, const char *content_type,
-    const char *body, size_t len)
+    const char *const *headers, const char *body, size_t len)
 {
     ngx_http_zkflow_ctx_t  *ctx = ud;
 
+    size_t               n;
+    ngx_keyval_t        *kv;
     ngx_http_request_t  *r;
 
     ctx->replied = 1;
@@ -661,6 +690,34 @@ ngx_http_zkflow_reply(void *ud, int status, const char *content_type,
         ngx_memcpy(ctx->content_type.data, content_type,
                    ctx->content_type.len);
         ngx_memcpy(ctx->body.data, body, len);
+    }
+
+    /* WWW-Authenticate of a 401, Set-Cookie of a login, Allow of a 405 */
+    for (n = 0; headers != NULL && headers[n] != NULL; n += 2) { /* void */ }
+
+    if (n > 0) {
+        ctx->headers = ngx_array_create(r->pool, n / 2, sizeof(ngx_keyval_t));
+
+        for (n = 0; ctx->headers && headers[n] != NULL; n += 2) {
+            kv = ngx_array_push(ctx->headers);
+
+            if (kv == NULL) {
+                break;
+            }
+
+            kv->key.len = ngx_strlen(headers[n]);
+            kv->key.data = ngx_pnalloc(r->pool, kv->key.len);
+            kv->value.len = ngx_strlen(headers[n + 1]);
+            kv->value.data = ngx_pnalloc(r->pool, kv->value.len);
+
+            if (kv->key.data == NULL || kv->value.data == NULL) {
+                ctx->headers->nelts--;
+                break;
+            }
+
+            ngx_memcpy(kv->key.data, headers[n], kv->key.len);
+            ngx_memcpy(kv->value.data, headers[n + 1], kv->value.len);
+        }
     }
 
     if (ctx->sync) {
@@ -696,9 +753,12 @@ ngx_http_zkflow_posted_reply(ngx_event_t *ev)
 static ngx_int_t
 ngx_http_zkflow_send(ngx_http_request_t *r, ngx_http_zkflow_ctx_t *ctx)
 {
-    ngx_int_t     rc;
-    ngx_buf_t    *b;
-    ngx_chain_t   out;
+    ngx_int_t          rc;
+    ngx_buf_t         *b;
+    ngx_uint_t         i;
+    ngx_chain_t        out;
+    ngx_keyval_t      *kv;
+    ngx_table_elt_t   *h;
 
     if (ctx->status >= NGX_HTTP_SPECIAL_RESPONSE && ctx->body.len == 0) {
         return ctx->status;
@@ -706,6 +766,23 @@ ngx_http_zkflow_send(ngx_http_request_t *r, ngx_http_zkflow_ctx_t *ctx)
 
     r->headers_out.status = ctx->status;
     r->headers_out.content_length_n = ctx->body.len;
+
+    kv = ctx->headers ? ctx->headers->elts : NULL;
+
+    for (i = 0; ctx->headers && i < ctx->headers->nelts; i++) {
+        h = ngx_list_push(&r->headers_out.headers);
+
+        if (h == NULL) {
+            return NGX_ERROR;
+        }
+
+        /* nginx 1.23 added h->next; ngx_list_push's memory is not zeroed,
+         * and 1.22 (Debian 12) has no such field: clear the element */
+        ngx_memzero(h, sizeof(ngx_table_elt_t));
+        h->hash = 1;
+        h->key = kv[i].key;
+        h->value = kv[i].value;
+    }
 
     if (ctx->content_type.len) {
         r->headers_out.content_type = ctx->content_type;
@@ -1170,6 +1247,8 @@ ngx_http_zkflow_start(ngx_http_zkflow_worker_t *w)
                != ZKF_OK)
         || zkf_engine_setopt(e, "scheduler", w->scheduler ? "on" : "off")
            != ZKF_OK
+        || zkf_engine_setopt(e, "api_auth", zmcf->auth == 1 ? "on" : "off")
+           != ZKF_OK
         || zkf_engine_start(e) != ZKF_OK)
     {
         ngx_http_zkflow_failed(w, zkf_errmsg(e));
@@ -1252,6 +1331,8 @@ ngx_http_zkflow_create_main_conf(ngx_conf_t *cf)
      *     conf->api = 0;
      *     conf->worker = NULL;
      */
+
+    conf->auth = NGX_CONF_UNSET;
 
     return conf;
 }

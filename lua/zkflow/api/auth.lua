@@ -5,12 +5,23 @@
 --   <root>/auth/users/<name>   {name, role, created, password = {kdf =
 --                               "pbkdf2-sha256", iterations, salt, hash}}
 --   <root>/auth/tokens/<id>    {id, user, label, created, hash}
+--   <root>/auth/sessions/<id>  {id, user, created, expires, hash}
 -- A token is "zkf_<id>_<secret>" (8 and 32 random bytes in hex); the store
 -- keeps only the SHA-256 of its secret, so a copy of the store lets no one
 -- in.  A password is kept as PBKDF2-HMAC-SHA-256 (ITERATIONS rounds,
 -- 16 bytes of salt); a checked password is remembered for CACHE_SECONDS
 -- (keyed by a hash of user, password and stored hash) so HTTP basic does
 -- not pay the KDF on every request of the loop.
+--
+-- The page signs in with a session: POST /api/v1/session with a user's
+-- name and password sets the cookie "zkflow_session=<id>_<secret>"
+-- (HttpOnly, SameSite=Strict); the session lives server-side, in the
+-- store beside the tokens and, like them, as the hash of its secret, for
+-- SESSION_SECONDS from the login (no sliding renewal).  Kept in the store
+-- rather than signed with a secret: signing out (DELETE /api/v1/session)
+-- or deleting the user ends it at once, on every API process of a
+-- cluster.  Expired sessions are removed when they are presented and by
+-- each login.
 --
 -- Roles, each with everything of the ones before (Airflow's Viewer, Op,
 -- Admin): viewer reads; operator also triggers, pauses and clears; admin
@@ -26,6 +37,8 @@ local sfmt = string.format
 _M.ROLES = { viewer = 1, operator = 2, admin = 3 }
 _M.ITERATIONS = 50000
 _M.CACHE_SECONDS = 60
+_M.SESSION_SECONDS = 12 * 3600
+_M.COOKIE = "zkflow_session"
 
 local NAME_RULE = "^[%w_.@%-]+$"
 
@@ -134,6 +147,12 @@ function A:delete_user(name)
     for _, t in ipairs(self:list_tokens()) do
         if t.user == name then self.S.store:delete(self:token_path(t.id)) end
     end
+    for _, id in ipairs(self.S:children(self.S:path("auth", "sessions"))) do
+        local rec = self.S:read(self:session_path(id))
+        if type(rec) == "table" and rec.user == name then
+            self.S.store:delete(self:session_path(id))
+        end
+    end
     self.S.store:delete(self:user_path(name))
     self.verified, self.verified_keys = {}, {}
     return true
@@ -210,13 +229,86 @@ local function check_token(self, token)
     return user_of(self, rec.user)
 end
 
+function A:session_path(id)
+    return self.S:path("auth", "sessions", id)
+end
+
+-- Removes the sessions whose time is up (a login does it, so sessions
+-- nobody presents again do not pile up).
+function A:sweep_sessions()
+    local now = core.now()
+    for _, id in ipairs(self.S:children(self.S:path("auth", "sessions"))) do
+        local rec = self.S:read(self:session_path(id))
+        if type(rec) ~= "table" or type(rec.expires) ~= "number" or rec.expires <= now then
+            self.S.store:delete(self:session_path(id))
+        end
+    end
+end
+
+-- A new session for `name` if `password` is its password: returns the
+-- cookie value and the user record, or nil and "bad credentials".
+function A:login(name, password)
+    local user = type(name) == "string" and type(password) == "string"
+                 and check_password(self, name, password)
+    if not user then
+        return nil, "bad credentials"
+    end
+    self:sweep_sessions()
+    local id, secret = core.random_hex(8), core.random_hex(32)
+    local now = core.now()
+    self.S:write(self:session_path(id), {
+        id = id, user = user.name, created = state.iso(now, true),
+        expires = now + _M.SESSION_SECONDS, hash = core.sha256(secret),
+    })
+    return id .. "_" .. secret, user
+end
+
+-- Ends the session of cookie value `value` (nothing when it names none).
+function A:logout(value)
+    local id = type(value) == "string" and value:match("^(%x+)_%x+$")
+    if id then self.S.store:delete(self:session_path(id)) end
+end
+
+-- The value of the session cookie in a Cookie header, or nil.
+function _M.session_cookie(headers)
+    local c = headers and headers.cookie
+    if type(c) ~= "string" then return nil end
+    for pair in c:gmatch("[^;]+") do
+        local k, v = pair:match("^%s*([^=%s]+)%s*=%s*(.-)%s*$")
+        if k == _M.COOKIE then return v end
+    end
+    return nil
+end
+
+local function check_session(self, value)
+    local id, secret = value:match("^(%x+)_(%x+)$")
+    if not id then return nil end
+    local rec = self.S:read(self:session_path(id))
+    if type(rec) ~= "table" or type(rec.hash) ~= "string"
+            or not core.equal_ct(core.sha256(secret), rec.hash) then
+        return nil
+    end
+    if type(rec.expires) ~= "number" or rec.expires <= core.now() then
+        self.S.store:delete(self:session_path(id))
+        return nil, "session expired: sign in again"
+    end
+    return user_of(self, rec.user)
+end
+
 -- Who sent the request with `headers` ({lower-case name = value}): the
--- user record ({name, role, ...}), or nil and why (for a 401).
--- Authorization: Bearer <token>, or Basic base64(user:password).
+-- user record ({name, role, ...}) and how ("bearer", "basic" or
+-- "cookie"), or nil and why (for a 401).  Authorization: Bearer <token>,
+-- or Basic base64(user:password); else the session cookie.
 function A:authenticate(headers)
     local h = headers and headers.authorization
     if not h then
-        return nil, "authentication required (a bearer token or HTTP basic)"
+        local cookie = _M.session_cookie(headers)
+        if cookie then
+            local user, why = check_session(self, cookie)
+            if not user then return nil, why or "bad credentials" end
+            return user, "cookie"
+        end
+        return nil, "authentication required (a bearer token, HTTP basic or a session)"
     end
     local scheme, value = h:match("^%s*(%a+)%s+(%S+)%s*$")
     scheme = scheme and scheme:lower()
@@ -233,7 +325,7 @@ function A:authenticate(headers)
     if not user then
         return nil, "bad credentials"
     end
-    return user
+    return user, scheme
 end
 
 return _M

@@ -28,7 +28,7 @@ local concat, sort = table.concat, table.sort
 local fmt = string.format
 local json_encode, json_decode = core.json_encode, core.json_decode
 local array = state.array
-local is_null, nullable = views.is_null, views.nullable
+local nullable = views.nullable
 
 -- The views (zkflow.api.views) under the names the command line calls.
 for _, name in ipairs({ "ids", "schedule_string", "dag_entry", "dag_list", "dag_detail",
@@ -78,9 +78,21 @@ local function reply_error(status, msg)
     })
 end
 
--- Raised inside a route to answer with an error status.
-local function http_error(status, msg)
-    error({ http_status = status, msg = msg }, 0)
+-- Raised inside a route to answer with an error status (and headers).
+local function http_error(status, msg, headers)
+    error({ http_status = status, msg = msg, headers = headers }, 0)
+end
+
+-- A 401 names the scheme to use (RFC 9110): HTTP basic, except for the
+-- page, whose requests say X-Requested-With (Spring Security's rule): a
+-- Basic challenge would make the browser open its own login dialog over
+-- the page's form, so the page is told "Session" instead.
+local function challenge(req)
+    local h = req.headers or {}
+    if h["x-requested-with"] then
+        return { ["www-authenticate"] = 'Session realm="zkflow"' }
+    end
+    return { ["www-authenticate"] = 'Basic realm="zkflow"' }
 end
 
 local function is_array(v)
@@ -168,6 +180,44 @@ local function body_json(req, schema)
     return out
 end
 
+-- ---- paging -----------------------------------------------------------------
+
+-- Lists answer a page: ?limit= (default DEFAULT_LIMIT, at most MAX_LIMIT)
+-- and ?offset= (default 0), with total_entries, as Airflow's API.  Unlike
+-- Airflow, which quietly caps a limit over its maximum, a limit over
+-- MAX_LIMIT is a 400 naming the field: a client never gets less than it
+-- asked for without being told.
+_M.DEFAULT_LIMIT, _M.MAX_LIMIT = 25, 1000
+
+local function whole(q, name, default, max)
+    local v = q[name]
+    if v == nil or v == "" then
+        return default
+    end
+    local n = math.tointeger(tonumber(v))
+    if not n or n < 0 or (max and n > max) then
+        http_error(400, fmt("'%s': expected a whole number from 0 to %s, got '%s'",
+                            name, max and tostring(max) or "any", printable(v)))
+    end
+    return n
+end
+
+-- The page a list request asks for: limit, offset.
+local function page_query(req, default_limit)
+    local q = req.query or {}
+    return whole(q, "limit", default_limit or _M.DEFAULT_LIMIT, _M.MAX_LIMIT),
+           whole(q, "offset", 0)
+end
+
+-- Items offset+1 .. offset+limit of `list`.
+local function page_of(list, limit, offset)
+    local out = {}
+    for i = offset + 1, math.min(#list, offset + limit) do
+        out[#out + 1] = list[i]
+    end
+    return array(out)
+end
+
 -- ---- the router ---------------------------------------------------------------
 
 local Api = {}
@@ -182,7 +232,9 @@ Api.__index = Api
 -- o.history: the history store (zkflow.history) that finished runs are
 -- read from; o.connection: a function returning the ZooKeeper
 -- connection's state ("connected", "suspended", "lost", "connecting"),
--- which health reports.
+-- which health reports; o.counters: a function returning the running
+-- scheduler's counters (zkflow.scheduler.counters) or nil, for /metrics;
+-- without them /metrics reads the ones a scheduler saved in the store.
 function _M.new(o)
     o = o or {}
     if not o.store then
@@ -196,6 +248,7 @@ function _M.new(o)
         connection = o.connection,
         log_dir = o.log_dir,
         auth = o.auth and auth.new(o.store, o.root) or nil,
+        counters_fn = o.counters,
         started = core.now(),
     }, Api)
     return self
@@ -233,9 +286,11 @@ local routes = {}
 
 local RUN_STATES = { queued = true, running = true, success = true, failed = true }
 
+local SAFE_METHODS = { GET = true, HEAD = true, OPTIONS = true }
+
 -- A route; `access`: the role it needs ("viewer" for reads, "operator"
 -- for changes by default) or "public" (no credentials: health for load
--- balancers, the page, which then asks for a token).
+-- balancers, the page, which then signs in, the login itself).
 local function route(method, pattern, fn, access)
     routes[#routes + 1] = { method = method, pattern = pattern, fn = fn,
                             access = access }
@@ -271,8 +326,27 @@ route("GET", "/api/v1/health", function(self)
     })
 end, "public")
 
-route("GET", "/api/v1/dags", function(self)
-    return reply_json(200, { dags = _M.dag_list(self:current(), self.S) })
+-- Airflow's default page of DAGs is 100 (the page asks for its own).
+route("GET", "/api/v1/dags", function(self, _, req)
+    local limit, offset = page_query(req, 100)
+    local all = _M.dag_list(self:current(), self.S)
+    return reply_json(200, { dags = page_of(all, limit, offset),
+                             total_entries = #all })
+end)
+
+-- Files whose import failed, by file name (Airflow's importErrors).
+route("GET", "/api/v1/importErrors", function(self, _, req)
+    local limit, offset = page_query(req)
+    local errors = self:current().errors
+    local files = {}
+    for file in pairs(errors) do files[#files + 1] = file end
+    sort(files)
+    local list = {}
+    for i, file in ipairs(files) do
+        list[i] = { filename = file, stack_trace = printable(errors[file]) }
+    end
+    return reply_json(200, { import_errors = page_of(list, limit, offset),
+                             total_entries = #list })
 end)
 
 route("GET", "/api/v1/dags/{dag_id}", function(self, p)
@@ -292,26 +366,20 @@ route("PATCH", "/api/v1/dags/{dag_id}", function(self, p, req)
     return reply_json(200, _M.dag_entry(dag, self.S, cur.errors))
 end)
 
+-- A page of runs, newest logical date first (Airflow orders by id unless
+-- asked: the newest are what a person and the page look at first).
 route("GET", "/api/v1/dags/{dag_id}/runs", function(self, p, req)
     local q = req.query or {}
-    local limit = q.limit and math.tointeger(tonumber(q.limit))
-    if q.limit and (not limit or limit < 0) then
-        http_error(400, "'limit': expected a whole number >= 0, got '"
-                        .. q.limit .. "'")
-    end
+    local limit, offset = page_query(req)
     if q.state and not RUN_STATES[q.state] then
         http_error(400, "'state': expected one of queued, running, success, "
-                        .. "failed, got '" .. q.state .. "'")
+                        .. "failed, got '" .. printable(q.state) .. "'")
     end
-    local runs = self.S:list_runs(p.dag_id, { state = q.state })
-    local first = 1
-    if limit and limit >= 0 and #runs > limit then
-        first = #runs - limit + 1
-    end
-    local with_tasks = req.query and (req.query.tasks == "1"
-                                      or req.query.tasks == "true")
+    local runs, total = self.S:list_runs(p.dag_id, { state = q.state, order = "desc",
+                                                     limit = limit, offset = offset })
+    local with_tasks = q.tasks == "1" or q.tasks == "true"
     local list = {}
-    for i = first, #runs do
+    for i = 1, math.min(#runs, limit) do
         local r = _M.run_summary(runs[i])
         if with_tasks then
             local tasks = {}
@@ -324,7 +392,7 @@ route("GET", "/api/v1/dags/{dag_id}/runs", function(self, p, req)
         end
         list[#list + 1] = r
     end
-    return reply_json(200, { dag_runs = array(list), total_entries = #runs })
+    return reply_json(200, { dag_runs = array(list), total_entries = total or #runs })
 end)
 
 route("POST", "/api/v1/dags/{dag_id}/runs", function(self, p, req)
@@ -365,7 +433,8 @@ route("GET", "/api/v1/dags/{dag_id}/runs/{run_id}", function(self, p)
     return reply_json(200, self:run_object(p.dag_id, p.run_id))
 end)
 
-route("GET", "/api/v1/dags/{dag_id}/runs/{run_id}/tasks", function(self, p)
+route("GET", "/api/v1/dags/{dag_id}/runs/{run_id}/tasks", function(self, p, req)
+    local limit, offset = page_query(req)
     local obj = self:run_object(p.dag_id, p.run_id)
     local ids = {}
     for id in pairs(obj.tasks) do ids[#ids + 1] = id end
@@ -376,7 +445,8 @@ route("GET", "/api/v1/dags/{dag_id}/runs/{run_id}/tasks", function(self, p)
         t.task_id = id
         list[#list + 1] = t
     end
-    return reply_json(200, { task_instances = array(list) })
+    return reply_json(200, { task_instances = page_of(list, limit, offset),
+                             total_entries = #list })
 end)
 
 route("GET", "/api/v1/dags/{dag_id}/runs/{run_id}/tasks/{task_id}",
@@ -441,8 +511,73 @@ route("POST", "/api/v1/dags/{dag_id}/runs/{run_id}/clear",
                              task_ids = array(ids) })
 end)
 
-route("GET", "/api/v1/members", function(self)
-    return reply_json(200, self.S:members())
+-- ---- sessions (the page's login) ------------------------------------------
+
+-- The cookie's attributes: HttpOnly (no script reads it), SameSite=Strict
+-- (no other site's page sends it), Path the API's own (X-Zkflow-Prefix:
+-- what a front door serving under a prefix, nginx's location, stripped).
+local function cookie_attrs(req)
+    local prefix = (req.headers or {})["x-zkflow-prefix"] or ""
+    if not prefix:find("^[%w/._~-]*$") then prefix = "" end
+    prefix = prefix:gsub("/+$", "")
+    return "; HttpOnly; SameSite=Strict; Path=" .. prefix .. "/api/v1"
+end
+
+-- POST {"username": ..., "password": ...}: a session for that user, in a
+-- cookie.  Public (it is how one gets in), but like every change it must
+-- come from this site in JSON: no other site can sign a browser in.
+route("POST", "/api/v1/session", function(self, _, req)
+    local b = body_json(req, { username = "string", password = "string" })
+    if not b.username or not b.password then
+        http_error(400, "'username' and 'password': required")
+    end
+    if not self.auth then
+        http_error(409, "this API does not ask who sends a request (auth is off)")
+    end
+    local value, user = self.auth:login(b.username, b.password)
+    if not value then
+        http_error(401, user, challenge(req))
+    end
+    local st, hd, bd = reply_json(200, {
+        user = user.name, role = user.role,
+        expires = state.iso(core.now() + auth.SESSION_SECONDS, true),
+    })
+    hd = { ["content-type"] = hd["content-type"],
+           ["set-cookie"] = auth.COOKIE .. "=" .. value .. "; Max-Age="
+                            .. auth.SESSION_SECONDS .. cookie_attrs(req) }
+    return st, hd, bd
+end, "public")
+
+-- Who this request is: {user, role, auth}; user null when auth is off.
+route("GET", "/api/v1/session", function(self, _, req)
+    local u = req.user
+    return reply_json(200, { auth = self.auth ~= nil,
+                             user = u and u.name or core.null,
+                             role = u and u.role or core.null })
+end)
+
+-- Signs out: the session ends in the store and the cookie is cleared.
+route("DELETE", "/api/v1/session", function(self, _, req)
+    if self.auth then
+        self.auth:logout(auth.session_cookie(req.headers))
+    end
+    local st, hd, bd = reply_json(200, { user = core.null })
+    hd = { ["content-type"] = hd["content-type"],
+           ["set-cookie"] = auth.COOKIE .. "=; Max-Age=0" .. cookie_attrs(req) }
+    return st, hd, bd
+end, "public")
+
+-- Each list (schedulers, workers) is paged alike; total_entries counts
+-- both, total_schedulers and total_workers each.
+route("GET", "/api/v1/members", function(self, _, req)
+    local limit, offset = page_query(req)
+    local m = self.S:members()
+    return reply_json(200, {
+        schedulers = page_of(m.schedulers, limit, offset),
+        workers = page_of(m.workers, limit, offset),
+        total_schedulers = #m.schedulers, total_workers = #m.workers,
+        total_entries = #m.schedulers + #m.workers,
+    })
 end)
 
 local function prom_label(v)
@@ -457,14 +592,21 @@ route("GET", "/metrics", function(self)
         if self.S:is_paused(id) then npaused = npaused + 1 end
     end
     for _ in pairs(cur.errors) do nerr = nerr + 1 end
+    -- Runs and task instances by state: the scheduler's counters
+    -- (zkflow.scheduler.counters), never a scan of the runs.  A process
+    -- that runs no scheduler (zkflow api, a cluster's standby) answers
+    -- with the ones the scheduler last saved in the store.
+    local c = self.counters_fn and self.counters_fn()
+    if not c then
+        local saved = self.S:read(self.S:path("stats", "scheduler"))
+        c = type(saved) == "table" and saved or {}
+    end
     local runs, tis = {}, {}
-    for _, r in ipairs(self.S:list_runs()) do
-        local rs = tostring(r.state or "none")
-        runs[rs] = (runs[rs] or 0) + 1
-        for _, ti in pairs(self.S:list_tis(r.dag_id, r.run_id)) do
-            local ts = is_null(ti.state) and "none" or tostring(ti.state)
-            tis[ts] = (tis[ts] or 0) + 1
-        end
+    for s, n in pairs(type(c.runs) == "table" and c.runs or {}) do
+        runs[tostring(s)] = math.tointeger(n) or 0
+    end
+    for s, n in pairs(type(c.task_instances) == "table" and c.task_instances or {}) do
+        tis[tostring(s)] = math.tointeger(n) or 0
     end
     local lines = {
         "# HELP zkflow_dags DAGs loaded from the DAG folder.",
@@ -502,6 +644,26 @@ route("GET", "/metrics", function(self)
     for _, s in ipairs(keys) do
         lines[#lines + 1] = fmt('zkflow_task_instances{state="%s"} %d',
                                 prom_label(s), tis[s])
+    end
+    -- The same per DAG, for the DAGs the counters know.
+    local per_dag = type(c.dags) == "table" and c.dags or {}
+    local dag_ids = {}
+    for id in pairs(per_dag) do dag_ids[#dag_ids + 1] = tostring(id) end
+    sort(dag_ids)
+    for _, kind in ipairs({ "runs", "task_instances" }) do
+        local name = "zkflow_dag_" .. kind
+        lines[#lines + 1] = "# HELP " .. name .. " The same by DAG."
+        lines[#lines + 1] = "# TYPE " .. name .. " gauge"
+        for _, id in ipairs(dag_ids) do
+            local d = type(per_dag[id]) == "table" and per_dag[id][kind] or {}
+            local states = {}
+            for s in pairs(type(d) == "table" and d or {}) do states[#states + 1] = tostring(s) end
+            sort(states)
+            for _, s in ipairs(states) do
+                lines[#lines + 1] = fmt('%s{dag_id="%s",state="%s"} %d', name, prom_label(id),
+                                        prom_label(s), math.tointeger(d[s]) or 0)
+            end
+        end
     end
     -- The cluster: members, leadership, queues (what a cluster's alerting
     -- watches: no leader, no workers, a queue that only grows).
@@ -571,9 +733,19 @@ for _, r in ipairs(routes) do
     r.parts = split(r.pattern)
 end
 
+-- The routes as {method, pattern, role}: role "public", or the one a user
+-- needs when auth is on (the specs check every route against it).
+function _M.route_list()
+    local out = {}
+    for i, r in ipairs(routes) do
+        out[i] = { method = r.method, pattern = r.pattern,
+                   role = r.access or (SAFE_METHODS[r.method] and "viewer" or "operator") }
+    end
+    return out
+end
+
 -- ---- cross-site requests -------------------------------------------------------
 
-local SAFE_METHODS = { GET = true, HEAD = true, OPTIONS = true }
 
 -- "http://Host:80" -> "host"; "https://h:8443" -> "h:8443": the form a
 -- Host header has, to compare an Origin with it.
@@ -631,22 +803,23 @@ end
 -- With auth on, the request's user must hold the route's role: 401 names
 -- what is missing, 403 who may not do what.  Returns true when a bearer
 -- token authenticated it (no browser sends one on its own, so such a
--- request needs no cross-site check).
+-- request needs no cross-site check; a session cookie or HTTP basic,
+-- which a browser does send on its own, does).
 local function check_access(self, r, method, req)
     if not self.auth or r.access == "public" then
         return false
     end
-    local user, why = self.auth:authenticate(req.headers)
+    local user, how = self.auth:authenticate(req.headers)
     if not user then
-        http_error(401, why)
+        http_error(401, how, challenge(req))
     end
+    req.user = user
     local need = r.access or (SAFE_METHODS[method] and "viewer" or "operator")
     if not auth.allows(user.role, need) then
         http_error(403, fmt("user %s (%s) may not %s %s: it needs the role %s",
                             user.name, user.role, method, req.path, need))
     end
-    local h = req.headers.authorization
-    return h:match("^%s*[Bb][Ee][Aa][Rr][Ee][Rr]%s") ~= nil
+    return how == "bearer"
 end
 
 -- Path parameters are ids (dag_id, run_id, task_id): each is checked
@@ -755,7 +928,12 @@ function _M.handle(a, b)
     end
     local e = status
     if type(e) == "table" and e.http_status then
-        return reply_error(e.http_status, e.msg)
+        local st, hd, bd = reply_error(e.http_status, e.msg)
+        if e.headers then
+            hd = { ["content-type"] = hd["content-type"] }
+            for k, v in pairs(e.headers) do hd[k] = v end
+        end
+        return st, hd, bd
     end
     -- A bug, not the client's fault: the trace goes to the log, the
     -- client gets no internals (file names, lines, store paths).
@@ -779,8 +957,25 @@ function _M.parse_uri(uri)
     return path, query
 end
 
+-- The answer's headers other than its type, as the engine's reply takes
+-- them: {name, value, ...} in name order ("Www-Authenticate" ...).
+local function header_list(hd)
+    local names, list = {}, {}
+    for k in pairs(hd or {}) do
+        if k ~= "content-type" then names[#names + 1] = k end
+    end
+    sort(names)
+    for _, k in ipairs(names) do
+        list[#list + 1] = k:gsub("^%l", string.upper):gsub("%-%l", string.upper)
+        list[#list + 1] = tostring(hd[k])
+    end
+    return list
+end
+
 -- The engine's entry: method, raw uri, body; answers through
--- reply(status, content_type, body).  Uses the served router.
+-- reply(status, content_type, body, headers): headers {name, value, ...}
+-- (the front doors that ship with zkflow send them; a host's
+-- zkf_reply_fn gets the first three).  Uses the served router.
 function _M.http(method, uri, body, reply, headers)
     local path, query = _M.parse_uri(uri or "/")
     local status, hd, out = _M.handle({
@@ -788,7 +983,7 @@ function _M.http(method, uri, body, reply, headers)
         headers = headers,
     })
     reply(status, hd and hd["content-type"] or "application/json",
-          out or "")
+          out or "", header_list(hd))
 end
 
 return _M

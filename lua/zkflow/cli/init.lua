@@ -167,10 +167,13 @@ local commands = {
     { name = "runs", help = "list and show DAG runs",
       sub = {
         { name = "list", fn = runs.runs_list, help = "list DAG runs",
-          usage = "runs list [DAG_ID] [--state STATE] [--json]",
+          usage = "runs list [DAG_ID] [--state STATE] [--limit N] [--offset N] [--json]",
           args = { 0, 1 },
           opts = { { "state", "STATE", "only runs in this state: queued, running, "
-                     .. "success or failed" }, JSON } },
+                     .. "success or failed" },
+                   { "limit", "N", "at most N runs, newest first (default 25, at most 1000)" },
+                   { "offset", "N", "skip the N newest runs (the next page: --offset 25)" },
+                   JSON } },
         { name = "show", fn = runs.runs_show,
           help = "show a run and the state of its tasks",
           usage = "runs show DAG_ID RUN_ID [--json]", args = { 2, 2 },

@@ -24,22 +24,45 @@ local api, task_order = context.api, context.task_order
 
 -- ---- runs -------------------------------------------------------------------
 
+-- A whole number option from 0 to `max` (nil: no bound), else `default`.
+local function count_opt(ctx, name, default, max)
+    local v = ctx.opts[name]
+    if v == nil then return default end
+    local n = math.tointeger(tonumber(v))
+    if not n or n < 0 or (max and n > max) then
+        usage_error(fmt("--%s: expected a whole number from 0 to %s, got '%s'",
+                        name, max and tostring(max) or "any", tostring(v)))
+    end
+    return n
+end
+
+-- A page of runs, newest logical date first (as Airflow's `dags
+-- list-runs`), and how many more there are.
 local function cmd_runs_list(ctx, args)
     local want = ctx.opts.state
     if want and not need("zkflow.dsl.util").set_of(state.RUN_STATES)[want] then
         usage_error("--state: '" .. want .. "' is not a run state (one of "
                     .. concat(state.RUN_STATES, ", ") .. ")")
     end
+    local limit = count_opt(ctx, "limit", 25, 1000)
+    local offset = count_opt(ctx, "offset", 0)
     local S = ctx:state(false)
-    local runs = S and S:list_runs(args[1], { state = ctx.opts.state }) or {}
+    local runs, total = {}, 0
+    if S then
+        runs, total = S:list_runs(args[1], { state = ctx.opts.state, order = "desc",
+                                             limit = limit, offset = offset })
+        total = total or #runs
+    end
+    local more = math.max(0, total - offset - #runs)
     if ctx.json then
         local list = {}
         for i, r in ipairs(runs) do list[i] = api().run_summary(r) end
-        json_out({ dag_runs = state.array(list) })
+        json_out({ dag_runs = state.array(list), total_entries = total })
         return 0
     end
     if #runs == 0 then
-        out("no runs")
+        out(total > 0 and fmt("no runs at offset %d (%d in all)", offset, total)
+            or "no runs")
         return 0
     end
     local rows = {}
@@ -50,6 +73,10 @@ local function cmd_runs_list(ctx, args)
     end
     print_table({ "DAG_ID", "RUN_ID", "STATE", "TYPE", "LOGICAL_DATE",
                   "START", "END" }, rows)
+    if more > 0 then
+        out(fmt("... %d more (older) run%s of %d: --offset %d", more,
+                more == 1 and "" or "s", total, offset + #runs))
+    end
     return 0
 end
 

@@ -93,6 +93,7 @@
 --   watch.lua      store watches: triggers, pauses, requests, clear
 --   lifecycle.lua  recovery, member record, start, stop, wait_runs
 --   archive.lua    finished runs move to the history; retention
+--   counters.lua   runs and task instances by state (counters(), /metrics)
 --   test.lua       `dags test` (test, resolve_dag)
 --
 -- The executors are zkflow.executors.inproc (the default) and
@@ -112,6 +113,7 @@ require "zkflow.scheduler.context"
 require "zkflow.scheduler.watch"
 require "zkflow.scheduler.lifecycle"
 require "zkflow.scheduler.archive"
+require "zkflow.scheduler.counters"
 local test = require "zkflow.scheduler.test"
 
 local now, mono = core.now, core.mono

@@ -70,6 +70,7 @@ function Sched:start()
   self:load_dags()
   self.worker_id = self.worker_id or ("standalone-" .. tostring(core.getpid and core.getpid() or 0))
   if self.schedule_runs and self.register then self:register_member() end
+  if self.schedule_runs and self.records then self:load_counters() end
   self:recover()
   self:watch_requests()
   local ids = {}
@@ -122,6 +123,7 @@ function Sched:stop()
       end
     end
   end
+  if self.schedule_runs then self:save_counters() end
   self:flush(true)
   self.store:flush()
 end

@@ -67,6 +67,7 @@ end
 -- A dirty object's node and record: path, data.
 function Sched:encoded(obj)
   obj.dirty = false
+  self:count(obj)
   if obj.task then
     local data, err = records.encode_ti(obj)
     if err then log("error", obj.path .. ": " .. err) end

@@ -130,6 +130,7 @@ function Sched:adopt_run(dag, rec, tis)
       end
     end
   end
+  self:count(run)
   local key = run_key(run.dag_id, run.run_id)
   self.runs[key] = run
   self.known_runs[run.dag_id] = self.known_runs[run.dag_id] or {}
