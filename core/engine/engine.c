@@ -312,7 +312,8 @@ int zkf_engine_on_timer(zkf_engine *e)
 
 static const char *const option_names[] = {
     "dags", "db", "db_sync", "root", "log_dir", "zk", "zk_auth", "zk_acl",
-    "scheduler", "api_auth", NULL
+    "scheduler", "api_auth", "dag_load_timeout", "dag_load_instructions",
+    "dag_load_memory", NULL
 };
 
 int zkf_engine_setopt(zkf_engine *e, const char *name, const char *value)

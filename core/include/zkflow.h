@@ -123,6 +123,13 @@ ZKF_EXPORT int zkf_engine_on_timer(zkf_engine *e);
  *   "api_auth"  "on": the API asks every request for a user of the store
  *               (`zkflow users`: a token, HTTP basic or the page's session
  *               cookie); "off" (the default): the host guards it
+ *   "dag_load_timeout"      seconds a DAG file may take to load: it
+ *               loads first in a child process that is killed past it,
+ *               and becomes an import error (default "30"; "0": no child)
+ *   "dag_load_instructions" Lua instructions a load may run
+ *               (default "200000000")
+ *   "dag_load_memory"       bytes a load may allocate (default "536870912")
+ *   (/config's keys of the same names win over these three)
  * Returns ZKF_EINVAL for an unknown name. */
 ZKF_EXPORT int zkf_engine_setopt(zkf_engine *e, const char *name,
                                 const char *value);

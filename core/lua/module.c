@@ -388,6 +388,7 @@ int zkf_lua_open_core(lua_State *L)
     zkf_lua_open_sqlite(L);
     lua_pushlightuserdata(L, zkf_lua_sql_null());
     lua_setfield(L, -2, "sql_null");
+    zkf_lua_open_probe(L);
     zkf_engine_open_lua(L);
     return 1;
 }

@@ -115,6 +115,14 @@ local KNOWN = {
         if type(v) == "string" and v:sub(1, 1) == "/" then return true end
         return "an absolute path (the DAG folder of the store's standalone)"
     end,
+    dag_load_timeout = function(v)
+        if type(v) == "number" and v >= 0 then return true end
+        return "a number >= 0 (seconds a DAG file may take to load; 0: no limit)"
+    end,
+    dag_load_instructions = int_at_least(1000, "Lua instructions a DAG file's "
+                                         .. "load may run"),
+    dag_load_memory = int_at_least(1048576, "bytes a DAG file's load may "
+                                   .. "allocate"),
     log_level    = function(v)
         for _, l in ipairs(LOG_LEVELS) do
             if v == l then return true end
@@ -396,6 +404,12 @@ _M.KNOWN_KEYS = {
     { "parallelism", "integer >= 1: the most task tries the scheduler runs "
                      .. "at once" },
     { "log_level", "\"debug\", \"info\", \"warn\" or \"error\"" },
+    { "dag_load_timeout", "seconds >= 0: a DAG file that takes longer to load "
+                          .. "is an import error (default 30; 0: no limit)" },
+    { "dag_load_instructions", "integer >= 1000: Lua instructions a DAG file's "
+                               .. "load may run (default 200000000)" },
+    { "dag_load_memory", "integer >= 1048576: bytes a DAG file's load may "
+                         .. "allocate (default 536870912)" },
     { "pools.NAME", "integer >= 0: slots of pool NAME" },
     { "worker_slots", "integer >= 1: slots of workers started without "
                       .. "--slots" },

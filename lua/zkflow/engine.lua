@@ -172,6 +172,20 @@ end
 -- scheduler contends for leadership there, a worker takes tries from the
 -- queue, and the connection is made without blocking (see start_zk).
 function _M.start(options)
+  -- The DAG load limits of the engine's options: the base that /config's
+  -- keys of the same names override.
+  local limits = {}
+  for opt, name in pairs({ dag_load_timeout = "timeout", dag_load_instructions = "instruction_limit",
+                           dag_load_memory = "memory_limit" }) do
+    if options[opt] ~= nil then
+      local v = tonumber(options[opt])
+      if v == nil then error(opt .. ": expected a number, got '" .. tostring(options[opt]) .. "'", 0) end
+      if name ~= "timeout" then v = math.tointeger(v) or v end
+      limits[name] = v
+    end
+  end
+  local ok, lerr = require("zkflow.dsl.loader").configure(limits, "base")
+  if not ok then error(lerr, 0) end
   if options.zk then
     if options.db then
       error("zk: give either 'zk' or 'db', not both", 0)

@@ -116,6 +116,18 @@ local function apply_log_level(cfg)
   if core.set_log_level then core.set_log_level(lv) end
 end
 
+-- dag_load_timeout, dag_load_instructions, dag_load_memory: the limits of
+-- a DAG file's load, for the whole Lua state (zkflow.dsl.loader.configure;
+-- unset keys fall back to the engine's options, then the defaults).
+local LOAD_KEYS = { dag_load_timeout = "timeout", dag_load_instructions = "instruction_limit",
+                    dag_load_memory = "memory_limit" }
+local function apply_load_limits(cfg)
+  local t = {}
+  for key, name in pairs(LOAD_KEYS) do t[name] = cfg[key] end
+  local ok, err = require("zkflow.dsl.loader").configure(t, "config")
+  if not ok then log("error", "config: " .. tostring(err) .. " (the DAG load limits are unchanged)") end
+end
+
 -- watch_config(store, root, apply [, stopped]): calls apply(tbl) now and
 -- after every change of <root>/config ({} when the node is missing); a
 -- record that is not valid is logged and its valid keys still apply;
@@ -132,6 +144,7 @@ function _M.watch_config(store, root, apply, stopped)
     end)
     if not stat then
       apply_log_level({})
+      apply_load_limits({})
       apply({})
       return
     end
@@ -145,6 +158,7 @@ function _M.watch_config(store, root, apply, stopped)
       log("error", "config " .. path .. ": " .. tostring(verr) .. " (the valid keys still apply)")
     end
     apply_log_level(tbl)
+    apply_load_limits(tbl)
     apply(tbl)
   end
   look()
@@ -212,7 +226,7 @@ local function scanner(store, root, dir)
     at = now
     local res
     if dir and is_dir(dir) then
-      local ok, r = pcall(loader.scan, dir)
+      local ok, r = pcall(loader.scan, dir, { background = true })
       res = ok and r or nil
     end
     res = res or { dags = {}, errors = {}, files = {} }

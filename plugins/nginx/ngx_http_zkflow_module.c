@@ -65,6 +65,9 @@ typedef struct {
     ngx_str_t                  log_dir;
     ngx_flag_t                 api;      /* some location has zkflow_api */
     ngx_flag_t                 auth;     /* the API asks for zkflow users */
+    time_t                     dag_load_timeout;       /* seconds */
+    ngx_int_t                  dag_load_instructions;
+    size_t                     dag_load_memory;        /* bytes */
 
     /* the state of this worker process, NULL in the master */
     ngx_http_zkflow_worker_t  *worker;
@@ -166,6 +169,8 @@ static char *ngx_http_zkflow_zk_auth(ngx_conf_t *cf, ngx_command_t *cmd,
 static char *ngx_http_zkflow_log_dir(ngx_conf_t *cf, ngx_command_t *cmd,
     void *conf);
 static ngx_int_t ngx_http_zkflow_valid_zk(ngx_str_t *hosts);
+static ngx_int_t ngx_http_zkflow_load_limits(zkf_engine *e,
+    ngx_http_zkflow_main_conf_t *zmcf);
 static ngx_int_t ngx_http_zkflow_init(ngx_conf_t *cf);
 static ngx_int_t ngx_http_zkflow_init_module(ngx_cycle_t *cycle);
 static ngx_int_t ngx_http_zkflow_init_process(ngx_cycle_t *cycle);
@@ -221,6 +226,27 @@ static ngx_command_t  ngx_http_zkflow_commands[] = {
       ngx_conf_set_flag_slot,
       NGX_HTTP_MAIN_CONF_OFFSET,
       offsetof(ngx_http_zkflow_main_conf_t, auth),
+      NULL },
+
+    { ngx_string("zkflow_dag_load_timeout"),
+      NGX_HTTP_MAIN_CONF|NGX_CONF_TAKE1,
+      ngx_conf_set_sec_slot,
+      NGX_HTTP_MAIN_CONF_OFFSET,
+      offsetof(ngx_http_zkflow_main_conf_t, dag_load_timeout),
+      NULL },
+
+    { ngx_string("zkflow_dag_load_instructions"),
+      NGX_HTTP_MAIN_CONF|NGX_CONF_TAKE1,
+      ngx_conf_set_num_slot,
+      NGX_HTTP_MAIN_CONF_OFFSET,
+      offsetof(ngx_http_zkflow_main_conf_t, dag_load_instructions),
+      NULL },
+
+    { ngx_string("zkflow_dag_load_memory"),
+      NGX_HTTP_MAIN_CONF|NGX_CONF_TAKE1,
+      ngx_conf_set_size_slot,
+      NGX_HTTP_MAIN_CONF_OFFSET,
+      offsetof(ngx_http_zkflow_main_conf_t, dag_load_memory),
       NULL },
 
     { ngx_string("zkflow_api"),
@@ -1249,6 +1275,7 @@ ngx_http_zkflow_start(ngx_http_zkflow_worker_t *w)
            != ZKF_OK
         || zkf_engine_setopt(e, "api_auth", zmcf->auth == 1 ? "on" : "off")
            != ZKF_OK
+        || ngx_http_zkflow_load_limits(e, zmcf) != NGX_OK
         || zkf_engine_start(e) != ZKF_OK)
     {
         ngx_http_zkflow_failed(w, zkf_errmsg(e));
@@ -1311,6 +1338,42 @@ ngx_http_zkflow_stop(ngx_http_zkflow_worker_t *w)
 
 /* ---- configuration -------------------------------------------------------- */
 
+/*
+ * The zkflow_dag_load_* directives as engine options; those not given keep
+ * the engine's defaults (and /config's keys win over both).
+ */
+static ngx_int_t
+ngx_http_zkflow_load_limits(zkf_engine *e, ngx_http_zkflow_main_conf_t *zmcf)
+{
+    u_char  buf[NGX_INT64_LEN + 1];
+
+    if (zmcf->dag_load_timeout != NGX_CONF_UNSET) {
+        *ngx_sprintf(buf, "%T", zmcf->dag_load_timeout) = '\0';
+        if (zkf_engine_setopt(e, "dag_load_timeout", (char *) buf) != ZKF_OK) {
+            return NGX_ERROR;
+        }
+    }
+
+    if (zmcf->dag_load_instructions != NGX_CONF_UNSET) {
+        *ngx_sprintf(buf, "%i", zmcf->dag_load_instructions) = '\0';
+        if (zkf_engine_setopt(e, "dag_load_instructions", (char *) buf)
+            != ZKF_OK)
+        {
+            return NGX_ERROR;
+        }
+    }
+
+    if (zmcf->dag_load_memory != NGX_CONF_UNSET_SIZE) {
+        *ngx_sprintf(buf, "%uz", zmcf->dag_load_memory) = '\0';
+        if (zkf_engine_setopt(e, "dag_load_memory", (char *) buf) != ZKF_OK) {
+            return NGX_ERROR;
+        }
+    }
+
+    return NGX_OK;
+}
+
+
 static void *
 ngx_http_zkflow_create_main_conf(ngx_conf_t *cf)
 {
@@ -1333,6 +1396,9 @@ ngx_http_zkflow_create_main_conf(ngx_conf_t *cf)
      */
 
     conf->auth = NGX_CONF_UNSET;
+    conf->dag_load_timeout = NGX_CONF_UNSET;
+    conf->dag_load_instructions = NGX_CONF_UNSET;
+    conf->dag_load_memory = NGX_CONF_UNSET_SIZE;
 
     return conf;
 }

@@ -21,8 +21,73 @@ local sethook = debug.sethook
 
 dag.mark_internal()
 
-_M.DEFAULT_INSTRUCTIONS = 10000000
-_M.DEFAULT_MEMORY = 64 * 1024 * 1024
+-- The defaults load a DAG of 50,000 tasks (about 600 instructions and
+-- 0.8 KB kept per simple task, see docs/dags.md) with room to spare.
+_M.DEFAULT_INSTRUCTIONS = 200000000
+_M.DEFAULT_MEMORY = 512 * 1024 * 1024
+_M.DEFAULT_TIMEOUT = 30
+
+-- The limits in force in this Lua state (one engine): set by the
+-- dag_load_* settings (/config, engine options, nginx directives) through
+-- configure(); a load's own opts win.
+local settings = {
+    instruction_limit = _M.DEFAULT_INSTRUCTIONS,
+    memory_limit = _M.DEFAULT_MEMORY,
+    timeout = _M.DEFAULT_TIMEOUT,
+}
+
+local LIMIT_NAMES = { instruction_limit = true, memory_limit = true, timeout = true }
+
+-- Two layers set them: "base" (engine options, nginx directives) and
+-- "config" (/config, live); a value of the config layer wins, then the
+-- base's, then the default.
+local layers = { base = {}, config = {} }
+
+--- Sets the load limits of this state: instruction_limit, memory_limit
+--- (bytes; false: none), timeout (seconds of wall clock per file; false or
+--- 0: files load in this process without a child asking first), in
+--- `layer` ("base" or "config", the default), replacing that layer's
+--- previous values (nil: not set there).
+--- Returns true, or nil and a message for a bad value (nothing changes).
+function _M.configure(t, layer)
+    layer = layer or "config"
+    if not layers[layer] then
+        return nil, "unknown layer '" .. tostring(layer) .. "'"
+    end
+    local new = {}
+    for k, v in pairs(t or {}) do
+        if not LIMIT_NAMES[k] then
+            return nil, "unknown load limit '" .. tostring(k) .. "'"
+        end
+        if k == "instruction_limit" and (math.type(v) ~= "integer" or v < 1000) then
+            return nil, "instruction_limit must be an integer >= 1000"
+        elseif k == "memory_limit" and v ~= false and (math.type(v) ~= "integer" or v < 1048576) then
+            return nil, "memory_limit must be an integer >= 1048576 (bytes) or false"
+        elseif k == "timeout" and v ~= false and (type(v) ~= "number" or v < 0) then
+            return nil, "timeout must be a number of seconds >= 0 or false"
+        end
+        new[k] = v
+    end
+    layers[layer] = new
+    local defaults = { instruction_limit = _M.DEFAULT_INSTRUCTIONS,
+                       memory_limit = _M.DEFAULT_MEMORY, timeout = _M.DEFAULT_TIMEOUT }
+    local changed = false
+    for k in pairs(LIMIT_NAMES) do
+        local v = layers.config[k]
+        if v == nil then v = layers.base[k] end
+        if v == nil then v = defaults[k] end
+        if settings[k] ~= v then changed = true end
+        settings[k] = v
+    end
+    if changed then require("zkflow.dsl.probe").reset() end
+    return true
+end
+
+--- The limits in force: { instruction_limit=, memory_limit=, timeout= }.
+function _M.limits()
+    return { instruction_limit = settings.instruction_limit,
+             memory_limit = settings.memory_limit, timeout = settings.timeout }
+end
 
 -- Instructions between two count-hook calls.  Small enough that the limit
 -- is met within 0.1 %, large enough that the hook costs nothing.
@@ -402,8 +467,9 @@ end
 --- and as `dag.file`.  opts:
 ---   root              DAG folder: user operators are <root>/operators/*.lua
 ---                     (default: the directory of `name`)
----   instruction_limit default 10 000 000
----   memory_limit      extra bytes the load may allocate, default 64 MiB;
+---   instruction_limit default: the setting (configure), 200 000 000
+---   memory_limit      extra bytes the load may allocate, default: the
+---                     setting, 512 MiB;
 ---                     false disables.  Exact inside the engine (its
 ---                     allocator is capped), approximate in plain lua5.4
 --- A file may return one dag, a list of dags, or nothing: every dag it
@@ -417,9 +483,12 @@ end
 function load_source(src, name, opts, hash)
     opts = opts or {}
     local root = opts.root or dirname(name)
-    local ilimit = opts.instruction_limit or _M.DEFAULT_INSTRUCTIONS
+    local ilimit = opts.instruction_limit or settings.instruction_limit
     local mlimit = opts.memory_limit
-    if mlimit == nil then mlimit = _M.DEFAULT_MEMORY end
+    if mlimit == nil then mlimit = settings.memory_limit end
+    -- what the load read (or looked for) from the DAG folder: path -> hash
+    -- (false: absent), for zkflow.dsl.probe's cache
+    local deps = opts.deps or {}
 
     local env
     local budget = new_budget(ilimit, name)
@@ -449,6 +518,7 @@ function load_source(src, name, opts, hash)
         end
         local path = root .. "/operators/" .. opname .. ".lua"
         local code = read_file(path)
+        deps[path] = code and _M.hash(code) or false
         if not code then
             user_ops[opname] = false
             return nil
@@ -497,6 +567,7 @@ function load_source(src, name, opts, hash)
         for _, pat in ipairs({ "%s/%s.lua", "%s/%s/init.lua" }) do
             local path = sfmt(pat, root, rel)
             local code = read_file(path)
+            deps[path] = code and _M.hash(code) or false
             if code then
                 local fn, lerr = load(code, "@" .. path, "t", make_env(base))
                 if not fn then
@@ -626,13 +697,49 @@ function _M.text_problem(d)
     return nil
 end
 
---- Loads the DAGs of one file; see load_source.
+-- A probe batch (zkflow.dsl.probe) for `files`, or nil when loads are
+-- not probed (opts.probe == false, a timeout of 0 or false).
+local function probe_batch(files, opts)
+    local timeout = opts.timeout
+    if timeout == nil then timeout = settings.timeout end
+    if opts.probe == false or not timeout or timeout <= 0 then
+        return nil
+    end
+    local probe = require "zkflow.dsl.probe"
+    if not probe.available() then
+        return nil
+    end
+    return probe.start(files, {
+        timeout = timeout, background = opts.background, hash = _M.hash,
+        instruction_limit = opts.instruction_limit or settings.instruction_limit,
+        memory_limit = (opts.memory_limit == nil) and settings.memory_limit or opts.memory_limit,
+    })
+end
+
+--- Loads the DAGs of one file; see load_source.  The file is first loaded
+--- in a child process that is killed past opts.timeout seconds (default:
+--- the timeout setting, see configure; zkflow.dsl.probe), so a load that
+--- hangs inside C becomes an import error instead of a hang.
 function _M.load_file(path, opts)
+    opts = opts or {}
     local src, err = read_file(path)
     if not src then
         return nil, sfmt("%s: %s", path, tostring(err))
     end
-    return _M.load_source(src, path, opts)
+    local hash = _M.hash(src)
+    local batch = probe_batch({ { path = path, src = src, hash = hash,
+                                  root = opts.root or dirname(path) } },
+                              { timeout = opts.timeout, probe = opts.probe,
+                                instruction_limit = opts.instruction_limit,
+                                memory_limit = opts.memory_limit })
+    if batch then
+        local v = batch:await(path)
+        batch:close()
+        if v ~= true then
+            return nil, v
+        end
+    end
+    return load_source(src, path, opts, hash)
 end
 
 ------------------------------------------------------------------------------
@@ -686,11 +793,15 @@ end
 
 --- Loads every DAG file below `dir` (recursively, sorted by path; names
 --- starting with "." or "_" and the operators/ folder are skipped).
---- opts are load_file's, and `collect = false` skips the full garbage
---- collection that ends a scan.  A broken file never affects the others.  When two
+--- opts are load_file's, `collect = false` skips the full garbage
+--- collection that ends a scan, and `background = true` lets a file whose
+--- load takes longer than zkflow.dsl.probe.SLOW finish in the background:
+--- it is listed in `pending` (and files[path].pending) instead of waited
+--- for, and zkflow.dsl.probe.on_verdict listeners hear when its verdict
+--- is in (scan again then).  A broken file never affects the others.  When two
 --- files define the same dag id the first (by path) wins and the second
 --- gets an import error naming both.
---- Returns { dags = {[id]=dag}, errors = {[file]=msg},
+--- Returns { dags = {[id]=dag}, errors = {[file]=msg}, pending = {[file]=true},
 ---           files = {[file]={hash=, mtime=, dag_ids={...}}} }.
 function _M.scan(dir, opts)
     dir = dir:gsub("/+$", "")
@@ -698,17 +809,38 @@ function _M.scan(dir, opts)
     local o = {}
     for k, v in pairs(opts or {}) do o[k] = v end
     o.root = o.root or dir
-    local result = { dags = {}, errors = {}, files = {} }
+    local result = { dags = {}, errors = {}, files = {}, pending = {} }
     local owner = {}
     local heap_kb = collectgarbage("count")
-    for _, f in ipairs(list_lua(dir)) do
-        local src, rerr = read_file(f.path)
+    local list = list_lua(dir)
+    -- Every file is read first, so that the probe's child can run ahead
+    -- of the loads here.
+    local asked = {}
+    for _, f in ipairs(list) do
+        f.src, f.rerr = read_file(f.path)
+        if f.src then
+            f.hash = _M.hash(f.src)
+            asked[#asked + 1] = { path = f.path, src = f.src, hash = f.hash, root = o.root }
+        end
+    end
+    local batch = probe_batch(asked, o)
+    for _, f in ipairs(list) do
+        local src, rerr = f.src, f.rerr
+        f.src = nil
         local entry = { mtime = f.mtime, dag_ids = {} }
         result.files[f.path] = entry
+        local verdict = src and (not batch or batch:await(f.path))
         if not src then
             result.errors[f.path] = sfmt("%s: %s", f.path, tostring(rerr))
+        elseif verdict == nil then
+            entry.hash = f.hash
+            entry.pending = true
+            result.pending[f.path] = true
+        elseif verdict ~= true then
+            entry.hash = f.hash
+            result.errors[f.path] = verdict
         else
-            entry.hash = _M.hash(src)
+            entry.hash = f.hash
             local dags, err = load_source(src, f.path, o, entry.hash)
             if o.collect ~= false then
                 local kb = collectgarbage("count")
@@ -739,6 +871,7 @@ function _M.scan(dir, opts)
             end
         end
     end
+    if batch then batch:close() end
     -- Loading leaves garbage of the same order as what it keeps (parsed
     -- sources, builds, task specs).  Collect it now, while the caller is
     -- not serving anything yet, so that it neither stays resident until

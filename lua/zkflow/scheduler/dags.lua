@@ -18,7 +18,14 @@ local _M = {}
 function Sched:scan_dags()
   local res
   if self.dags_dir then
-    res = require("zkflow.dsl.loader").scan(self.dags_dir)
+    -- A file whose load is slow finishes in a child in the background
+    -- (zkflow.dsl.probe): the loop goes on, and the verdict reloads.
+    if not self.unprobe then
+      self.unprobe = require("zkflow.dsl.probe").on_verdict(function()
+        self:pushed_changed()
+      end)
+    end
+    res = require("zkflow.dsl.loader").scan(self.dags_dir, { background = true })
   else
     res = { dags = {}, errors = {}, files = {} }
   end
@@ -37,7 +44,8 @@ function Sched:scan_dags()
   return res
 end
 
--- A push (or removal) in /dags: load again once the burst is over.
+-- A push (or removal) in /dags, or the verdict on a file that loaded in
+-- the background: load again once the burst is over.
 function Sched:pushed_changed()
   if self.stopped or self.pushed_timer then return end
   self.pushed_timer = core.timer(0.05, function()
@@ -82,7 +90,12 @@ function Sched:reload()
       dags[id] = dag
     end
   end
-  for file, err in pairs(errors) do
+  -- A file still loading in the background keeps its previous DAGs, as
+  -- one that fails does.
+  local keep = {}
+  for file, err in pairs(errors) do keep[file] = err end
+  for file in pairs(res.pending or {}) do keep[file] = false end
+  for file, err in pairs(keep) do
     local prev = old_files[file]
     if prev and prev.dag_ids and #prev.dag_ids > 0 then
       for _, id in ipairs(prev.dag_ids) do
@@ -93,7 +106,7 @@ function Sched:reload()
         files[file].dag_ids = prev.dag_ids
       end
     end
-    if self.import_errors[file] ~= err then
+    if err and self.import_errors[file] ~= err then
       log("error", "import error in " .. file .. ": " .. tostring(err))
     end
   end

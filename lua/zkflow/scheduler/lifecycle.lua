@@ -27,14 +27,16 @@ function Sched:recover()
     local known = self.known_runs[dag_id] or {}
     self.known_runs[dag_id] = known
     for _, rid in ipairs(self.st:run_ids(dag_id)) do
-      known[rid] = true
       local rec = self.history and self.st:get_live_run(dag_id, rid)
       if rec and state.RUN_FINISHED[rec.state] then
         finished[#finished + 1] = { dag_id, rid }
       elseif rec then
         unfinished[#unfinished + 1] = { dag_id, rid }
       end
+      -- A DAG whose file is still loading (zkflow.dsl.probe) is not known
+      -- yet: its runs are adopted by watch_runs when it arrives.
       if dag then
+        known[rid] = true
         rec = rec or self.st:get_run(dag_id, rid)
         if rec and (rec.state == "running" or rec.state == "queued") then
           rec.run_id = rid
@@ -103,6 +105,7 @@ function Sched:stop()
   if self.stopped then return end
   self.stopped = true
   if self.dir_watch then self.dir_watch:close(); self.dir_watch = nil end
+  if self.unprobe then self.unprobe(); self.unprobe = nil end
   if self.pushed_timer then self.pushed_timer:cancel(); self.pushed_timer = nil end
   for _, t in pairs(self.timers) do t:cancel() end
   self.timers = {}
