@@ -220,6 +220,39 @@ local function log_streamer(w)
     return on_event, function() done = true end, reasons
 end
 
+-- Removes `path` and what it holds.  os.remove first: it unlinks a file
+-- or a symbolic link (never following it) and removes an empty folder;
+-- only a folder it could not remove is entered.
+local function rm_tree(path)
+    if os.remove(path) then return end
+    local names = core.listdir(path)
+    if not names then return end
+    for _, n in ipairs(names) do rm_tree(path .. "/" .. n) end
+    os.remove(path)
+end
+
+-- Removes what is below `path` but the files in `keep` (paths), and the
+-- folders left empty.
+local function prune(path, keep)
+    local names = core.listdir(path)
+    if not names then
+        if not keep[path] then os.remove(path) end
+        return
+    end
+    for _, n in ipairs(names) do prune(path .. "/" .. n, keep) end
+    os.remove(path)     -- only when empty
+end
+
+-- A new folder under $TMPDIR for a test's store.
+local function test_tmpdir()
+    local base = os.getenv("TMPDIR") or "/tmp"
+    for _ = 1, 100 do
+        local p = fmt("%s/zkflow-test-%d-%d", base, core.getpid(), math.random(1, 1e9))
+        if not core.stat(p) and core.mkdirs(p) then return p end
+    end
+    fail("dags test: cannot make a temporary folder in " .. base)
+end
+
 local function cmd_dags_test(ctx, args)
     local target = args[1]
     local opts = { dags_dir = ctx.dags }
@@ -232,11 +265,41 @@ local function cmd_dags_test(ctx, args)
         fail("no file '" .. target .. "' and no DAG folder '" .. ctx.dags
              .. "' to find a DAG of that id in")
     end
+    -- Without --db the run's store and logs live in a temporary folder
+    -- that goes when the test ends: passed, failed, or stopped by a signal
+    -- (the guard's finalizer runs when the engine closes its Lua state).
+    local tmp, logs, guard
+    if not ctx.db_given then
+        tmp = test_tmpdir()
+        logs = tmp .. "-logs"
+        opts.db, opts.log_dir = tmp .. "/zkflow.db", logs
+        guard = setmetatable({}, { __gc = function() rm_tree(tmp); rm_tree(logs) end })
+    end
     local sched = need("zkflow.scheduler")
     local stop, reasons
     opts.on_event, stop, reasons = log_streamer(ctx.json and stderr or io.stdout)
     local ok, res, err = pcall(need("zkflow.node").test, target, opts)
     stop()
+    if guard then
+        -- The store and the logs go; the log of a task that failed stays
+        -- (the output names it), and nothing else.
+        local keep = {}
+        if ok and type(res) == "table" and res.state ~= "success" then
+            for id, r in pairs(reasons or {}) do
+                local ti = res.tasks and res.tasks[id]
+                if ti and ti.state ~= "success" and r.log then keep[r.log] = true end
+            end
+        end
+        rm_tree(tmp)
+        prune(logs, keep)
+        setmetatable(guard, nil)
+        if ok and type(res) == "table" then
+            res.db = nil
+            for _, ti in pairs(res.tasks or {}) do
+                if not keep[ti.log] then ti.log = nil end
+            end
+        end
+    end
     if not ok then
         fail(type(res) == "table" and (res.msg or core.json_encode(res))
              or tostring(res))
