@@ -268,3 +268,180 @@ describe("loader.scan", function()
         assert.same({}, e.errors)
     end)
 end)
+
+-- Issue 10 item 7: a load that hangs inside C, where no count hook fires,
+-- comes back as an import error naming the time limit.
+describe("every load comes back #probe", function()
+    local probe = require "zkflow.dsl.probe"
+    local dir
+
+    local function write(path, text)
+        local f = assert(io.open(path, "w"))
+        f:write(text)
+        f:close()
+    end
+
+    local function dag_file(id, extra)
+        return 'local flow = require "zkflow"\n' .. (extra or "")
+            .. '\nreturn flow.dag { id = "' .. id .. '", start_date = "2026-01-01T00:00:00Z",'
+            .. ' tasks = function(t) t.empty { id = "a" } end }\n'
+    end
+
+    local HANG = 'local s = string.rep("a", 3000)\ns:find(".-.-.-.-b")\n'
+
+    before_each(function()
+        dir = os.tmpname()
+        os.remove(dir)
+        assert(os.execute("mkdir -p " .. dir))
+        loader.configure({ timeout = 1 })
+    end)
+
+    after_each(function()
+        loader.configure({})
+        os.execute("rm -rf " .. dir)
+    end)
+
+    if not (has_core and probe.available()) then
+        pending("needs zkflow.core (make)")
+        return
+    end
+
+    local mono = require("zkflow.core").mono
+
+    it("makes a file that hangs in string.find an import error naming the limit", function()
+        write(dir .. "/hang.lua", dag_file("hang", HANG))
+        local t0 = mono()
+        local dags, err = loader.load_file(dir .. "/hang.lua")
+        assert.is_nil(dags)
+        assert.equal(dir .. "/hang.lua: loading took longer than 1 s (the dag_load_timeout "
+                     .. "setting); the file is not loaded", err)
+        assert.is_true(mono() - t0 < 5)
+    end)
+
+    it("loads string.rep of an empty string a huge number of times at once", function()
+        write(dir .. "/rep.lua", dag_file("rep", 'assert(string.rep("", 1 << 62) == "")\n'
+            .. 'assert(("").rep("", 1 << 62, "") == "")\n'
+            .. 'assert((""):rep(2.0 ^ 62) == "" and (""):rep("4611686018427387904") == "")\n'))
+        local t0 = mono()
+        local dags, err = loader.load_file(dir .. "/rep.lua")
+        assert.is_nil(err)
+        assert.equal("rep", dags[1].id)
+        assert.is_true(mono() - t0 < 5)
+    end)
+
+    it("loads the other files of a folder and asks about unchanged files only once", function()
+        write(dir .. "/a_good.lua", dag_file("good"))
+        write(dir .. "/b_hang.lua", dag_file("hang", HANG))
+        write(dir .. "/c_good.lua", dag_file("good2"))
+        local res = loader.scan(dir)
+        assert.truthy(res.dags.good)
+        assert.truthy(res.dags.good2)
+        assert.matches("took longer than 1 s", res.errors[dir .. "/b_hang.lua"], 1, true)
+        local t0 = mono()
+        res = loader.scan(dir)
+        assert.is_true(mono() - t0 < 0.5)
+        assert.matches("took longer than 1 s", res.errors[dir .. "/b_hang.lua"], 1, true)
+        assert.truthy(res.dags.good2)
+    end)
+
+    it("asks again when a helper module the file requires changed", function()
+        write(dir .. "/helper.lua", "return {}\n")
+        write(dir .. "/_skip.lua", "")
+        write(dir .. "/uses.lua", dag_file("uses", 'require "helper"\n'))
+        local res = loader.scan(dir)
+        assert.truthy(res.dags.uses)
+        write(dir .. "/helper.lua", HANG .. "return {}\n")
+        res = loader.scan(dir)
+        assert.is_nil(res.dags.uses)
+        assert.matches("took longer than 1 s", res.errors[dir .. "/uses.lua"], 1, true)
+    end)
+
+    it("gives the child's error for a file that fails in time", function()
+        write(dir .. "/bad.lua", dag_file("bad", 'error("no good")\n'))
+        local dags, err = loader.load_file(dir .. "/bad.lua")
+        assert.is_nil(dags)
+        assert.matches("bad.lua:2: no good", err, 1, true)
+    end)
+
+    it("leaves a slow file to the background when the caller can wait, and says when it is done", function()
+        write(dir .. "/a_good.lua", dag_file("good"))
+        write(dir .. "/b_hang.lua", dag_file("hang", HANG))
+        local heard = {}
+        local off = probe.on_verdict(function(path) heard[#heard + 1] = path end)
+        local flow = require "zkflow"
+        local res, took, later
+        flow.run(function()
+            local t0 = mono()
+            res = loader.scan(dir, { background = true })
+            took = mono() - t0
+            while #heard == 0 and mono() - t0 < 5 do flow.sleep(0.05) end
+            later = loader.scan(dir, { background = true })
+        end)
+        off()
+        assert.is_true(took < 0.9, "the scan waited " .. took .. " s")
+        assert.truthy(res.dags.good)
+        assert.is_true(res.pending[dir .. "/b_hang.lua"])
+        assert.is_nil(res.errors[dir .. "/b_hang.lua"])
+        assert.same({ dir .. "/b_hang.lua" }, heard)
+        assert.matches("took longer than 1 s", later.errors[dir .. "/b_hang.lua"], 1, true)
+    end)
+
+    it("loads without a child when the timeout is 0", function()
+        loader.configure({ timeout = 0 })
+        write(dir .. "/ok.lua", dag_file("ok"))
+        assert.equal("ok", loader.load_file(dir .. "/ok.lua")[1].id)
+    end)
+end)
+
+-- Issue 11 item 5: the limits are settings, and the defaults fit big DAGs.
+describe("load limits", function()
+    after_each(function() loader.configure({}) end)
+
+    it("are settings, in layers: config over base over the defaults", function()
+        assert.same({ instruction_limit = loader.DEFAULT_INSTRUCTIONS,
+                      memory_limit = loader.DEFAULT_MEMORY, timeout = 30 }, loader.limits())
+        assert.is_true(loader.configure({ instruction_limit = 5000, timeout = 2 }, "base"))
+        assert.is_true(loader.configure({ instruction_limit = 7000 }, "config"))
+        assert.same({ instruction_limit = 7000, memory_limit = loader.DEFAULT_MEMORY,
+                      timeout = 2 }, loader.limits())
+        local _, err = loader.load_source("while true do end", "x.lua", { probe = false })
+        assert.equal("x.lua: loading exceeded the instruction limit (7000)", err)
+        loader.configure({}, "base")
+        loader.configure({})
+        assert.equal(loader.DEFAULT_INSTRUCTIONS, loader.limits().instruction_limit)
+    end)
+
+    it("refuse a bad value and keep the old ones", function()
+        local ok, err = loader.configure({ instruction_limit = "many" })
+        assert.is_nil(ok)
+        assert.equal("instruction_limit must be an integer >= 1000", err)
+        assert.is_nil(loader.configure({ memory_limit = 10 }))
+        assert.is_nil(loader.configure({ timeout = -1 }))
+        assert.is_nil(loader.configure({ nope = 1 }))
+        assert.equal(30, loader.limits().timeout)
+    end)
+
+    local function big(n)
+        return ('local flow = require "zkflow"\nreturn flow.dag { id = "big", '
+            .. 'start_date = "2026-01-01T00:00:00Z", tasks = function(t)\n  local prev\n'
+            .. '  for i = 1, %d do\n    prev = t.shell { id = "t" .. i, cmd = "echo {{ ds }}", '
+            .. 'retries = 2, after = prev and { prev } or nil }\n  end\nend }\n'):format(n)
+    end
+
+    it("let the defaults load a DAG of 50,000 tasks, in time linear in its size", function()
+        local clock = os.clock
+        local t0 = clock()
+        local small = assert(loader.load_source(big(5000), "small.lua"))
+        local t_small = clock() - t0
+        t0 = clock()
+        local dags, err = loader.load_source(big(50000), "big.lua")
+        local t_big = clock() - t0
+        assert.is_nil(err)
+        assert.equal(50000, #dags[1].order)
+        assert.equal(5000, #small[1].order)
+        -- per task, the big one may cost more (a bigger heap to collect),
+        -- not ten times more as a quadratic step would
+        assert.is_true(t_big / 50000 < 3 * t_small / 5000,
+            ("%.1f us/task at 50,000, %.1f at 5,000"):format(t_big / 0.05, t_small / 0.005))
+    end)
+end)

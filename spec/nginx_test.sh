@@ -142,7 +142,7 @@ conftest() {
     fi
 }
 
-GOOD="zkflow_dags $T/dags; zkflow_db $T/data/zkflow.db;"
+GOOD="zkflow_dags $T/dags; zkflow_db $T/data/zkflow.db; zkflow_dag_load_timeout 3s;"
 
 conftest "nginx -t accepts a good conf" "$GOOD" ok
 conftest "nginx -t rejects a missing DAG folder" \
@@ -176,6 +176,10 @@ conftest "nginx -t wants zkflow_dags with zkflow_api" "" fail \
 # on port 1): an ensemble that is down must not keep nginx from starting.
 conftest "nginx -t accepts a good ZooKeeper address, ZooKeeper down or not" \
     "zkflow_dags $T/dags; zkflow_zk 127.0.0.1:1,[::1]:1/zkflow;" ok
+conftest "nginx -t accepts the DAG load limits" \
+    "$GOOD zkflow_dag_load_instructions 300000000; zkflow_dag_load_memory 1024m;" ok
+conftest "nginx -t rejects a DAG load memory that is not a size" \
+    "$GOOD zkflow_dag_load_memory lots;" fail "invalid value"
 conftest "nginx -t rejects a zkflow_log_dir that is a file" \
     "zkflow_dags $T/dags; zkflow_zk 127.0.0.1:1; zkflow_log_dir $T/dags/hello.lua;" \
     fail "zkflow_log_dir: \"$T/dags/hello.lua\" is not a directory"
@@ -428,6 +432,31 @@ if [ -n "$sched_pid" ] && kill -KILL "$sched_pid" 2>/dev/null; then
 else
     bad "crashed worker replaced" "no scheduling worker found ($sched_pid)"
 fi
+
+# ---- a DAG file whose load hangs (zkflow_dag_load_timeout 3s) -------------
+
+cat > "$T/dags/hang.lua" <<'LUA'
+local flow = require "zkflow"
+local s = string.rep("a", 3000)
+s:find(".-.-.-.-b")
+return flow.dag { id = "never", tasks = function(t) t.empty { id = "a" } end }
+LUA
+mid=$(runs_in success ticker)
+slow=0
+for _ in $(seq 10); do
+    curl -s -m 1 -o /dev/null "$URL/api/v1/health" || slow=$((slow + 1))
+    sleep 0.2
+done
+if [ "$slow" -eq 0 ]; then ok "nginx: the API answers while a DAG file hangs"; else bad "API during a hanging load" "$slow of 10 requests took over 1 s"; fi
+named=0
+for _ in $(seq 100); do
+    if curl -s -m 1 "$URL/api/v1/dags" | grep -q "hang.lua: loading took longer than 3 s"; then named=1; break; fi
+    sleep 0.1
+done
+if [ "$named" -eq 1 ]; then ok "nginx: the file is an import error naming the limit"; else bad "hanging file" "no import error naming the limit"; fi
+after=$(runs_in success ticker)
+if [ "$after" -gt "$mid" ]; then ok "nginx: the other DAGs keep running ($mid -> $after)"; else bad "other DAGs during a hanging load" "$mid -> $after"; fi
+rm -f "$T/dags/hang.lua"
 
 # ---- quit with a task running -------------------------------------------
 

@@ -122,11 +122,14 @@ end
 local LOAD_KEYS = { dag_load_timeout = "timeout", dag_load_instructions = "instruction_limit",
                     dag_load_memory = "memory_limit" }
 local function apply_load_limits(cfg)
+  if type(cfg) ~= "table" then return end
   local t = {}
   for key, name in pairs(LOAD_KEYS) do t[name] = cfg[key] end
   local ok, err = require("zkflow.dsl.loader").configure(t, "config")
   if not ok then log("error", "config: " .. tostring(err) .. " (the DAG load limits are unchanged)") end
 end
+
+_M.apply_load_limits = apply_load_limits
 
 -- watch_config(store, root, apply [, stopped]): calls apply(tbl) now and
 -- after every change of <root>/config ({} when the node is missing); a

@@ -241,6 +241,10 @@ function Ctx:scan(dir)
         local ok, p = pcall(need("zkflow.pushed").load, st, self.root, { dags_dir = dir })
         if ok then pushed = p else warn("pushed DAGs: " .. tostring(p)) end
     end
+    if st then
+        -- the DAG load limits the scheduler of this store uses
+        need("zkflow.node").apply_load_limits(need("zkflow.config").read(st, self.root))
+    end
     local res
     if is_dir(dir) then
         res = need("zkflow.dsl.loader").scan(dir)

@@ -21,6 +21,23 @@ local sethook = debug.sethook
 
 dag.mark_internal()
 
+-- string.rep("", 1 << 62) loops 2^62 times inside C, where no hook can stop
+-- it, to make an empty string.  The library's own entry is replaced (in
+-- this Lua state) rather than the sandbox's view of it, because
+-- ("").rep("", n) and (""):rep(n) reach the library through the string
+-- metatable.  The result is the same: "" (or the error of a bad argument).
+do
+    local rep, toint, tonum = string.rep, math.tointeger, tonumber
+    string.rep = function(str, n, sep)  -- luacheck: ignore 122
+        -- n as rep takes it: an integer, a float with an integral value,
+        -- or a string of one
+        if str == "" and (sep == nil or sep == "") and toint(tonum(n) or false) then
+            return ""
+        end
+        return rep(str, n, sep)
+    end
+end
+
 -- The defaults load a DAG of 50,000 tasks (about 600 instructions and
 -- 0.8 KB kept per simple task, see docs/dags.md) with room to spare.
 _M.DEFAULT_INSTRUCTIONS = 200000000
@@ -330,18 +347,6 @@ local function make_base(env_of, hooks)
         local mt = VIEW_MT[k]
         if mt then
             local view = setmetatable({}, mt)
-            if k == "string" then
-                -- string.rep("", 1 << 62) loops inside C, where no hook
-                -- can stop it: an empty result needs no loop.
-                local rep = string.rep
-                view.rep = function(str, n, sep)
-                    if type(str) == "string" and #str == 0
-                            and (sep == nil or sep == "") and math.type(n) then
-                        return ""
-                    end
-                    return rep(str, n, sep)
-                end
-            end
             if k == "coroutine" then
                 -- coroutines get the same instruction budget as the main
                 -- code while the file loads
