@@ -6,8 +6,9 @@
 -- The instruction hook cannot stop a load that hangs inside C (a pattern
 -- such as s:find(".-.-.-.-b") backtracks for ever in one call); a child
 -- that hangs is killed, and the file becomes an import error naming the
--- limit.  A file that loads, or that fails in time with an ordinary
--- error, "comes back": the caller then loads it itself, as before.
+-- limit.  A file that fails in the child in time is an import error with
+-- the child's message; a file that loads there "comes back": the caller
+-- then loads it itself, as before.
 --
 -- Verdicts are kept per file, keyed by its content and by the content of
 -- every file its load read from the DAG folder (helper modules, user
@@ -118,7 +119,6 @@ function _M.child(job, write)
                                                 deps = deps })
     if not eok then line = core.json_encode({ i = i, ok = ok, nocache = true }) end
     write(line .. "\n")
-    collectgarbage()
   end
 end
 
