@@ -715,7 +715,7 @@ local function probe_batch(files, opts)
         return nil
     end
     return probe.start(files, {
-        timeout = timeout, background = opts.background, hash = _M.hash,
+        timeout = timeout, background = opts.background, slow = opts.slow, hash = _M.hash,
         instruction_limit = opts.instruction_limit or settings.instruction_limit,
         memory_limit = (opts.memory_limit == nil) and settings.memory_limit or opts.memory_limit,
     })
@@ -803,7 +803,7 @@ end
 --- load takes longer than zkflow.dsl.probe.SLOW finish in the background:
 --- it is listed in `pending` (and files[path].pending) instead of waited
 --- for, and zkflow.dsl.probe.on_verdict listeners hear when its verdict
---- is in (scan again then).  A broken file never affects the others.  When two
+--- is in (scan again then); `slow` changes that share of time.  A broken file never affects the others.  When two
 --- files define the same dag id the first (by path) wins and the second
 --- gets an import error naming both.
 --- Returns { dags = {[id]=dag}, errors = {[file]=msg}, pending = {[file]=true},

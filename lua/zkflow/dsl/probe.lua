@@ -99,6 +99,9 @@ end
 --- limits, and reports each as one JSON line {i=, ok=, deps=}.
 function _M.child(job, write)
   local loader = require "zkflow.dsl.loader"
+  -- the files' clocks start now, not at the fork: a busy machine (or
+  -- valgrind) may take a while to compile the DSL's modules
+  write('{"ready":true}\n')
   local ilimit, mlimit, pos = string.unpack(">i8i8", job)
   if mlimit < 0 then mlimit = false end
   local i = 0
@@ -166,7 +169,7 @@ local function detach(b, c, f)
   local entry = { hash = f.hash }
   background[f.path] = entry
   core.log("warn", sfmt("%s: still loading after %s s; it goes on in the background "
-    .. "(dag_load_timeout %s s)", f.path, tostring(_M.SLOW), tostring(b.o.timeout)))
+    .. "(dag_load_timeout %s s)", f.path, tostring(b.o.slow or _M.SLOW), tostring(b.o.timeout)))
   local deadline = c.since + b.o.timeout
   local function finish(verdict, deps)
     if entry.done then return end
@@ -211,7 +214,7 @@ local function step(b, bg)
   local f = b.todo[k]
   local now = core.mono()
   local limit = c.since + b.o.timeout
-  if bg then limit = math.min(limit, c.since + _M.SLOW) end
+  if bg then limit = math.min(limit, c.since + (b.o.slow or _M.SLOW)) end
   local line, why = c.h:read(math.max(0, limit - now))
   if line then
     local ok, r = pcall(core.json_decode, line)
@@ -223,7 +226,11 @@ local function step(b, bg)
       for j = k, #b.todo do b.verdicts[b.todo[j].path] = true end
       return
     end
-    local idx = c.base + r.i - 1
+    if r.ready then
+      c.since = core.mono()
+      return
+    end
+    local idx = c.base + (tonumber(r.i) or 0) - 1
     if idx == k then
       -- A file that failed in time is an import error with the child's
       -- message, not cached: what it failed on may be outside the folder.
@@ -285,7 +292,8 @@ end
 
 --- Starts asking about `files` ({ {path=, src=, hash=, root=}, ... }).
 --- o: timeout (seconds), instruction_limit, memory_limit, background
---- (the caller copes with files left pending), hash (the loader's).
+--- (the caller copes with files left pending), slow (seconds a file may
+--- hold up such a caller, default SLOW), hash (the loader's).
 --- Files with a verdict in the cache are answered from it; files already
 --- asked in the background are pending.  Returns a batch (Batch:await).
 function _M.start(files, o)

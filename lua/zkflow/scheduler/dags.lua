@@ -15,7 +15,7 @@ local _M = {}
 -- ---- DAGs -------------------------------------------------------------------
 
 -- The folder's DAGs and the pushed ones (which win): loader.scan's shape.
-function Sched:scan_dags()
+function Sched:scan_dags(slow)
   local res
   if self.dags_dir then
     -- A file whose load is slow finishes in a child in the background
@@ -25,7 +25,7 @@ function Sched:scan_dags()
         self:pushed_changed()
       end)
     end
-    res = require("zkflow.dsl.loader").scan(self.dags_dir, { background = true })
+    res = require("zkflow.dsl.loader").scan(self.dags_dir, { background = true, slow = slow })
   else
     res = { dags = {}, errors = {}, files = {} }
   end
@@ -55,9 +55,11 @@ function Sched:pushed_changed()
   end)
 end
 
-function Sched:load_dags()
+function Sched:load_dags(first)
   if not self.dags_dir and not self.watch_pushed then return end
-  local res = self:scan_dags()
+  -- Before the first runs are recovered a file may take longer (2 s)
+  -- before it is left to the background: its runs wait for it otherwise.
+  local res = self:scan_dags(first and 2 or nil)
   self.dags = res.dags or {}
   self.import_errors = res.errors or {}
   self.files = res.files or {}

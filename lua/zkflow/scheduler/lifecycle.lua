@@ -69,7 +69,7 @@ function Sched:register_member()
 end
 
 function Sched:start()
-  self:load_dags()
+  self:load_dags(true)
   self.worker_id = self.worker_id or ("standalone-" .. tostring(core.getpid and core.getpid() or 0))
   if self.schedule_runs and self.register then self:register_member() end
   if self.schedule_runs and self.records then self:load_counters() end
