@@ -191,6 +191,19 @@ sleep 0.2
 left=$(ps -eo args | grep -F "standalone dags --api 127.0.0.1:$PORT" | grep -cvF grep)
 check "SIGTERM: no loading child is left behind" test "$left" = 0
 
+# ---- a command waiting for a hanging file stops on Ctrl-C ------------------
+
+(cd "$T/work" && exec "$ZKFLOW" dags list >"$T/out" 2>"$T/err") &
+CL=$!
+sleep 1.5
+T3=$(mono)
+kill -INT "$CL"
+wait "$CL"
+rc=$?
+check "dags list waiting for a hanging file ends on Ctrl-C at once ($(elapsed "$T3") s, exit $rc)" \
+    sh -c "[ $rc -ne 0 ] && echo '$(elapsed "$T3") < 2' | bc | grep -q 1"
+check "it says the load was interrupted" grep -q "loading was interrupted by a signal" "$T/err"
+
 # ---- big DAGs load with the default limits ---------------------------------
 
 mkdir -p "$T/big/dags"

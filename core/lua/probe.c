@@ -276,12 +276,16 @@ static double mono_now(void)
     return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
 }
 
-/* h:read([timeout]) -> line | nil, "timeout" | nil, "eof".  Waits up to
- * `timeout` seconds (0, the default: not at all) for a whole line. */
+/* h:read([timeout [, interruptible]]) -> line | nil, "timeout" | nil,
+ * "eof" | nil, "interrupted".  Waits up to `timeout` seconds (0, the
+ * default: not at all) for a whole line.  With `interruptible`, a signal
+ * caught while waiting ends the wait: a command line's Ctrl-C is handled
+ * by its loop, which this wait holds up. */
 static int probe_read(lua_State *L)
 {
     probe *p = luaL_checkudata(L, 1, PROBE_MT);
     double timeout = luaL_optnumber(L, 2, 0);
+    int interruptible = lua_toboolean(L, 3);
     double deadline = mono_now() + timeout;
 
     for (;;) {
@@ -303,8 +307,15 @@ static int probe_read(lua_State *L)
         }
         struct pollfd pfd = { p->fd, POLLIN, 0 };
         int ms = (int)(left * 1000) + 1;
-        if (poll(&pfd, 1, ms) < 0 && errno != EINTR)
-            p->eof = 1;
+        if (poll(&pfd, 1, ms) < 0) {
+            if (errno != EINTR) {
+                p->eof = 1;
+            } else if (interruptible) {
+                lua_pushnil(L);
+                lua_pushliteral(L, "interrupted");
+                return 2;
+            }
+        }
     }
 }
 

@@ -215,7 +215,7 @@ local function step(b, bg)
   local now = core.mono()
   local limit = c.since + b.o.timeout
   if bg then limit = math.min(limit, c.since + (b.o.slow or _M.SLOW)) end
-  local line, why = c.h:read(math.max(0, limit - now))
+  local line, why = c.h:read(math.max(0, limit - now), not bg)
   if line then
     local ok, r = pcall(core.json_decode, line)
     if not ok or type(r) ~= "table" or r.fatal then
@@ -254,6 +254,12 @@ local function step(b, bg)
     settle(b, k, died_msg(f.path))
     spawn(b, k + 1)
     return
+  end
+  if why == "interrupted" then
+    -- a signal (Ctrl-C) while a command waits: the command ends here
+    c.h:kill()
+    b.child = nil
+    error(sfmt("%s: loading was interrupted by a signal", f.path), 0)
   end
   -- "timeout"
   if core.mono() - c.since >= b.o.timeout then
