@@ -148,6 +148,10 @@ if [ -n "$kb" ]; then
     per=$(calc "($kb - $empty) / $n" %.1f)
     echo "rss standalone, $n DAG files: $mb MB (aim < 30 MB): $goal; no DAGs $(calc "$empty / 1024" %.1f) MB, idle $LUA $(calc "$lua / 1024" %.1f) MB; ${per} KB per DAG"
     row "rss $n DAGs" "$mb MB" "$LUA idle $(calc "$lua / 1024" %.1f) MB" "$goal (no DAGs: $(calc "$empty / 1024" %.1f) MB)"
+    st=$(echo "$rss" | field start_s)
+    sti=$(echo "$rss" | field start_inproc_s)
+    echo "start-up, $n DAG files: $(calc "$st" %.2f) s (each new file loaded in a child first; without: $(calc "$sti" %.2f) s)"
+    row "start-up $n DAGs" "$(calc "$st" %.2f) s" "no child: $(calc "$sti" %.2f) s" "-"
 else
     row "rss 1000 DAGs" "FAILED" "-" "see above"
 fi
