@@ -100,4 +100,43 @@ return flow.dag { id = "other", tasks = function(t) t.empty { id = "e" } end }
       assert.is_truthy(within(0.5, function() return s.dags.other ~= nil end))
     end)
   end)
+
+  -- Issue 10 item 7: a new version that loads slowly, or never, in the
+  -- child process that loads it first.
+  it("keeps the previous version while a slow file loads in the background, then takes it", function()
+    with_folder(function(s)
+      local file = s.dags_dir .. "/hot.lua"
+      local v1 = s.dags.hot.source_hash
+      save(file, "local t = os.clock() while os.clock() - t < 1 do end\n" .. dag_src("slow", 0))
+      flow.sleep(0.6)
+      assert.equal(v1, s.dags.hot.source_hash)
+      assert.is_nil(s.import_errors[file])
+      assert.is_truthy(within(10, function() return s.dags.hot.source_hash ~= v1 end))
+      assert.is_nil(s.import_errors[file])
+    end)
+  end)
+
+  it("makes a file that hangs inside C an import error naming the limit, serving the loop meanwhile", function()
+    local loader = require "zkflow.dsl.loader"
+    loader.configure({ timeout = 1 })
+    local ok, err = pcall(with_folder, function(s)
+      local file = s.dags_dir .. "/hot.lua"
+      local v1 = s.dags.hot.source_hash
+      save(file, 'local s = string.rep("a", 3000) s:find(".-.-.-.-b")\n' .. dag_src("never", 0))
+      -- the loop turns: timers fire on time while the file hangs in its child
+      local late = 0
+      for _ = 1, 10 do
+        local t0 = core.mono()
+        flow.sleep(0.1)
+        late = math.max(late, core.mono() - t0 - 0.1)
+      end
+      assert.is_true(late < 0.7, "a timer fired " .. late .. " s late")
+      assert.is_truthy(within(5, function() return s.import_errors[file] ~= nil end))
+      assert.matches("loading took longer than 1 s (the dag_load_timeout setting)",
+                     s.import_errors[file], 1, true)
+      assert.equal(v1, s.dags.hot.source_hash)
+    end)
+    loader.configure({})
+    if not ok then error(err, 0) end
+  end)
 end)

@@ -60,9 +60,21 @@ function Sched:load_dags(first)
   -- Before the first runs are recovered a file may take longer (2 s)
   -- before it is left to the background: its runs wait for it otherwise.
   local res = self:scan_dags(first and 2 or nil)
+  local old_dags, old_files = self.dags or {}, self.files or {}
   self.dags = res.dags or {}
   self.import_errors = res.errors or {}
   self.files = res.files or {}
+  -- A file still loading in the background keeps its previous DAGs (a
+  -- worker's reload comes here).
+  for file in pairs(res.pending or {}) do
+    local prev = old_files[file]
+    if prev and prev.dag_ids and self.files[file] then
+      self.files[file].dag_ids = prev.dag_ids
+      for _, id in ipairs(prev.dag_ids) do
+        if self.dags[id] == nil then self.dags[id] = old_dags[id] end
+      end
+    end
+  end
   for file, err in pairs(self.import_errors) do
     log("error", "import error in " .. file .. ": " .. tostring(err))
   end
