@@ -78,7 +78,7 @@ return flow.dag { id = "rep", start_date = "2026-01-01T00:00:00Z",
   tasks = function(t) t.empty { id = "a" } end }
 EOF
 hang_dag "$T/work/dags/hang.lua"
-LIMIT=4
+LIMIT=8
 
 # ---- the limits are settings ---------------------------------------------
 
@@ -111,13 +111,15 @@ T0=$(mono)
     >"$T/sa.out" 2>&1 &
 SA_PID=$!
 up=0
-for _ in $(seq 1 40); do
+for _ in $(seq 1 60); do
     if curl -s -m 1 -o /dev/null "$API/health"; then up=1; break; fi
     sleep 0.1
 done
 UP_AFTER=$(elapsed "$T0")
-check "at start: the API answers within 3 s though a file hangs (${UP_AFTER} s)" \
-    test $up = 1 -a "$(echo "$UP_AFTER < 3" | bc)" = 1
+# (the first scan gives a file 2 s before it leaves it to the background;
+# a busy machine adds to that, but the API answers long before the limit)
+check "at start: the API answers while the file still loads (${UP_AFTER} s, limit $LIMIT s)" \
+    test $up = 1 -a "$(echo "$UP_AFTER < $LIMIT - 2" | bc)" = 1
 check "at start: the other DAGs are listed while the file loads" \
     sh -c "curl -s -m 1 '$API/dags' | grep -q '\"dag_id\":\"every\"'"
 check "at start: string.rep of an empty string comes back" \
@@ -130,7 +132,7 @@ for _ in $(seq 1 30); do
 done
 check "at start: the other DAGs run while the file loads" test "$n" -ge 1
 err=
-for _ in $(seq 1 100); do
+for _ in $(seq 1 150); do
     err=$(import_error hang.lua)
     [ -n "$err" ] && break
     sleep 0.1
@@ -158,7 +160,7 @@ check "hot reload: the API answers during the load (slowest ${worst} s)" test $s
 after=$(successes)
 check "hot reload: the other DAGs keep running ($before -> $after runs)" test "$after" -gt "$before"
 err=
-for _ in $(seq 1 100); do
+for _ in $(seq 1 150); do
     err=$(import_error hang2.lua)
     [ -n "$err" ] && break
     sleep 0.1
