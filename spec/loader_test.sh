@@ -252,7 +252,12 @@ check "dags test of 20,000 tasks leaves no temporary folder" test -z "$(ls -A "$
 (cd "$T/dt" && TMPDIR="$T/tmp" timeout -s KILL 60 "$ZKFLOW" dags test fails.lua --json >"$T/out" 2>"$T/err")
 rc=$?
 check "dags test of a failing DAG exits 1" test $rc = 1
-check "dags test of a failing DAG leaves no temporary folder" test -z "$(ls -A "$T/tmp")"
+# the failed task's log stays (the output names it), and nothing else
+check "dags test of a failing DAG leaves no store behind" test -z "$(find "$T/tmp" -name '*.db*')"
+check "dags test of a failing DAG keeps only the failed task's log" \
+    test "$(find "$T/tmp" -type f | wc -l)" = 1
+check "that log is the failed task's" grep -rq "some output" "$T/tmp"
+rm -rf "$T/tmp" && mkdir -p "$T/tmp"
 (cd "$T/dt" && TMPDIR="$T/tmp" exec "$ZKFLOW" dags test long.lua >"$T/out" 2>"$T/err") &
 DT=$!
 for _ in $(seq 1 50); do
