@@ -229,7 +229,9 @@ local function scanner(store, root, dir)
     at = now
     local res
     if dir and is_dir(dir) then
-      local ok, r = pcall(loader.scan, dir, { background = true })
+      -- a file whose load is slow goes on in the background (the first
+      -- scan waits for it up to 2 s, as a scheduler's first scan does)
+      local ok, r = pcall(loader.scan, dir, { background = true, slow = not cache and 2 or nil })
       res = ok and r or nil
     end
     res = res or { dags = {}, errors = {}, files = {} }
