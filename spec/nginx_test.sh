@@ -589,6 +589,12 @@ else
     bad "nginx starts on ZooKeeper" "$(cat "$T/start.out"; tail -5 "$T/logs/error.log")"
     finish
 fi
+# A worker lists a DAG once its file has come back from the loading
+# child (docs/dags.md): wait for that first, then every answer must have it.
+for _ in $(seq 100); do
+    curl -s "$URL/api/v1/dags" | grep -q '"dag_id":"hello"' && break
+    sleep 0.1
+done
 codes_ok=1
 for _ in $(seq 20); do
     code=$(curl -s -o "$T/body" -w '%{http_code}' "$URL/api/v1/dags")

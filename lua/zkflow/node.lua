@@ -229,9 +229,12 @@ local function scanner(store, root, dir)
     at = now
     local res
     if dir and is_dir(dir) then
-      -- a file whose load is slow goes on in the background (the first
-      -- scan waits for it up to 2 s, as a scheduler's first scan does)
-      local ok, r = pcall(loader.scan, dir, { background = true, slow = not cache and 2 or nil })
+      -- a file whose load is slow goes on in the background: this scan
+      -- runs inside a request, so it never waits more than probe.SLOW for
+      -- a file (a worker's first scan waiting 2 s for a hanging file held
+      -- up every request to that worker); the file's DAGs are listed once
+      -- its verdict is in, by a later scan
+      local ok, r = pcall(loader.scan, dir, { background = true })
       res = ok and r or nil
     end
     res = res or { dags = {}, errors = {}, files = {} }
