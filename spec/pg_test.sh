@@ -16,6 +16,7 @@ PASS=0
 FAIL=0
 
 trap 'bash spec/pg/harness.sh stop' EXIT
+trap 'exit 130' INT TERM    # through the EXIT trap: the server stops
 ZKFLOW_TEST_PG=$(bash spec/pg/harness.sh start) || {
     echo "pg: the PostgreSQL server did not start (make deps installs postgresql)"
     echo "0 passed, 1 failed"
