@@ -258,6 +258,29 @@ describe("core.pg_open #postgresql", function()
         end)
     end)
 
+    it("lets zkflow.history be migrated by processes that start together", function()
+        -- Each history.new is a process of a cluster starting at once.
+        run(function()
+            local history = require "zkflow.history"
+            local admin = assert(core.pg_open(PG))
+            admin:exec("DROP DATABASE IF EXISTS migrate_race")
+            admin:exec("CREATE DATABASE migrate_race")
+            local url = PG:gsub("/[^/]*$", "/migrate_race")
+            local errs, done = {}, 0
+            for _ = 1, 6 do
+                async.spawn(function()
+                    local h, err = history.new(url)
+                    if h then h:close() else errs[#errs + 1] = err end
+                    done = done + 1
+                end)
+            end
+            H.eventually(function() return done == 6 end, 20)
+            assert.same({}, errs)
+            admin:exec("DROP DATABASE migrate_race")
+            admin:close()
+        end)
+    end)
+
     it("runs one statement at a time and survives a cancelled wait", function()
         run(function()
             local conn = assert(core.pg_open(PG))
