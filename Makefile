@@ -11,6 +11,7 @@ BUSTED  ?= busted --lua=$(LUA)
 
 PKGS     := lua5.4 libevent sqlite3
 PKGS     += libcurl
+PKGS     += libpq
 PKG_CFLAGS := $(shell pkg-config --cflags $(PKGS) 2>/dev/null)
 WARN     := -Wall -Wextra -Werror -Wshadow -Wstrict-prototypes \
             -Wmissing-prototypes -Wwrite-strings
@@ -19,6 +20,7 @@ ALL_CFLAGS := -std=c11 -D_GNU_SOURCE -fPIC $(WARN) $(CPPFLAGS) $(CFLAGS) \
             -Icore -Icore/include $(PKG_CFLAGS)
 LIBS_NOLUA := -levent -lsqlite3 -lzookeeper_mt -lm -lpthread
 LIBS_NOLUA += -lcurl
+LIBS_NOLUA += -lpq
 # The library exports what zkflow.h marks ZKF_EXPORT and nothing else.
 CORE_CFLAGS := -fvisibility=hidden
 # libzkflow.so.0.<minor>, SONAME libzkflow.so.0, from ZKF_VERSION "0.<minor>.x"
@@ -75,6 +77,7 @@ deps:
 	    libsqlite3-dev libjansson-dev lua-busted lua-check valgrind \
 	    python3-croniter python3-dask ninja-build curl procps \
 	    libzookeeper-mt-dev zookeeper python3-kazoo default-jre-headless \
+	    libpq-dev postgresql \
 	    nginx nginx-dev libnginx-mod-http-lua chromium \
 	    debhelper dpkg-dev fakeroot lintian luarocks \
 	    libcurl4-openssl-dev openssl

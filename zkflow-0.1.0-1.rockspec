@@ -25,6 +25,7 @@ external_dependencies = {
   LIBEVENT = { header = "event2/event.h" },
   SQLITE = { header = "sqlite3.h" },
   ZOOKEEPER = { header = "zookeeper/zookeeper.h" },
+  PQ = { header = "postgresql/libpq-fe.h" },
 }
 build = {
   type = "make",

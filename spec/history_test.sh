@@ -9,13 +9,17 @@
 # flat while its runs read as before.
 #
 #   bash spec/history_test.sh     (after `make`; prints "N passed, N failed")
+#
+# ZKFLOW_TEST_HISTORY=URL puts the cluster's history there instead of a
+# SQLite file (spec/pg_test.sh: a database of its PostgreSQL server).
 set -u
 cd "$(dirname "$0")/.." || exit 2
 ROOT=$PWD
 ZKFLOW=${ZKFLOW:-$ROOT/${B:-build}/zkflow}
 T=$(mktemp -d "${TMPDIR:-/tmp}/zkflow-history.XXXXXX")
 export ZKFLOW_ZK_DIR=$T/zk
-unset ZKFLOW_DB ZKFLOW_DAGS ZKFLOW_ZK ZKFLOW_HISTORY ZKFLOW_FAULT
+CH=${ZKFLOW_TEST_HISTORY:-sqlite:$T/h.db}   # the cluster's history
+unset ZKFLOW_DB ZKFLOW_DAGS ZKFLOW_ZK ZKFLOW_HISTORY ZKFLOW_FAULT ZKFLOW_TEST_HISTORY
 passed=0
 failed=0
 PIDS=()
@@ -164,7 +168,7 @@ if ! command -v java > /dev/null || [ ! -f /usr/share/java/zookeeper.jar ]; then
     exit 1
 fi
 HOSTS=$(bash spec/zk/harness.sh start1) || { not_ok "ZooKeeper did not start"; echo "$passed passed, $failed failed"; exit 1; }
-C=("$ZKFLOW" --zk "$HOSTS" --session-timeout 4 --history "sqlite:$T/h.db")
+C=("$ZKFLOW" --zk "$HOSTS" --session-timeout 4 --history "$CH")
 mkdir -p "$T/c"
 (cd "$T/c" && exec "${C[@]}" scheduler --dags "$T/dags" --id s1) > "$T/s1.log" 2>&1 &
 S1=$!; PIDS+=("$S1"); disown "$S1"
@@ -198,7 +202,7 @@ r = json.load(open('$T/c7.json'))
 assert r['state'] == 'success' and r['tasks']['a']['xcom'] == {'n': 1}, r
 assert r['tasks']['b']['worker'] == 'w1', r"
 rm -rf "$T/c/logs"
-check "tasks logs reads a worker's log copy from the history" sh -c "'${C[0]}' --zk '$HOSTS' --history 'sqlite:$T/h.db' tasks logs hist c7 b 2>/dev/null | grep -q 'hello from c7'"
+check "tasks logs reads a worker's log copy from the history" sh -c "'${C[0]}' --zk '$HOSTS' --history '$CH' tasks logs hist c7 b 2>/dev/null | grep -q 'hello from c7'"
 # The leader killed between the history write and the live delete: the
 # next leader moves the run again.
 kill -9 "$S1" 2>/dev/null
@@ -221,7 +225,7 @@ wait_for 30 cruns_is 42
 ext_ok() { "${C[@]}" runs show ext e1 --json 2>/dev/null | grep -q '"state":"success"'; }
 check "an external_task sensor on a worker reads a finished run from the history" wait_for 30 ext_ok
 check "history_url in /config serves readers without --history" sh -c "
-    '${ZKFLOW}' --zk '$HOSTS' config set history_url 'sqlite:$T/h.db' > /dev/null &&
+    '${ZKFLOW}' --zk '$HOSTS' config set history_url '$CH' > /dev/null &&
     '${ZKFLOW}' --zk '$HOSTS' runs show hist c7 --json 2>/dev/null | grep -q '\"state\":\"success\"'"
 
 echo "$passed passed, $failed failed"

@@ -6,7 +6,7 @@
 #   SUITES="c busted" sh spec/run-all.sh     runs only some suites
 B=${B:-build}
 LUA=${LUA:-lua5.4}
-SUITES=${SUITES:-"c abi asan valgrind croniter busted zk cluster restart cli loader owner page examples recovery history hygiene install nginx pkg lint"}
+SUITES=${SUITES:-"c abi asan valgrind croniter busted zk pg cluster restart cli loader owner page examples recovery history hygiene install nginx pkg lint"}
 LOGS=$B/test-logs
 mkdir -p "$LOGS"
 export LUA_PATH="lua/?.lua;lua/?/init.lua;;"
@@ -91,7 +91,7 @@ for s in $SUITES; do
         [ "$p" -eq 0 ] && f=$((f + 1))
         add busted "$p" "$f"
         ;;
-    cli|loader|owner|page|examples|recovery|history|hygiene|zk|cluster|restart|install|pkg)
+    cli|loader|owner|page|examples|recovery|history|hygiene|zk|pg|cluster|restart|install|pkg)
         if [ -f "spec/${s}_test.sh" ]; then
             bash "spec/${s}_test.sh" > "$LOGS/$s.log" 2>&1
             set -- $(sum_lines "$LOGS/$s.log")

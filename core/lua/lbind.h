@@ -45,6 +45,7 @@ void zkf_lua_open_crypto(lua_State *L); /* lua/crypto.c: sha256 hmac_sha256 pbkd
 void zkf_lua_open_notify(lua_State *L); /* lua/notify.c: sd_notify */
 void zkf_lua_open_sqlite(lua_State *L); /* lua/sql_sqlite.c: sqlite_open */
 void zkf_lua_open_probe(lua_State *L);  /* lua/probe.c: probe_spawn */
+void zkf_lua_open_pg(lua_State *L);     /* lua/pg.c: pg_open */
 
 /* The value of `core.sql_null`, the NULL of SQL parameters (a light
  * userdata every SQL driver accepts).  Static; never freed. */

@@ -386,6 +386,7 @@ int zkf_lua_open_core(lua_State *L)
     zkf_lua_open_crypto(L);
     zkf_lua_open_notify(L);
     zkf_lua_open_sqlite(L);
+    zkf_lua_open_pg(L);
     lua_pushlightuserdata(L, zkf_lua_sql_null());
     lua_setfield(L, -2, "sql_null");
     zkf_lua_open_probe(L);

@@ -184,18 +184,25 @@ local function current_version(self)
   return int(rows[1] and rows[1].v) or 0
 end
 
+-- The key of PostgreSQL's advisory lock that serialises migrations.
+local MIGRATE_LOCK = 7036526011
+
 local function migrate(self)
   -- Only reads when the schema is current: opening the history never
   -- waits for a writer.
   local ok, v = pcall(current_version, self)
   if ok and v >= schema.LATEST then return v end
-  q(self, "CREATE TABLE IF NOT EXISTS schema_version (version BIGINT NOT NULL, "
-          .. "applied TEXT NOT NULL)")
+  local create = "CREATE TABLE IF NOT EXISTS schema_version (version BIGINT NOT NULL, "
+                 .. "applied TEXT NOT NULL)"
+  if self.driver ~= "postgresql" then q(self, create) end
   tx(self, function()
     if self.driver == "postgresql" then
-      -- Two processes that start together: one migrates, the other waits
-      -- here and then finds the work done.
-      q(self, "LOCK TABLE schema_version IN EXCLUSIVE MODE")
+      -- Processes that start together (a cluster's members) take turns
+      -- here: one migrates, the others then find the work done.  The lock
+      -- comes before the table exists: two sessions' CREATE TABLE IF NOT
+      -- EXISTS at once fail in one of them (a duplicate key in pg_type).
+      q(self, "SELECT pg_advisory_xact_lock(" .. MIGRATE_LOCK .. ")")
+      q(self, create)
     end
     v = current_version(self)
     for n = v + 1, schema.LATEST do
