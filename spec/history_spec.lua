@@ -65,6 +65,14 @@ describe("zkflow.history", function()
     assert.is_false(h:has_run("d", "r2"))
   end)
 
+  it("keeps a log copy with NUL or invalid UTF-8 as valid text (PostgreSQL refuses them)", function()
+    h:put_run(run_rec("d", "bin", 1767225600), { a = ti_rec("a") },
+              { { task_id = "a", try_number = 1, content = "ok\0x\255\192y \u{e9}" } })
+    local got = h:log("d", "bin", "a", 1)
+    assert.equal("ok\\0x\u{FFFD}\u{FFFD}y \u{e9}", got)
+    assert.truthy(utf8.len(got))
+  end)
+
   it("puts a run twice as one row (idempotent upsert), keeping what the second lacks", function()
     local run = run_rec("d", "r1", 1767225600, "failed")
     h:put_run(run, { a = ti_rec("a"), b = ti_rec("b") })

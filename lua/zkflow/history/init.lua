@@ -311,6 +311,27 @@ local function delete_rows(self, dag_id, run_id, keep_logs)
   return nr, nti, nx, nl
 end
 
+-- A log copy as text for people, valid in every backend: PostgreSQL's
+-- text refuses NUL and invalid UTF-8, and one binary byte in a task's
+-- output must not keep its run from moving (it stayed in the live store
+-- for ever).  NUL is written \0, each invalid byte U+FFFD.
+local function as_text(s)
+  s = s:gsub("%z", "\\0")
+  if utf8.len(s) then return s end
+  local out, i = {}, 1
+  while i <= #s do
+    local ok, bad = utf8.len(s, i)
+    if ok then
+      out[#out + 1] = s:sub(i)
+      break
+    end
+    out[#out + 1] = s:sub(i, bad - 1)
+    out[#out + 1] = "\u{FFFD}"
+    i = bad + 1
+  end
+  return table.concat(out)
+end
+
 local function put_run(self, run, tis, logs)
   local dag_id, run_id = run.dag_id, run.run_id
   local ld = date_of(run.logical_date) or 0
@@ -380,8 +401,7 @@ local function put_run(self, run, tis, logs)
     end
   end
   for _, l in ipairs(logs or {}) do
-    -- PostgreSQL's text has no NUL byte; a log copy is text for people.
-    local content = tostring(l.content or ""):gsub("%z", "\\0")
+    local content = as_text(tostring(l.content or ""))
     q(self, "INSERT INTO logs (dag_id, run_id, task_id, try_number, content) VALUES "
             .. "($1, $2, $3, $4, $5) ON CONFLICT (dag_id, run_id, task_id, try_number) "
             .. "DO UPDATE SET content = excluded.content",
