@@ -206,6 +206,15 @@ check "dags list waiting for a hanging file ends on Ctrl-C at once ($(elapsed "$
     sh -c "[ $rc -ne 0 ] && echo '$(elapsed "$T3") < 2' | bc | grep -q 1"
 check "it says the load was interrupted" grep -q "loading was interrupted by a signal" "$T/err"
 
+# ---- a pushed DAG is checked in a child too --------------------------------
+
+hang_dag "$T/pushhang.lua"
+(cd "$T/work" && timeout 60 "$ZKFLOW" dags push "$T/pushhang.lua" >"$T/out" 2>"$T/err")
+rc=$?
+check "dags push of a file whose load hangs fails, within the limit (exit $rc)" \
+    test $rc -ne 0 -a $rc -ne 124
+check "it names the limit" grep -q "loading took longer than $LIMIT s" "$T/err"
+
 # ---- big DAGs load with the default limits ---------------------------------
 
 mkdir -p "$T/big/dags"

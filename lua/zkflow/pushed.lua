@@ -50,7 +50,7 @@ function _M.push(store, root, path, opts)
         return nil, fmt("%s: %d bytes: a pushed DAG file holds at most %d",
                         path, #src, _M.MAX_SOURCE)
     end
-    local dags, err = loader.load_source(src, path, { root = opts.dags_dir })
+    local dags, err = loader.load_checked(src, path, { root = opts.dags_dir })
     if not dags then return nil, err end
     if #dags == 0 then return nil, path .. ": the file defines no DAG" end
     local version = loader.hash(src)
@@ -131,7 +131,9 @@ function _M.load(store, root, opts)
                 res.errors[name] = name .. ": not a pushed DAG record (push it again with "
                                    .. "'zkflow dags push FILE')"
             else
-                local dags, err = loader.load_source(rec.source, name, { root = opts.dags_dir })
+                -- a pushed DAG is checked in a child too (a load that hangs in C
+                -- becomes an import error, docs/dags.md)
+                local dags, err = loader.load_checked(rec.source, name, { root = opts.dags_dir })
                 res.files[name] = { hash = rec.version, dag_ids = {}, pushed = rec.file }
                 if not dags then
                     res.errors[name] = err
@@ -181,8 +183,8 @@ function _M.version(store, root, id, hash, opts)
     local p = version_node(root, id, hash)
     local src = store:get(p)
     if not src then return nil, p .. " is not in the store" end
-    local dags, err = loader.load_source(src, _M.file_name(root, id) .. "@" .. hash,
-                                         { root = opts and opts.dags_dir })
+    local dags, err = loader.load_checked(src, _M.file_name(root, id) .. "@" .. hash,
+                                          { root = opts and opts.dags_dir })
     if not dags then return nil, err end
     for _, d in ipairs(dags) do
         if d.id == id then

@@ -229,6 +229,15 @@ function Ctx:close()
     self.stores, self.st, self.S, self.hist = {}, nil, nil, nil
 end
 
+-- Loads DAG files with the limits the scheduler of this store uses
+-- (dag_load_* in /config), for the pushed DAGs as for the folder's.
+function Ctx:apply_load_limits()
+    local st = self:store(false)
+    if st then
+        need("zkflow.node").apply_load_limits(need("zkflow.config").read(st, self.root))
+    end
+end
+
 -- Scans the DAG folder: {dags = {[id] = dag}, errors = {[file] = msg}}.
 -- The DAGs pushed to the store (zkflow.pushed) are part of the scan and
 -- win over the folder's; with a store that has some, the folder may be
@@ -238,12 +247,9 @@ function Ctx:scan(dir)
     local st = self:store(false)
     local pushed
     if st then
+        self:apply_load_limits()
         local ok, p = pcall(need("zkflow.pushed").load, st, self.root, { dags_dir = dir })
         if ok then pushed = p else warn("pushed DAGs: " .. tostring(p)) end
-    end
-    if st then
-        -- the DAG load limits the scheduler of this store uses
-        need("zkflow.node").apply_load_limits(need("zkflow.config").read(st, self.root))
     end
     local res
     if is_dir(dir) then

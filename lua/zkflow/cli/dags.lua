@@ -103,7 +103,9 @@ local function cmd_dags_push(ctx, args)
             done[#done + 1] = { dag_id = id, removed = true }
         end
     else
-        -- Every file must load before anything is written.
+        -- Every file must load before anything is written, with the
+        -- limits the scheduler will load it with.
+        ctx:apply_load_limits()
         local loader = need("zkflow.dsl.loader")
         for _, file in ipairs(args) do
             if not is_file(file) then fail("no such file: " .. file) end

@@ -721,30 +721,38 @@ local function probe_batch(files, opts)
     })
 end
 
---- Loads the DAGs of one file; see load_source.  The file is first loaded
---- in a child process that is killed past opts.timeout seconds (default:
---- the timeout setting, see configure; zkflow.dsl.probe), so a load that
---- hangs inside C becomes an import error instead of a hang.
-function _M.load_file(path, opts)
+--- Loads the DAGs of `src`, named `name` (a file's path, or a pushed
+--- DAG's "zk:<node>"), after the same check in a child process that
+--- load_file makes.  Without opts.background the caller waits for the
+--- verdict, at most the timeout, once per content (verdicts are cached).
+function _M.load_checked(src, name, opts)
     opts = opts or {}
-    local src, err = read_file(path)
-    if not src then
-        return nil, sfmt("%s: %s", path, tostring(err))
-    end
     local hash = _M.hash(src)
-    local batch = probe_batch({ { path = path, src = src, hash = hash,
-                                  root = opts.root or dirname(path) } },
+    local batch = probe_batch({ { path = name, src = src, hash = hash,
+                                  root = opts.root or dirname(name) } },
                               { timeout = opts.timeout, probe = opts.probe,
                                 instruction_limit = opts.instruction_limit,
                                 memory_limit = opts.memory_limit })
     if batch then
-        local v = batch:await(path)
+        local v = batch:await(name)
         batch:close()
         if v ~= true then
             return nil, v
         end
     end
-    return load_source(src, path, opts, hash)
+    return load_source(src, name, opts, hash)
+end
+
+--- Loads the DAGs of one file; see load_source.  The file is first loaded
+--- in a child process that is killed past opts.timeout seconds (default:
+--- the timeout setting, see configure; zkflow.dsl.probe), so a load that
+--- hangs inside C becomes an import error instead of a hang.
+function _M.load_file(path, opts)
+    local src, err = read_file(path)
+    if not src then
+        return nil, sfmt("%s: %s", path, tostring(err))
+    end
+    return _M.load_checked(src, path, opts)
 end
 
 ------------------------------------------------------------------------------
