@@ -80,7 +80,7 @@ deps:
 	    libpq-dev postgresql \
 	    nginx nginx-dev libnginx-mod-http-lua chromium \
 	    debhelper dpkg-dev fakeroot lintian luarocks \
-	    libcurl4-openssl-dev openssl
+	    libcurl4-openssl-dev openssl bc man-db bsdextrautils
 
 $(B)/obj/%.o: core/%.c $(CORE_HDR)
 	@mkdir -p $(dir $@)
