@@ -196,6 +196,11 @@ check "a cluster ends thirty more" batch 11 40
 wait_for 10 znodes_le 0
 Z40=$(znodes)
 check "the znode count under /runs stays flat ($Z10 after 10 runs, $Z40 after 40)" test "$Z40" -le "$Z10"
+if [ "$Z40" -gt "$Z10" ]; then
+    # Seen once in CI (40 after 10 runs, 160 after 40: nothing moved):
+    # what the leader said, for whoever takes it up.
+    tail -n 30 "$T/s1.log" | sed 's/^/# s1: /'
+fi
 "${C[@]}" runs show hist c7 --json > "$T/c7.json" 2>/dev/null
 check "runs show reads a cluster run from the history (worker, XCom)" py "import json
 r = json.load(open('$T/c7.json'))
