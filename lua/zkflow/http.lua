@@ -263,21 +263,7 @@ function _M.request(opts)
 end
 
 -- text(s) → s with every byte that is not part of valid UTF-8 replaced by
--- U+FFFD, as Python's requests does for response.text.
-function _M.text(s)
-    if utf8.len(s) then return s end
-    local out, pos = {}, 1
-    while pos <= #s do
-        local n, bad = utf8.len(s, pos)
-        if n then
-            out[#out + 1] = s:sub(pos)
-            break
-        end
-        out[#out + 1] = s:sub(pos, bad - 1)
-        out[#out + 1] = "\239\191\189"
-        pos = bad + 1
-    end
-    return concat(out)
-end
+-- U+FFFD (zkflow.text).
+_M.text = require("zkflow.text").valid
 
 return _M

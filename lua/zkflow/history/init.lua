@@ -315,21 +315,9 @@ end
 -- text refuses NUL and invalid UTF-8, and one binary byte in a task's
 -- output must not keep its run from moving (it stayed in the live store
 -- for ever).  NUL is written \0, each invalid byte U+FFFD.
+local valid_text = require("zkflow.text").valid
 local function as_text(s)
-  s = s:gsub("%z", "\\0")
-  if utf8.len(s) then return s end
-  local out, i = {}, 1
-  while i <= #s do
-    local ok, bad = utf8.len(s, i)
-    if ok then
-      out[#out + 1] = s:sub(i)
-      break
-    end
-    out[#out + 1] = s:sub(i, bad - 1)
-    out[#out + 1] = "\u{FFFD}"
-    i = bad + 1
-  end
-  return table.concat(out)
+  return valid_text((s:gsub("%z", "\\0")))
 end
 
 local function put_run(self, run, tis, logs)
