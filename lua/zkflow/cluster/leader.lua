@@ -381,26 +381,36 @@ end
 function CS:watch_results(again) self:serial("list_results", again) end
 function CS:watch_claims(again) self:serial("list_claims", again) end
 
+-- The children of `dir` (`kind`: "results" or "claims"), with a watch
+-- when `arm` that lists again through self[again]; nil when this leadership
+-- ended meanwhile or the listing failed.  A failed listing has no answer
+-- and no watch, so it is tried again in 1 s: else what it lists would
+-- wait for ever.
+function CS:watched_children(kind, dir, arm, again)
+  local gen = self.gen
+  local list, err = self.store:children(dir, arm and function()
+    if gen ~= self.gen then return end
+    -- A moment's wait lets a burst of tries land: one listing reads them all.
+    core.timer(RELIST_DELAY, function()
+      spawn(kind, function() if gen == self.gen then self[again](self) end end)
+    end)
+  end or nil)
+  if gen ~= self.gen then return nil end
+  if not list then
+    log("warn", "scheduler: " .. dir .. ": " .. tostring(err) .. "; looking again in 1 s")
+    core.timer(1, function()
+      spawn(kind, function() if gen == self.gen then self[again](self, not arm) end end)
+    end)
+    return nil
+  end
+  return list
+end
+
 function CS:list_results(arm)
   local gen, q = self.gen, self.q
   local dir = self.st:path("results")
-  local list, err = self.store:children(dir, arm and function()
-    if gen ~= self.gen then return end
-    -- A moment's wait lets the results of a burst of tries land: one
-    -- listing reads them all.
-    core.timer(RELIST_DELAY, function()
-      spawn("results", function() if gen == self.gen then self:watch_results() end end)
-    end)
-  end or nil)
-  if gen ~= self.gen then return end
-  if not list then
-    -- No answer and no watch: the results would wait for ever.
-    log("warn", "scheduler: " .. dir .. ": " .. tostring(err) .. "; looking again in 1 s")
-    core.timer(1, function()
-      spawn("results", function() if gen == self.gen then self:watch_results(not arm) end end)
-    end)
-    return
-  end
+  local list = self:watched_children("results", dir, arm, "watch_results")
+  if not list then return end
   local seen, fresh = {}, {}
   for _, key in ipairs(list or {}) do
     seen[key] = true
@@ -430,20 +440,8 @@ end
 function CS:list_claims(arm)
   local gen, s, q = self.gen, self.s, self.q
   local dir = self.st:path("claims")
-  local list, err = self.store:children(dir, arm and function()
-    if gen ~= self.gen then return end
-    core.timer(RELIST_DELAY, function()
-      spawn("claims", function() if gen == self.gen then self:watch_claims() end end)
-    end)
-  end or nil)
-  if gen ~= self.gen then return end
-  if not list then
-    log("warn", "scheduler: " .. dir .. ": " .. tostring(err) .. "; looking again in 1 s")
-    core.timer(1, function()
-      spawn("claims", function() if gen == self.gen then self:watch_claims(not arm) end end)
-    end)
-    return
-  end
+  local list = self:watched_children("claims", dir, arm, "watch_claims")
+  if not list then return end
   local present = set_of(list)
   local fresh, entries = {}, {}
   for _, key in ipairs(list) do
